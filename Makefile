@@ -1,0 +1,28 @@
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test,plots,lint]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m laplacetorch demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check laplacetorch tests benchmarks
+	$(PY) -m ruff format --check laplacetorch tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_fit.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,25 @@
+"""Curvature backends. Each takes (subset, likelihood, loader, **options) and returns a
+:class:`CurvatureResult`; a new backend is one module plus one line in ``BACKENDS``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import FISHER_TYPES, CurvatureResult
+from .diag import fit_diag
+from .full import fit_full
+
+BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
+    "full": fit_full,
+    "diag": fit_diag,
+}
+
+
+def get_backend(name: str) -> Callable[..., CurvatureResult]:
+    """The backend function registered under ``name``."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown curvature backend {name!r}; expected one of {sorted(BACKENDS)}")
+    return BACKENDS[name]
+
+
+__all__ = ["BACKENDS", "FISHER_TYPES", "CurvatureResult", "fit_diag", "fit_full", "get_backend"]

@@ -1,0 +1,95 @@
+"""What every curvature backend shares: the result type, Fisher types and the data pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..datapass import accumulate
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset, check_model_mode
+from ..structures import Structure
+from .per_example import output_dim
+
+__all__ = ["FISHER_TYPES", "CurvatureResult", "curvature_pass", "resolve_fisher_type"]
+
+#: accepted Fisher types -> the curvature they give ("ggn": Σ JᵀΛJ, "ef": Σ g gᵀ)
+FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "empirical": "ef", "ef": "ef"}
+
+
+def resolve_fisher_type(fisher_type: str, backend: str) -> str:
+    """Map a Fisher type name to ``"ggn"`` or ``"ef"``; refuses unknown names."""
+    if fisher_type not in FISHER_TYPES:
+        raise ValueError(
+            f"unknown fisher_type {fisher_type!r} for backend {backend!r}; expected one of "
+            f"{sorted(FISHER_TYPES)}"
+        )
+    return FISHER_TYPES[fisher_type]
+
+
+@dataclass
+class CurvatureResult:
+    """A fitted curvature: the structure plus what the marginal likelihood needs.
+
+    Attributes:
+        structure: holds the unit-scale curvature G of the summed NLL (no prior).
+        n_data: N, the number of training examples.
+        n_outputs: C.
+        loss_sum: Σₙ unit-scale NLL at θ* (see ``Likelihood.log_likelihood_from_loss``).
+        kind: ``"ggn"`` or ``"ef"``; decides how G scales with σ and T.
+        backend: the backend's name.
+    """
+
+    structure: Structure
+    n_data: int
+    n_outputs: int
+    loss_sum: Tensor
+    kind: str
+    backend: str
+
+
+def curvature_pass(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    step: Callable[[Any, Tensor, int], dict[str, Tensor]],
+    *,
+    progress: bool = False,
+    desc: str = "curvature",
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> tuple[dict[str, Tensor], int, int]:
+    """Check the model, run ``step(x, y, C)`` over the data and return ``(sums, N, C)``.
+
+    Targets are validated against the output shape before ``step`` sees them.
+    """
+    check_model_mode(subset.model)
+    subset.check_weights()
+    state: dict[str, int] = {}
+
+    def checked_step(x: Any, y: Tensor) -> dict[str, Tensor]:
+        if "C" not in state:
+            state["C"] = output_dim(subset, x)
+        b = y.shape[0]
+        y = likelihood.check_targets(y, (b, state["C"]))
+        return step(x, y, state["C"])
+
+    sums = accumulate(
+        loader,
+        checked_step,
+        device=subset.device,
+        dtype=subset.dtype,
+        progress=progress,
+        desc=desc,
+        batch_size_fn=batch_size_fn,
+    )
+    n_data = int(sums.pop("n_data"))
+    return sums, n_data, state["C"]
+
+
+def zeros_like_theta(subset: ParameterSubset, *shape: int) -> Tensor:
+    """A zero accumulator on the model's device and dtype."""
+    return torch.zeros(shape, dtype=subset.dtype, device=subset.device)

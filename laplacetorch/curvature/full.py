@@ -1,0 +1,88 @@
+"""``full``: the dense GGN Σₙ Jₙᵀ Λₙ Jₙ (or the empirical Fisher Σₙ gₙ gₙᵀ)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor
+
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset
+from ..structures import Dense
+from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
+from .last_layer import last_layer_curvature
+from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
+
+__all__ = ["fit_full"]
+
+
+def fit_full(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    *,
+    fisher_type: str = "exact",
+    progress: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> CurvatureResult:
+    """Dense unit-scale curvature of the summed NLL in a :class:`Dense` structure.
+
+    Per batch, the rows Mₙ = Sₙᵀ Jₙ come from vmap'd vector-Jacobian products in chunks of at
+    most ``memory_budget`` bytes and G += Mᵀ M; for the last layer the closed form from the
+    features is used instead. Memory: the ``[P, P]`` result plus one chunk.
+
+    Args:
+        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        memory_budget: bytes a chunk of Jacobian rows may take.
+    """
+    kind = resolve_fisher_type(fisher_type, "full")
+    if subset.kind == "last_layer":
+        g, n_data, n_out, loss = last_layer_curvature(
+            subset,
+            likelihood,
+            loader,
+            kind=kind,
+            diagonal=False,
+            progress=progress,
+            memory_budget=memory_budget,
+            batch_size_fn=batch_size_fn,
+        )
+        return CurvatureResult(Dense(g, subset.group_index), n_data, n_out, loss, kind, "full")
+
+    theta = subset.map_vector()
+    p = subset.n_params
+
+    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        g = zeros_like_theta(subset, p, p)
+        loss = zeros_like_theta(subset)
+        for rows, nll in per_example_factors(
+            subset,
+            likelihood,
+            x,
+            y,
+            theta,
+            kind=kind,
+            n_outputs=n_out,
+            n_examples=y.shape[0],
+            memory_budget=memory_budget,
+        ):
+            flat = rows.reshape(-1, p)
+            g.addmm_(flat.T, flat)
+            if nll is not None:
+                loss += nll.sum()
+        return {"G": g, "loss": loss}
+
+    sums, n_data, n_out = curvature_pass(
+        subset,
+        likelihood,
+        loader,
+        step,
+        progress=progress,
+        desc="full curvature",
+        batch_size_fn=batch_size_fn,
+    )
+    return CurvatureResult(
+        Dense(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind, "full"
+    )

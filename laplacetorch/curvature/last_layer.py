@@ -1,0 +1,106 @@
+"""Closed-form curvature of a linear last layer from its features.
+
+For the head f = W φ + b, write φ̃ = [φ, 1]. The Jacobian of fₙ with respect to the augmented
+weight W̃ = [W | b] is I_C ⊗ φ̃ₙᵀ, so with Λₙ the output Hessian (GGN) or rₙrₙᵀ with rₙ the
+output gradient (empirical Fisher):
+
+    G[(c, i), (c', j)] = Σₙ Λₙ[c, c'] φ̃ₙᵢ φ̃ₙⱼ,        diag G[(c, i)] = Σₙ Λₙ[c, c] φ̃ₙᵢ².
+
+One forward pass of the network gives φ and f; the sums are two matrix products per batch.
+The result is permuted into the parameter order [vec(W) row-major, b].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset
+from .base import curvature_pass
+from .per_example import DEFAULT_MEMORY_BUDGET
+
+__all__ = ["last_layer_curvature"]
+
+
+def _augment(phi: Tensor, has_bias: bool) -> Tensor:
+    if not has_bias:
+        return phi
+    return torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+
+
+def _permutation(n_out: int, n_feat: int, has_bias: bool, device: torch.device) -> Tensor:
+    """Indices of [vec(W), b] inside the row-major vec(W̃), W̃ = [W | b] of shape [C, D̃]."""
+    d_aug = n_feat + int(has_bias)
+    grid = torch.arange(n_out * d_aug, device=device).view(n_out, d_aug)
+    parts = [grid[:, :n_feat].reshape(-1)]
+    if has_bias:
+        parts.append(grid[:, n_feat])
+    return torch.cat(parts)
+
+
+def _output_curvature(
+    likelihood: Likelihood, f: Tensor, y: Tensor, kind: str
+) -> tuple[Tensor | None, Tensor]:
+    """(Λₙ ``[B, C, C]`` or None, its diagonal ``[B, C]``) for the GGN or the EF."""
+    if kind == "ggn":
+        lam = likelihood.output_hessian(f)
+        return lam, lam.diagonal(dim1=-2, dim2=-1)
+    r = likelihood.output_grad(f, y)
+    return r.unsqueeze(-1) * r.unsqueeze(-2), r.square()
+
+
+def last_layer_curvature(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    *,
+    kind: str,
+    diagonal: bool,
+    progress: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> tuple[Tensor, int, int, Tensor]:
+    """Closed-form last-layer curvature ``(G [P, P] or diag [P], N, C, Σ nll)``."""
+    has_bias = subset.last_layer.bias is not None and len(subset.names) == 2
+
+    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        phi, f = subset.features(x)
+        phi_aug = _augment(phi, has_bias)
+        lam, lam_diag = _output_curvature(likelihood, f, y, kind)
+        out = {"loss": likelihood.nll_unit(f, y).sum()}
+        if diagonal:
+            out["G"] = lam_diag.T @ phi_aug.square()  # [C, D̃]
+            return out
+        b, d = phi_aug.shape
+        chunk = max(1, memory_budget // max(d * d * phi.element_size(), 1))
+        acc = 0
+        for s in range(0, b, chunk):
+            p2 = (phi_aug[s : s + chunk, :, None] * phi_aug[s : s + chunk, None, :]).reshape(
+                -1, d * d
+            )
+            acc = acc + lam[s : s + chunk].reshape(-1, n_out * n_out).T @ p2  # [C², D̃²]
+        out["G"] = acc
+        return out
+
+    sums, n_data, n_out = curvature_pass(
+        subset,
+        likelihood,
+        loader,
+        step,
+        progress=progress,
+        desc="last-layer curvature",
+        batch_size_fn=batch_size_fn,
+    )
+    n_feat = subset.last_layer.in_features
+    d = n_feat + int(has_bias)
+    perm = _permutation(n_out, n_feat, has_bias, sums["G"].device)
+    if diagonal:
+        g = sums["G"].reshape(-1)[perm]
+    else:
+        g = sums["G"].view(n_out, n_out, d, d).permute(0, 2, 1, 3).reshape(n_out * d, n_out * d)
+        g = g[perm][:, perm]
+    return g, n_data, n_out, sums["loss"]

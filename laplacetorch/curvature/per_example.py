@@ -1,0 +1,95 @@
+"""Per-example curvature factors Mₙ with Gₙ = Mₙᵀ Mₙ, vectorised with ``torch.func``.
+
+GGN:  Mₙ = Sₙᵀ Jₙ  (``[K, P]``), the K vector-Jacobian products Jₙᵀ sₙₖ of one example, so
+      Σₙ Mₙᵀ Mₙ = Σₙ Jₙᵀ Λₙ Jₙ.
+EF:   Mₙ = gₙᵀ (``[1, P]``), gₙ = ∇θ (−log p(yₙ | f(xₙ; θ))), so Σₙ Mₙᵀ Mₙ = Σₙ gₙ gₙᵀ.
+
+Rows are produced in chunks of examples and of the K columns so that no chunk holds more than
+``memory_budget`` bytes: the full Jacobian of a batch is never needed at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vjp, vmap
+from torch.utils._pytree import tree_map
+
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "output_dim", "per_example_factors"]
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+
+
+def _index(x: Any, sl: slice) -> Any:
+    return tree_map(lambda t: t[sl] if isinstance(t, Tensor) else t, x)
+
+
+def _unsqueeze(x: Any) -> Any:
+    return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, x)
+
+
+def output_dim(subset: ParameterSubset, x: Any) -> int:
+    """C, from a forward pass on the first example; refuses outputs that are not ``[B, C]``."""
+    with torch.no_grad():
+        out = subset.model(_index(x, slice(0, 1)))
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model outputs must have shape [batch, C]; got {shape} for one input")
+    return out.shape[1]
+
+
+def per_example_factors(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    x: Any,
+    y: Tensor,
+    theta: Tensor,
+    *,
+    kind: str,
+    n_outputs: int,
+    n_examples: int,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Yield ``(M, nll)`` chunks: ``M`` is ``[b, k, P]``, ``nll`` the ``[b]`` unit-scale
+    negative log-likelihoods of those examples (``None`` for later column chunks of the same
+    examples, so each example's loss is yielded exactly once)."""
+    p = subset.n_params
+    n_cols = n_outputs if kind == "ggn" else 1
+    row_bytes = p * theta.element_size()
+    cols_per_chunk = max(1, min(n_cols, memory_budget // max(row_bytes, 1)))
+    ex_per_chunk = max(1, memory_budget // (row_bytes * cols_per_chunk))
+
+    def f1(th: Tensor, xn: Any) -> Tensor:
+        return subset.forward(th, _unsqueeze(xn)).squeeze(0)
+
+    def ggn_rows(xn: Any, k0: int, k1: int) -> tuple[Tensor, Tensor]:
+        out, pullback = vjp(lambda th: f1(th, xn), theta)
+        sqrt = likelihood.hessian_sqrt(out.detach().unsqueeze(0)).squeeze(0)  # [C, K]
+        (rows,) = vmap(pullback)(sqrt[:, k0:k1].T.contiguous())
+        return rows, out
+
+    def ef_rows(xn: Any, yn: Tensor) -> tuple[Tensor, Tensor]:
+        def nll(th: Tensor) -> Tensor:
+            return likelihood.nll_unit(f1(th, xn).unsqueeze(0), yn.unsqueeze(0)).squeeze(0)
+
+        g, value = grad_and_value(nll)(theta)
+        return g.unsqueeze(0), value
+
+    for e0 in range(0, n_examples, ex_per_chunk):
+        sl = slice(e0, min(e0 + ex_per_chunk, n_examples))
+        xs, ys = _index(x, sl), y[sl]
+        if kind == "ef":
+            rows, nll = vmap(ef_rows)(xs, ys)
+            yield rows, nll.detach()
+            continue
+        for k0 in range(0, n_cols, cols_per_chunk):
+            k1 = min(k0 + cols_per_chunk, n_cols)
+            rows, out = vmap(lambda xn, k0=k0, k1=k1: ggn_rows(xn, k0, k1))(xs)
+            nll = likelihood.nll_unit(out.detach(), ys) if k0 == 0 else None
+            yield rows, nll

@@ -1,0 +1,132 @@
+"""The one pass over the data.
+
+Every backend that reads data does it through :func:`accumulate`: it validates and moves each
+batch, shows the progress bar, sums what the per-batch step returns and hands the sums to the
+reduction. A distributed run only replaces the reduction (:func:`set_reduction`), e.g. with an
+``all_reduce`` of each tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+__all__ = ["accumulate", "batch_size", "prepare_inputs", "set_reduction"]
+
+Reduction = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+def _identity(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    return sums
+
+
+_reduction: Reduction = _identity
+
+
+def set_reduction(fn: Reduction | None) -> None:
+    """Replace the reduction applied to the accumulated sums (``None`` restores the identity).
+
+    The function receives a dict of summed tensors (including ``"n_data"``) and returns it
+    reduced across processes.
+    """
+    global _reduction
+    _reduction = _identity if fn is None else fn
+
+
+def batch_size(x: Any, batch_size_fn: Callable[[Any], int] | None = None) -> int:
+    """Number of examples in inputs ``x``: a tensor's first dimension, or for a dict the
+    first dimension of its first tensor unless ``batch_size_fn`` says otherwise."""
+    if batch_size_fn is not None:
+        return int(batch_size_fn(x))
+    if isinstance(x, Tensor):
+        if x.dim() == 0:
+            raise ValueError("inputs X must have a batch dimension; got a 0-d tensor")
+        return x.shape[0]
+    if isinstance(x, Mapping):
+        for v in x.values():
+            if isinstance(v, Tensor) and v.dim() > 0:
+                return v.shape[0]
+    raise TypeError(
+        f"inputs X must be a tensor or a dict of tensors; got {type(x).__name__} "
+        "(pass batch_size_fn for other input types)"
+    )
+
+
+def prepare_inputs(x: Any, device: torch.device, dtype: torch.dtype, name: str = "X") -> Any:
+    """Move inputs to the model's device and check them: finite, and floating inputs of the
+    model's dtype (a mismatch is refused, not silently cast)."""
+    if isinstance(x, Mapping):
+        return {k: prepare_inputs(v, device, dtype, f"{name}[{k!r}]") for k, v in x.items()}
+    if isinstance(x, Tensor):
+        if x.is_floating_point():
+            if x.dtype != dtype:
+                raise TypeError(
+                    f"inputs {name} have dtype {x.dtype} but the model has dtype {dtype}; "
+                    "convert the data (or the model) first"
+                )
+            if not torch.isfinite(x).all():
+                raise ValueError(f"inputs {name} contain NaN or Inf values")
+        return x.to(device)
+    return x
+
+
+def accumulate(
+    loader: Iterable,
+    step: Callable[[Any, Tensor], dict[str, Tensor]],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+    desc: str = "data pass",
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> dict[str, Tensor]:
+    """Run ``step(X, y)`` on every batch and return the reduced sums of what it returns.
+
+    Args:
+        loader: a DataLoader or any iterable of ``(X, y)`` batches.
+        step: per-batch function returning a dict of tensors to be summed over batches.
+        device, dtype: where the model lives; batches are moved there, dtypes are checked.
+        progress: show a tqdm progress bar.
+        desc: label of the progress bar.
+        batch_size_fn: how to count examples in non-tensor inputs.
+
+    Returns:
+        The sums, plus ``"n_data"`` (a 0-d long tensor, the number of examples N).
+
+    Raises:
+        ValueError: for an empty loader, NaN/Inf inputs or malformed batches.
+    """
+    if isinstance(loader, Tensor) or not isinstance(loader, Iterable):
+        raise TypeError(
+            f"train_loader must be a DataLoader or an iterable of (X, y) batches; "
+            f"got {type(loader).__name__}"
+        )
+    sums: dict[str, Tensor] = {}
+    n_data = 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for batch in tqdm(loader, total=total, disable=not progress, desc=desc, leave=False):
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
+            raise ValueError("each batch must be a pair (X, y)")
+        x, y = batch
+        b = batch_size(x, batch_size_fn)
+        if b == 0:
+            continue
+        x = prepare_inputs(x, device, dtype)
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        y = y.to(device)
+        if y.shape[:1] != (b,):
+            raise ValueError(
+                f"targets y must have batch dimension {b} like X; got shape {list(y.shape)}"
+            )
+        for k, v in step(x, y).items():
+            sums[k] = sums[k] + v if k in sums else v
+        n_data += b
+    if n_data == 0:
+        raise ValueError("train_loader yielded no data (empty loader)")
+    sums["n_data"] = torch.tensor(n_data, device=device)
+    return _reduction(sums)

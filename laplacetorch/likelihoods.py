@@ -1,0 +1,287 @@
+"""Likelihoods: the log-likelihood of summed data, output Hessians and their square roots.
+
+Curvature is always computed at *unit scale*: the Gaussian with σ = 1 and temperature 1. The
+true curvature of the summed negative log-likelihood is then ``s · G`` with the likelihood scale
+``s = 1 / (σ² T)`` (GGN). The empirical Fisher is built from gradients, so it scales with ``s²``
+(see :meth:`Likelihood.curvature_scale`). This keeps σ and T tunable after one fit.
+
+Shapes: model outputs ``f`` are ``[B, C]``; targets are ``[B]`` (class indices, or a regression /
+binary target when ``C == 1``) or ``[B, C]`` (regression, multi-label binary).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "BinaryLikelihood",
+    "ClassificationLikelihood",
+    "Likelihood",
+    "RegressionLikelihood",
+    "get_likelihood",
+]
+
+
+class Likelihood(ABC):
+    """A likelihood p(y | f) over network outputs f of shape ``[B, C]``."""
+
+    name: str = ""
+
+    @abstractmethod
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        """Validate targets against outputs of shape ``f_shape`` and return them normalised.
+
+        Raises:
+            ValueError: on a wrong shape, labels out of range or non-finite values.
+        """
+
+    @abstractmethod
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        """Per-example negative log-likelihood at unit scale (σ = 1, T = 1), shape ``[B]``.
+
+        For regression this is ½‖y − f‖² *without* the normaliser; the normaliser is added in
+        :meth:`log_likelihood_from_loss`.
+        """
+
+    @abstractmethod
+    def hessian_sqrt(self, f: Tensor) -> Tensor:
+        """A square root Sₙ of the unit-scale output Hessian, ``[B, C, K]`` with SₙSₙᵀ = Λₙ."""
+
+    @abstractmethod
+    def output_hessian(self, f: Tensor) -> Tensor:
+        """The unit-scale output Hessian Λₙ = ∂²(−log p)/∂f², shape ``[B, C, C]``."""
+
+    @abstractmethod
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """Targets drawn from the model at unit scale, ``[n_samples, B, ...]`` (MC Fisher)."""
+
+    def output_grad(self, f: Tensor, y: Tensor) -> Tensor:
+        """∂(−log p(yₙ | fₙ))/∂fₙ at unit scale, ``[B, C]`` (for the empirical Fisher)."""
+        f = f.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.nll_unit(f, y).sum(), f)
+        return g
+
+    def curvature_scale(
+        self,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+        kind: str = "ggn",
+    ) -> Tensor | float:
+        """The factor s turning unit-scale curvature into that of the tempered likelihood.
+
+        GGN: s = 1/(σ²T); empirical Fisher (outer products of gradients): s = 1/(σ²T)².
+        """
+        s = 1.0 / (self._noise_var(sigma_noise) * temperature)
+        return s * s if kind == "ef" else s
+
+    def _noise_var(self, sigma_noise: Tensor | float) -> Tensor | float:
+        return 1.0
+
+    def log_likelihood_from_loss(
+        self,
+        loss_sum: Tensor | float,
+        n_data: int,
+        n_outputs: int,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        """log p(D | θ) of the tempered likelihood from the summed unit-scale loss Σₙ nll_unit."""
+        return torch.as_tensor(-loss_sum / temperature)
+
+    def log_likelihood(
+        self,
+        f: Tensor,
+        y: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        """log p(y | f) summed over the batch (tempered), differentiable in f, σ and T."""
+        y = self.check_targets(y, tuple(f.shape))
+        return self.log_likelihood_from_loss(
+            self.nll_unit(f, y).sum(), f.shape[0], f.shape[1], sigma_noise, temperature
+        )
+
+
+def _check_outputs(f_shape: tuple[int, ...]) -> None:
+    if len(f_shape) != 2:
+        raise ValueError(f"model outputs must have shape [batch, C]; got shape {list(f_shape)}")
+
+
+def _check_finite(y: Tensor, name: str = "targets y") -> None:
+    if y.is_floating_point() and not torch.isfinite(y).all():
+        raise ValueError(f"{name} contain NaN or Inf values")
+
+
+class ClassificationLikelihood(Likelihood):
+    """Categorical likelihood with a softmax link; targets are class indices ``[B]``."""
+
+    name = "classification"
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        _check_outputs(f_shape)
+        batch, n_classes = f_shape
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        if y.shape != (batch,):
+            raise ValueError(
+                f"classification targets y must be class indices of shape [{batch}]; "
+                f"got shape {list(y.shape)}"
+            )
+        if y.is_floating_point():
+            _check_finite(y)
+            if not torch.equal(y, y.round()):
+                raise ValueError("classification targets y must be integer class indices")
+        elif y.dtype == torch.bool or y.is_complex():
+            raise ValueError(f"classification targets y must be integers; got dtype {y.dtype}")
+        y = y.long()
+        if batch and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(
+                f"classification targets y must lie in [0, {n_classes - 1}]; "
+                f"got values in [{int(y.min())}, {int(y.max())}]"
+            )
+        return y
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(f, y, reduction="none")
+
+    def output_hessian(self, f: Tensor) -> Tensor:
+        p = torch.softmax(f, dim=-1)
+        return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+
+    def hessian_sqrt(self, f: Tensor) -> Tensor:
+        # S = diag(√p) − p √pᵀ:  S Sᵀ = diag(p) − p pᵀ because Σ p = 1.
+        p = torch.softmax(f, dim=-1)
+        sp = p.sqrt()
+        return torch.diag_embed(sp) - p.unsqueeze(-1) * sp.unsqueeze(-2)
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        p = torch.softmax(f.detach(), dim=-1)
+        y = torch.multinomial(p, n_samples, replacement=True, generator=generator)
+        return y.T.contiguous()
+
+
+class RegressionLikelihood(Likelihood):
+    """Gaussian likelihood N(y | f, σ² I); targets ``[B]`` (when C = 1) or ``[B, C]``."""
+
+    name = "regression"
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        _check_outputs(f_shape)
+        batch, n_out = f_shape
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        if y.shape == (batch,) and n_out == 1:
+            y = y.unsqueeze(-1)
+        if y.shape != (batch, n_out):
+            expected = f"[{batch}, {n_out}]" + (f" or [{batch}]" if n_out == 1 else "")
+            raise ValueError(
+                f"regression targets y must have shape {expected}; got shape {list(y.shape)}"
+            )
+        if not y.is_floating_point():
+            raise ValueError(f"regression targets y must be floating point; got dtype {y.dtype}")
+        _check_finite(y)
+        return y
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * (y - f).square().sum(-1)
+
+    def output_hessian(self, f: Tensor) -> Tensor:
+        eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+        return eye.expand(f.shape[0], -1, -1)
+
+    def hessian_sqrt(self, f: Tensor) -> Tensor:
+        return self.output_hessian(f)
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        noise = torch.randn(
+            (n_samples, *f.shape), generator=generator, dtype=f.dtype, device=f.device
+        )
+        return f.detach().unsqueeze(0) + noise
+
+    def _noise_var(self, sigma_noise: Tensor | float) -> Tensor | float:
+        return sigma_noise * sigma_noise
+
+    def log_likelihood_from_loss(
+        self,
+        loss_sum: Tensor | float,
+        n_data: int,
+        n_outputs: int,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        sigma2 = torch.as_tensor(sigma_noise) ** 2
+        log_norm = 0.5 * n_data * n_outputs * torch.log(2 * math.pi * sigma2)
+        return (-loss_sum / sigma2 - log_norm) / temperature
+
+
+class BinaryLikelihood(Likelihood):
+    """Independent Bernoulli likelihoods with a sigmoid link; targets in {0, 1}."""
+
+    name = "binary"
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        _check_outputs(f_shape)
+        batch, n_out = f_shape
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        if y.shape == (batch,) and n_out == 1:
+            y = y.unsqueeze(-1)
+        if y.shape != (batch, n_out):
+            expected = f"[{batch}, {n_out}]" + (f" or [{batch}]" if n_out == 1 else "")
+            raise ValueError(f"binary targets y must have shape {expected}; got {list(y.shape)}")
+        _check_finite(y)
+        if batch and not ((y == 0) | (y == 1)).all():
+            raise ValueError("binary targets y must be 0 or 1")
+        return y
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        y = y.to(f.dtype)
+        return F.binary_cross_entropy_with_logits(f, y, reduction="none").sum(-1)
+
+    def output_hessian(self, f: Tensor) -> Tensor:
+        p = torch.sigmoid(f)
+        return torch.diag_embed(p * (1 - p))
+
+    def hessian_sqrt(self, f: Tensor) -> Tensor:
+        p = torch.sigmoid(f)
+        return torch.diag_embed((p * (1 - p)).sqrt())
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        p = torch.sigmoid(f.detach()).unsqueeze(0).expand(n_samples, *f.shape)
+        return torch.bernoulli(p, generator=generator)
+
+
+_LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "classification": ClassificationLikelihood,
+    "regression": RegressionLikelihood,
+    "binary": BinaryLikelihood,
+}
+
+
+def get_likelihood(likelihood: str | Likelihood) -> Likelihood:
+    """Return a likelihood instance from its name or pass an instance through.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if isinstance(likelihood, Likelihood):
+        return likelihood
+    if not isinstance(likelihood, str) or likelihood not in _LIKELIHOODS:
+        raise ValueError(
+            f"unknown likelihood {likelihood!r}; expected one of {sorted(_LIKELIHOODS)}"
+        )
+    return _LIKELIHOODS[likelihood]()

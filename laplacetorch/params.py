@@ -1,0 +1,288 @@
+"""Choosing the Bayesian parameters and a functional view of the model in them.
+
+A :class:`ParameterSubset` fixes which weights vary (``"all"``, ``"last_layer"`` or a
+``"subnetwork"``) and orders them as one flat vector θ of length P: the selected parameter
+tensors in ``model.named_parameters()`` order, each flattened row-major, restricted to a mask
+for a subnetwork. :meth:`ParameterSubset.forward` evaluates f(θ, x) with
+:func:`torch.func.functional_call`; every weight outside θ keeps its trained value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+__all__ = ["ParameterSubset", "check_model_mode", "find_last_linear"]
+
+_STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def check_model_mode(model: nn.Module) -> None:
+    """Refuse a model whose output depends on training mode while it is in training mode.
+
+    Raises:
+        ValueError: if a Dropout or BatchNorm module is in training mode.
+    """
+    offenders = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _STOCHASTIC_IN_TRAINING)
+    ]
+    if offenders:
+        raise ValueError(
+            "model is in training mode with Dropout/BatchNorm modules "
+            f"({', '.join(offenders[:5])}); the curvature would be random or use batch "
+            "statistics. Call model.eval() first."
+        )
+
+
+def find_last_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
+    """The named ``nn.Linear`` module, or the last one in ``model.named_modules()`` order.
+
+    Raises:
+        ValueError: if there is no such ``nn.Linear``.
+    """
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            raise ValueError(f"last_layer_name {name!r} is not a module of the model")
+        if not isinstance(modules[name], nn.Linear):
+            raise ValueError(
+                f"last layer {name!r} must be an nn.Linear; got {type(modules[name]).__name__}"
+            )
+        return name, modules[name]
+    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("subset_of_weights='last_layer' needs an nn.Linear layer; none found")
+    return linears[-1]
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+class ParameterSubset:
+    """The Bayesian parameters θ of a model, as one flat vector of length P.
+
+    Args:
+        model: the trained network; its outputs must be ``[batch, C]``.
+        subset: ``"all"`` (every parameter with ``requires_grad``), ``"last_layer"`` or
+            ``"subnetwork"``.
+        last_layer_name: module name of the last layer (default: the last ``nn.Linear``).
+        subnetwork: for ``"subnetwork"``: parameter or module names, or a boolean mask over
+            the flat vector of all parameters (``torch.nn.utils.parameters_to_vector`` order).
+
+    Attributes:
+        names: names of the parameter tensors θ touches, in model order.
+        index: positions of θ inside the concatenation of those tensors (``None``: all).
+        n_params: P.
+        group_names: one group per module owning Bayesian weights (for layer-wise priors).
+        group_index: ``[P]`` long tensor, the group of each entry of θ.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        subset: str = "all",
+        *,
+        last_layer_name: str | None = None,
+        subnetwork: Sequence[str] | Tensor | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.kind = subset
+        self.last_layer_name: str | None = None
+        self.last_layer: nn.Linear | None = None
+        named = dict(model.named_parameters())
+        if not named:
+            raise ValueError("model has no parameters")
+        index = None
+        if subset == "all":
+            names = [n for n, p in named.items() if p.requires_grad]
+            if not names:
+                raise ValueError("model has no parameters with requires_grad=True")
+        elif subset == "last_layer":
+            if subnetwork is not None:
+                raise ValueError("subnetwork is only used with subset_of_weights='subnetwork'")
+            self.last_layer_name, self.last_layer = find_last_linear(model, last_layer_name)
+            prefix = self.last_layer_name + "." if self.last_layer_name else ""
+            names = [prefix + n for n, _ in self.last_layer.named_parameters()]
+        elif subset == "subnetwork":
+            names, index = self._parse_subnetwork(named, subnetwork)
+        else:
+            raise ValueError(
+                f"unknown subset_of_weights {subset!r}; expected 'all', 'last_layer' or "
+                "'subnetwork'"
+            )
+        self.names = names
+        self.shapes = [named[n].shape for n in names]
+        self.numels = [named[n].numel() for n in names]
+        self.index = index
+        self.n_params = int(index.numel()) if index is not None else sum(self.numels)
+        self._build_groups()
+        self.check_weights()
+
+    # ----------------------------------------------------------------- construction
+    def _parse_subnetwork(
+        self, named: dict[str, nn.Parameter], subnetwork: Sequence[str] | Tensor | None
+    ) -> tuple[list[str], Tensor | None]:
+        if subnetwork is None:
+            raise ValueError(
+                "subset_of_weights='subnetwork' needs `subnetwork`: parameter/module names or a "
+                "boolean mask over the flat parameter vector"
+            )
+        if isinstance(subnetwork, Tensor):
+            total = sum(p.numel() for p in named.values())
+            if subnetwork.dtype != torch.bool:
+                raise ValueError(f"subnetwork mask must be boolean; got dtype {subnetwork.dtype}")
+            if subnetwork.shape != (total,):
+                raise ValueError(
+                    f"subnetwork mask must have shape [{total}] (all parameters); "
+                    f"got {list(subnetwork.shape)}"
+                )
+            if not subnetwork.any():
+                raise ValueError("subnetwork mask selects no parameter (all False)")
+            chunks = torch.split(subnetwork.cpu(), [p.numel() for p in named.values()])
+            names = [n for n, c in zip(named, chunks, strict=True) if c.any()]
+            kept = torch.cat([c for c, n in zip(chunks, named, strict=True) if n in names])
+            index = None if kept.all() else kept.nonzero().squeeze(-1)
+            return names, index
+        if isinstance(subnetwork, str):
+            subnetwork = [subnetwork]
+        wanted = list(subnetwork)
+        if not wanted:
+            raise ValueError("subnetwork names are empty")
+        chosen = set()
+        for w in wanted:
+            hits = [n for n in named if n == w or n.startswith(w + ".")]
+            if not hits:
+                raise ValueError(
+                    f"subnetwork name {w!r} matches no parameter or module; parameters are "
+                    f"{list(named)[:8]}{'…' if len(named) > 8 else ''}"
+                )
+            chosen.update(hits)
+        return [n for n in named if n in chosen], None
+
+    def _build_groups(self) -> None:
+        per_tensor = [torch.full((k,), 0, dtype=torch.long) for k in self.numels]  # filled below
+        self.group_names = []
+        for i, n in enumerate(self.names):
+            g = _module_of(n)
+            if g not in self.group_names:
+                self.group_names.append(g)
+            per_tensor[i].fill_(self.group_names.index(g))
+        gi = torch.cat(per_tensor)
+        self.group_index = gi if self.index is None else gi[self.index]
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_names)
+
+    @property
+    def _params(self) -> list[nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return [named[n] for n in self.names]
+
+    @property
+    def device(self) -> torch.device:
+        return self._params[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._params[0].dtype
+
+    def check_weights(self) -> None:
+        """Raise ``ValueError`` if a Bayesian weight is NaN or infinite."""
+        for n, p in zip(self.names, self._params, strict=True):
+            if not torch.isfinite(p).all():
+                raise ValueError(f"model weights contain NaN or Inf (parameter {n!r})")
+
+    # ----------------------------------------------------------------- flat <-> named
+    def _concat(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def map_vector(self) -> Tensor:
+        """θ* — the current (trained) values of the Bayesian weights, detached, ``[P]``."""
+        flat = self._concat([p.detach() for p in self._params])
+        return flat if self.index is None else flat[self.index]
+
+    def from_named(self, tensors: dict[str, Tensor]) -> Tensor:
+        """Flatten named tensors (e.g. gradients) into the θ layout, ``[P]``."""
+        flat = self._concat([tensors[n] for n in self.names])
+        return flat if self.index is None else flat[self.index]
+
+    def to_named(self, theta: Tensor) -> dict[str, Tensor]:
+        """Named parameter tensors with θ in place; entries outside θ keep their trained value."""
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"theta must have shape [{self.n_params}]; got {list(theta.shape)}")
+        if self.index is not None:
+            base = self._concat([p.detach() for p in self._params])
+            theta = base.scatter(0, self.index, theta)
+        chunks = torch.split(theta, self.numels)
+        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
+
+    def forward(self, theta: Tensor, x: Any) -> Tensor:
+        """f(θ, x): the model with θ substituted, via ``torch.func.functional_call``."""
+        return functional_call(self.model, self.to_named(theta), (x,))
+
+    def functional(self) -> Callable[[Tensor, Any], Tensor]:
+        """The function ``(θ, x) ↦ f(θ, x)``, for use under ``torch.func`` transforms."""
+        return self.forward
+
+    def assign(self, theta: Tensor) -> None:
+        """Write θ into the model's parameters in place (used to draw weight samples)."""
+        with torch.no_grad():
+            for p, t in zip(self._params, self.to_named(theta).values(), strict=True):
+                p.copy_(t)
+
+    # ----------------------------------------------------------------- last layer
+    def features(self, x: Any) -> tuple[Tensor, Tensor]:
+        """Last-layer features φ(x) ``[B, D]`` and outputs f(x) ``[B, C]`` in one forward pass.
+
+        Raises:
+            ValueError: if the last layer's output is not the model's output, or its input is
+                not ``[B, D]``.
+        """
+        if self.last_layer is None:
+            raise ValueError("features() needs subset_of_weights='last_layer'")
+        seen: dict[str, Tensor] = {}
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            seen["phi"], seen["out"] = inputs[0], output
+
+        handle = self.last_layer.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                out = self.model(x)
+        finally:
+            handle.remove()
+        if "phi" not in seen:
+            raise ValueError(f"last layer {self.last_layer_name!r} was not called by the model")
+        phi = seen["phi"]
+        if (
+            phi.dim() != 2
+            or not isinstance(out, Tensor)
+            or out.shape != seen["out"].shape
+            or not (out is seen["out"] or torch.equal(out, seen["out"]))
+        ):
+            raise ValueError(
+                f"last layer {self.last_layer_name!r} must map [B, D] features to the model "
+                "output [B, C] as the final operation"
+            )
+        return phi.detach(), out.detach()
+
+    # ----------------------------------------------------------------- identity
+    def signature(self) -> dict[str, Any]:
+        """What identifies this subset of this model (checked when loading a state)."""
+        return {
+            "kind": self.kind,
+            "names": list(self.names),
+            "shapes": [list(s) for s in self.shapes],
+            "n_params": self.n_params,
+        }
