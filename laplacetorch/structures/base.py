@@ -82,6 +82,8 @@ class Structure(ABC):
 
     #: whether logdet / solve / trace are exact (False: stochastic estimates)
     exact: bool = True
+    #: names of the tensors returned by ``_tensors`` (persistence)
+    _tensor_keys: tuple[str, ...] = ()
 
     def __init__(
         self, n_params: int, group_index: Tensor | None, dtype: torch.dtype, device: torch.device
@@ -201,19 +203,25 @@ class Structure(ABC):
 
     @classmethod
     def from_state_dict(
-        cls, state: dict[str, Any], device: torch.device | str = "cpu", dtype: torch.dtype = None
+        cls,
+        state: dict[str, Any],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
     ) -> Structure:
         """Rebuild a structure of this class from :meth:`state_dict`."""
+        if state.get("structure") != cls.__name__:
+            raise ValueError(
+                f"state is of structure {state.get('structure')!r}, not {cls.__name__!r}"
+            )
+        missing = [k for k in cls._tensor_keys if k not in state]
+        if missing or "n_params" not in state or "group_index" not in state:
+            raise ValueError(f"state of {cls.__name__} lacks entries {missing or ['n_params']}")
+        dtype = dtype or state[cls._tensor_keys[0]].dtype
         obj = cls.__new__(cls)
-        first = next(v for k, v in state.items() if isinstance(v, Tensor) and k != "group_index")
         Structure.__init__(
-            obj,
-            state["n_params"],
-            state["group_index"],
-            dtype or first.dtype,
-            torch.device(device),
+            obj, state["n_params"], state["group_index"], dtype, torch.device(device)
         )
-        obj.load_state_dict(state)
+        obj._set_tensors({k: state[k].to(obj.device, dtype) for k in cls._tensor_keys})
         return obj
 
     @abstractmethod

@@ -38,6 +38,8 @@ class Dense(Structure):
         evals, evecs = torch.linalg.eigh(sym)
         self._set_tensors({"eigenvalues": evals.clamp_min(0), "eigenvectors": evecs})
 
+    _tensor_keys = ("eigenvalues", "eigenvectors")
+
     def _tensors(self) -> dict[str, Tensor]:
         return {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors}
 

@@ -33,6 +33,8 @@ class Diagonal(Structure):
         self._set_tensors({"diagonal": diagonal.clamp_min(0)})
         self.variance = variance
 
+    _tensor_keys = ("diagonal",)
+
     def _tensors(self) -> dict[str, Tensor]:
         return {"diagonal": self.g}
 
