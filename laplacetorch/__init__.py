@@ -2,6 +2,7 @@
 
 from .curvature import BACKENDS, CurvatureResult, fit_diag, fit_full, get_backend
 from .datapass import set_reduction
+from .laplace import HESSIAN_STRUCTURES, Laplace, NotFittedError
 from .likelihoods import (
     BinaryLikelihood,
     ClassificationLikelihood,
@@ -11,20 +12,25 @@ from .likelihoods import (
 )
 from .params import ParameterSubset
 from .structures import Dense, Diagonal, Structure
+from .tuning import TuningResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "HESSIAN_STRUCTURES",
     "BinaryLikelihood",
     "ClassificationLikelihood",
     "CurvatureResult",
     "Dense",
     "Diagonal",
+    "Laplace",
     "Likelihood",
+    "NotFittedError",
     "ParameterSubset",
     "RegressionLikelihood",
     "Structure",
+    "TuningResult",
     "fit_diag",
     "fit_full",
     "get_backend",

@@ -55,6 +55,7 @@ def test_quantities_match_dense_algebra(kind, prior, scale):
     torch.testing.assert_close(st.precision_dense(delta, scale), prec)
     torch.testing.assert_close(st.logdet(delta, scale), torch.logdet(prec))
     torch.testing.assert_close(st.trace_inverse(delta, scale), cov.trace())
+    torch.testing.assert_close(st.inverse_diagonal(delta, scale), cov.diagonal())
     v = torch.randn(2, 5, P, generator=torch.Generator().manual_seed(0), dtype=DT)
     torch.testing.assert_close(st.solve(v, delta, scale), v @ cov)
     jac = torch.randn(4, 3, P, generator=torch.Generator().manual_seed(1), dtype=DT)

@@ -138,6 +138,12 @@ class Structure(ABC):
         """tr Π⁻¹."""
 
     @abstractmethod
+    def inverse_diagonal(
+        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+    ) -> Tensor:
+        """diag Π⁻¹, ``[P]`` (MacKay's update, marginal variances)."""
+
+    @abstractmethod
     def sample(
         self,
         n_samples: int,

@@ -101,10 +101,19 @@ class Dense(Structure):
         s = self._scale(scale)
         if scalar:
             return self._eig_prec(delta, s).reciprocal().sum()
+        return self.inverse_diagonal(delta, s).sum()
+
+    def inverse_diagonal(
+        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+    ) -> Tensor:
+        delta, scalar = self._prior(prior_precision)
+        s = self._scale(scale)
+        if scalar:
+            return self.eigenvectors.square() @ self._eig_prec(delta, s).reciprocal()
         chol = self._cholesky(delta, s)
         eye = torch.eye(self.n_params, dtype=self.dtype, device=self.device)
         linv = torch.linalg.solve_triangular(chol, eye, upper=False)
-        return linv.square().sum()
+        return linv.square().sum(0)
 
     def sample(
         self,

@@ -66,6 +66,11 @@ class Diagonal(Structure):
     def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         return self.precision_diagonal(prior_precision, scale).reciprocal().sum()
 
+    def inverse_diagonal(
+        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+    ) -> Tensor:
+        return self.precision_diagonal(prior_precision, scale).reciprocal()
+
     def sample(
         self,
         n_samples: int,

@@ -1,0 +1,440 @@
+"""The Laplace class: fit, marginal likelihood, prior tuning, predictive, sampling, persistence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import tuning
+from .curvature import BACKENDS, CurvatureResult, get_backend
+from .curvature.per_example import DEFAULT_MEMORY_BUDGET
+from .datapass import batch_size, prepare_inputs
+from .likelihoods import Likelihood, get_likelihood
+from .params import ParameterSubset, check_model_mode
+from .predictive import (
+    LINK_APPROXIMATIONS,
+    bridge,
+    gaussian_samples,
+    glm_jacobians,
+    link_samples,
+    mc_link,
+    probit,
+)
+from .structures import expand_prior, structure_from_state_dict
+
+__all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
+
+#: canonical structure names; laplace-torch's aliases map onto them
+HESSIAN_STRUCTURES = ("full", "diag", "hutchinson", "kfac", "ekfac", "lanczos", "operator")
+_ALIASES = {"kron": "kfac", "lowrank": "lanczos", "diag_hutchinson": "hutchinson"}
+PRED_TYPES = ("glm", "nn")
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a Laplace approximation is used before ``fit`` (or ``load_state_dict``)."""
+
+
+def _canonical_structure(name: str | None, subset: str) -> str:
+    if name is None:
+        # Best that exists: exact dense curvature where P is small by construction, the exact
+        # diagonal for whole networks.
+        return "full" if subset in ("last_layer", "subnetwork") else "diag"
+    canon = _ALIASES.get(name, name)
+    if canon not in HESSIAN_STRUCTURES:
+        raise ValueError(
+            f"unknown hessian_structure {name!r}; expected one of {list(HESSIAN_STRUCTURES)} "
+            f"or an alias {sorted(_ALIASES)}"
+        )
+    if canon not in BACKENDS:
+        raise NotImplementedError(f"hessian_structure {canon!r} is not implemented yet")
+    return canon
+
+
+class _ShapeRecorder:
+    """Wraps a loader and records the per-example input shape of its first tensor batch."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader, self.shape = loader, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if self.shape is None and isinstance(batch, list | tuple) and batch:
+                if isinstance(batch[0], Tensor):
+                    self.shape = tuple(batch[0].shape[1:])
+            yield batch
+
+
+class Laplace:
+    """Laplace approximation p(θ | D) ≈ N(θ*, Π⁻¹), Π = s·G + P₀, around trained weights θ*.
+
+    Args:
+        model: the trained network, outputs ``[B, C]``.
+        likelihood: ``"classification"``, ``"regression"`` or ``"binary"``.
+        subset_of_weights: ``"last_layer"``, ``"all"`` or ``"subnetwork"``.
+        hessian_structure: ``"full"``, ``"diag"`` (built), or ``"kfac"``/``"kron"``,
+            ``"ekfac"``, ``"hutchinson"``, ``"lanczos"``/``"lowrank"``, ``"operator"`` (not yet:
+            ``NotImplementedError``). Default: ``"full"`` for the last layer and subnetworks,
+            ``"diag"`` for all weights.
+        prior_precision: δ, a scalar, one per layer or one per parameter.
+        prior_mean: μ₀, a scalar or ``[P]``.
+        sigma_noise: σ of the Gaussian likelihood (regression only).
+        temperature: T; the likelihood is tempered as p(D | θ)^{1/T}.
+        last_layer_name, subnetwork: see :class:`~laplacetorch.params.ParameterSubset`.
+        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        memory_budget: bytes a chunk of Jacobian rows may take (fit and predict).
+        batch_size_fn: counts the examples of non-tensor inputs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str | Likelihood,
+        subset_of_weights: str = "last_layer",
+        hessian_structure: str | None = None,
+        prior_precision: Tensor | float = 1.0,
+        prior_mean: Tensor | float = 0.0,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: float = 1.0,
+        *,
+        last_layer_name: str | None = None,
+        subnetwork: Any = None,
+        fisher_type: str = "exact",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        batch_size_fn: Callable[[Any], int] | None = None,
+    ) -> None:
+        self.likelihood = get_likelihood(likelihood)
+        self.subset = ParameterSubset(
+            model, subset_of_weights, last_layer_name=last_layer_name, subnetwork=subnetwork
+        )
+        self.model = model
+        self.hessian_structure = _canonical_structure(hessian_structure, subset_of_weights)
+        self.fisher_type = fisher_type
+        self.memory_budget = memory_budget
+        self.batch_size_fn = batch_size_fn
+        if not isinstance(temperature, int | float) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+        self.temperature = float(temperature)
+        self.prior_precision = prior_precision
+        self.prior_mean = prior_mean
+        self.sigma_noise = sigma_noise
+        self.curvature: CurvatureResult | None = None
+        self.mean: Tensor | None = None
+        self._input_shape: tuple[int, ...] | None = None
+
+    # ----------------------------------------------------------------- hyperparameters
+    @property
+    def n_params(self) -> int:
+        """P, the number of Bayesian weights."""
+        return self.subset.n_params
+
+    @property
+    def prior_precision(self) -> Tensor:
+        """δ: a 0-d tensor, ``[n_layers]`` or ``[P]``."""
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: Tensor | float) -> None:
+        expand_prior(
+            value,
+            self.n_params,
+            self.subset.group_index,
+            dtype=self.subset.dtype,
+            device=self.subset.device,
+        )  # validates
+        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
+        self._prior_precision = t.detach().clone().reshape(() if t.numel() == 1 else (-1,))
+
+    @property
+    def prior_mean(self) -> Tensor:
+        """μ₀: a 0-d tensor or ``[P]``."""
+        return self._prior_mean
+
+    @prior_mean.setter
+    def prior_mean(self, value: Tensor | float) -> None:
+        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
+        if t.numel() != 1 and t.shape != (self.n_params,):
+            raise ValueError(
+                f"prior_mean must be a scalar or have shape [{self.n_params}]; got {list(t.shape)}"
+            )
+        if not torch.isfinite(t).all():
+            raise ValueError("prior_mean must be finite")
+        self._prior_mean = t.detach().clone().reshape(() if t.numel() == 1 else (-1,))
+
+    @property
+    def sigma_noise(self) -> Tensor:
+        """σ of the Gaussian likelihood (fixed to 1 for other likelihoods)."""
+        return self._sigma_noise
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: Tensor | float) -> None:
+        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
+        if t.numel() != 1 or not torch.isfinite(t).all() or (t <= 0).any():
+            raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
+        if self.likelihood.name != "regression" and float(t) != 1.0:
+            raise ValueError(
+                f"sigma_noise is a regression-only option; got {float(t)} for likelihood "
+                f"{self.likelihood.name!r}"
+            )
+        self._sigma_noise = t.detach().clone().reshape(())
+
+    def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
+        """The likelihood scale s multiplying the unit-scale curvature."""
+        sigma = self.sigma_noise if sigma_noise is None else sigma_noise
+        return self.likelihood.curvature_scale(sigma, self.temperature, self._fitted().kind)
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, train_loader: Iterable, progress: bool = False) -> Laplace:
+        """Run the curvature backend over the data once; a second call replaces the first."""
+        recorder = _ShapeRecorder(train_loader)
+        self.curvature = get_backend(self.hessian_structure)(
+            self.subset,
+            self.likelihood,
+            recorder,
+            fisher_type=self.fisher_type,
+            progress=progress,
+            memory_budget=self.memory_budget,
+            batch_size_fn=self.batch_size_fn,
+        )
+        self.mean = self.subset.map_vector()
+        self._input_shape = recorder.shape
+        return self
+
+    def _fitted(self) -> CurvatureResult:
+        if self.curvature is None:
+            raise NotFittedError("this Laplace approximation is not fitted; call fit() first")
+        return self.curvature
+
+    @property
+    def n_data(self) -> int:
+        """N, the number of training examples seen by ``fit``."""
+        return self._fitted().n_data
+
+    @property
+    def structure(self):
+        """The fitted posterior-precision structure."""
+        return self._fitted().structure
+
+    # ----------------------------------------------------------------- evidence
+    def log_likelihood(self, sigma_noise: Tensor | float | None = None) -> Tensor:
+        """log p(D | θ*) of the tempered likelihood, differentiable in σ."""
+        c = self._fitted()
+        sigma = self.sigma_noise if sigma_noise is None else sigma_noise
+        return self.likelihood.log_likelihood_from_loss(
+            c.loss_sum, c.n_data, c.n_outputs, sigma, self.temperature
+        )
+
+    def log_marginal_likelihood(
+        self,
+        prior_precision: Tensor | float | None = None,
+        sigma_noise: Tensor | float | None = None,
+    ) -> Tensor:
+        """Laplace evidence log p(D | θ*) − ½[(θ*−μ₀)ᵀP₀(θ*−μ₀) + log det Π − log det P₀].
+
+        Exact log-determinants from the structure; differentiable in δ and σ; O(P) per call
+        after the fit for every structure whose logdet is O(P) in δ.
+        """
+        c = self._fitted()
+        if sigma_noise is not None and self.likelihood.name != "regression":
+            raise ValueError("sigma_noise is a regression-only option")
+        delta = self.prior_precision if prior_precision is None else prior_precision
+        sigma = self.sigma_noise if sigma_noise is None else sigma_noise
+        d, scalar = expand_prior(
+            delta,
+            self.n_params,
+            self.subset.group_index,
+            dtype=self.subset.dtype,
+            device=self.subset.device,
+        )
+        diff = self.mean - self.prior_mean
+        scatter = (d * diff.square()).sum()
+        logdet_prior = self.n_params * d.log() if scalar else d.log().sum()
+        logdet_post = c.structure.logdet(d, self.scale(sigma))
+        return self.log_likelihood(sigma) - 0.5 * (scatter + logdet_post - logdet_prior)
+
+    def optimize_prior_precision(
+        self,
+        method: str = "marglik",
+        prior_structure: str = "scalar",
+        val_loader: Iterable | None = None,
+        **kwargs: Any,
+    ) -> tuning.TuningResult:
+        """Tune δ (and σ for regression) and leave the object tuned.
+
+        Args:
+            method: ``"marglik"`` (L-BFGS or Adam on log δ, log σ), ``"mackay"`` (fixed point)
+                or ``"gridsearch"`` (validation NLL, or the evidence without ``val_loader``).
+            prior_structure: ``"scalar"``, ``"layerwise"`` or ``"diagonal"``.
+            val_loader: validation data for ``"gridsearch"``.
+            **kwargs: options of the method (see :mod:`laplacetorch.tuning`).
+        """
+        self._fitted()
+        return tuning.optimize(self, method, prior_structure, val_loader, **kwargs)
+
+    # ----------------------------------------------------------------- predictive
+    def _check_inputs(self, x: Any) -> tuple[Any, int]:
+        self._fitted()
+        check_model_mode(self.model)
+        x = prepare_inputs(x, self.subset.device, self.subset.dtype, "x")
+        n = batch_size(x, self.batch_size_fn)
+        if isinstance(x, Tensor) and self._input_shape is not None:
+            if tuple(x.shape[1:]) != self._input_shape:
+                raise ValueError(
+                    f"x must have shape [B, {', '.join(map(str, self._input_shape))}] like the "
+                    f"training inputs; got {list(x.shape)}"
+                )
+        return x, n
+
+    def glm_moments(self, x: Any) -> tuple[Tensor, Tensor]:
+        """Mean ``[B, C]`` and covariance ``[B, C, C]`` of the linearised f(x) (no noise)."""
+        x, n = self._check_inputs(x)
+        s = self.scale()
+        means, variances = [], []
+        for f, jac in glm_jacobians(self.subset, x, n, self.memory_budget):
+            means.append(f)
+            variances.append(self.structure.functional_variance(jac, self.prior_precision, s))
+        return torch.cat(means), torch.cat(variances)
+
+    def _nn_function_samples(self, x: Any, n_samples: int, generator) -> Tensor:
+        x, _ = self._check_inputs(x)
+        thetas = self.sample(n_samples, generator)
+        with torch.no_grad():
+            return torch.func.vmap(lambda t: self.subset.forward(t, x))(thetas)
+
+    def __call__(
+        self,
+        x: Any,
+        pred_type: str = "glm",
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Posterior predictive at ``x``.
+
+        Classification / binary: probabilities ``[B, C]``. Regression: ``(mean [B, C],
+        covariance [B, C, C])`` with σ²I added.
+        """
+        if pred_type not in PRED_TYPES:
+            raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
+        if link_approx not in LINK_APPROXIMATIONS:
+            raise ValueError(
+                f"unknown link_approx {link_approx!r}; expected one of {LINK_APPROXIMATIONS}"
+            )
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+        binary = self.likelihood.name == "binary"
+        if pred_type == "nn":
+            fs = self._nn_function_samples(x, n_samples, generator)
+            if self.likelihood.name == "regression":
+                return fs.mean(0), _sample_cov(fs) + self._noise_cov(fs.shape[-1])
+            return (torch.sigmoid(fs) if binary else torch.softmax(fs, -1)).mean(0)
+        mean, var = self.glm_moments(x)
+        if self.likelihood.name == "regression":
+            return mean, var + self._noise_cov(mean.shape[-1])
+        return self._link(mean, var, link_approx, n_samples, generator)
+
+    def _link(self, mean, var, link_approx, n_samples, generator) -> Tensor:
+        binary = self.likelihood.name == "binary"
+        if link_approx == "probit":
+            return probit(mean, var, binary=binary)
+        if link_approx == "mc":
+            return mc_link(mean, var, n_samples, generator, binary=binary)
+        if binary:
+            raise ValueError("the Laplace bridge needs a softmax (classification) likelihood")
+        return bridge(mean, var, normalise=link_approx == "bridge_norm")
+
+    predict = __call__
+
+    def predictive_samples(
+        self,
+        x: Any,
+        pred_type: str = "glm",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``[S, B, C]`` samples: probabilities (classification / binary) or f (regression)."""
+        if pred_type not in PRED_TYPES:
+            raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+        binary = self.likelihood.name == "binary"
+        if pred_type == "nn":
+            fs = self._nn_function_samples(x, n_samples, generator)
+        else:
+            mean, var = self.glm_moments(x)
+            if self.likelihood.name != "regression":
+                return link_samples(mean, var, n_samples, generator, binary=binary)
+            fs = gaussian_samples(mean, var, n_samples, generator)
+        if self.likelihood.name == "regression":
+            return fs
+        return torch.sigmoid(fs) if binary else torch.softmax(fs, -1)
+
+    def _noise_cov(self, c: int) -> Tensor:
+        eye = torch.eye(c, dtype=self.subset.dtype, device=self.subset.device)
+        return self.sigma_noise.square() * eye
+
+    # ----------------------------------------------------------------- weights
+    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
+        """``[n_samples, P]`` weight draws θ* + ε, ε ~ N(0, Π⁻¹)."""
+        eps = self.structure.sample(n_samples, self.prior_precision, self.scale(), generator)
+        return self.mean + eps
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to predict without refitting."""
+        c = self._fitted()
+        return {
+            "likelihood": self.likelihood.name,
+            "hessian_structure": self.hessian_structure,
+            "subset": self.subset.signature(),
+            "structure": c.structure.state_dict(),
+            "n_data": c.n_data,
+            "n_outputs": c.n_outputs,
+            "loss_sum": c.loss_sum.detach().cpu(),
+            "kind": c.kind,
+            "mean": self.mean.cpu(),
+            "prior_precision": self.prior_precision.cpu(),
+            "prior_mean": self.prior_mean.cpu(),
+            "sigma_noise": self.sigma_noise.cpu(),
+            "temperature": self.temperature,
+            "input_shape": self._input_shape,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a fitted state; refuses a state of another model, subset or likelihood."""
+        for key, mine in (
+            ("likelihood", self.likelihood.name),
+            ("hessian_structure", self.hessian_structure),
+            ("subset", self.subset.signature()),
+        ):
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"state does not match this Laplace object: {key} is {state.get(key)!r}, "
+                    f"expected {mine!r}"
+                )
+        dev, dt = self.subset.device, self.subset.dtype
+        structure = structure_from_state_dict(state["structure"], device=dev, dtype=dt)
+        self.curvature = CurvatureResult(
+            structure,
+            state["n_data"],
+            state["n_outputs"],
+            state["loss_sum"].to(dev, dt),
+            state["kind"],
+            self.hessian_structure,
+        )
+        self.mean = state["mean"].to(dev, dt)
+        self.prior_precision = state["prior_precision"]
+        self.prior_mean = state["prior_mean"]
+        self.sigma_noise = state["sigma_noise"]
+        self.temperature = state["temperature"]
+        self._input_shape = state["input_shape"]
+
+
+def _sample_cov(fs: Tensor) -> Tensor:
+    d = fs - fs.mean(0)
+    return torch.einsum("sbi,sbj->bij", d, d) / max(fs.shape[0] - 1, 1)

@@ -1,0 +1,147 @@
+"""Predictive distributions: the linearised (GLM) moments and the link approximations.
+
+GLM: f(x) ~ N(f(x; θ*), J Π⁻¹ Jᵀ) with J = ∂f/∂θ at θ*, shapes ``[B, C]`` and ``[B, C, C]``.
+Jacobians come from vmap'd ``jacrev`` in chunks of examples under a memory budget; the last
+layer builds J from its features instead (J = I_C ⊗ φ̃ᵀ, no autograd).
+
+Links for classification (softmax) and binary (sigmoid) outputs:
+- ``probit``: softmax(μ / √(1 + π/8 · diag Σ)),
+- ``bridge``: the Laplace bridge (Hobbhahn et al., 2022) on the zero-sum projection of (μ, Σ),
+  ``bridge_norm`` its normalised variant,
+- ``mc``: the average of softmax(μ + L ε) over samples, L Lᵀ = Σ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import jacrev, vmap
+
+from .curvature.per_example import DEFAULT_MEMORY_BUDGET, _index, _unsqueeze
+from .params import ParameterSubset
+
+__all__ = [
+    "LINK_APPROXIMATIONS",
+    "bridge",
+    "gaussian_samples",
+    "glm_jacobians",
+    "mc_link",
+    "probit",
+    "psd_sqrt",
+]
+
+LINK_APPROXIMATIONS = ("probit", "bridge", "bridge_norm", "mc")
+
+
+def glm_jacobians(
+    subset: ParameterSubset,
+    x: Any,
+    n_examples: int,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(f [b, C], J [b, C, P])`` for chunks of the batch, J = ∂f/∂θ at θ*."""
+    if subset.kind == "last_layer":
+        phi, f = subset.features(x)
+        yield f, last_layer_jacobian(subset, phi, f.shape[1])
+        return
+    theta = subset.map_vector()
+
+    def f1(th: Tensor, xn: Any) -> Tensor:
+        return subset.forward(th, _unsqueeze(xn)).squeeze(0)
+
+    def jac_and_value(xn: Any) -> tuple[Tensor, Tensor]:
+        def with_aux(th: Tensor) -> tuple[Tensor, Tensor]:
+            out = f1(th, xn)
+            return out, out.detach()
+
+        return jacrev(with_aux, has_aux=True)(theta)
+
+    row_bytes = subset.n_params * theta.element_size()
+    with torch.no_grad():
+        n_out = subset.model(_index(x, slice(0, 1))).shape[-1]
+    chunk = max(1, memory_budget // max(row_bytes * n_out, 1))
+    for s in range(0, n_examples, chunk):
+        jac, out = vmap(jac_and_value)(_index(x, slice(s, s + chunk)))
+        yield out, jac
+
+
+def last_layer_jacobian(subset: ParameterSubset, phi: Tensor, n_out: int) -> Tensor:
+    """J ``[B, C, P]`` of a linear head: ∂f_c/∂W_{c'j} = [c = c'] φⱼ, ∂f_c/∂b_{c'} = [c = c']."""
+    eye = torch.eye(n_out, dtype=phi.dtype, device=phi.device)
+    jw = torch.einsum("ce,bj->bcej", eye, phi).reshape(phi.shape[0], n_out, -1)
+    if len(subset.names) == 2:  # weight and bias
+        jb = eye.expand(phi.shape[0], n_out, n_out)
+        return torch.cat([jw, jb], dim=-1)
+    return jw
+
+
+def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:
+    """Probit approximation of E[softmax(f)] (or E[sigmoid(f)]), ``[B, C]``."""
+    kappa = (1 + math.pi / 8 * var.diagonal(dim1=-2, dim2=-1)).rsqrt()
+    return torch.sigmoid(mean * kappa) if binary else torch.softmax(mean * kappa, dim=-1)
+
+
+def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
+    """Mean of the Laplace-bridge Dirichlet after projecting (μ, Σ) onto Σ f_c = 0.
+
+    α_c = (1 − 2/C + e^{μ_c} Σ_l e^{−μ_l} / C²) / Σ_cc, returned as α / Σ α. Variances below
+    the float resolution are clamped (the bridge is singular at zero variance).
+    """
+    c = mean.shape[-1]
+    proj = torch.eye(c, dtype=mean.dtype, device=mean.device) - 1.0 / c
+    mu = mean @ proj
+    v = (proj @ var @ proj).diagonal(dim1=-2, dim2=-1)
+    v = v.clamp_min(torch.finfo(v.dtype).tiny ** 0.5)
+    if normalise:
+        vm = v.mean(-1, keepdim=True) / math.sqrt(c / 2)
+        mu, v = mu / vm.sqrt(), v / vm
+    # e^{μ_c} Σ_l e^{−μ_l} in log space for stability
+    log_term = mu + torch.logsumexp(-mu, dim=-1, keepdim=True) - 2 * math.log(c)
+    alpha = (1 - 2 / c + log_term.exp()) / v
+    return alpha / alpha.sum(-1, keepdim=True)
+
+
+def psd_sqrt(var: Tensor) -> Tensor:
+    """L with L Lᵀ = Σ for a batch of PSD matrices (Cholesky, or eigh when singular)."""
+    chol, info = torch.linalg.cholesky_ex(var)
+    if bool((info == 0).all()):
+        return chol
+    w, q = torch.linalg.eigh(var)
+    return q * w.clamp_min(0).sqrt().unsqueeze(-2)
+
+
+def mc_link(
+    mean: Tensor,
+    var: Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    binary: bool = False,
+) -> Tensor:
+    """Monte-Carlo E[softmax(f)] (or sigmoid) for f ~ N(μ, Σ), averaged over ``n_samples``."""
+    return link_samples(mean, var, n_samples, generator, binary).mean(0)
+
+
+def link_samples(
+    mean: Tensor,
+    var: Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    binary: bool = False,
+) -> Tensor:
+    """``[S, B, C]`` samples of softmax(f) (or sigmoid(f)) for f ~ N(μ, Σ)."""
+    f = gaussian_samples(mean, var, n_samples, generator)
+    return torch.sigmoid(f) if binary else torch.softmax(f, dim=-1)
+
+
+def gaussian_samples(
+    mean: Tensor, var: Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """``[S, B, C]`` samples f = μ + L ε of N(μ, Σ), L Lᵀ = Σ."""
+    eps = torch.randn(
+        (n_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device
+    )
+    return mean + torch.einsum("bij,sbj->sbi", psd_sqrt(var), eps)
