@@ -156,7 +156,7 @@ def _marglik(
     loss = objective()
     grads = torch.autograd.grad(loss, params)
     gmax = max(float(g.abs().max()) for g in grads)
-    converged = gmax <= max(tol, 1e-6 * (1 + abs(float(loss))))
+    converged = gmax <= max(tol, 1e-6 * (1 + abs(loss.item())))
     return _finish(la, "marglik", log_d.exp(), log_s.exp(), n_iter, converged, history)
 
 
