@@ -27,6 +27,7 @@ from .params import ParameterSubset
 __all__ = [
     "LINK_APPROXIMATIONS",
     "bridge",
+    "bridge_concentration",
     "gaussian_samples",
     "glm_jacobians",
     "mc_link",
@@ -85,11 +86,22 @@ def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:
     return torch.sigmoid(mean * kappa) if binary else torch.softmax(mean * kappa, dim=-1)
 
 
-def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
-    """Mean of the Laplace-bridge Dirichlet after projecting (μ, Σ) onto Σ f_c = 0.
+def bridge_concentration(mean: Tensor, var_diag: Tensor) -> Tensor:
+    """Dirichlet concentration α of the Laplace bridge for means ``[B, C]`` and variances
+    ``[B, C]``: α_c = (1 − 2/C + e^{μ_c} Σ_l e^{−μ_l} / C²) / v_c."""
+    c = mean.shape[-1]
+    # e^{μ_c} Σ_l e^{−μ_l} / C² in log space for stability
+    log_term = mean + torch.logsumexp(-mean, dim=-1, keepdim=True) - 2 * math.log(c)
+    return (1 - 2 / c + log_term.exp()) / var_diag
 
-    α_c = (1 − 2/C + e^{μ_c} Σ_l e^{−μ_l} / C²) / Σ_cc, returned as α / Σ α. Variances below
-    the float resolution are clamped (the bridge is singular at zero variance).
+
+def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
+    """Mean α / Σα of the Laplace-bridge Dirichlet after projecting (μ, Σ) onto Σ_c f_c = 0.
+
+    The bridge ignores correlations and is accurate only for near-isotropic projected
+    covariances; prefer ``probit`` or ``mc`` otherwise. ``normalise`` rescales μ and Σ by the
+    mean variance first (the "bridge_norm" variant). Variances below √tiny are clamped (the
+    bridge is singular at zero variance).
     """
     c = mean.shape[-1]
     proj = torch.eye(c, dtype=mean.dtype, device=mean.device) - 1.0 / c
@@ -99,9 +111,7 @@ def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
     if normalise:
         vm = v.mean(-1, keepdim=True) / math.sqrt(c / 2)
         mu, v = mu / vm.sqrt(), v / vm
-    # e^{μ_c} Σ_l e^{−μ_l} in log space for stability
-    log_term = mu + torch.logsumexp(-mu, dim=-1, keepdim=True) - 2 * math.log(c)
-    alpha = (1 - 2 / c + log_term.exp()) / v
+    alpha = bridge_concentration(mu, v)
     return alpha / alpha.sum(-1, keepdim=True)
 
 
