@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench peer clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fit.py
+
+# Optional peer for the comparison tests and benchmarks (never a runtime dependency).
+peer: $(STAMP)
+	$(PIP) laplace-torch==0.3
+	$(PY) -m pip uninstall -y -q torchvision
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
