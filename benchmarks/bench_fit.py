@@ -8,7 +8,7 @@ last layer r_fit ~ 0.3.
 
 Usage::
 
-    python benchmarks/bench_fit.py [--repeats 3] [--epochs 5] [--json PATH]
+    python benchmarks/bench_fit.py [--repeats 3] [--epochs 10] [--json PATH]
 """
 
 from __future__ import annotations

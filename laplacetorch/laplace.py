@@ -17,6 +17,7 @@ from .params import ParameterSubset, check_model_mode
 from .predictive import (
     LINK_APPROXIMATIONS,
     bridge,
+    functional_variance,
     gaussian_samples,
     glm_jacobians,
     link_samples,
@@ -297,7 +298,7 @@ class Laplace:
         means, variances = [], []
         for f, jac in glm_jacobians(self.subset, x, n, self.memory_budget):
             means.append(f)
-            variances.append(self.structure.functional_variance(jac, self.prior_precision, s))
+            variances.append(functional_variance(self.structure, jac, self.prior_precision, s))
         return torch.cat(means), torch.cat(variances)
 
     def _nn_function_samples(self, x: Any, n_samples: int, generator) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["ParameterSubset", "check_model_mode", "find_last_linear"]
+__all__ = ["ParameterSubset", "check_model_mode", "find_last_linear", "head_index"]
 
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
@@ -59,6 +59,15 @@ def find_last_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn
     if not linears:
         raise ValueError("subset_of_weights='last_layer' needs an nn.Linear layer; none found")
     return linears[-1]
+
+
+def head_index(n_out: int, n_feat: int, has_bias: bool, device: torch.device) -> Tensor:
+    """``[C, D̃]`` positions of a linear head's weights in θ = [vec(W) row-major, b]."""
+    idx = torch.arange(n_out * n_feat, device=device).view(n_out, n_feat)
+    if has_bias:
+        bias = torch.arange(n_out * n_feat, n_out * (n_feat + 1), device=device).view(n_out, 1)
+        idx = torch.cat([idx, bias], dim=1)
+    return idx
 
 
 def _module_of(param_name: str) -> str:

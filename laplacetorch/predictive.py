@@ -22,12 +22,15 @@ from torch import Tensor
 from torch.func import jacrev, vmap
 
 from .curvature.per_example import DEFAULT_MEMORY_BUDGET, _index, _unsqueeze
-from .params import ParameterSubset
+from .params import ParameterSubset, head_index
+from .structures import Structure
 
 __all__ = [
     "LINK_APPROXIMATIONS",
+    "LinearHead",
     "bridge",
     "bridge_concentration",
+    "functional_variance",
     "gaussian_samples",
     "glm_jacobians",
     "mc_link",
@@ -38,16 +41,36 @@ __all__ = [
 LINK_APPROXIMATIONS = ("probit", "bridge", "bridge_norm", "mc")
 
 
+class LinearHead:
+    """The Jacobian of a linear last layer, kept factored: J_b = I_C ⊗ φ̃_bᵀ.
+
+    ``index[c, j]`` is the position in θ of the weight linking feature j (j = D: the bias) to
+    output c, so J[b, c, index[c, j]] = φ̃[b, j] and J is zero elsewhere.
+    """
+
+    def __init__(self, phi_aug: Tensor, index: Tensor) -> None:
+        self.phi_aug, self.index = phi_aug, index
+
+    @property
+    def n_out(self) -> int:
+        return self.index.shape[0]
+
+
 def glm_jacobians(
     subset: ParameterSubset,
     x: Any,
     n_examples: int,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(f [b, C], J [b, C, P])`` for chunks of the batch, J = ∂f/∂θ at θ*."""
+) -> Iterator[tuple[Tensor, Tensor | LinearHead]]:
+    """Yield ``(f [b, C], J)`` for chunks of the batch, J = ∂f/∂θ at θ*: a dense ``[b, C, P]``
+    tensor from vmap'd ``jacrev``, or for the last layer a factored :class:`LinearHead`."""
     if subset.kind == "last_layer":
         phi, f = subset.features(x)
-        yield f, last_layer_jacobian(subset, phi, f.shape[1])
+        has_bias = len(subset.names) == 2
+        if has_bias:
+            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+        index = head_index(f.shape[1], subset.last_layer.in_features, has_bias, phi.device)
+        yield f, LinearHead(phi, index)
         return
     theta = subset.map_vector()
 
@@ -70,14 +93,13 @@ def glm_jacobians(
         yield out, jac
 
 
-def last_layer_jacobian(subset: ParameterSubset, phi: Tensor, n_out: int) -> Tensor:
-    """J ``[B, C, P]`` of a linear head: ∂f_c/∂W_{c'j} = [c = c'] φⱼ, ∂f_c/∂b_{c'} = [c = c']."""
-    eye = torch.eye(n_out, dtype=phi.dtype, device=phi.device)
-    jw = torch.einsum("ce,bj->bcej", eye, phi).reshape(phi.shape[0], n_out, -1)
-    if len(subset.names) == 2:  # weight and bias
-        jb = eye.expand(phi.shape[0], n_out, n_out)
-        return torch.cat([jw, jb], dim=-1)
-    return jw
+def functional_variance(
+    structure: Structure, jac: Tensor | LinearHead, prior_precision: Tensor, scale: Tensor | float
+) -> Tensor:
+    """J Π⁻¹ Jᵀ ``[b, C, C]`` for a dense or factored Jacobian."""
+    if isinstance(jac, LinearHead):
+        return structure.functional_variance_head(jac.phi_aug, jac.index, prior_precision, scale)
+    return structure.functional_variance(jac, prior_precision, scale)
 
 
 def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:

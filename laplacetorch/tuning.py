@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .datapass import prepare_inputs
 from .metrics import binary_nll, gaussian_nll, nll
-from .predictive import glm_jacobians
+from .predictive import functional_variance, glm_jacobians
 
 if TYPE_CHECKING:
     from .laplace import Laplace
@@ -261,7 +261,7 @@ def _validation_nll(la, grid, val_loader, link_approx, n_samples, generator) -> 
             batch_nll = 0.0
             start = 0
             for f, jac in moments:
-                var = la.structure.functional_variance(jac, d, s)
+                var = functional_variance(la.structure, jac, d, s)
                 yb = y[start : start + f.shape[0]]
                 start += f.shape[0]
                 batch_nll += float(

@@ -182,3 +182,18 @@ def test_non_finite_curvature_is_refused():
         Dense(bad)
     with pytest.raises(ValueError, match="NaN or Inf"):
         Diagonal(bad.diagonal().clone())
+
+
+@pytest.mark.parametrize("prior", list(PRIORS))
+def test_linear_head_fast_path_equals_dense_jacobian(kind, prior):
+    # a head with C = 2 outputs and D̃ = 3 augmented features on 6 of the 7 parameters
+    st, g = _make(kind)
+    index = torch.tensor([[0, 1, 5], [2, 3, 6]])
+    phi = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=DT)
+    jac = torch.zeros(4, 2, P, dtype=DT)
+    for c in range(2):
+        jac[:, c, index[c]] = phi
+    cov = torch.linalg.inv(1.3 * g + torch.diag(_dense_prior(prior)))
+    torch.testing.assert_close(
+        st.functional_variance_head(phi, index, PRIORS[prior], 1.3), jac @ cov @ jac.transpose(1, 2)
+    )

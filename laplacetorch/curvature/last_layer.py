@@ -7,7 +7,7 @@ output gradient (empirical Fisher):
     G[(c, i), (c', j)] = Σₙ Λₙ[c, c'] φ̃ₙᵢ φ̃ₙⱼ,        diag G[(c, i)] = Σₙ Λₙ[c, c] φ̃ₙᵢ².
 
 One forward pass of the network gives φ and f; the sums are two matrix products per batch.
-The result is permuted into the parameter order [vec(W) row-major, b].
+The result is permuted into the parameter order [vec(W) row-major, b] (see ``head_index``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..likelihoods import Likelihood
-from ..params import ParameterSubset
+from ..params import ParameterSubset, head_index
 from .base import curvature_pass
 from .per_example import DEFAULT_MEMORY_BUDGET
 
@@ -30,16 +30,6 @@ def _augment(phi: Tensor, has_bias: bool) -> Tensor:
     if not has_bias:
         return phi
     return torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-
-
-def _permutation(n_out: int, n_feat: int, has_bias: bool, device: torch.device) -> Tensor:
-    """Indices of [vec(W), b] inside the row-major vec(W̃), W̃ = [W | b] of shape [C, D̃]."""
-    d_aug = n_feat + int(has_bias)
-    grid = torch.arange(n_out * d_aug, device=device).view(n_out, d_aug)
-    parts = [grid[:, :n_feat].reshape(-1)]
-    if has_bias:
-        parts.append(grid[:, n_feat])
-    return torch.cat(parts)
 
 
 def _output_curvature(
@@ -97,7 +87,8 @@ def last_layer_curvature(
     )
     n_feat = subset.last_layer.in_features
     d = n_feat + int(has_bias)
-    perm = _permutation(n_out, n_feat, has_bias, sums["G"].device)
+    # position p of θ holds augmented entry perm[p]
+    perm = torch.argsort(head_index(n_out, n_feat, has_bias, sums["G"].device).reshape(-1))
     if diagonal:
         g = sums["G"].reshape(-1)[perm]
     else:

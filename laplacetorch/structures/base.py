@@ -159,6 +159,21 @@ class Structure(ABC):
     ) -> Tensor:
         """J Π⁻¹ Jᵀ for ``J`` of shape ``[B, C, P]``, returning ``[B, C, C]``."""
 
+    def functional_variance_head(
+        self,
+        phi_aug: Tensor,
+        index: Tensor,
+        prior_precision: Tensor | float,
+        scale: Tensor | float = 1.0,
+    ) -> Tensor:
+        """J Π⁻¹ Jᵀ ``[B, C, C]`` for a linear head's Jacobian J_b = I_C ⊗ φ̃_bᵀ, given the
+        features ``phi_aug`` ``[B, D̃]`` and the ``[C, D̃]`` positions ``index`` of the head's
+        weights in θ. This default builds J; structures override it to avoid that."""
+        b, (c, d) = phi_aug.shape[0], index.shape
+        jac = phi_aug.new_zeros(b, c, self.n_params)
+        jac.scatter_(2, index.unsqueeze(0).expand(b, c, d), phi_aug.unsqueeze(1).expand(b, c, d))
+        return self.functional_variance(jac, prior_precision, scale)
+
     @abstractmethod
     def curvature_dense(self) -> Tensor:
         """The unit-scale curvature G as a dense ``[P, P]`` matrix (tests, small P)."""

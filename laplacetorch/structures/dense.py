@@ -146,3 +146,19 @@ class Dense(Structure):
             m = torch.linalg.solve_triangular(chol, jac.reshape(b * c, p).T, upper=False)
             m = m.T.reshape(b, c, p)
         return m @ m.transpose(-1, -2)
+
+    def functional_variance_head(
+        self,
+        phi_aug: Tensor,
+        index: Tensor,
+        prior_precision: Tensor | float,
+        scale: Tensor | float = 1.0,
+    ) -> Tensor:
+        delta, scalar = self._prior(prior_precision)
+        if not scalar:
+            return super().functional_variance_head(phi_aug, index, prior_precision, scale)
+        # (J Q)[b, c, :] = Σⱼ φ̃[b, j] Q[index[c, j], :]: B·C·D̃·P instead of B·C·P².
+        q_head = self.eigenvectors[index]  # [C, D̃, P]
+        m = torch.einsum("bj,cjp->bcp", phi_aug, q_head)
+        m = m * self._eig_prec(delta, self._scale(scale)).rsqrt()
+        return m @ m.transpose(-1, -2)

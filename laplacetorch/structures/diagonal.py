@@ -87,3 +87,14 @@ class Diagonal(Structure):
         self._check_jacobian(jac)
         var = self.precision_diagonal(prior_precision, scale).reciprocal()
         return torch.einsum("bcp,p,bdp->bcd", jac, var, jac)
+
+    def functional_variance_head(
+        self,
+        phi_aug: Tensor,
+        index: Tensor,
+        prior_precision: Tensor | float,
+        scale: Tensor | float = 1.0,
+    ) -> Tensor:
+        # Outputs are uncorrelated: Var f_c = Σⱼ φ̃ⱼ² / π[index[c, j]].
+        var = self.precision_diagonal(prior_precision, scale).reciprocal()[index]  # [C, D̃]
+        return torch.diag_embed(phi_aug.square() @ var.T)
