@@ -246,7 +246,8 @@ def report_tune(r: dict[str, Any]) -> None:
     """Print benchmark 1."""
     o = r["ours"]
     print(
-        f"\n[1] fit + marglik prior tuning, full GGN, all weights, {r['model']} (P = {r['n_params']})"
+        f"\n[1] fit + marglik prior tuning, full GGN, all weights, {r['model']} "
+        f"(P = {r['n_params']})"
     )
     print(
         f"  ours   fit {o['fit_s']:8.3f} s  tune {o['tune_s']:8.3f} s  total {o['total_s']:8.3f} s"
@@ -330,7 +331,8 @@ def main() -> None:
         _, dt = timed(lambda m=model, i=i: train(m, x_tr, y_tr, args.epochs, seed=SEED + 10 + i))
         n = sum(p.numel() for p in model.parameters())
         print(
-            f"trained net {name} ({n} weights): {dt:.1f} s, test acc {accuracy(model, x_te, y_te):.3f}"
+            f"trained net {name} ({n} weights): {dt:.1f} s, "
+            f"test acc {accuracy(model, x_te, y_te):.3f}"
         )
 
     print(

@@ -126,3 +126,67 @@ def test_frozen_weights_stay_frozen_in_subnetwork():
     fit_full(make_subset(model, "subnetwork"), get_likelihood("regression"), batches(x, y))
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p, b)
+
+
+def test_diag_takes_the_linear_layer_path_for_an_mlp(monkeypatch):
+    import laplacetorch.curvature.diag as diag_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("per-example path used")
+
+    monkeypatch.setattr(diag_mod, "per_example_factors", refuse)
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "all")
+    res = fit_diag(sub, get_likelihood("classification"), batches(x, y))
+    oracle = dense_ggn(sub, x, y, "classification")
+    torch.testing.assert_close(res.structure.diagonal(), oracle.diagonal())
+
+
+class _Reuse(torch.nn.Module):
+    """A Linear applied twice, a tied pair, and a Linear on a sequence."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.inp = torch.nn.Linear(4, 5).double()
+        self.mid = torch.nn.Linear(5, 5).double()
+        self.out = torch.nn.Linear(5, 3).double()
+        self.tied = torch.nn.Linear(5, 5).double()
+        if mode == "tied":
+            self.tied.weight = self.mid.weight
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        if self.mode == "twice":
+            h = torch.tanh(self.mid(torch.tanh(self.mid(h))))
+        elif self.mode == "tied":
+            h = torch.tanh(self.tied(torch.tanh(self.mid(h))))
+        else:  # sequence: [B, 2, 5] through mid, then mean over the sequence
+            h = torch.tanh(self.mid(torch.stack([h, h.flip(-1)], 1))).mean(1)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("mode", ["twice", "tied", "sequence"])
+@pytest.mark.parametrize("fisher_type", ["exact", "empirical"])
+def test_diag_with_reused_tied_and_sequence_linear_layers(mode, fisher_type):
+    torch.manual_seed(0)
+    model = _Reuse(mode).eval()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "all")
+    lik = get_likelihood("classification")
+    oracle = (dense_ggn if fisher_type == "exact" else dense_ef)(sub, x, y, "classification")
+    res = fit_diag(sub, lik, batches(x, y), fisher_type=fisher_type)
+    torch.testing.assert_close(res.structure.diagonal(), oracle.diagonal())
+
+
+def test_diag_on_a_named_subnetwork_mixes_both_paths():
+    model = make_cnn()
+    x, y = make_data("cnn", "regression")
+    from laplacetorch import ParameterSubset
+
+    sub = ParameterSubset(model, "subnetwork", subnetwork=["0", "4.weight"])
+    res = fit_diag(sub, get_likelihood("regression"), batches(x, y))
+    torch.testing.assert_close(
+        res.structure.diagonal(), dense_ggn(sub, x, y, "regression").diagonal()
+    )

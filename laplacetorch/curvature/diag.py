@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..likelihoods import Likelihood
@@ -12,6 +13,7 @@ from ..params import ParameterSubset
 from ..structures import Diagonal
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
 from .last_layer import last_layer_curvature
+from .layer_capture import LinearLayer, backward_columns, linear_layers, linear_output_grads
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
 __all__ = ["fit_diag"]
@@ -29,10 +31,13 @@ def fit_diag(
 ) -> CurvatureResult:
     """Exact diagonal of the unit-scale curvature in a :class:`Diagonal` structure.
 
-    The K vector-Jacobian products Jₙᵀ sₙₖ of each example (vmap'd, one forward and K
-    backward passes: about (1 + 2C)/3 gradient epochs) are squared and summed in chunks of at
-    most ``memory_budget`` bytes; Jₙ as a ``[C, P]`` matrix of the whole batch never exists.
-    For the last layer the closed form Σₙ Λₙ[c, c] φ̃ₙᵢ² is used.
+    - ``nn.Linear`` layers on ``[B, in]`` inputs: one forward recording layer inputs aₙ, one
+      batched backward of the K columns of Sₙ giving output gradients gₙₖ, then
+      diag W = Σₙ (Σₖ gₙₖ²) (aₙ²)ᵀ and diag b = Σₙ Σₖ gₙₖ²: about (1 + 2C)/3 gradient epochs.
+    - Every other Bayesian parameter (convolutions, norms, masked subnetworks, shared weights):
+      the K vector-Jacobian products Jₙᵀ sₙₖ per example, vmap'd and squared in chunks of at
+      most ``memory_budget`` bytes.
+    - The last layer: the closed form Σₙ Λₙ[c, c] φ̃ₙᵢ² from the features.
 
     Args:
         fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
@@ -52,17 +57,24 @@ def fit_diag(
         )
         return CurvatureResult(Diagonal(g, subset.group_index), n_data, n_out, loss, kind, "diag")
 
-    theta = subset.map_vector()
+    layers = linear_layers(subset)
+    covered = {n for layer in layers for n in (layer.weight, layer.bias) if n}
+    rest_names = [n for n in subset.names if n not in covered]
+    rest = (
+        ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names)
+        if layers and rest_names
+        else None
+    )
 
-    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        g = zeros_like_theta(subset, subset.n_params)
-        loss = zeros_like_theta(subset)
+    def per_example(sub: ParameterSubset, x: Any, y: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
+        g = zeros_like_theta(sub, sub.n_params)
+        loss = zeros_like_theta(sub)
         for rows, nll in per_example_factors(
-            subset,
+            sub,
             likelihood,
             x,
             y,
-            theta,
+            sub.map_vector(),
             kind=kind,
             n_outputs=n_out,
             n_examples=y.shape[0],
@@ -71,7 +83,18 @@ def fit_diag(
             g += rows.square().sum((0, 1))
             if nll is not None:
                 loss += nll.sum()
-        return {"G": g, "loss": loss}
+        return g, loss
+
+    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        fast = _linear_diag(subset, likelihood, layers, x, y, kind) if layers else None
+        if fast is None:
+            g, loss = per_example(subset, x, y, n_out)
+            return {"G": g, "loss": loss}
+        named, loss = fast
+        if rest is not None:
+            g_rest, _ = per_example(rest, x, y, n_out)
+            named.update(rest.to_named(g_rest))
+        return {"G": subset.from_named(named), "loss": loss}
 
     sums, n_data, n_out = curvature_pass(
         subset,
@@ -85,3 +108,33 @@ def fit_diag(
     return CurvatureResult(
         Diagonal(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind, "diag"
     )
+
+
+def _linear_diag(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    layers: list[LinearLayer],
+    x: Any,
+    y: Tensor,
+    kind: str,
+) -> tuple[dict[str, Tensor], Tensor] | None:
+    """Diagonal blocks of the Linear layers from layer inputs and output gradients, or
+    ``None`` when the forward pass does not fit that path (then the batch goes per example)."""
+    captured = linear_output_grads(subset.model, layers, x)
+    if captured is None:
+        return None
+    f, record = captured
+    fd = f.detach()
+    if kind == "ggn":
+        cols = likelihood.hessian_sqrt(fd).permute(2, 0, 1)  # [K, B, C]
+    else:
+        cols = likelihood.output_grad(fd, y).unsqueeze(0)  # [1, B, C]
+    grads = backward_columns(f, record, [layer.name for layer in layers], cols.contiguous())
+    named: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for layer, g in zip(layers, grads, strict=True):
+            g2 = g.square().sum(0)  # Σₖ gₙₖ², [B, out]
+            named[layer.weight] = g2.T @ record["inputs"][layer.name].square()
+            if layer.bias is not None:
+                named[layer.bias] = g2.sum(0)
+    return named, likelihood.nll_unit(fd, y).sum()

@@ -23,7 +23,7 @@ from ..params import ParameterSubset
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "output_dim", "per_example_factors"]
 
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 32 * 2**20  # larger chunks page-fault more than they gain
 
 
 def _index(x: Any, sl: slice) -> Any:
