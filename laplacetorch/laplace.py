@@ -17,6 +17,7 @@ from .params import ParameterSubset, check_model_mode
 from .predictive import (
     LINK_APPROXIMATIONS,
     bridge,
+    diagonal_glm_moments,
     functional_variance,
     gaussian_samples,
     glm_jacobians,
@@ -24,7 +25,7 @@ from .predictive import (
     mc_link,
     probit,
 )
-from .structures import expand_prior, structure_from_state_dict
+from .structures import Diagonal, expand_prior, structure_from_state_dict
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
 
@@ -295,6 +296,11 @@ class Laplace:
         """Mean ``[B, C]`` and covariance ``[B, C, C]`` of the linearised f(x) (no noise)."""
         x, n = self._check_inputs(x)
         s = self.scale()
+        if isinstance(self.structure, Diagonal) and self.subset.kind != "last_layer":
+            inv_diag = self.structure.inverse_diagonal(self.prior_precision, s)
+            fast = diagonal_glm_moments(self.subset, inv_diag, x, n, self.memory_budget)
+            if fast is not None:
+                return fast
         means, variances = [], []
         for f, jac in glm_jacobians(self.subset, x, n, self.memory_budget):
             means.append(f)

@@ -288,3 +288,33 @@ def test_default_structures():
     model = make_mlp()
     assert Laplace(model, "classification").hessian_structure == "full"
     assert Laplace(model, "classification", "all").hessian_structure == "diag"
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn", "twice", "tied", "sequence"])
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_diag_glm_moments_equal_dense_jacobian_formula(net, likelihood):
+    from conftest import make_cnn
+    from test_curvature import _Reuse
+
+    torch.manual_seed(0)
+    model = {"mlp": make_mlp, "cnn": make_cnn}.get(net, lambda: _Reuse(net).eval())()
+    x, y = make_data("cnn" if net == "cnn" else "mlp", likelihood, n=10)
+    la = Laplace(model, likelihood, "all", "diag", prior_precision=0.5).fit(batches(x, y))
+    jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
+    inv = la.structure.inverse_diagonal(0.5, la.scale())
+    mean, var = la.glm_moments(x)
+    torch.testing.assert_close(mean, model(x).detach())
+    torch.testing.assert_close(var, torch.einsum("bcp,p,bdp->bcd", jac, inv, jac))
+
+
+def test_diag_glm_moments_never_build_a_jacobian_for_an_mlp(monkeypatch):
+    import laplacetorch.laplace as lap
+    import laplacetorch.predictive as pred
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("dense Jacobian built")
+
+    la, x, _ = _fitted("classification", "all", "diag")
+    monkeypatch.setattr(pred, "glm_jacobians", refuse)
+    monkeypatch.setattr(lap, "glm_jacobians", refuse)
+    assert la(x).shape == (20, 3)
