@@ -88,7 +88,8 @@ def accumulate(
 
     Args:
         loader: a DataLoader or any iterable of ``(X, y)`` batches.
-        step: per-batch function returning a dict of tensors to be summed over batches.
+        step: per-batch function returning a dict of *fresh* tensors to be summed over
+            batches (the first batch's tensors become the accumulators).
         device, dtype: where the model lives; batches are moved there, dtypes are checked.
         progress: show a tqdm progress bar.
         desc: label of the progress bar.
@@ -124,7 +125,10 @@ def accumulate(
                 f"targets y must have batch dimension {b} like X; got shape {list(y.shape)}"
             )
         for k, v in step(x, y).items():
-            sums[k] = sums[k] + v if k in sums else v
+            if k in sums:
+                sums[k] += v  # in place: steps return fresh tensors
+            else:
+                sums[k] = v
         n_data += b
     if n_data == 0:
         raise ValueError("train_loader yielded no data (empty loader)")

@@ -55,7 +55,7 @@ def fit_full(
     p = subset.n_params
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        g = zeros_like_theta(subset, p, p)
+        g = None
         loss = zeros_like_theta(subset)
         for rows, nll in per_example_factors(
             subset,
@@ -69,7 +69,7 @@ def fit_full(
             memory_budget=memory_budget,
         ):
             flat = rows.reshape(-1, p)
-            g.addmm_(flat.T, flat)
+            g = flat.T @ flat if g is None else g.addmm_(flat.T, flat)
             if nll is not None:
                 loss += nll.sum()
         return {"G": g, "loss": loss}
