@@ -8,10 +8,12 @@ from collections.abc import Callable
 from .base import FISHER_TYPES, CurvatureResult
 from .diag import fit_diag
 from .full import fit_full
+from .kfac import fit_kfac
 
 BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
     "full": fit_full,
     "diag": fit_diag,
+    "kfac": fit_kfac,
 }
 
 
@@ -22,4 +24,12 @@ def get_backend(name: str) -> Callable[..., CurvatureResult]:
     return BACKENDS[name]
 
 
-__all__ = ["BACKENDS", "FISHER_TYPES", "CurvatureResult", "fit_diag", "fit_full", "get_backend"]
+__all__ = [
+    "BACKENDS",
+    "FISHER_TYPES",
+    "CurvatureResult",
+    "fit_diag",
+    "fit_full",
+    "fit_kfac",
+    "get_backend",
+]

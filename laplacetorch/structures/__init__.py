@@ -3,8 +3,9 @@
 from .base import Structure, expand_prior
 from .dense import Dense
 from .diagonal import Diagonal
+from .kron import Kron
 
-STRUCTURES: dict[str, type[Structure]] = {"Dense": Dense, "Diagonal": Diagonal}
+STRUCTURES: dict[str, type[Structure]] = {"Dense": Dense, "Diagonal": Diagonal, "Kron": Kron}
 
 
 def structure_from_state_dict(state: dict, device="cpu", dtype=None) -> Structure:
@@ -21,6 +22,7 @@ __all__ = [
     "STRUCTURES",
     "Dense",
     "Diagonal",
+    "Kron",
     "Structure",
     "expand_prior",
     "structure_from_state_dict",

@@ -1,0 +1,358 @@
+"""KFAC: exactness where the mathematics allows it, weight sharing against its definition,
+MC convergence, the Kron structure against the dense matrix it represents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batches, dense_ef, dense_ggn, make_data, make_mlp
+from torch import nn
+
+from laplacetorch import ParameterSubset, get_likelihood
+from laplacetorch.curvature import fit_kfac
+from laplacetorch.structures import Kron, structure_from_state_dict
+
+DT = torch.float64
+
+
+def _block_diag_of(g: torch.Tensor, structure: Kron) -> torch.Tensor:
+    out = torch.zeros_like(g)
+    for index, *_ in structure.blocks:
+        out[index[:, None], index[None]] = g[index[:, None], index[None]]
+    d = structure.diag_index
+    out[d, d] = g[d, d]
+    return out
+
+
+def _deep_linear(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3), nn.Linear(3, 2)).to(DT).eval()
+
+
+def _conv_s1(seed=0, groups=1, padding=0, mode="zeros"):
+    """Convs whose outputs are 1×1 (S = 1), where KFAC is exact for one datum."""
+    torch.manual_seed(seed)
+    return (
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=padding, groups=groups, padding_mode=mode),
+            nn.Tanh(),
+            nn.Conv2d(4, 4, 1, groups=groups),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+        .to(DT)
+        .eval()
+    )
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression", "binary"])
+@pytest.mark.parametrize("joint_bias", [True, False])
+def test_single_datum_exact_for_linear_layers(likelihood, joint_bias):
+    model = make_mlp()
+    x, y = make_data("mlp", likelihood, n=1)
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood(likelihood), [(x, y)], joint_bias=joint_bias)
+    g = dense_ggn(sub, x, y, likelihood)
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+@pytest.mark.parametrize(
+    ("groups", "padding", "mode", "shape"),
+    [
+        (1, 0, "zeros", (1, 2, 3, 3)),
+        (2, 0, "zeros", (1, 2, 3, 3)),
+        (1, "same", "zeros", (1, 2, 1, 1)),
+        (2, 1, "circular", (1, 2, 1, 1)),
+    ],
+)
+def test_single_datum_exact_for_conv_layers(groups, padding, mode, shape):
+    model = _conv_s1(groups=groups, padding=padding, mode=mode)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    y = torch.tensor([2])
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood("classification"), [(x, y)])
+    g = dense_ggn(sub, x, y, "classification")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+@pytest.mark.parametrize("joint_bias", [True, False])
+def test_deep_linear_network_gaussian_is_exact(joint_bias):
+    model = _deep_linear()
+    g_ = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, 4, generator=g_, dtype=DT), torch.randn(30, 2, generator=g_, dtype=DT)
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood("regression"), batches(x, y, 7), joint_bias=joint_bias)
+    g = dense_ggn(sub, x, y, "regression")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+def test_deep_linear_conv_network_gaussian_is_exact():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Conv2d(3, 2, 1), nn.Flatten()).to(DT).eval()
+    g_ = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 2, 3, 3, generator=g_, dtype=DT)
+    y = torch.randn(9, 2, generator=g_, dtype=DT)
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood("regression"), batches(x, y, 4))
+    g = dense_ggn(sub, x, y, "regression")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+def _definition_factors(model, layer, x, f_cols, approximation):
+    """A and B of one layer from explicit per-example, per-position loops (the definition)."""
+    store = {}
+    h = layer.register_forward_hook(lambda m, i, o: store.update(a=i[0], z=o))
+    out = model(x)
+    h.remove()
+    a_in, z = store["a"], store["z"]
+    n = x.shape[0]
+    if isinstance(layer, nn.Conv2d):
+        kh, kw = layer.kernel_size
+        p = layer.padding if not isinstance(layer.padding, str) else (kh // 2, kw // 2)
+        xp = F.pad(a_in, (p[1], p[1], p[0], p[0]))
+        ho, wo = z.shape[-2:]
+        pats = torch.stack(
+            [
+                torch.stack(
+                    [
+                        xp[
+                            :,
+                            :,
+                            i * layer.stride[0] : i * layer.stride[0] + kh,
+                            j * layer.stride[1] : j * layer.stride[1] + kw,
+                        ].reshape(n, -1)
+                        for j in range(wo)
+                    ],
+                    1,
+                )
+                for i in range(ho)
+            ],
+            1,
+        ).reshape(n, ho * wo, -1)
+    else:
+        pats = a_in.reshape(n, -1, a_in.shape[-1])
+    pats = torch.cat([pats, torch.ones_like(pats[..., :1])], -1).detach()
+    gs = []  # [K, N, S, out]
+    for k in range(f_cols.shape[0]):
+        (gz,) = torch.autograd.grad(out, z, f_cols[k], retain_graph=True)
+        gz = (
+            gz.reshape(n, gz.shape[1], -1).transpose(1, 2)
+            if gz.dim() == 4
+            else gz.reshape(n, -1, gz.shape[-1])
+        )
+        gs.append(gz)
+    gs = torch.stack(gs)
+    if approximation == "expand":
+        a_fac = torch.einsum("nsi,nsj->ij", pats, pats) / (n * pats.shape[1])
+        b_fac = torch.einsum("knsi,knsj->ij", gs, gs)
+    else:
+        am, gsum = pats.mean(1), gs.sum(2)
+        a_fac = am.T @ am / n
+        b_fac = torch.einsum("kni,knj->ij", gsum, gsum)
+    return a_fac, b_fac
+
+
+class _SeqNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):  # x: [B, T, 3] → mean over the sequence
+        return self.b(torch.tanh(self.a(x))).mean(1)
+
+
+@pytest.mark.parametrize("approximation", ["expand", "reduce"])
+@pytest.mark.parametrize("net", ["conv", "seq"])
+def test_weight_sharing_factors_match_their_definition(approximation, net):
+    torch.manual_seed(5)
+    g_ = torch.Generator().manual_seed(6)
+    if net == "conv":
+        model = (
+            nn.Sequential(
+                nn.Conv2d(2, 3, 3, padding=1, stride=2),
+                nn.Tanh(),
+                nn.Conv2d(3, 2, 2),
+                nn.Flatten(),
+                nn.Linear(8, 3),
+            )
+            .to(DT)
+            .eval()
+        )
+        x = torch.randn(5, 2, 5, 5, generator=g_, dtype=DT)
+        layers = [model[0], model[2], model[4]]
+    else:
+        model = _SeqNet().to(DT).eval()
+        x = torch.randn(5, 6, 3, generator=g_, dtype=DT)
+        layers = [model.a, model.b]
+    lik = get_likelihood("classification")
+    y = torch.randint(0, 2 if net == "seq" else 3, (5,), generator=g_)
+    res = fit_kfac(
+        ParameterSubset(model, "all"), lik, batches(x, y, 2), approximation=approximation
+    )
+    f = model(x).detach()
+    cols = lik.hessian_sqrt(f).permute(2, 0, 1)
+    for layer, (_, b_fac, a_fac) in zip(layers, res.structure.factors(), strict=True):
+        a_ref, b_ref = _definition_factors(model, layer, x, cols, approximation)
+        torch.testing.assert_close(a_fac, a_ref)
+        torch.testing.assert_close(b_fac, b_ref)
+
+
+def test_mc_fisher_converges_to_the_exact_factors():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=6)
+    sub = ParameterSubset(model, "all")
+    lik = get_likelihood("classification")
+    exact = fit_kfac(sub, lik, [(x, y)]).structure.factors()
+    errs = []
+    for m in (1, 100, 10_000):
+        mc = fit_kfac(sub, lik, [(x, y)], fisher_type="mc", mc_samples=m, seed=0).structure
+        errs.append(
+            max(
+                float((b - be).norm() / be.norm())
+                for (_, b, _), (_, be, _) in zip(mc.factors(), exact, strict=True)
+            )
+        )
+    assert errs[2] < 0.05 and errs[0] > errs[1] > errs[2]
+    again = fit_kfac(sub, lik, [(x, y)], fisher_type="mc", mc_samples=3, seed=0).structure
+    torch.testing.assert_close(
+        again.curvature_dense(),
+        fit_kfac(
+            sub, lik, [(x, y)], fisher_type="mc", mc_samples=3, seed=0
+        ).structure.curvature_dense(),
+    )
+
+
+def test_empirical_factors_match_their_definition():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=1)
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood("classification"), [(x, y)], fisher_type="empirical")
+    assert res.kind == "ef"
+    # one datum: B ⊗ A = g gᵀ ⊗ ã ãᵀ is the exact EF block
+    ef = dense_ef(sub, x, y, "classification")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(ef, res.structure))
+
+
+def test_other_parameters_get_a_diagonal_block_with_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 3))
+    model = model.to(DT).eval()
+    x, y = make_data("mlp", "classification")
+    sub = ParameterSubset(model, "all")
+    with pytest.warns(UserWarning, match=r"diagonal block: \['1.weight', '1.bias'\]"):
+        res = fit_kfac(sub, get_likelihood("classification"), batches(x, y))
+    g = dense_ggn(sub, x, y, "classification")
+    d = res.structure.diag_index
+    assert d.numel() == 10
+    torch.testing.assert_close(res.structure.diagonal()[d], g.diagonal()[d])
+
+
+def test_bad_input_to_kfac():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = ParameterSubset(model, "all")
+    lik = get_likelihood("classification")
+    with pytest.raises(ValueError, match="unknown fisher_type 'hessian'"):
+        fit_kfac(sub, lik, batches(x, y), fisher_type="hessian")
+    with pytest.raises(ValueError, match="unknown approximation 'mean'"):
+        fit_kfac(sub, lik, batches(x, y), approximation="mean")
+    with pytest.raises(ValueError, match="mc_samples must be an integer >= 1; got 0"):
+        fit_kfac(sub, lik, batches(x, y), fisher_type="mc", mc_samples=0)
+    norm_only = nn.Sequential(nn.LayerNorm(4)).to(DT)
+    with pytest.raises(ValueError, match="no supported layer"):
+        fit_kfac(ParameterSubset(norm_only, "all"), get_likelihood("regression"), batches(x, x))
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)).to(DT).eval()
+    tied[2].weight = tied[0].weight
+    with pytest.raises(ValueError, match="shared"):
+        fit_kfac(ParameterSubset(tied, "all"), get_likelihood("regression"), batches(x, x))
+    with pytest.raises(ValueError, match="called 2 times"):
+        _twice_call(x)
+    mask = torch.zeros(83, dtype=torch.bool)
+    mask[:5] = True
+    with pytest.raises(ValueError, match="mask is not supported"):
+        fit_kfac(ParameterSubset(model, "subnetwork", subnetwork=mask), lik, batches(x, y))
+
+
+def _twice_call(x):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(torch.tanh(self.lin(x)))
+
+    model = Twice().to(DT).eval()
+    fit_kfac(ParameterSubset(model, "all"), get_likelihood("regression"), [(x, x)])
+
+
+# ----------------------------------------------------------------- the Kron structure
+def _kron(seed=0):
+    g_ = torch.Generator().manual_seed(seed)
+
+    def psd(n):
+        a = torch.randn(n, n + 1, generator=g_, dtype=DT)
+        return a @ a.T / n
+
+    blocks = [
+        (torch.tensor([0, 1, 2, 3, 4, 5]), psd(2), psd(3)),
+        (torch.tensor([8, 6, 9, 7]), psd(2), psd(2)),
+    ]
+    diag_index = torch.tensor([10, 11])
+    diag_values = torch.tensor([0.3, 1.7], dtype=DT)
+    groups = torch.tensor([0] * 6 + [1] * 4 + [2] * 2)
+    return Kron(blocks, diag_index, diag_values, 12, groups)
+
+
+PRIORS = {"scalar": torch.tensor(0.6, dtype=DT), "layer": torch.tensor([0.4, 2.0, 1.1], dtype=DT)}
+
+
+@pytest.mark.parametrize("prior", list(PRIORS))
+@pytest.mark.parametrize("scale", [1.0, 0.3, 4.0])
+def test_kron_matches_the_dense_matrix_it_represents(prior, scale):
+    st = _kron()
+    delta = PRIORS[prior]
+    prec = st.precision_dense(delta, scale)
+    cov = torch.linalg.inv(prec)
+    assert st.is_exact_for(delta)
+    torch.testing.assert_close(st.logdet(delta, scale), torch.logdet(prec))
+    torch.testing.assert_close(st.trace_inverse(delta, scale), cov.trace())
+    torch.testing.assert_close(st.inverse_diagonal(delta, scale), cov.diagonal())
+    v = torch.randn(3, 12, generator=torch.Generator().manual_seed(1), dtype=DT)
+    torch.testing.assert_close(st.solve(v, delta, scale), v @ cov)
+    jac = torch.randn(4, 2, 12, generator=torch.Generator().manual_seed(2), dtype=DT)
+    torch.testing.assert_close(
+        st.functional_variance(jac, delta, scale), jac @ cov @ jac.transpose(1, 2)
+    )
+    s = st.sample(200_000, delta, scale, generator=torch.Generator().manual_seed(3))
+    emp = s.T @ s / s.shape[0]
+    tol = 5 * torch.sqrt((cov.diagonal()[:, None] * cov.diagonal()[None] + cov**2) / s.shape[0])
+    assert ((emp - cov).abs() <= tol).all()
+
+
+def test_kron_logdet_gradient_and_per_parameter_prior_flagged():
+    st = _kron()
+    d = PRIORS["layer"].clone().requires_grad_(True)
+    (gd,) = torch.autograd.grad(st.logdet(d, 2.0), d)
+    eps = 1e-6
+    for i in range(3):
+        e = torch.zeros(3, dtype=DT)
+        e[i] = eps
+        fd = (st.logdet(PRIORS["layer"] + e, 2.0) - st.logdet(PRIORS["layer"] - e, 2.0)) / 2 / eps
+        assert float(gd[i]) == pytest.approx(float(fd), rel=1e-6)
+    per_param = torch.linspace(0.5, 2.0, 12, dtype=DT)
+    assert not st.is_exact_for(per_param)
+    approx, exact = st.logdet(per_param), torch.logdet(st.precision_dense(per_param))
+    assert float(approx) == pytest.approx(float(exact), rel=0.1)  # approximate, but close
+
+
+def test_kron_state_dict_round_trip():
+    st = _kron()
+    again = structure_from_state_dict(st.state_dict())
+    assert isinstance(again, Kron)
+    for prior in PRIORS.values():
+        torch.testing.assert_close(again.logdet(prior, 1.5), st.logdet(prior, 1.5))
+    with pytest.raises(ValueError, match="another block layout"):
+        Kron([], torch.arange(12), torch.ones(12, dtype=DT), 12).load_state_dict(st.state_dict())
