@@ -41,9 +41,9 @@ class NotFittedError(RuntimeError):
 
 def _canonical_structure(name: str | None, subset: str) -> str:
     if name is None:
-        # Best that exists: exact dense curvature where P is small by construction, the exact
-        # diagonal for whole networks.
-        return "full" if subset in ("last_layer", "subnetwork") else "diag"
+        # Best that exists: exact dense curvature where P is small by construction, KFAC (with
+        # exact eigenbasis algebra) for whole networks.
+        return "full" if subset in ("last_layer", "subnetwork") else "kfac"
     canon = _ALIASES.get(name, name)
     if canon not in HESSIAN_STRUCTURES:
         raise ValueError(
@@ -79,16 +79,18 @@ class Laplace:
         model: the trained network, outputs ``[B, C]``.
         likelihood: ``"classification"``, ``"regression"`` or ``"binary"``.
         subset_of_weights: ``"last_layer"``, ``"all"`` or ``"subnetwork"``.
-        hessian_structure: ``"full"``, ``"diag"`` (built), or ``"kfac"``/``"kron"``,
-            ``"ekfac"``, ``"hutchinson"``, ``"lanczos"``/``"lowrank"``, ``"operator"`` (not yet:
-            ``NotImplementedError``). Default: ``"full"`` for the last layer and subnetworks,
-            ``"diag"`` for all weights.
+        hessian_structure: ``"full"``, ``"diag"``, ``"kfac"`` (alias ``"kron"``) are built;
+            ``"ekfac"``, ``"hutchinson"``, ``"lanczos"``/``"lowrank"``, ``"operator"`` raise
+            ``NotImplementedError`` until they land. Default: ``"full"`` for the last layer and
+            subnetworks, ``"kfac"`` for all weights.
         prior_precision: δ, a scalar, one per layer or one per parameter.
         prior_mean: μ₀, a scalar or ``[P]``.
         sigma_noise: σ of the Gaussian likelihood (regression only).
         temperature: T; the likelihood is tempered as p(D | θ)^{1/T}.
         last_layer_name, subnetwork: see :class:`~laplacetorch.params.ParameterSubset`.
-        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        fisher_type: ``"exact"`` (GGN; type-2 for KFAC), ``"empirical"``, or ``"mc"`` (KFAC).
+        backend_options: further options of the curvature backend, e.g. for ``"kfac"``
+            ``{"approximation": "reduce", "joint_bias": False, "mc_samples": 4, "seed": 1}``.
         memory_budget: bytes a chunk of Jacobian rows may take (fit and predict).
         batch_size_fn: counts the examples of non-tensor inputs.
     """
@@ -109,6 +111,7 @@ class Laplace:
         fisher_type: str = "exact",
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         batch_size_fn: Callable[[Any], int] | None = None,
+        backend_options: dict[str, Any] | None = None,
     ) -> None:
         self.likelihood = get_likelihood(likelihood)
         self.subset = ParameterSubset(
@@ -117,6 +120,7 @@ class Laplace:
         self.model = model
         self.hessian_structure = _canonical_structure(hessian_structure, subset_of_weights)
         self.fisher_type = fisher_type
+        self.backend_options = dict(backend_options or {})
         self.memory_budget = memory_budget
         self.batch_size_fn = batch_size_fn
         if not isinstance(temperature, int | float) or not temperature > 0:
@@ -202,6 +206,7 @@ class Laplace:
             progress=progress,
             memory_budget=self.memory_budget,
             batch_size_fn=self.batch_size_fn,
+            **self.backend_options,
         )
         self.mean = self.subset.map_vector()
         self._input_shape = recorder.shape

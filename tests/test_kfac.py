@@ -356,3 +356,60 @@ def test_kron_state_dict_round_trip():
         torch.testing.assert_close(again.logdet(prior, 1.5), st.logdet(prior, 1.5))
     with pytest.raises(ValueError, match="another block layout"):
         Kron([], torch.arange(12), torch.ones(12, dtype=DT), 12).load_state_dict(st.state_dict())
+
+
+# ----------------------------------------------------------------- through Laplace
+@pytest.mark.parametrize("subset", ["all", "last_layer", "subnetwork"])
+def test_laplace_with_kfac_end_to_end(subset):
+    from laplacetorch import Laplace
+
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    kw = {"subnetwork": ["2", "4"]} if subset == "subnetwork" else {}
+    la = Laplace(model, "classification", subset, "kron", prior_precision=0.8, **kw)
+    la.fit(batches(x, y))
+    st = la.structure
+    assert isinstance(st, Kron)
+    prec = st.precision_dense(0.8, 1.0)
+    theta = la.mean
+    loglik = -F.cross_entropy(model(x), y, reduction="sum").detach()
+    expected = loglik - 0.5 * (
+        0.8 * theta @ theta
+        + torch.logdet(prec)
+        - la.n_params * torch.log(torch.tensor(0.8, dtype=DT))
+    )
+    torch.testing.assert_close(la.log_marginal_likelihood(), expected)
+    jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
+    cov = torch.linalg.inv(prec)
+    _, var = la.glm_moments(x)
+    torch.testing.assert_close(var, jac @ cov @ jac.transpose(1, 2))
+    for method in ("marglik", "mackay", "gridsearch"):
+        la.prior_precision = 1.0
+        la.optimize_prior_precision(method=method)
+    for ps in ("layerwise", "diagonal"):
+        la.optimize_prior_precision(method="mackay", prior_structure=ps)
+    assert la(x, pred_type="nn", n_samples=5).shape == (20, 3)
+    other = Laplace(make_mlp(), "classification", subset, "kfac", **kw)
+    other.load_state_dict(la.state_dict())
+    torch.testing.assert_close(other(x), la(x))
+
+
+def test_laplace_passes_backend_options_to_kfac():
+    from laplacetorch import Laplace
+
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    la = Laplace(
+        model,
+        "classification",
+        "all",
+        "kfac",
+        fisher_type="mc",
+        backend_options={"mc_samples": 3, "seed": 7, "joint_bias": False},
+    )
+    la.fit(batches(x, y))
+    assert len(la.structure.blocks) == 6  # separate weight and bias blocks
+    with pytest.raises(ValueError, match="unknown approximation"):
+        Laplace(model, "classification", "all", "kfac", backend_options={"approximation": "x"}).fit(
+            batches(x, y)
+        )
