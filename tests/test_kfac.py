@@ -413,3 +413,103 @@ def test_laplace_passes_backend_options_to_kfac():
         Laplace(model, "classification", "all", "kfac", backend_options={"approximation": "x"}).fit(
             batches(x, y)
         )
+
+
+# ----------------------------------------------------------------- EKFAC
+def _block_errors(structure, g):
+    errs = []
+    dense = structure.curvature_dense()
+    for index, *_ in structure.blocks:
+        ix = (index[:, None], index[None])
+        errs.append(float((dense[ix] - g[ix]).norm()))
+    return errs
+
+
+@pytest.mark.parametrize(
+    ("net", "likelihood"),
+    [("mlp", "classification"), ("cnn", "regression"), ("seq", "classification")],
+)
+def test_ekfac_is_never_further_from_the_exact_blocks_than_kfac(net, likelihood):
+    from laplacetorch.curvature import fit_ekfac
+
+    g_ = torch.Generator().manual_seed(8)
+    if net == "mlp":
+        model = make_mlp()
+        x, y = make_data("mlp", likelihood, n=15)
+    elif net == "cnn":
+        torch.manual_seed(2)
+        model = (
+            nn.Sequential(
+                nn.Conv2d(1, 2, 3, padding=1),
+                nn.Tanh(),
+                nn.Conv2d(2, 2, 3),
+                nn.Flatten(),
+                nn.Linear(8, 3),
+            )
+            .to(DT)
+            .eval()
+        )
+        x = torch.randn(10, 1, 4, 4, generator=g_, dtype=DT)
+        y = torch.randn(10, 3, generator=g_, dtype=DT)
+    else:
+        torch.manual_seed(3)
+        model = _SeqNet().to(DT).eval()
+        x = torch.randn(10, 4, 3, generator=g_, dtype=DT)
+        y = torch.randint(0, 2, (10,), generator=g_)
+    sub = ParameterSubset(model, "all")
+    lik = get_likelihood(likelihood)
+    g = dense_ggn(sub, x, y, likelihood)
+    kf = fit_kfac(sub, lik, batches(x, y, 4)).structure
+    ek = fit_ekfac(sub, lik, batches(x, y, 4)).structure
+    for e_k, e_e in zip(_block_errors(kf, g), _block_errors(ek, g), strict=True):
+        assert e_e <= e_k + 1e-10
+    assert sum(_block_errors(ek, g)) < sum(_block_errors(kf, g))  # strictly better overall
+    # in the KFAC eigenbasis, EKFAC's eigenvalues are the exact blocks' diagonal there
+    for index, eig, qb, qa in ek.blocks:
+        q = torch.kron(qb, qa)
+        torch.testing.assert_close(
+            eig.reshape(-1), (q.T @ g[index[:, None], index[None]] @ q).diagonal()
+        )
+
+
+@pytest.mark.parametrize("joint_bias", [True, False])
+def test_ekfac_equals_the_exact_blocks_where_kfac_is_exact(joint_bias):
+    from laplacetorch.curvature import fit_ekfac
+
+    model = _deep_linear()
+    g_ = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, 4, generator=g_, dtype=DT), torch.randn(30, 2, generator=g_, dtype=DT)
+    sub = ParameterSubset(model, "all")
+    res = fit_ekfac(sub, get_likelihood("regression"), batches(x, y, 7), joint_bias=joint_bias)
+    g = dense_ggn(sub, x, y, "regression")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+@pytest.mark.parametrize("fisher_type", ["exact", "mc", "empirical"])
+def test_laplace_with_ekfac_end_to_end(fisher_type):
+    from laplacetorch import Laplace
+    from laplacetorch.structures import EKron
+
+    model = make_cnn_like()
+    g_ = torch.Generator().manual_seed(9)
+    x = torch.randn(12, 1, 6, 6, generator=g_, dtype=DT)
+    y = torch.randint(0, 3, (12,), generator=g_)
+    la = Laplace(
+        model, "classification", "all", "ekfac", prior_precision=0.9, fisher_type=fisher_type
+    ).fit(batches(x, y, 5))
+    assert isinstance(la.structure, EKron)
+    prec = la.structure.precision_dense(la.prior_precision, la.scale())
+    torch.testing.assert_close(la.structure.logdet(0.9, la.scale()), torch.logdet(prec))
+    jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
+    _, var = la.glm_moments(x)
+    torch.testing.assert_close(var, jac @ torch.linalg.inv(prec) @ jac.transpose(1, 2))
+    la.optimize_prior_precision(method="marglik", prior_structure="layerwise")
+    other = Laplace(make_cnn_like(), "classification", "all", "ekfac", fisher_type=fisher_type)
+    other.load_state_dict(la.state_dict())
+    torch.testing.assert_close(other(x), la(x))
+
+
+def make_cnn_like():
+    from conftest import make_cnn
+
+    return make_cnn()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from .base import FISHER_TYPES, CurvatureResult
 from .diag import fit_diag
+from .ekfac import fit_ekfac
 from .full import fit_full
 from .kfac import fit_kfac
 
@@ -14,6 +15,7 @@ BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
     "full": fit_full,
     "diag": fit_diag,
     "kfac": fit_kfac,
+    "ekfac": fit_ekfac,
 }
 
 
@@ -29,6 +31,7 @@ __all__ = [
     "FISHER_TYPES",
     "CurvatureResult",
     "fit_diag",
+    "fit_ekfac",
     "fit_full",
     "fit_kfac",
     "get_backend",

@@ -193,29 +193,11 @@ def fit_kfac(
     )
     if generator is None and fisher_type == "mc":
         generator = torch.Generator(device=subset.device).manual_seed(seed)
-    capture_spec = [_Capture(layer.name, layer.module) for layer in layers]
-
-    def columns(f: Tensor, y: Tensor) -> Tensor:
-        if fisher_type in ("exact", "ggn"):
-            return likelihood.hessian_sqrt(f).permute(2, 0, 1)
-        if fisher_type in ("empirical", "ef"):
-            return likelihood.output_grad(f, y).unsqueeze(0)
-        ys = likelihood.sample_targets(f, mc_samples, generator)  # [M, B, ...]
-        f_rep = f.unsqueeze(0).expand(mc_samples, *f.shape).reshape(-1, f.shape[-1])
-        r = likelihood.output_grad(f_rep, ys.reshape(-1, *ys.shape[2:]))
-        return r.view(mc_samples, *f.shape) / math.sqrt(mc_samples)
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        with torch.enable_grad(), capture_linear(capture_spec) as record:
-            f = subset.model(x)
-        for layer in layers:
-            if record["calls"].get(layer.name) != 1:
-                raise ValueError(
-                    f"kfac cannot represent layer {layer.name!r}: it was called "
-                    f"{record['calls'].get(layer.name, 0)} times in one forward pass"
-                )
+        f, record = capture_forward(subset.model, layers, x)
         fd = f.detach()
-        cols = columns(fd, y).contiguous()
+        cols = output_columns(likelihood, fisher_type, fd, y, mc_samples, generator)
         grads = backward_columns(f, record, [layer.name for layer in layers], cols)
         out = {"loss": likelihood.nll_unit(fd, y).sum()}
         with torch.no_grad():
@@ -270,10 +252,37 @@ def fit_kfac(
     return CurvatureResult(structure, n_data, n_out, sums["loss"], kind, "kfac")
 
 
-@dataclass
-class _Capture:
-    name: str
-    module: nn.Module
+def output_columns(
+    likelihood: Likelihood,
+    fisher_type: str,
+    f: Tensor,
+    y: Tensor,
+    mc_samples: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The vectors v pulled back through the network, ``[K, B, C]``: the columns of Sₙ
+    (exact), sampled output gradients / √M (mc) or the observed output gradient (empirical)."""
+    if fisher_type in ("exact", "ggn"):
+        return likelihood.hessian_sqrt(f).permute(2, 0, 1).contiguous()
+    if fisher_type in ("empirical", "ef"):
+        return likelihood.output_grad(f, y).unsqueeze(0)
+    ys = likelihood.sample_targets(f, mc_samples, generator)  # [M, B, ...]
+    f_rep = f.unsqueeze(0).expand(mc_samples, *f.shape).reshape(-1, f.shape[-1])
+    r = likelihood.output_grad(f_rep, ys.reshape(-1, *ys.shape[2:]))
+    return r.view(mc_samples, *f.shape) / math.sqrt(mc_samples)
+
+
+def capture_forward(model: nn.Module, layers: list[KronLayer], x: Any) -> tuple[Tensor, dict]:
+    """Forward pass recording each layer's input and output; refuses a layer called twice."""
+    with torch.enable_grad(), capture_linear(layers) as record:
+        f = model(x)
+    for layer in layers:
+        if record["calls"].get(layer.name) != 1:
+            raise ValueError(
+                f"kfac cannot represent layer {layer.name!r}: it was called "
+                f"{record['calls'].get(layer.name, 0)} times in one forward pass"
+            )
+    return f, record
 
 
 def _accumulate_layer(out: dict, layer: KronLayer, a: Tensor, g: Tensor, approximation: str):

@@ -3,9 +3,14 @@
 from .base import Structure, expand_prior
 from .dense import Dense
 from .diagonal import Diagonal
-from .kron import Kron
+from .kron import EKron, Kron
 
-STRUCTURES: dict[str, type[Structure]] = {"Dense": Dense, "Diagonal": Diagonal, "Kron": Kron}
+STRUCTURES: dict[str, type[Structure]] = {
+    "Dense": Dense,
+    "Diagonal": Diagonal,
+    "Kron": Kron,
+    "EKron": EKron,
+}
 
 
 def structure_from_state_dict(state: dict, device="cpu", dtype=None) -> Structure:
@@ -22,6 +27,7 @@ __all__ = [
     "STRUCTURES",
     "Dense",
     "Diagonal",
+    "EKron",
     "Kron",
     "Structure",
     "expand_prior",

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .base import Structure
 
-__all__ = ["Kron"]
+__all__ = ["EKron", "Kron"]
 
 
 class Kron(Structure):
@@ -44,27 +44,32 @@ class Kron(Structure):
     ) -> None:
         ref = blocks[0][1] if blocks else diag_values
         super().__init__(n_params, group_index, ref.dtype, ref.device)
-        decomposed = []
+        decomposed, self._factor_eigs = [], []
         for index, b, a in blocks:
             if index.numel() != b.shape[0] * a.shape[0]:
                 raise ValueError("a Kronecker block's index must have out·in' entries")
             lb, qb = torch.linalg.eigh(0.5 * (b + b.T))
             la, qa = torch.linalg.eigh(0.5 * (a + a.T))
-            decomposed.append((index.to(self.device), lb.clamp_min(0), qb, la.clamp_min(0), qa))
+            lb, la = lb.clamp_min(0), la.clamp_min(0)
+            self._factor_eigs.append((lb, la))
+            decomposed.append((index.to(self.device), torch.outer(lb, la), qb, qa))
         self._install(decomposed, diag_index.to(self.device), diag_values.clamp_min(0))
-        covered = sum(int(d[0].numel()) for d in decomposed) + int(diag_index.numel())
-        if covered != n_params:
-            raise ValueError(f"Kron blocks cover {covered} parameters; expected {n_params}")
 
     def _install(self, blocks, diag_index, diag_values) -> None:
+        """Blocks are ``(index, E, Q_B, Q_A)``: block curvature (Q_B ⊗ Q_A) diag(vec E) (…)ᵀ."""
         self.blocks = blocks
         self.diag_index = diag_index
         self.diag_values = diag_values
+        covered = sum(int(b[0].numel()) for b in blocks) + int(diag_index.numel())
+        if covered != self.n_params:
+            raise ValueError(
+                f"{type(self).__name__} blocks cover {covered} parameters; expected {self.n_params}"
+            )
 
     # ----------------------------------------------------------------- prior per block
     def _block_prior(self, delta: Tensor, scalar: bool, blk) -> tuple[Tensor, bool]:
         """δ on a block as a scalar (exact) or its eigenbasis-diagonal projection ``[o, i]``."""
-        index, _, qb, _, qa = blk
+        index, _, qb, qa = blk
         if scalar:
             return delta, True
         d = delta[index]
@@ -74,10 +79,9 @@ class Kron(Structure):
         return qb.square().T @ d @ qa.square(), False
 
     def _block_eig(self, delta: Tensor, scalar: bool, s: Tensor, blk) -> Tensor:
-        """s β ⊗ α + δ on the block, ``[out, in']``."""
-        _, lb, _, la, _ = blk
+        """s E + δ on the block (E = β ⊗ α for KFAC), ``[out, in']``."""
         d, _ = self._block_prior(delta, scalar, blk)
-        return s * lb.unsqueeze(1) * la.unsqueeze(0) + d
+        return s * blk[1] + d
 
     def _diag_prec(self, delta: Tensor, scalar: bool, s: Tensor) -> Tensor:
         d = delta if scalar else delta[self.diag_index]
@@ -104,7 +108,7 @@ class Kron(Structure):
             power
         )
         for blk in self.blocks:
-            index, _, qb, _, qa = blk
+            index, _, qb, qa = blk
             vb = v[..., index].reshape(*v.shape[:-1], qb.shape[0], qa.shape[0])
             r = qb.T @ vb @ qa
             if power == -1.0:
@@ -133,7 +137,7 @@ class Kron(Structure):
         out = torch.empty(self.n_params, dtype=self.dtype, device=self.device)
         out[self.diag_index] = self._diag_prec(delta, scalar, s).reciprocal()
         for blk in self.blocks:
-            index, _, qb, _, qa = blk
+            index, _, qb, qa = blk
             inv = self._block_eig(delta, scalar, s, blk).reciprocal()
             out[index] = (qb.square() @ inv @ qa.square().T).reshape(-1)
         return out
@@ -159,7 +163,7 @@ class Kron(Structure):
         jd = jac[..., self.diag_index]
         var = torch.einsum("bcp,p,bdp->bcd", jd, self._diag_prec(delta, scalar, s).reciprocal(), jd)
         for blk in self.blocks:
-            index, _, qb, _, qa = blk
+            index, _, qb, qa = blk
             jb = jac[..., index].reshape(*jac.shape[:2], qb.shape[0], qa.shape[0])
             m = (qb.T @ jb @ qa) * self._block_eig(delta, scalar, s, blk).rsqrt()
             m = m.flatten(-2)
@@ -179,7 +183,7 @@ class Kron(Structure):
         delta, scalar = self._prior(prior_precision)
         for blk in self.blocks:
             if blk[0].numel() == index.numel() and torch.equal(blk[0], index.reshape(-1)):
-                _, _, qb, _, qa = blk
+                _, _, qb, qa = blk
                 inv = self._block_eig(delta, scalar, self._scale(scale), blk).reciprocal()
                 w = (phi_aug @ qa).square() @ inv.T  # [B, out]
                 return torch.einsum("ci,bi,di->bcd", qb, w, qb)
@@ -189,45 +193,56 @@ class Kron(Structure):
     def curvature_dense(self) -> Tensor:
         g = torch.zeros(self.n_params, self.n_params, dtype=self.dtype, device=self.device)
         g[self.diag_index, self.diag_index] = self.diag_values
-        for index, lb, qb, la, qa in self.blocks:
-            blk = torch.kron((qb * lb) @ qb.T, (qa * la) @ qa.T)
-            g[index.unsqueeze(1), index.unsqueeze(0)] = blk
+        for index, eig, qb, qa in self.blocks:
+            q = torch.kron(qb, qa)
+            g[index.unsqueeze(1), index.unsqueeze(0)] = (q * eig.reshape(-1)) @ q.T
         return g
 
     def factors(self) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """``(index, B, A)`` per block, rebuilt from the eigendecompositions."""
-        return [(i, (qb * lb) @ qb.T, (qa * la) @ qa.T) for i, lb, qb, la, qa in self.blocks]
+        """``(index, B, A)`` per block, rebuilt from the factors' eigendecompositions."""
+        out = []
+        for (index, _, qb, qa), (lb, la) in zip(self.blocks, self._factor_eigs, strict=True):
+            out.append((index, (qb * lb) @ qb.T, (qa * la) @ qa.T))
+        return out
 
     def diagonal(self) -> Tensor:
         out = torch.empty(self.n_params, dtype=self.dtype, device=self.device)
         out[self.diag_index] = self.diag_values
-        for index, lb, qb, la, qa in self.blocks:
-            db, da = (qb.square() * lb).sum(1), (qa.square() * la).sum(1)
-            out[index] = torch.outer(db, da).reshape(-1)
+        for index, eig, qb, qa in self.blocks:
+            out[index] = (qb.square() @ eig @ qa.square().T).reshape(-1)
         return out
 
     # ----------------------------------------------------------------- persistence
     def _tensors(self) -> dict[str, Tensor]:
         out = {"diag_index": self.diag_index, "diag_values": self.diag_values}
-        for k, (index, lb, qb, la, qa) in enumerate(self.blocks):
+        for k, (index, eig, qb, qa) in enumerate(self.blocks):
             out.update(
                 {
                     f"block{k}.index": index,
-                    f"block{k}.lb": lb,
+                    f"block{k}.eig": eig,
                     f"block{k}.qb": qb,
-                    f"block{k}.la": la,
                     f"block{k}.qa": qa,
                 }
             )
+        for k, (lb, la) in enumerate(getattr(self, "_factor_eigs", [])):
+            out.update({f"block{k}.lb": lb, f"block{k}.la": la})
         return out
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         n_blocks = sum(1 for k in tensors if k.endswith(".index"))
         blocks = [
-            tuple(tensors[f"block{k}.{n}"] for n in ("index", "lb", "qb", "la", "qa"))
+            (
+                tensors[f"block{k}.index"].long(),
+                tensors[f"block{k}.eig"],
+                tensors[f"block{k}.qb"],
+                tensors[f"block{k}.qa"],
+            )
             for k in range(n_blocks)
         ]
-        blocks = [(b[0].long(), *b[1:]) for b in blocks]
+        if all(f"block{k}.lb" in tensors for k in range(n_blocks)):
+            self._factor_eigs = [
+                (tensors[f"block{k}.lb"], tensors[f"block{k}.la"]) for k in range(n_blocks)
+            ]
         self._install(blocks, tensors["diag_index"].long(), tensors["diag_values"])
 
     @classmethod
@@ -235,8 +250,10 @@ class Kron(Structure):
         cls, state: dict[str, Any], device: torch.device | str = "cpu", dtype=None
     ) -> Kron:
         if state.get("structure") != cls.__name__:
-            raise ValueError(f"state is of structure {state.get('structure')!r}, not 'Kron'")
-        tensors = {k: v for k, v in state.items() if k.startswith("block") or k.startswith("diag")}
+            raise ValueError(
+                f"state is of structure {state.get('structure')!r}, not {cls.__name__!r}"
+            )
+        tensors = {k: v for k, v in state.items() if k.startswith(("block", "diag"))}
         dtype = dtype or state["diag_values"].dtype
         obj = cls.__new__(cls)
         Structure.__init__(
@@ -251,8 +268,39 @@ class Kron(Structure):
         return obj
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        other = Kron.from_state_dict(state, self.device, self.dtype)
+        other = type(self).from_state_dict(state, self.device, self.dtype)
         if other.n_params != self.n_params or len(other.blocks) != len(self.blocks):
-            raise ValueError("state has another block layout than this Kron structure")
+            raise ValueError("state has another block layout than this structure")
         self.group_index = other.group_index
+        if hasattr(other, "_factor_eigs"):
+            self._factor_eigs = other._factor_eigs
         self._install(other.blocks, other.diag_index, other.diag_values)
+
+
+class EKron(Kron):
+    """EKFAC: the KFAC eigenbases Q_B ⊗ Q_A with eigenvalues E refit to the data.
+
+    E[i, j] = Σₙ Σₖ ((Q_Bᵀ Gₙₖ Q_A)[i, j])² for the per-example gradients Gₙₖ of each block,
+    the diagonal of the exact block curvature in the KFAC eigenbasis, so the block is never
+    further (Frobenius) from the exact block than KFAC. All algebra is as for :class:`Kron`;
+    ``factors()`` does not exist (E is not rank one).
+
+    Args:
+        blocks: ``(index, E [out, in'], Q_B, Q_A)`` per block.
+    """
+
+    def __init__(
+        self,
+        blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+        diag_index: Tensor,
+        diag_values: Tensor,
+        n_params: int,
+        group_index: Tensor | None = None,
+    ) -> None:
+        ref = blocks[0][1] if blocks else diag_values
+        Structure.__init__(self, n_params, group_index, ref.dtype, ref.device)
+        blocks = [(i.to(self.device), e.clamp_min(0), qb, qa) for i, e, qb, qa in blocks]
+        self._install(blocks, diag_index.to(self.device), diag_values.clamp_min(0))
+
+    def factors(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        raise NotImplementedError("EKron has no Kronecker factors (its eigenvalues are refit)")
