@@ -12,12 +12,12 @@ from . import tuning
 from .curvature import BACKENDS, CurvatureResult, get_backend
 from .curvature.per_example import DEFAULT_MEMORY_BUDGET
 from .datapass import batch_size, prepare_inputs
+from .glm_layers import diagonal_glm_moments, kron_glm_moments
 from .likelihoods import Likelihood, get_likelihood
 from .params import ParameterSubset, check_model_mode
 from .predictive import (
     LINK_APPROXIMATIONS,
     bridge,
-    diagonal_glm_moments,
     functional_variance,
     gaussian_samples,
     glm_jacobians,
@@ -25,7 +25,7 @@ from .predictive import (
     mc_link,
     probit,
 )
-from .structures import Diagonal, expand_prior, structure_from_state_dict
+from .structures import Diagonal, Kron, expand_prior, structure_from_state_dict
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
 
@@ -304,6 +304,20 @@ class Laplace:
         if isinstance(self.structure, Diagonal) and self.subset.kind != "last_layer":
             inv_diag = self.structure.inverse_diagonal(self.prior_precision, s)
             fast = diagonal_glm_moments(self.subset, inv_diag, x, n, self.memory_budget)
+            if fast is not None:
+                return fast
+        if isinstance(self.structure, Kron) and self.subset.kind != "last_layer":
+            joint = self.backend_options.get("joint_bias", True)
+            fast = kron_glm_moments(
+                self.subset,
+                self.structure,
+                joint,
+                self.prior_precision,
+                s,
+                x,
+                n,
+                self.memory_budget,
+            )
             if fast is not None:
                 return fast
         means, variances = [], []

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
-from .curvature.layer_capture import backward_columns, linear_layers, linear_output_grads
 from .curvature.per_example import DEFAULT_MEMORY_BUDGET, _index, _unsqueeze
 from .params import ParameterSubset, head_index
 from .structures import Structure
@@ -31,7 +30,6 @@ __all__ = [
     "LinearHead",
     "bridge",
     "bridge_concentration",
-    "diagonal_glm_moments",
     "functional_variance",
     "gaussian_samples",
     "glm_jacobians",
@@ -102,54 +100,6 @@ def functional_variance(
     if isinstance(jac, LinearHead):
         return structure.functional_variance_head(jac.phi_aug, jac.index, prior_precision, scale)
     return structure.functional_variance(jac, prior_precision, scale)
-
-
-def diagonal_glm_moments(
-    subset: ParameterSubset,
-    inv_diag: Tensor,
-    x: Any,
-    n_examples: int,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> tuple[Tensor, Tensor] | None:
-    """GLM mean and J Σ Jᵀ for a diagonal posterior covariance Σ = diag(``inv_diag``) without
-    building J for Linear layers: with a the layer input and g_c = ∂f_c/∂z (one batched
-    backward of the C unit vectors),
-
-        Var[c, d] += Σᵢ g_c[i] g_d[i] (Σⱼ aⱼ² Σ_W[i, j] + Σ_b[i]).
-
-    Parameters outside such layers go through dense Jacobians. ``None`` when no Linear layer
-    qualifies (the caller then uses the dense path).
-    """
-    layers = linear_layers(subset)
-    if not layers:
-        return None
-    captured = linear_output_grads(subset.model, layers, x)
-    if captured is None:
-        return None
-    f, record = captured
-    n_out = f.shape[1]
-    eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
-    cols = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out).contiguous()  # [C, B, C]
-    grads = backward_columns(f, record, [layer.name for layer in layers], cols)
-    var_named = subset.to_named(inv_diag)
-    var = f.new_zeros(f.shape[0], n_out, n_out)
-    with torch.no_grad():
-        for layer, g in zip(layers, grads, strict=True):
-            u = record["inputs"][layer.name].square() @ var_named[layer.weight].T  # [B, out]
-            if layer.bias is not None:
-                u = u + var_named[layer.bias]
-            var += torch.einsum("cbi,bi,dbi->bcd", g, u, g)
-    covered = {n for layer in layers for n in (layer.weight, layer.bias) if n}
-    rest_names = [n for n in subset.names if n not in covered]
-    if rest_names:
-        rest = ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names)
-        rest_var = rest.from_named(var_named)
-        start = 0
-        for f_chunk, jac in glm_jacobians(rest, x, n_examples, memory_budget):
-            stop = start + f_chunk.shape[0]
-            var[start:stop] += torch.einsum("bcp,p,bdp->bcd", jac, rest_var, jac)
-            start = stop
-    return f.detach(), var
 
 
 def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:

@@ -308,14 +308,72 @@ def test_diag_glm_moments_equal_dense_jacobian_formula(net, likelihood):
     torch.testing.assert_close(var, torch.einsum("bcp,p,bdp->bcd", jac, inv, jac))
 
 
-def test_diag_glm_moments_never_build_a_jacobian_for_an_mlp(monkeypatch):
+def test_layerwise_glm_moments_never_build_a_jacobian_for_an_mlp(monkeypatch):
     import laplacetorch.laplace as lap
     import laplacetorch.predictive as pred
 
     def refuse(*args, **kwargs):
         raise AssertionError("dense Jacobian built")
 
-    la, x, _ = _fitted("classification", "all", "diag")
-    monkeypatch.setattr(pred, "glm_jacobians", refuse)
-    monkeypatch.setattr(lap, "glm_jacobians", refuse)
-    assert la(x).shape == (20, 3)
+    import laplacetorch.glm_layers as gl
+
+    for structure in ("diag", "kfac", "ekfac"):
+        la, x, _ = _fitted("classification", "all", structure)
+        with monkeypatch.context() as mp:
+            for mod in (pred, lap, gl):
+                mp.setattr(mod, "glm_jacobians", refuse)
+            assert la(x).shape == (20, 3)
+
+
+@pytest.mark.parametrize("structure", ["kfac", "ekfac"])
+@pytest.mark.parametrize("net", ["mlp", "cnn", "grouped", "sequence", "norm"])
+@pytest.mark.parametrize("joint_bias", [True, False])
+def test_kron_glm_moments_equal_dense_jacobian_formula(structure, net, joint_bias):
+    from test_kfac import _SeqNet
+
+    torch.manual_seed(0)
+    g_ = torch.Generator().manual_seed(4)
+    if net == "mlp":
+        model, x = make_mlp(), torch.randn(8, 4, generator=g_, dtype=DT)
+    elif net == "sequence":
+        model, x = _SeqNet().to(DT).eval(), torch.randn(8, 5, 3, generator=g_, dtype=DT)
+    elif net == "norm":
+        model = (
+            torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+            .to(DT)
+            .eval()
+        )
+        x = torch.randn(8, 4, generator=g_, dtype=DT)
+    else:
+        groups = 2 if net == "grouped" else 1
+        model = (
+            torch.nn.Sequential(
+                torch.nn.Conv2d(2, 4, 3, padding=1, groups=groups),
+                torch.nn.Tanh(),
+                torch.nn.Conv2d(4, 2, 3, stride=2),
+                torch.nn.Flatten(),
+                torch.nn.Linear(2, 3),
+            )
+            .to(DT)
+            .eval()
+        )
+        x = torch.randn(8, 2, 3, 3, generator=g_, dtype=DT)
+    n_out = model(x).shape[1]
+    y = torch.randint(0, n_out, (8,), generator=g_)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la = Laplace(
+            model,
+            "classification",
+            "all",
+            structure,
+            prior_precision=0.7,
+            backend_options={"joint_bias": joint_bias},
+        ).fit(batches(x, y, 3))
+    prec = la.structure.precision_dense(0.7, la.scale())
+    jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
+    mean, var = la.glm_moments(x)
+    torch.testing.assert_close(mean, model(x).detach())
+    torch.testing.assert_close(var, jac @ torch.linalg.inv(prec) @ jac.transpose(1, 2))

@@ -26,6 +26,7 @@ from .base import CurvatureResult, curvature_pass
 from .kfac import (
     _group_columns,
     _positions,
+    block_plan,
     capture_forward,
     fit_kfac,
     kfac_layers,
@@ -74,15 +75,7 @@ def fit_ekfac(
     )
     layers, _ = kfac_layers(subset, joint_bias)
     kron = kfac.structure
-    # blocks were built layer by layer: weight (per conv group) blocks, then separate biases
-    plan, k = [], 0
-    for layer in layers:
-        for gi, (_, rows, _) in enumerate(layer.blocks):
-            plan.append((layer, "weight", gi, rows, k))
-            k += 1
-        for _, rows in layer.bias_blocks:
-            plan.append((layer, "bias", None, rows, k))
-            k += 1
+    plan = block_plan(layers)
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         f, record = capture_forward(subset.model, layers, x)
@@ -96,7 +89,7 @@ def fit_ekfac(
         )
         out = {}
         with torch.no_grad():
-            for layer, part, gi, rows, kb in plan:
+            for kb, (layer, part, gi, rows) in enumerate(plan):
                 a, g = _positions(layer, record["inputs"][layer.name], grads[layer.name])
                 _, _, qb, qa = kron.blocks[kb]
                 u = g[..., rows] @ qb  # Q_Bᵀ g, [K, B, S, out]

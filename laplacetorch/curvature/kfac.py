@@ -35,7 +35,15 @@ from .base import CurvatureResult, curvature_pass, zeros_like_theta
 from .layer_capture import backward_columns, capture_linear
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
-__all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac"]
+__all__ = [
+    "APPROXIMATIONS",
+    "KFAC_FISHER_TYPES",
+    "block_plan",
+    "capture_forward",
+    "fit_kfac",
+    "kfac_layers",
+    "output_columns",
+]
 
 APPROXIMATIONS = ("expand", "reduce")
 KFAC_FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "mc": "ggn", "empirical": "ef", "ef": "ef"}
@@ -250,6 +258,17 @@ def fit_kfac(
     diag_values = sums.get("rest", zeros_like_theta(subset, 0))
     structure = Kron(blocks, diag_index, diag_values, subset.n_params, subset.group_index)
     return CurvatureResult(structure, n_data, n_out, sums["loss"], kind, "kfac")
+
+
+def block_plan(layers: list[KronLayer]) -> list[tuple[KronLayer, str, int | None, slice]]:
+    """``(layer, "weight" | "bias", group, out-channel slice)`` in the order of the Kron blocks
+    that :func:`fit_kfac` builds: each layer's weight blocks (one per conv group), then its
+    separate bias blocks."""
+    plan = []
+    for layer in layers:
+        plan += [(layer, "weight", gi, rows) for gi, (_, rows, _) in enumerate(layer.blocks)]
+        plan += [(layer, "bias", None, rows) for _, rows in layer.bias_blocks]
+    return plan
 
 
 def output_columns(

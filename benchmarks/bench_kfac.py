@@ -1,0 +1,443 @@
+"""Benchmark KFAC fits against one gradient epoch, and the KFAC GLM predictive against
+laplace-torch (no downloads).
+
+(a) r_fit = fit time / one gradient epoch (forward + summed cross-entropy + backward over every
+    batch of the same loader, batch 128), median of a few runs after one warm-up; the runs go
+    round-robin (gradient epoch, each fit, laplace-torch's) so that load on a shared machine
+    hits all alike. Fits: ``kfac`` with the exact type-2 Fisher, ``kfac`` MC (one sampled
+    target per example) and ``ekfac`` when it exists, over all weights of
+    (i) a 64-256-256-10 ReLU MLP on sklearn's digits (1500 train) and
+    (ii) a LeNet-sized CNN on [N, 1, 28, 28] inputs, N = 2048: the real Fashion-MNIST from
+        /usr/share/datasets/fashion-mnist/ (IDX files, gzipped or not) when that folder exists,
+        else synthetic class-conditional images of that shape (printed which).
+    Both nets are float32 and trained briefly with Adam first. Targets: kfac MC r_fit <= 3 (floor
+    ~1), kfac exact r_fit <= (1 + 2C)/3 + 2 = 9 for C = 10 (floor ~7). laplace-torch's
+    ``hessian_structure="kron"`` (BackPackGGN = BackPACK's KFLR, on a deep copy of the model) is
+    timed on the same loader beside ours when installed.
+(b) GLM probit predictive for 400 digits (the 297 test digits, then the first 103 training
+    digits) with ``kfac`` (exact Fisher) on the 64-256-256-10 MLP, prior 1.0, ours against
+    laplace-torch's ``kron``: time per call (median after a warm-up, ours and theirs
+    alternating call by call), max |difference| of the probabilities and theirs / ours
+    (target >= 20x). Ours runs with ``joint_bias=False`` here, laplace-torch's convention (bias
+    a block of its own); our default joint [W | b] block is a different approximation, so only
+    the same convention makes the difference a correctness check.
+
+Usage::
+
+    python benchmarks/bench_kfac.py [--quick] [--repeats R] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import importlib.metadata
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from laplacetorch import Laplace
+
+try:
+    import laplace as peer
+    from laplace.curvature import BackPackGGN
+except ImportError:  # optional peer
+    peer = None
+    BackPackGGN = None
+
+SEED = 0
+N_TRAIN = 1500
+N_CNN = 2048
+N_PRED = 400
+N_CLASSES = 10
+BATCH_SIZE = 128
+MC_TARGET = 3.0
+EXACT_TARGET = (1 + 2 * N_CLASSES) / 3 + 2  # 9 for C = 10
+PRED_TARGET = 20.0
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# ----------------------------------------------------------------------------- data and nets
+def load_digits_split(seed: int = SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Digits as float32, standardised with train statistics: ``(X_train, y_train, X_test,
+    y_test)`` from a seeded 1500 / 297 split."""
+    digits = load_digits()
+    x = torch.as_tensor(digits.data, dtype=torch.float32)
+    y = torch.as_tensor(digits.target, dtype=torch.long)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
+    mean = x[tr].mean(0)
+    std = x[tr].std(0).clamp_min(1e-6)  # some border pixels are constant
+    x = (x - mean) / std
+    return x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (ubyte data), gzipped or not, as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    hits = sorted(folder.rglob(stem.split("-")[0] + "*"))
+    return hits[0] if hits else None
+
+
+def load_images(n: int, seed: int = SEED) -> tuple[Tensor, Tensor, str]:
+    """``(x [n, 1, 28, 28] float32, y [n], source)``: the first n Fashion-MNIST training images
+    when the Debian files are there, else synthetic class-conditional images (a smooth random
+    template per class plus noise; a net can learn them)."""
+    if FMNIST_DIR.is_dir():
+        xi = _find(FMNIST_DIR, "train-images-idx3-ubyte")
+        yi = _find(FMNIST_DIR, "train-labels-idx1-ubyte")
+        if xi is not None and yi is not None:
+            x = torch.as_tensor(_read_idx(xi)[:n].copy(), dtype=torch.float32) / 255.0
+            y = torch.as_tensor(_read_idx(yi)[:n].copy(), dtype=torch.long)
+            x = ((x - x.mean()) / x.std()).unsqueeze(1).contiguous()
+            return x, y, f"Fashion-MNIST ({xi})"
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(N_CLASSES, 1, 7, 7, generator=gen)
+    templates = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+    y = torch.randint(0, N_CLASSES, (n,), generator=gen)
+    x = templates[y] + 1.5 * torch.randn(n, 1, 28, 28, generator=gen)
+    x = (x - x.mean()) / x.std()
+    why = f"{FMNIST_DIR} not found" if not FMNIST_DIR.is_dir() else "no IDX files found"
+    return x.contiguous(), y, f"SYNTHETIC class-conditional images ({why})"
+
+
+def make_mlp(seed: int) -> nn.Sequential:
+    """A float32 64-256-256-10 ReLU MLP with seeded initialisation."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    ).to(torch.float32)
+
+
+def make_lenet(seed: int) -> nn.Sequential:
+    """A float32 LeNet-5-sized CNN for [N, 1, 28, 28] inputs."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    ).to(torch.float32)
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int, lr: float = 3e-3) -> None:
+    """Adam on the mean cross-entropy for ``epochs`` shuffled epochs (batch 128), then eval."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True, generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Accuracy of ``model`` on ``(x, y)``."""
+    return (model(x).argmax(-1) == y).float().mean().item()
+
+
+# ----------------------------------------------------------------------------- timing
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), wall seconds)``."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def gradient_epoch(model: nn.Module, loader: DataLoader) -> None:
+    """One gradient pass: forward, summed cross-entropy, backward per batch."""
+    model.zero_grad(set_to_none=True)
+    for xb, yb in loader:
+        F.cross_entropy(model(xb), yb, reduction="sum").backward()
+    model.zero_grad(set_to_none=True)
+
+
+def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time per entry: one warm-up call each, then ``repeats`` rounds in which
+    every entry runs once, in turn."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn)[1])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ours_kfac(model: nn.Module, fisher_type: str, structure: str = "kfac", **options) -> Laplace:
+    """An unfitted Laplace with a KFAC-type structure over all weights (raises
+    ``NotImplementedError`` when the structure does not exist yet)."""
+    return Laplace(
+        model,
+        "classification",
+        subset_of_weights="all",
+        hessian_structure=structure,
+        prior_precision=1.0,
+        fisher_type=fisher_type,
+        backend_options=options,
+    )
+
+
+def theirs_kron(model: nn.Module, prior_precision: float = 1.0):
+    """laplace-torch's all-weights Kron Laplace with BackPackGGN on a deep copy of ``model``."""
+    return peer.Laplace(
+        copy.deepcopy(model),
+        "classification",
+        subset_of_weights="all",
+        hessian_structure="kron",
+        prior_precision=prior_precision,
+        backend=BackPackGGN,
+    )
+
+
+# ----------------------------------------------------------------------------- (a) fits
+def bench_fits(name: str, model: nn.Module, loader: DataLoader, repeats: int) -> dict[str, Any]:
+    """r_fit of kfac exact, kfac MC, ekfac (if available) and laplace-torch's kron on one net."""
+    res: dict[str, Any] = {
+        "model": name,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_data": len(loader.dataset),
+    }
+    fns: dict[str, Callable[[], Any]] = {"grad_epoch": lambda: gradient_epoch(model, loader)}
+    fits = {
+        "kfac exact": ("kfac", "exact", {}),
+        "kfac mc (M=1)": ("kfac", "mc", {"mc_samples": 1, "seed": 0}),
+        "ekfac exact": ("ekfac", "exact", {}),
+    }
+    unavailable = []
+    for label, (structure, fisher, opts) in fits.items():
+        try:
+            la = ours_kfac(model, fisher, structure, **opts)
+            la.fit(loader)  # also checks that the fit exists (not only its name)
+        except NotImplementedError as e:
+            unavailable.append(f"{label}: not available ({e})")
+            continue
+        fns[label] = lambda la=la: la.fit(loader)
+    if peer is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lt = theirs_kron(model)
+
+            def their_fit(lt=lt) -> None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    lt.fit(loader)
+
+        fns["laplace-torch kron"] = their_fit
+    med = round_robin(fns, repeats)
+    grad_s = med.pop("grad_epoch")
+    res["grad_epoch_s"] = grad_s
+    res["unavailable"] = unavailable
+    targets = {"kfac exact": EXACT_TARGET, "kfac mc (M=1)": MC_TARGET}
+    res["rows"] = []
+    for label, fit_s in med.items():
+        target = targets.get(label)
+        r = fit_s / grad_s
+        res["rows"].append(
+            {
+                "fit": label,
+                "fit_s": fit_s,
+                "r_fit": r,
+                "target": target,
+                "verdict": "-" if target is None else ("PASS" if r <= target else "MISS"),
+            }
+        )
+    return res
+
+
+def report_fits(r: dict[str, Any], repeats: int) -> None:
+    """Print one table of benchmark (a)."""
+    print(
+        f"\n[a] fit / gradient epoch, all weights, {r['model']} (P = {r['n_params']}, "
+        f"N = {r['n_data']}, batch {BATCH_SIZE}), median of {repeats} after warm-up, "
+        "round-robin"
+    )
+    print(f"  one gradient epoch: {r['grad_epoch_s']:.4f} s")
+    header = f"  {'fit':<20} {'fit s':>9} {'r_fit':>8}  {'target':<8} {'':<4}"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for row in r["rows"]:
+        t = "-" if row["target"] is None else f"<= {row['target']:g}"
+        print(
+            f"  {row['fit']:<20} {row['fit_s']:>9.4f} {row['r_fit']:>8.2f}  {t:<8} "
+            f"{row['verdict']:<4}"
+        )
+    for line in r["unavailable"]:
+        print(f"  {line}")
+    if peer is None:
+        print("  laplace-torch: not installed (`make peer` installs it); ours only")
+
+
+# ----------------------------------------------------------------------------- (b) predictive
+def bench_predict(
+    model: nn.Module, loader: DataLoader, x_pred: Tensor, repeats: int
+) -> dict[str, Any]:
+    """GLM probit predictive with kfac (exact Fisher, separate bias blocks), ours vs theirs."""
+    res: dict[str, Any] = {
+        "model": "64-256-256-10",
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_inputs": x_pred.shape[0],
+    }
+    la = ours_kfac(model, "exact", joint_bias=False)
+    _, res["ours_fit_s"] = timed(lambda: la.fit(loader))
+
+    def ours_call() -> Tensor:
+        return la(x_pred, pred_type="glm", link_approx="probit")
+
+    if peer is None:
+        ours_call()
+        t = [timed(ours_call)[1] for _ in range(repeats)]
+        res["ours_pred_s"] = statistics.median(t)
+        return res
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lt = theirs_kron(model)
+        _, res["theirs_fit_s"] = timed(lambda: lt.fit(loader))
+
+        def their_call() -> Tensor:
+            return lt(x_pred, pred_type="glm", link_approx="probit").detach()
+
+        ours_call()  # warm-ups
+        their_call()
+        ours_t, theirs_t = [], []
+        for _ in range(repeats):
+            ours, dt = timed(ours_call)
+            ours_t.append(dt)
+            theirs, dt = timed(their_call)
+            theirs_t.append(dt)
+    res["ours_pred_s"] = statistics.median(ours_t)
+    res["theirs_pred_s"] = statistics.median(theirs_t)
+    res["max_abs_diff"] = float((ours - theirs.to(ours.dtype)).abs().max())
+    res["ratio"] = res["theirs_pred_s"] / res["ours_pred_s"]
+    res["verdict"] = "PASS" if res["ratio"] >= PRED_TARGET else "MISS"
+    return res
+
+
+def report_predict(r: dict[str, Any], repeats: int) -> None:
+    """Print benchmark (b)."""
+    print(
+        f"\n[b] GLM probit predictive, kfac (exact, joint_bias=False), all weights, {r['model']} "
+        f"(P = {r['n_params']}), {r['n_inputs']} inputs, median of {repeats} after warm-up"
+    )
+    print(f"  ours   fit {r['ours_fit_s']:8.3f} s  predict {r['ours_pred_s']:8.4f} s")
+    if "theirs_pred_s" not in r:
+        print("  theirs: laplace-torch is not installed (`make peer` installs it); ours only")
+        return
+    print(
+        f"  theirs fit {r['theirs_fit_s']:8.3f} s  predict {r['theirs_pred_s']:8.4f} s "
+        "(alternating with ours call by call)"
+    )
+    print(f"  max |ours - theirs| of the predictive probabilities: {r['max_abs_diff']:.2e}")
+    print(
+        f"  ratio theirs/ours (predict): {r['ratio']:.1f}x   target >= {PRED_TARGET:g}x   "
+        f"{r['verdict']}"
+    )
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    """Train the two nets, run (a) on both and (b) on the MLP, print (and save) the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one timed repeat, fewer epochs")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
+    args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    mlp_epochs, cnn_epochs = (3, 1) if args.quick else (10, 2)
+
+    t_start = time.perf_counter()
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    digits_loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=BATCH_SIZE, shuffle=False)
+    x_pred = torch.cat([x_te, x_tr[: N_PRED - len(x_te)]]).contiguous()
+    x_img, y_img, source = load_images(N_CNN)
+    img_loader = DataLoader(TensorDataset(x_img, y_img), batch_size=BATCH_SIZE, shuffle=False)
+
+    mlp, cnn = make_mlp(SEED), make_lenet(SEED + 1)
+    _, dt = timed(lambda: train(mlp, x_tr, y_tr, mlp_epochs, seed=SEED + 10))
+    print(
+        f"trained 64-256-256-10 on digits ({mlp_epochs} epochs): {dt:.1f} s, "
+        f"test acc {accuracy(mlp, x_te, y_te):.3f}"
+    )
+    _, dt = timed(lambda: train(cnn, x_img, y_img, cnn_epochs, seed=SEED + 11))
+    print(
+        f"trained LeNet on {source}, N = {N_CNN} ({cnn_epochs} epochs): {dt:.1f} s, "
+        f"train acc {accuracy(cnn, x_img, y_img):.3f}"
+    )
+    print(
+        f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
+        f"batch {BATCH_SIZE}, median of {repeats}"
+    )
+    if peer is None:
+        print("laplace-torch (peer) is not importable: printing ours only (`make peer`)")
+    else:
+        print(f"peer: laplace-torch {importlib.metadata.version('laplace-torch')} with BackPackGGN")
+
+    fits = [
+        bench_fits("64-256-256-10 MLP, digits", mlp, digits_loader, repeats),
+        bench_fits(f"LeNet, {source.split(' (')[0]}", cnn, img_loader, repeats),
+    ]
+    for r in fits:
+        report_fits(r, repeats)
+    print(
+        f"  targets: kfac mc r_fit <= {MC_TARGET:g} (floor ~1); kfac exact r_fit <= "
+        f"(1 + 2C)/3 + 2 = {EXACT_TARGET:g} (floor (1 + 2C)/3 = {(1 + 2 * N_CLASSES) / 3:.0f})"
+    )
+    pred = bench_predict(mlp, digits_loader, x_pred, repeats)
+    report_predict(pred, repeats)
+    total = time.perf_counter() - t_start
+    print(f"\ntotal {total:.1f} s")
+    if args.json:
+        out = {
+            "torch": torch.__version__,
+            "num_threads": torch.get_num_threads(),
+            "peer_installed": peer is not None,
+            "image_data": source,
+            "batch_size": BATCH_SIZE,
+            "repeats": repeats,
+            "fits": fits,
+            "predict": pred,
+            "total_s": total,
+        }
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
