@@ -4,12 +4,14 @@ from .base import Structure, expand_prior
 from .dense import Dense
 from .diagonal import Diagonal
 from .kron import EKron, Kron
+from .lowrank import LowRank
 
 STRUCTURES: dict[str, type[Structure]] = {
     "Dense": Dense,
     "Diagonal": Diagonal,
     "Kron": Kron,
     "EKron": EKron,
+    "LowRank": LowRank,
 }
 
 
@@ -29,6 +31,7 @@ __all__ = [
     "Diagonal",
     "EKron",
     "Kron",
+    "LowRank",
     "Structure",
     "expand_prior",
     "structure_from_state_dict",

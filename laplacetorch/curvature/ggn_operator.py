@@ -1,0 +1,133 @@
+"""GGN-vector (and empirical-Fisher-vector) products over the data, matrix-free.
+
+For a batch of vectors V ``[m, P]`` (rows), with ``torch.func``:
+
+    GGN:  G vᵢ = Σₙ Jₙᵀ Λₙ (Jₙ vᵢ)       — jvp, then the output Hessian, then vjp;
+    EF:   F vᵢ = Σₙ gₙ (gₙᵀ vᵢ),  gₙ = Jₙᵀ rₙ — jvp, a dot with rₙ, then vjp.
+
+One product costs one forward, m jvps and m vjps per batch (vmap'd over the m vectors), and
+goes through the single data pass (progress bar, reduction across processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+from ..datapass import accumulate
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset, check_model_mode
+from .base import resolve_fisher_type
+from .per_example import output_dim
+
+__all__ = ["GGNOperator"]
+
+
+class GGNOperator:
+    """The unit-scale GGN (or empirical Fisher) of the summed NLL as a matrix-free operator.
+
+    Args:
+        subset: the Bayesian parameters (θ at its current values).
+        likelihood: the likelihood giving Λₙ (or rₙ for the empirical Fisher).
+        loader: the data; iterated once per product.
+        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        progress: tqdm bar per data pass.
+
+    Attributes:
+        n_params: P. n_data, n_outputs, loss_sum: from a first pass at construction.
+        n_matvecs: data passes done by :meth:`matvec` so far (cost accounting).
+    """
+
+    def __init__(
+        self,
+        subset: ParameterSubset,
+        likelihood: Likelihood,
+        loader: Iterable,
+        *,
+        fisher_type: str = "exact",
+        progress: bool = False,
+        batch_size_fn: Callable[[Any], int] | None = None,
+    ) -> None:
+        check_model_mode(subset.model)
+        subset.check_weights()
+        self.subset, self.likelihood, self.loader = subset, likelihood, loader
+        self.kind = resolve_fisher_type(fisher_type, "ggn operator")
+        self.progress, self.batch_size_fn = progress, batch_size_fn
+        self.n_params = subset.n_params
+        self.dtype, self.device = subset.dtype, subset.device
+        self.theta = subset.map_vector()
+        self.n_matvecs = 0
+        self._n_out: int | None = None
+
+        def stats(x: Any, y: Tensor) -> dict[str, Tensor]:
+            y = self._targets(x, y)
+            with torch.no_grad():
+                f = subset.forward(self.theta, x)
+            return {"loss": likelihood.nll_unit(f, y).sum()}
+
+        sums = self._pass(stats, "ggn operator: statistics")
+        self.n_data = int(sums["n_data"])
+        self.n_outputs = self._n_out
+        self.loss_sum = sums["loss"]
+
+    def _targets(self, x: Any, y: Tensor) -> Tensor:
+        if self._n_out is None:
+            self._n_out = output_dim(self.subset, x)
+        return self.likelihood.check_targets(y, (y.shape[0], self._n_out))
+
+    def _pass(self, step: Callable, desc: str) -> dict[str, Tensor]:
+        return accumulate(
+            self.loader,
+            step,
+            device=self.device,
+            dtype=self.dtype,
+            progress=self.progress,
+            desc=desc,
+            batch_size_fn=self.batch_size_fn,
+        )
+
+    def batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> Tensor:
+        """The curvature of one batch ``(x, y)`` applied to the rows of ``v`` ``[m, P]``."""
+        lik, theta = self.likelihood, self.theta
+
+        def f(th: Tensor) -> Tensor:
+            return self.subset.forward(th, x)
+
+        out, pullback = vjp(f, theta)
+        out = out.detach()
+        jv = vmap(lambda t: jvp(f, (theta,), (t,))[1])(v)  # [m, B, C]
+        if self.kind == "ggn":
+            cot = torch.einsum("bcd,mbd->mbc", lik.output_hessian(out), jv)
+        else:
+            r = lik.output_grad(out, y)  # [B, C]
+            cot = r.unsqueeze(0) * (jv * r.unsqueeze(0)).sum(-1, keepdim=True)
+        (gv,) = vmap(pullback)(cot)
+        return gv.detach()
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """G V over the whole data set for ``v`` of shape ``[m, P]`` (or ``[P]``)."""
+        single = v.dim() == 1
+        vv = v.unsqueeze(0) if single else v
+        if vv.dim() != 2 or vv.shape[1] != self.n_params:
+            raise ValueError(
+                f"v must have shape [P] or [m, P] with P = {self.n_params}; got {list(v.shape)}"
+            )
+        vv = vv.to(self.device, self.dtype)
+
+        def step(x: Any, y: Tensor) -> dict[str, Tensor]:
+            return {"gv": self.batch_matvec(x, self._targets(x, y), vv)}
+
+        self.n_matvecs += 1
+        gv = self._pass(step, "ggn-vector product")["gv"]
+        return gv.squeeze(0) if single else gv
+
+    __call__ = matvec
+
+    def dense(self) -> Tensor:
+        """G as a dense ``[P, P]`` matrix (P products; tests and small P only)."""
+        eye = torch.eye(self.n_params, dtype=self.dtype, device=self.device)
+        return self.matvec(eye)

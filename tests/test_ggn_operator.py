@@ -1,0 +1,43 @@
+"""The matrix-free GGN / empirical-Fisher operator against dense oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import batches, dense_ef, dense_ggn, make_cnn, make_data, make_mlp, make_subset
+
+from laplacetorch import get_likelihood
+from laplacetorch.curvature.ggn_operator import GGNOperator
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("likelihood", ["classification", "regression", "binary"])
+@pytest.mark.parametrize("subset", ["all", "last_layer", "subnetwork"])
+def test_ggn_and_ef_vector_products_equal_dense(net, likelihood, subset):
+    model = make_mlp() if net == "mlp" else make_cnn()
+    x, y = make_data(net, likelihood)
+    sub = make_subset(model, subset)
+    lik = get_likelihood(likelihood)
+    op = GGNOperator(sub, lik, batches(x, y))
+    g = dense_ggn(sub, x, y, likelihood)
+    v = torch.randn(3, sub.n_params, generator=torch.Generator().manual_seed(0), dtype=g.dtype)
+    torch.testing.assert_close(op.matvec(v), v @ g)
+    torch.testing.assert_close(op(v[0]), v[0] @ g)
+    ef = GGNOperator(sub, lik, batches(x, y), fisher_type="empirical")
+    torch.testing.assert_close(ef.matvec(v), v @ dense_ef(sub, x, y, likelihood))
+    assert op.n_data == len(x) and op.n_outputs == 3 and op.n_matvecs == 2
+
+
+def test_minibatch_product_and_bad_vectors():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "all")
+    op = GGNOperator(sub, get_likelihood("classification"), batches(x, y))
+    v = torch.randn(2, sub.n_params, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    torch.testing.assert_close(
+        op.batch_matvec(x[:5], y[:5], v), v @ dense_ggn(sub, x[:5], y[:5], "classification")
+    )
+    with pytest.raises(ValueError, match=r"v must have shape \[P\] or \[m, P\]"):
+        op.matvec(torch.ones(2, 3, dtype=x.dtype))
+    with pytest.raises(ValueError, match="empty loader"):
+        GGNOperator(sub, get_likelihood("classification"), [])
