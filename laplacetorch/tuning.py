@@ -38,6 +38,8 @@ class TuningResult:
     n_iter: int
     converged: bool
     history: list[float] = field(default_factory=list)
+    #: False when the structure's log det / traces are stochastic estimates (``operator``)
+    exact: bool = True
 
 
 def _initial_prior(la: Laplace, prior_structure: str) -> Tensor:
@@ -97,7 +99,10 @@ def _finish(la, method, delta, sigma, n_iter, converged, history) -> TuningResul
         la.sigma_noise = sigma.detach()
     with torch.no_grad():
         lml = float(la.log_marginal_likelihood())
-    return TuningResult(method, la.prior_precision, la.sigma_noise, lml, n_iter, converged, history)
+    exact = la.structure.exact
+    return TuningResult(
+        method, la.prior_precision, la.sigma_noise, lml, n_iter, converged, history, exact
+    )
 
 
 def _marglik(
@@ -188,17 +193,13 @@ def _mackay(
     history, converged, it = [], False, 0
     bound = float(torch.tensor(_LOG_BOUND).exp())
     for it in range(1, max_iter + 1):  # noqa: B007
-        dinv = c.structure.inverse_diagonal(delta, la.scale(sigma))
-        d_full = (
-            delta
-            if delta.numel() == 1
-            else (
-                delta[la.subset.group_index.to(delta.device)]
-                if prior_structure == "layerwise"
-                else delta
-            )
-        )
-        gamma_parts = counts - _group_sum(la, d_full * dinv, prior_structure)
+        if prior_structure == "scalar":  # needs only tr Π⁻¹ (cheap for every structure)
+            gamma_parts = counts - delta * c.structure.trace_inverse(delta, la.scale(sigma))
+        else:
+            dinv = c.structure.inverse_diagonal(delta, la.scale(sigma))
+            gi = la.subset.group_index.to(delta.device)
+            d_full = delta[gi] if prior_structure == "layerwise" else delta
+            gamma_parts = counts - _group_sum(la, d_full * dinv, prior_structure)
         new_delta = (gamma_parts.clamp_min(0) / scatter).clamp(1 / bound, bound)
         new_sigma = sigma
         if tune_sigma:
