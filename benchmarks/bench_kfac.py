@@ -34,6 +34,7 @@ import copy
 import gzip
 import importlib.metadata
 import json
+import os
 import statistics
 import time
 import warnings
@@ -95,10 +96,15 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         if (folder / name).is_file():
             return folder / name
-    hits = sorted(folder.rglob(stem.split("-")[0] + "*"))
+    hits = sorted(folder.rglob("-".join(stem.split("-")[:2]) + "*"))  # train-images*, ...
     return hits[0] if hits else None
 
 
@@ -118,7 +124,7 @@ def load_images(n: int, seed: int = SEED) -> tuple[Tensor, Tensor, str]:
     coarse = torch.randn(N_CLASSES, 1, 7, 7, generator=gen)
     templates = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
     y = torch.randint(0, N_CLASSES, (n,), generator=gen)
-    x = templates[y] + 1.5 * torch.randn(n, 1, 28, 28, generator=gen)
+    x = templates[y] + 4.0 * torch.randn(n, 1, 28, 28, generator=gen)
     x = (x - x.mean()) / x.std()
     why = f"{FMNIST_DIR} not found" if not FMNIST_DIR.is_dir() else "no IDX files found"
     return x.contiguous(), y, f"SYNTHETIC class-conditional images ({why})"
@@ -187,11 +193,14 @@ def gradient_epoch(model: nn.Module, loader: DataLoader) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def round_robin(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median wall time per entry: one warm-up call each, then ``repeats`` rounds in which
-    every entry runs once, in turn."""
-    for fn in fns.values():
-        fn()
+def round_robin(
+    fns: dict[str, Callable[[], Any]], repeats: int, warm: frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """Median wall time per entry: one warm-up call each (except the entries in ``warm``,
+    already called once), then ``repeats`` rounds in which every entry runs once, in turn."""
+    for k, fn in fns.items():
+        if k not in warm:
+            fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
@@ -243,7 +252,7 @@ def bench_fits(name: str, model: nn.Module, loader: DataLoader, repeats: int) ->
     for label, (structure, fisher, opts) in fits.items():
         try:
             la = ours_kfac(model, fisher, structure, **opts)
-            la.fit(loader)  # also checks that the fit exists (not only its name)
+            la.fit(loader)  # the warm-up; it also checks that the fit exists, not only its name
         except NotImplementedError as e:
             unavailable.append(f"{label}: not available ({e})")
             continue
@@ -259,7 +268,7 @@ def bench_fits(name: str, model: nn.Module, loader: DataLoader, repeats: int) ->
                     lt.fit(loader)
 
         fns["laplace-torch kron"] = their_fit
-    med = round_robin(fns, repeats)
+    med = round_robin(fns, repeats, warm=frozenset(fits))
     grad_s = med.pop("grad_epoch")
     res["grad_epoch_s"] = grad_s
     res["unavailable"] = unavailable
@@ -402,7 +411,8 @@ def main() -> None:
     )
     print(
         f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
-        f"batch {BATCH_SIZE}, median of {repeats}"
+        f"batch {BATCH_SIZE}, median of {repeats}, 1-min load average {os.getloadavg()[0]:.2f} "
+        "(other processes on a shared machine inflate every timing)"
     )
     if peer is None:
         print("laplace-torch (peer) is not importable: printing ours only (`make peer`)")
@@ -422,7 +432,7 @@ def main() -> None:
     pred = bench_predict(mlp, digits_loader, x_pred, repeats)
     report_predict(pred, repeats)
     total = time.perf_counter() - t_start
-    print(f"\ntotal {total:.1f} s")
+    print(f"\ntotal {total:.1f} s, 1-min load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         out = {
             "torch": torch.__version__,
@@ -434,6 +444,7 @@ def main() -> None:
             "fits": fits,
             "predict": pred,
             "total_s": total,
+            "load_average_end": os.getloadavg()[0],
         }
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

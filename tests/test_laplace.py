@@ -265,9 +265,6 @@ def test_bad_input_to_laplace():
         Laplace(model, "classification", sigma_noise=0.5)
     with pytest.raises(ValueError, match="unknown hessian_structure 'block'"):
         Laplace(model, "classification", hessian_structure="block")
-    for name in ("lowrank", "operator", "hutchinson"):
-        with pytest.raises(NotImplementedError, match="is not implemented yet"):
-            Laplace(model, "classification", hessian_structure=name)
     with pytest.raises(ValueError, match="temperature must be a positive"):
         Laplace(model, "classification", temperature=0)
     with pytest.raises(ValueError, match="prior_mean must be a scalar"):

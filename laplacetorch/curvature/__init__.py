@@ -9,13 +9,19 @@ from .base import FISHER_TYPES, CurvatureResult
 from .diag import fit_diag
 from .ekfac import fit_ekfac
 from .full import fit_full
+from .hutchinson import fit_hutchinson
 from .kfac import fit_kfac
+from .lanczos import fit_lanczos
+from .operator import fit_operator
 
 BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
     "full": fit_full,
     "diag": fit_diag,
     "kfac": fit_kfac,
     "ekfac": fit_ekfac,
+    "hutchinson": fit_hutchinson,
+    "lanczos": fit_lanczos,
+    "operator": fit_operator,
 }
 
 
@@ -33,6 +39,9 @@ __all__ = [
     "fit_diag",
     "fit_ekfac",
     "fit_full",
+    "fit_hutchinson",
     "fit_kfac",
+    "fit_lanczos",
+    "fit_operator",
     "get_backend",
 ]

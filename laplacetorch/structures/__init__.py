@@ -5,6 +5,7 @@ from .dense import Dense
 from .diagonal import Diagonal
 from .kron import EKron, Kron
 from .lowrank import LowRank
+from .operator import Operator
 
 STRUCTURES: dict[str, type[Structure]] = {
     "Dense": Dense,
@@ -12,6 +13,7 @@ STRUCTURES: dict[str, type[Structure]] = {
     "Kron": Kron,
     "EKron": EKron,
     "LowRank": LowRank,
+    "Operator": Operator,
 }
 
 
@@ -32,6 +34,7 @@ __all__ = [
     "EKron",
     "Kron",
     "LowRank",
+    "Operator",
     "Structure",
     "expand_prior",
     "structure_from_state_dict",

@@ -1,0 +1,54 @@
+"""``operator``: nothing materialised; the posterior precision as GGN-vector products."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset
+from ..structures import Operator
+from .base import CurvatureResult
+from .ggn_operator import GGNOperator
+from .per_example import DEFAULT_MEMORY_BUDGET
+
+__all__ = ["fit_operator"]
+
+
+def fit_operator(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    *,
+    fisher_type: str = "exact",
+    n_probes: int = 30,
+    n_steps: int = 40,
+    cg_tol: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> CurvatureResult:
+    """A matrix-free :class:`~laplacetorch.structures.Operator`; every later answer is an
+    estimate from GGN-vector products over ``loader`` (kept by reference, so the data must
+    stay available). The SLQ nodes for log det are computed once, at the first request."""
+    op = GGNOperator(
+        subset,
+        likelihood,
+        loader,
+        fisher_type=fisher_type,
+        progress=progress,
+        batch_size_fn=batch_size_fn,
+    )
+    structure = Operator(
+        op.matvec,
+        subset.n_params,
+        subset.dtype,
+        subset.device,
+        subset.group_index,
+        n_probes=n_probes,
+        n_steps=n_steps,
+        cg_tol=cg_tol,
+        seed=seed,
+    )
+    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind, "operator")
