@@ -42,9 +42,9 @@ def fit_lanczos(
     gradient epochs per eigenpair), continuing up to ``max_iter`` (default
     min(P, 3·(rank + oversample))) until the top ``rank`` pairs converge; only converged Ritz
     pairs (relative residual ≤ ``tol``) are kept, so the rank may come out below ``rank``
-    (with a warning) on a spectrum without a gap. With ``diag_correction`` the exact GGN diagonal (one more
-    pass) supplies d = diag G − diag(U diag(λ) Uᵀ) ≥ 0, so the diagonal of the curvature is
-    exact too.
+    (with a warning) on a spectrum without a gap. With ``diag_correction`` the exact GGN
+    diagonal (one more pass) supplies d = diag G − diag(U diag(λ) Uᵀ) ≥ 0, so the diagonal
+    of the curvature is exact too.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= subset.n_params:
         raise ValueError(f"rank must be an integer in [1, P = {subset.n_params}]; got {rank!r}")
