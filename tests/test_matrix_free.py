@@ -158,3 +158,15 @@ def test_bad_input_to_matrix_free_backends(problem):
     st = fit_operator(sub, lik, batches(x, y)).structure
     with pytest.raises(NotImplementedError, match="scalar prior precision only"):
         st.logdet(torch.ones(3, dtype=DT))
+
+
+def test_operator_neumann_solver(problem):
+    _, x, y, sub, g = problem
+    p = g.shape[0]
+    lik = get_likelihood("classification")
+    st = fit_operator(sub, lik, batches(x, y), solver="neumann", neumann_terms=400).structure
+    prec = g + 5.0 * torch.eye(p, dtype=DT)  # well conditioned: the series converges fast
+    v = torch.randn(2, p, generator=torch.Generator().manual_seed(0), dtype=DT)
+    torch.testing.assert_close(st.solve(v, 5.0), v @ torch.linalg.inv(prec), rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="unknown solver 'lu'"):
+        fit_operator(sub, lik, batches(x, y), solver="lu")

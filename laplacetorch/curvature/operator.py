@@ -24,6 +24,8 @@ def fit_operator(
     n_probes: int = 30,
     n_steps: int = 40,
     cg_tol: float | None = None,
+    solver: str = "cg",
+    neumann_terms: int = 100,
     seed: int = 0,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -31,7 +33,9 @@ def fit_operator(
 ) -> CurvatureResult:
     """A matrix-free :class:`~laplacetorch.structures.Operator`; every later answer is an
     estimate from GGN-vector products over ``loader`` (kept by reference, so the data must
-    stay available). The SLQ nodes for log det are computed once, at the first request."""
+    stay available). The SLQ nodes for log det are computed once, at the first request.
+    ``solver`` picks CG (default) or a truncated Neumann series for solves (see
+    :class:`~laplacetorch.structures.Operator`)."""
     op = GGNOperator(
         subset,
         likelihood,
@@ -49,6 +53,8 @@ def fit_operator(
         n_probes=n_probes,
         n_steps=n_steps,
         cg_tol=cg_tol,
+        solver=solver,
+        neumann_terms=neumann_terms,
         seed=seed,
     )
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind, "operator")
