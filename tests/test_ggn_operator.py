@@ -41,3 +41,17 @@ def test_minibatch_product_and_bad_vectors():
         op.matvec(torch.ones(2, 3, dtype=x.dtype))
     with pytest.raises(ValueError, match="empty loader"):
         GGNOperator(sub, get_likelihood("classification"), [])
+
+
+def test_float32_model_gives_float32_products_close_to_float64():
+    model64 = make_mlp()
+    model32 = make_mlp().float()
+    x, y = make_data("mlp", "regression")
+    g = dense_ggn(make_subset(model64, "all"), x, y, "regression")
+    op = GGNOperator(
+        make_subset(model32, "all"), get_likelihood("regression"), batches(x.float(), y.float())
+    )
+    v = torch.randn(2, g.shape[0], generator=torch.Generator().manual_seed(3))
+    out = op.matvec(v)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), v.double() @ g, rtol=1e-4, atol=1e-4)

@@ -30,12 +30,14 @@ def _deep_linear(seed=0):
     return nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3), nn.Linear(3, 2)).to(DT).eval()
 
 
-def _conv_s1(seed=0, groups=1, padding=0, mode="zeros"):
+def _conv_s1(seed=0, groups=1, padding=0, mode="zeros", dilation=1):
     """Convs whose outputs are 1×1 (S = 1), where KFAC is exact for one datum."""
     torch.manual_seed(seed)
     return (
         nn.Sequential(
-            nn.Conv2d(2, 4, 3, padding=padding, groups=groups, padding_mode=mode),
+            nn.Conv2d(
+                2, 4, 3, padding=padding, groups=groups, padding_mode=mode, dilation=dilation
+            ),
             nn.Tanh(),
             nn.Conv2d(4, 4, 1, groups=groups),
             nn.Flatten(),
@@ -58,16 +60,17 @@ def test_single_datum_exact_for_linear_layers(likelihood, joint_bias):
 
 
 @pytest.mark.parametrize(
-    ("groups", "padding", "mode", "shape"),
+    ("groups", "padding", "mode", "shape", "dilation"),
     [
-        (1, 0, "zeros", (1, 2, 3, 3)),
-        (2, 0, "zeros", (1, 2, 3, 3)),
-        (1, "same", "zeros", (1, 2, 1, 1)),
-        (2, 1, "circular", (1, 2, 1, 1)),
+        (1, 0, "zeros", (1, 2, 3, 3), 1),
+        (2, 0, "zeros", (1, 2, 3, 3), 1),
+        (1, "same", "zeros", (1, 2, 1, 1), 1),
+        (2, 1, "circular", (1, 2, 1, 1), 1),
+        (1, 0, "zeros", (1, 2, 5, 5), 2),
     ],
 )
-def test_single_datum_exact_for_conv_layers(groups, padding, mode, shape):
-    model = _conv_s1(groups=groups, padding=padding, mode=mode)
+def test_single_datum_exact_for_conv_layers(groups, padding, mode, shape, dilation):
+    model = _conv_s1(groups=groups, padding=padding, mode=mode, dilation=dilation)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=DT)
     y = torch.tensor([2])
     sub = ParameterSubset(model, "all")
