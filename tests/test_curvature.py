@@ -134,7 +134,7 @@ def test_diag_takes_the_linear_layer_path_for_an_mlp(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("per-example path used")
 
-    monkeypatch.setattr(diag_mod, "per_example_factors", refuse)
+    monkeypatch.setattr(diag_mod, "per_example_diagonal", refuse)
     model = make_mlp()
     x, y = make_data("mlp", "classification")
     sub = make_subset(model, "all")

@@ -11,10 +11,10 @@ from torch import Tensor
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Diagonal
-from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
+from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .last_layer import last_layer_curvature
 from .layer_capture import LinearLayer, backward_columns, linear_layers, linear_output_grads
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
+from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
 
 __all__ = ["fit_diag"]
 
@@ -67,23 +67,9 @@ def fit_diag(
     )
 
     def per_example(sub: ParameterSubset, x: Any, y: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
-        g = zeros_like_theta(sub, sub.n_params)
-        loss = zeros_like_theta(sub)
-        for rows, nll in per_example_factors(
-            sub,
-            likelihood,
-            x,
-            y,
-            sub.map_vector(),
-            kind=kind,
-            n_outputs=n_out,
-            n_examples=y.shape[0],
-            memory_budget=memory_budget,
-        ):
-            g += rows.square().sum((0, 1))
-            if nll is not None:
-                loss += nll.sum()
-        return g, loss
+        return per_example_diagonal(
+            sub, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
+        )
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         fast = _linear_diag(subset, likelihood, layers, x, y, kind) if layers else None

@@ -33,7 +33,7 @@ from ..params import ParameterSubset
 from ..structures import Kron
 from .base import CurvatureResult, curvature_pass, zeros_like_theta
 from .layer_capture import backward_columns, capture_linear
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
+from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
 
 __all__ = [
     "APPROXIMATIONS",
@@ -213,20 +213,9 @@ def fit_kfac(
                 a, g = _positions(layer, record["inputs"][layer.name], g)
                 _accumulate_layer(out, layer, a, g, approximation)
         if rest is not None:
-            diag = zeros_like_theta(rest, rest.n_params)
-            for rows, _ in per_example_factors(
-                rest,
-                likelihood,
-                x,
-                y,
-                rest.map_vector(),
-                kind=kind,
-                n_outputs=n_out,
-                n_examples=y.shape[0],
-                memory_budget=memory_budget,
-            ):
-                diag += rows.square().sum((0, 1))
-            out["rest"] = diag
+            out["rest"], _ = per_example_diagonal(
+                rest, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
+            )
         return out
 
     sums, n_data, n_out = curvature_pass(

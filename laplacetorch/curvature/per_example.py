@@ -21,7 +21,12 @@ from torch.utils._pytree import tree_map
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "output_dim", "per_example_factors"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "output_dim",
+    "per_example_diagonal",
+    "per_example_factors",
+]
 
 DEFAULT_MEMORY_BUDGET = 32 * 2**20  # larger chunks page-fault more than they gain
 
@@ -93,3 +98,33 @@ def per_example_factors(
             rows, out = vmap(lambda xn, k0=k0, k1=k1: ggn_rows(xn, k0, k1))(xs)
             nll = likelihood.nll_unit(out.detach(), ys) if k0 == 0 else None
             yield rows, nll
+
+
+def per_example_diagonal(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    x: Any,
+    y: Tensor,
+    *,
+    kind: str,
+    n_outputs: int,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> tuple[Tensor, Tensor]:
+    """(Σₙ Σₖ (Jₙᵀ sₙₖ)² ``[P]``, Σₙ nllₙ) for one batch, from :func:`per_example_factors`."""
+    g = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
+    loss = torch.zeros((), dtype=subset.dtype, device=subset.device)
+    for rows, nll in per_example_factors(
+        subset,
+        likelihood,
+        x,
+        y,
+        subset.map_vector(),
+        kind=kind,
+        n_outputs=n_outputs,
+        n_examples=y.shape[0],
+        memory_budget=memory_budget,
+    ):
+        g += rows.square().sum((0, 1))
+        if nll is not None:
+            loss += nll.sum()
+    return g, loss
