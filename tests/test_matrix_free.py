@@ -170,3 +170,16 @@ def test_operator_neumann_solver(problem):
     torch.testing.assert_close(st.solve(v, 5.0), v @ torch.linalg.inv(prec), rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="unknown solver 'lu'"):
         fit_operator(sub, lik, batches(x, y), solver="lu")
+
+
+def test_lanczos_keeps_iterating_until_the_top_pairs_converge(problem):
+    _, x, y, sub, g = problem
+    lik = get_likelihood("classification")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "only r of k converged" warning by default
+        res = fit_lanczos(sub, lik, batches(x, y), rank=20, oversample=2)
+    evals = torch.linalg.eigvalsh(g).flip(0)
+    assert res.structure.rank == 20
+    torch.testing.assert_close(res.structure.lam, evals[:20], rtol=1e-6, atol=1e-8)
+    with pytest.warns(UserWarning, match="Ritz pairs converged"):
+        fit_lanczos(sub, lik, batches(x, y), rank=20, oversample=2, max_iter=22)

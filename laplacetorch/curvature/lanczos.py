@@ -60,11 +60,14 @@ def fit_lanczos(
     )
     if generator is None:
         generator = torch.Generator(device=subset.device).manual_seed(seed)
+    if max_iter is None:
+        max_iter = min(subset.n_params, 3 * (rank + oversample))
     evals, evecs = lanczos(
         op.matvec,
         subset.n_params,
         rank,
         oversample=oversample,
+        max_iter=max_iter,
         tol=tol,
         generator=generator,
         dtype=subset.dtype,
