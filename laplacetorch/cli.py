@@ -1,4 +1,5 @@
-"""Command-line front end: ``laplacetorch demo`` (also ``python -m laplacetorch demo``)."""
+"""Command-line front end: ``laplacetorch demo | evaluate | select`` (also ``python -m
+laplacetorch``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from torch import nn
 from .laplace import Laplace
 from .metrics import accuracy, brier, ece, nll
 
-__all__ = ["main", "run_demo"]
+__all__ = ["main", "run_demo", "run_evaluate", "run_select"]
 
 
 def _digits(seed: int) -> tuple[torch.Tensor, ...]:
@@ -89,6 +91,198 @@ def run_demo(seed: int = 0, epochs: int = 30, out=sys.stdout) -> dict[str, dict[
     return results
 
 
+def _lenet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+
+
+def _train(model: nn.Module, x, y, seed: int, epochs: int, lr: float = 1e-3) -> nn.Module:
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def _writable_dir(out: str) -> Path:
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"output directory {out!r} cannot be written: {err}") from err
+    return path
+
+
+def _evaluation_data(dataset: str, ood: str, seed: int, n_train: int):
+    from . import datasets
+
+    if dataset == "digits":
+        x, y = datasets.load_digits()
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        x, y = x[perm], y[perm]
+        mu, sd = x[:1200].mean(0), x[:1200].std(0).clamp_min(1e-3)
+        x = (x - mu) / sd
+        train, val, test = (x[:1200], y[:1200]), (x[1200:1500], y[1200:1500]), (x[1500:], y[1500:])
+    elif dataset == "fashion-mnist":
+        xtr, ytr = datasets.load_fashion_mnist("train")
+        xte, yte = datasets.load_fashion_mnist("test")
+        train, val, test = (
+            (xtr[:n_train], ytr[:n_train]),
+            (xtr[-2000:], ytr[-2000:]),
+            (xte[:2000], yte[:2000]),
+        )
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {datasets.DATASETS}")
+    if ood == "none":
+        ood_x = None
+    elif ood == "noise":
+        ood_x = datasets.noise_like(test[0], len(test[1]), seed)
+    elif ood == "mnist":
+        ood_x, _ = datasets.load_mnist5k()
+        ood_x = ood_x[:2000]
+    else:
+        raise ValueError(f"unknown OOD set {ood!r}; expected 'mnist', 'noise' or 'none'")
+    if ood_x is not None and ood_x.shape[1:] != test[0].shape[1:]:
+        raise ValueError(
+            f"the OOD set has inputs of shape {list(ood_x.shape[1:])} but {dataset} has "
+            f"{list(test[0].shape[1:])}; pick an OOD set of the same shape"
+        )
+    return train, val, test, ood_x
+
+
+def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
+    """``laplacetorch evaluate``: train, fit each variant, write the table and diagrams."""
+    from .evaluation import Variant, evaluate
+    from .laplace import _ALIASES, HESSIAN_STRUCTURES
+
+    structures = [s for s in args.structures.split(",") if s]
+    for s in structures:
+        if s not in HESSIAN_STRUCTURES and s not in _ALIASES:
+            raise ValueError(f"unknown structure {s!r}; expected one of {list(HESSIAN_STRUCTURES)}")
+    subsets = [s for s in args.subset.split(",") if s]
+    for s in subsets:
+        if s not in ("last_layer", "all"):
+            raise ValueError(f"unknown subset {s!r}; expected 'last_layer' or 'all'")
+    out_dir = _writable_dir(args.out) if args.out else None
+    train, val, test, ood_x = _evaluation_data(args.dataset, args.ood, args.seed, args.n_train)
+    torch.manual_seed(args.seed)  # the command owns its process
+    model = (
+        nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
+        if args.dataset == "digits"
+        else _lenet()
+    )
+    t0 = time.perf_counter()
+    model = _train(model, *train, args.seed, args.epochs)
+    print(f"trained on {args.dataset} in {time.perf_counter() - t0:.1f} s", file=out)
+
+    def batches(pair, size=256):
+        return list(zip(pair[0].split(size), pair[1].split(size), strict=True))
+
+    ood_loader = None if ood_x is None else batches((ood_x, torch.zeros(len(ood_x))))
+    variants = [Variant(sub, st) for sub in subsets for st in structures]
+    table = evaluate(
+        model,
+        batches(train, 128),
+        batches(test),
+        variants=variants,
+        val_loader=batches(val),
+        ood_loader=ood_loader,
+        progress=args.progress,
+    )
+    print(table.table(), file=out)
+    if out_dir is not None:
+        (out_dir / "table.txt").write_text(table.table() + "\n")
+        table.to_json(out_dir / "table.json")
+        try:
+            from .plots import confidence_histogram, reliability_diagram
+
+            for name, probs in table.probs.items():
+                slug = name.replace(" ", "_")
+                reliability_diagram(
+                    probs, table.labels, out_dir / f"reliability_{slug}.png", title=name
+                )
+            if table.ood_probs:
+                confidence_histogram(
+                    table.ood_probs,
+                    out_dir / "ood_confidence.png",
+                    title=f"confidence on OOD ({args.ood})",
+                )
+        except ImportError as err:
+            print(f"no plots: {err}", file=out)
+        print(f"wrote {out_dir}", file=out)
+    return table.to_dict()
+
+
+def run_select(args: argparse.Namespace, out=sys.stdout) -> list:
+    """``laplacetorch select``: choose an MLP width by the evidence, against held-out NLL."""
+    from .metrics import gaussian_nll, nll
+    from .selection import select_model
+
+    widths = [int(w) for w in args.widths.split(",")]
+    g = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.task == "regression":
+        x = 4 * torch.rand(300, 1, generator=g) - 2
+        y = torch.sin(2 * x) + 0.2 * torch.randn(300, 1, generator=g)
+        (xtr, ytr), (xte, yte) = (x[:150], y[:150]), (x[150:], y[150:])
+        likelihood, n_in, n_out = "regression", 1, 1
+    else:
+        from . import datasets
+
+        x, y = datasets.load_digits()
+        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-3)
+        (xtr, ytr), (xte, yte) = (x[:1000], y[:1000]), (x[1000:], y[1000:])
+        likelihood, n_in, n_out = "classification", 64, 10
+    candidates = {}
+    for w in widths:
+        model = nn.Sequential(nn.Linear(n_in, w), nn.Tanh(), nn.Linear(w, n_out))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(args.steps):
+            opt.zero_grad()
+            f = model(xtr)
+            loss = (
+                nn.functional.mse_loss(f, ytr)
+                if likelihood == "regression"
+                else nn.functional.cross_entropy(f, ytr)
+            )
+            loss.backward()
+            opt.step()
+        candidates[f"width {w}"] = model.eval()
+    loader = list(zip(xtr.split(100), ytr.split(100), strict=True))
+    res = select_model(candidates, likelihood, loader, hessian_structure="full")
+    print(res.table(), file=out)
+    print(f"\n{'model':<24}{'held-out NLL':>14}", file=out)
+    rows = []
+    for c in res.ranking:
+        pred = c.laplace(xte)
+        held = gaussian_nll(pred[0], pred[1], yte) if likelihood == "regression" else nll(pred, yte)
+        rows.append((c.name, c.log_marginal_likelihood, float(held)))
+        print(f"{c.name:<24}{float(held):>14.4f}", file=out)
+    best_held = min(rows, key=lambda r: r[2])[0]
+    print(f"\nevidence picks {res.best.name}; held-out NLL picks {best_held}", file=out)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``laplacetorch`` console script."""
     parser = argparse.ArgumentParser(prog="laplacetorch", description=__doc__)
@@ -96,7 +290,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train an MLP on digits and compare MAP with Laplace")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs", type=int, default=30)
+    ev = sub.add_parser("evaluate", help="calibration and OOD table for Laplace variants")
+    ev.add_argument("--dataset", default="digits", help="digits | fashion-mnist")
+    ev.add_argument("--ood", default="noise", help="mnist | noise | none")
+    ev.add_argument("--structures", default="kfac,diag")
+    ev.add_argument("--subset", default="last_layer")
+    ev.add_argument("--out", default=None, help="directory for table.txt/json and PNGs")
+    ev.add_argument("--epochs", type=int, default=20)
+    ev.add_argument("--n-train", type=int, default=10000)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--progress", action="store_true")
+    sel = sub.add_parser("select", help="pick an MLP width by the Laplace evidence")
+    sel.add_argument("--task", choices=("regression", "classification"), default="regression")
+    sel.add_argument("--widths", default="1,4,16,64")
+    sel.add_argument("--steps", type=int, default=1000)
+    sel.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        run_demo(seed=args.seed, epochs=args.epochs)
+    try:
+        if args.command == "demo":
+            run_demo(seed=args.seed, epochs=args.epochs)
+        elif args.command == "evaluate":
+            run_evaluate(args)
+        else:
+            run_select(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"laplacetorch {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -30,6 +30,8 @@ class Candidate:
     sigma_noise: float
     n_params: int
     seconds: float
+    #: the fitted and tuned approximation (for predictions)
+    laplace: Laplace | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -105,6 +107,7 @@ def select_model(
                 sigma_noise=float(la.sigma_noise),
                 n_params=la.n_params,
                 seconds=time.perf_counter() - t0,
+                laplace=la,
             )
         )
     results.sort(key=lambda c: c.log_marginal_likelihood, reverse=True)

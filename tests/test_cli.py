@@ -1,0 +1,128 @@
+"""The command line and the evaluation helper, end to end on small data."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from laplacetorch import cli
+from laplacetorch.evaluation import COLUMNS, Variant, evaluate
+
+
+def _digits_model_and_loaders():
+    from laplacetorch.datasets import load_digits, noise_like
+
+    x, y = load_digits()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = cli._train(model, x[:600], y[:600], seed=0, epochs=3)
+    tr = list(zip(x[:600].split(200), y[:600].split(200), strict=True))
+    te = list(zip(x[600:900].split(150), y[600:900].split(150), strict=True))
+    ood = noise_like(x[600:900], 300)
+    return model, tr, te, [(ood, torch.zeros(300))]
+
+
+def test_evaluation_helper_table_columns_are_finite(tmp_path):
+    model, tr, te, ood = _digits_model_and_loaders()
+    table = evaluate(
+        model,
+        tr,
+        te,
+        variants=[Variant("last_layer", "kfac"), Variant("all", "diag")],
+        ood_loader=ood,
+    )
+    assert list(table.rows) == ["MAP", "LA last_layer kfac", "LA all diag"]
+    for row in table.rows.values():
+        assert set(row) == set(COLUMNS)
+        assert all(math.isfinite(v) for v in row.values())
+    text = table.table()
+    assert all(c in text.splitlines()[0] for c in COLUMNS)
+    assert '"MAP"' in table.to_json(tmp_path / "t.json").read_text()
+
+
+def test_demo_runs_end_to_end():
+    out = io.StringIO()
+    res = cli.run_demo(epochs=1, out=out)
+    assert {"MAP", "last-layer full", "all-weights diag"} <= set(res)
+    assert all(math.isfinite(v) for r in res.values() for v in r.values())
+    assert "LA last-layer full" in out.getvalue()
+
+
+def _args(**kw):
+    base = dict(
+        dataset="digits",
+        ood="noise",
+        structures="kfac",
+        subset="last_layer",
+        out=None,
+        epochs=1,
+        n_train=100,
+        seed=0,
+        progress=False,
+    )
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_evaluate_command_writes_table_and_diagrams(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = io.StringIO()
+    rows = cli.run_evaluate(_args(out=str(tmp_path / "run")), out=out)
+    assert set(rows) == {"MAP", "LA last_layer kfac"}
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"table.txt", "table.json", "reliability_MAP.png", "ood_confidence.png"} <= names
+
+
+def test_select_command_runs():
+    out = io.StringIO()
+    args = argparse.Namespace(task="regression", widths="2,16", steps=200, seed=0)
+    rows = cli.run_select(args, out=out)
+    assert len(rows) == 2 and "evidence picks" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
+        ({"structures": "kfac,bogus"}, "unknown structure 'bogus'"),
+        ({"subset": "middle"}, "unknown subset 'middle'"),
+        ({"ood": "svhn"}, "unknown OOD set 'svhn'"),
+    ],
+)
+def test_evaluate_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        cli.run_evaluate(_args(**kw), out=io.StringIO())
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot be written"):
+        cli.run_evaluate(_args(out=str(blocker / "sub")), out=io.StringIO())
+
+
+def test_ood_set_of_another_shape_is_refused(monkeypatch):
+    import laplacetorch.datasets as ds
+
+    monkeypatch.setattr(ds, "load_mnist5k", lambda: (torch.zeros(10, 1, 28, 28), None))
+    with pytest.raises(ValueError, match=r"OOD set has inputs of shape \[1, 28, 28\]"):
+        cli.run_evaluate(_args(ood="mnist"), out=io.StringIO())
+
+
+def test_missing_data_sets_say_how_to_install(tmp_path, capsys):
+    from laplacetorch.datasets import load_fashion_mnist
+
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(root=tmp_path)
+    code = (
+        cli.main(["evaluate", "--dataset", "fashion-mnist", "--epochs", "1"])
+        if not (__import__("pathlib").Path("/usr/share/datasets/fashion-mnist").exists())
+        else 2
+    )
+    assert code == 2
