@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .metrics import _check_n_bins, _check_probs, calibration_bins, ece, mce
+from .metrics import calibration_bins, ece, mce
+from .metrics._checks import _check_n_bins, _check_probs
 
 __all__ = ["confidence_histogram", "reliability_diagram"]
 
