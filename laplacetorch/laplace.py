@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import tuning
+from . import persistence, tuning
 from .curvature import BACKENDS, CurvatureResult, get_backend
 from .curvature.per_example import DEFAULT_MEMORY_BUDGET
 from .datapass import batch_size, prepare_inputs
@@ -25,7 +25,7 @@ from .predictive import (
     mc_link,
     probit,
 )
-from .structures import Diagonal, Kron, expand_prior, structure_from_state_dict
+from .structures import Diagonal, Kron, expand_prior
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
 
@@ -412,53 +412,12 @@ class Laplace:
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to predict without refitting."""
-        c = self._fitted()
-        return {
-            "likelihood": self.likelihood.name,
-            "hessian_structure": self.hessian_structure,
-            "subset": self.subset.signature(),
-            "structure": c.structure.state_dict(),
-            "n_data": c.n_data,
-            "n_outputs": c.n_outputs,
-            "loss_sum": c.loss_sum.detach().cpu(),
-            "kind": c.kind,
-            "mean": self.mean.cpu(),
-            "prior_precision": self.prior_precision.cpu(),
-            "prior_mean": self.prior_mean.cpu(),
-            "sigma_noise": self.sigma_noise.cpu(),
-            "temperature": self.temperature,
-            "input_shape": self._input_shape,
-        }
+        """Everything needed to predict without refitting (see :mod:`laplacetorch.persistence`)."""
+        return persistence.laplace_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a fitted state; refuses a state of another model, subset or likelihood."""
-        for key, mine in (
-            ("likelihood", self.likelihood.name),
-            ("hessian_structure", self.hessian_structure),
-            ("subset", self.subset.signature()),
-        ):
-            if state.get(key) != mine:
-                raise ValueError(
-                    f"state does not match this Laplace object: {key} is {state.get(key)!r}, "
-                    f"expected {mine!r}"
-                )
-        dev, dt = self.subset.device, self.subset.dtype
-        structure = structure_from_state_dict(state["structure"], device=dev, dtype=dt)
-        self.curvature = CurvatureResult(
-            structure,
-            state["n_data"],
-            state["n_outputs"],
-            state["loss_sum"].to(dev, dt),
-            state["kind"],
-            self.hessian_structure,
-        )
-        self.mean = state["mean"].to(dev, dt)
-        self.prior_precision = state["prior_precision"]
-        self.prior_mean = state["prior_mean"]
-        self.sigma_noise = state["sigma_noise"]
-        self.temperature = state["temperature"]
-        self._input_shape = state["input_shape"]
+        persistence.load_laplace_state(self, state)
 
 
 def _sample_cov(fs: Tensor) -> Tensor:
