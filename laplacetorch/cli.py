@@ -108,8 +108,10 @@ def _lenet() -> nn.Module:
     )
 
 
-def _train(model: nn.Module, x, y, seed: int, epochs: int, lr: float = 1e-3) -> nn.Module:
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+def _train(
+    model: nn.Module, x, y, seed: int, epochs: int, lr: float = 1e-3, weight_decay: float = 1e-4
+) -> nn.Module:
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=g).split(128):
@@ -197,7 +199,14 @@ def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
             nn.Linear(n_in, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
         )
     t0 = time.perf_counter()
-    model = _train(model, *train, args.seed, args.epochs)
+    model = _train(
+        model,
+        *train,
+        args.seed,
+        args.epochs,
+        lr=getattr(args, "lr", 1e-3),
+        weight_decay=getattr(args, "weight_decay", 1e-4),
+    )
     print(f"trained on {args.dataset} in {time.perf_counter() - t0:.1f} s", file=out)
 
     def batches(pair, size=256):
@@ -303,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--out", default=None, help="directory for table.txt/json and PNGs")
     ev.add_argument("--epochs", type=int, default=20)
     ev.add_argument("--n-train", type=int, default=10000)
+    ev.add_argument("--lr", type=float, default=1e-3)
+    ev.add_argument("--weight-decay", type=float, default=1e-4)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--progress", action="store_true")
     sel = sub.add_parser("select", help="pick an MLP width by the Laplace evidence")
