@@ -53,7 +53,10 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return f"LA {self.subset} {self.structure}"
+        """Row label; the tuning method and link appear when they are not the defaults."""
+        extra = "" if self.method == "marglik" else f" {self.method}"
+        extra += "" if self.link_approx == "probit" else f" {self.link_approx}"
+        return f"LA {self.subset} {self.structure}{extra}"
 
 
 @dataclass
@@ -151,6 +154,9 @@ def evaluate(
     """
     if not variants:
         raise ValueError("variants must name at least one Laplace variant")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variants must be distinct; got {names}")
     table = EvaluationTable()
     t0 = time.perf_counter()
 

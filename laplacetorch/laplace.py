@@ -79,10 +79,9 @@ class Laplace:
         model: the trained network, outputs ``[B, C]``.
         likelihood: ``"classification"``, ``"regression"`` or ``"binary"``.
         subset_of_weights: ``"last_layer"``, ``"all"`` or ``"subnetwork"``.
-        hessian_structure: ``"full"``, ``"diag"``, ``"kfac"`` (alias ``"kron"``) are built;
-            ``"ekfac"``, ``"hutchinson"``, ``"lanczos"``/``"lowrank"``, ``"operator"`` raise
-            ``NotImplementedError`` until they land. Default: ``"full"`` for the last layer and
-            subnetworks, ``"kfac"`` for all weights.
+        hessian_structure: ``"full"``, ``"diag"``, ``"kfac"`` (alias ``"kron"``), ``"ekfac"``,
+            ``"hutchinson"``, ``"lanczos"`` (alias ``"lowrank"``) or ``"operator"``. Default:
+            ``"full"`` for the last layer and subnetworks, ``"kfac"`` for all weights.
         prior_precision: δ, a scalar, one per layer or one per parameter.
         prior_mean: μ₀, a scalar or ``[P]``.
         sigma_noise: σ of the Gaussian likelihood (regression only).

@@ -49,7 +49,7 @@ class SelectionResult:
         """A printable ranking."""
         rows = [
             f"{'rank':<6}{'model':<24}{'log p(D|M)':>14}{'log p(D|θ*)':>14}{'P':>9}"
-            f"{'δ':>10}{'σ':>8}{'s':>8}"
+            f"{'δ':>10}{'σ':>8}{'sec':>8}"
         ]
         for i, c in enumerate(self.ranking, 1):
             delta = c.prior_precision[0] if len(c.prior_precision) == 1 else float("nan")

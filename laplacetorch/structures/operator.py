@@ -133,7 +133,7 @@ class Operator(Structure):
         per_probe = self.n_params * (weights * torch.log(self._scale(scale) * nodes + delta)).sum(
             -1
         )
-        return est, per_probe.std() / per_probe.numel() ** 0.5
+        return est.to(self.dtype), (per_probe.std() / per_probe.numel() ** 0.5).to(self.dtype)
 
     def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         delta, scalar = self._prior(prior_precision)
