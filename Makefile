@@ -18,8 +18,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check laplacetorch tests benchmarks
-	$(PY) -m ruff format --check laplacetorch tests benchmarks
+	$(PY) -m ruff check laplacetorch tests benchmarks examples
+	$(PY) -m ruff format --check laplacetorch tests benchmarks examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fit.py
