@@ -39,8 +39,31 @@ def test_minibatch_product_and_bad_vectors():
     )
     with pytest.raises(ValueError, match=r"v must have shape \[P\] or \[m, P\]"):
         op.matvec(torch.ones(2, 3, dtype=x.dtype))
+    empty = GGNOperator(sub, get_likelihood("classification"), [])
     with pytest.raises(ValueError, match="empty loader"):
-        GGNOperator(sub, get_likelihood("classification"), [])
+        empty.matvec(v)
+    with pytest.raises(ValueError, match="empty loader"):
+        _ = empty.n_data
+
+
+def test_statistics_come_from_the_first_product_without_another_pass():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "all")
+    passes = []
+
+    class Counting(list):
+        def __iter__(self):
+            passes.append(1)
+            return super().__iter__()
+
+    op = GGNOperator(sub, get_likelihood("classification"), Counting(batches(x, y)))
+    assert passes == []  # nothing read at construction
+    op.matvec(torch.ones(sub.n_params, dtype=x.dtype))
+    loss = torch.nn.functional.cross_entropy(model(x), y, reduction="sum").detach()
+    assert op.n_data == len(x) and op.n_outputs == 3
+    torch.testing.assert_close(op.loss_sum, loss)
+    assert len(passes) == 1
 
 
 def test_float32_model_gives_float32_products_close_to_float64():

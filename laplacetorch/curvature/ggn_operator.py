@@ -38,7 +38,8 @@ class GGNOperator:
         progress: tqdm bar per data pass.
 
     Attributes:
-        n_params: P. n_data, n_outputs, loss_sum: from a first pass at construction.
+        n_params: P. n_data, n_outputs, loss_sum: recorded by the first product (no extra
+            pass over the data unless they are asked for before any product).
         n_matvecs: data passes done by :meth:`matvec` so far (cost accounting).
     """
 
@@ -63,16 +64,38 @@ class GGNOperator:
         self.n_matvecs = 0
         self._n_out: int | None = None
 
-        def stats(x: Any, y: Tensor) -> dict[str, Tensor]:
-            y = self._targets(x, y)
-            with torch.no_grad():
-                f = subset.forward(self.theta, x)
-            return {"loss": likelihood.nll_unit(f, y).sum()}
+        self._stats: tuple[int, Tensor] | None = None  # (N, Σ nll), from the first data pass
 
-        sums = self._pass(stats, "ggn operator: statistics")
-        self.n_data = int(sums["n_data"])
-        self.n_outputs = self._n_out
-        self.loss_sum = sums["loss"]
+    def _data_stats(self) -> tuple[int, Tensor]:
+        """N and the summed unit-scale NLL at θ*: recorded by the first product, or by a
+        forward-only pass when they are asked for before any product."""
+        if self._stats is None:
+
+            def stats(x: Any, y: Tensor) -> dict[str, Tensor]:
+                y = self._targets(x, y)
+                with torch.no_grad():
+                    f = self.subset.forward(self.theta, x)
+                return {"loss": self.likelihood.nll_unit(f, y).sum()}
+
+            sums = self._pass(stats, "ggn operator: statistics")
+            self._stats = (int(sums["n_data"]), sums["loss"])
+        return self._stats
+
+    @property
+    def n_data(self) -> int:
+        """N, the number of examples."""
+        return self._data_stats()[0]
+
+    @property
+    def loss_sum(self) -> Tensor:
+        """Σₙ unit-scale NLL at θ*."""
+        return self._data_stats()[1]
+
+    @property
+    def n_outputs(self) -> int:
+        """C."""
+        self._data_stats()
+        return self._n_out
 
     def _targets(self, x: Any, y: Tensor) -> Tensor:
         if self._n_out is None:
@@ -92,6 +115,10 @@ class GGNOperator:
 
     def batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> Tensor:
         """The curvature of one batch ``(x, y)`` applied to the rows of ``v`` ``[m, P]``."""
+        return self._batch_matvec(x, y, v)[0]
+
+    def _batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """(curvature of the batch applied to ``v``, Σ unit-scale NLL of the batch)."""
         lik, theta = self.likelihood, self.theta
 
         def f(th: Tensor) -> Tensor:
@@ -106,7 +133,7 @@ class GGNOperator:
             r = lik.output_grad(out, y)  # [B, C]
             cot = r.unsqueeze(0) * (jv * r.unsqueeze(0)).sum(-1, keepdim=True)
         (gv,) = vmap(pullback)(cot)
-        return gv.detach()
+        return gv.detach(), lik.nll_unit(out, y).sum()
 
     def matvec(self, v: Tensor) -> Tensor:
         """G V over the whole data set for ``v`` of shape ``[m, P]`` (or ``[P]``)."""
@@ -119,10 +146,14 @@ class GGNOperator:
         vv = vv.to(self.device, self.dtype)
 
         def step(x: Any, y: Tensor) -> dict[str, Tensor]:
-            return {"gv": self.batch_matvec(x, self._targets(x, y), vv)}
+            gv, loss = self._batch_matvec(x, self._targets(x, y), vv)
+            return {"gv": gv, "loss": loss}
 
         self.n_matvecs += 1
-        gv = self._pass(step, "ggn-vector product")["gv"]
+        sums = self._pass(step, "ggn-vector product")
+        if self._stats is None:
+            self._stats = (int(sums["n_data"]), sums["loss"])
+        gv = sums["gv"]
         return gv.squeeze(0) if single else gv
 
     __call__ = matvec
