@@ -109,7 +109,9 @@ def accumulate(
     sums: dict[str, Tensor] = {}
     n_data = 0
     total = len(loader) if hasattr(loader, "__len__") else None
-    for batch in tqdm(loader, total=total, disable=not progress, desc=desc, leave=False):
+    # one iterator: tqdm.auto would call iter() on the loader twice (DataLoader workers twice)
+    batches = iter(loader)
+    for batch in tqdm(batches, total=total, disable=not progress, desc=desc, leave=False):
         if not isinstance(batch, list | tuple) or len(batch) != 2:
             raise ValueError("each batch must be a pair (X, y)")
         x, y = batch

@@ -60,3 +60,24 @@ def test_laplace_with_dict_inputs_end_to_end():
             torch.testing.assert_close(
                 la.log_marginal_likelihood(), plain.log_marginal_likelihood()
             )
+
+
+def test_each_pass_iterates_the_loader_once():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    started = []
+
+    class Counting(list):
+        def __iter__(self):
+            started.append(1)
+            return super().__iter__()
+
+    for progress in (False, True):
+        started.clear()
+        fit_diag(
+            ParameterSubset(model, "all"),
+            get_likelihood("classification"),
+            Counting(batches(x, y)),
+            progress=progress,
+        )
+        assert started == [1]
