@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..linalg import cg, hutchinson_diagonal, neumann, slq_quadrature
+from ..linalg import cg, hutchinson_diagonal, neumann, slq_logdet, slq_quadrature
 from .base import Structure
 
 __all__ = ["Operator"]
@@ -25,6 +25,9 @@ class Operator(Structure):
       probe set fixed at construction, tr f(G) ≈ (P/n) Σ_probes Σⱼ τⱼ² f(θⱼ) with
       f = log(s·x + δ) or 1/(s·x + δ). Smooth and differentiable in δ and s, O(#nodes) per
       new δ, so marginal-likelihood tuning is cheap once the nodes exist.
+    - log det Π for a per-layer / per-parameter δ: SLQ on Π with a fixed probe set (new
+      products for every δ), with the gradient ∂/∂δᵢ = [Π⁻¹]ᵢᵢ and
+      ∂/∂s = (P − Σᵢ δᵢ [Π⁻¹]ᵢᵢ)/s from Hutchinson with CG solves (fixed probes too).
     - solves and J Π⁻¹ Jᵀ: conjugate gradients (a residual warning if they do not converge);
     - diag Π⁻¹ (per-layer / per-parameter MacKay): Hutchinson with CG solves;
     - samples: Π^{-1/2} z by Lanczos on Π started at z (``sample_steps`` steps).
@@ -113,13 +116,10 @@ class Operator(Structure):
     # ----------------------------------------------------------------- the API
     def logdet(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         delta, scalar = self._prior(prior_precision)
-        if not scalar:
-            raise NotImplementedError(
-                "the operator structure estimates log det for a scalar prior precision only "
-                "(SLQ nodes of G); use prior_structure='scalar'"
-            )
-        nodes, weights = self._quadrature()
         s = self._scale(scale)
+        if not scalar:
+            return _SLQLogdet.apply(delta, s, self)
+        nodes, weights = self._quadrature()
         quad = (weights * torch.log(s * nodes + delta)).sum(-1)  # per probe
         return self.n_params * quad.mean()
 
@@ -127,13 +127,28 @@ class Operator(Structure):
         self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """The SLQ estimate of log det Π and its standard error across probes."""
-        est = self.logdet(prior_precision, scale)
-        delta, _ = self._prior(prior_precision)
+        delta, scalar = self._prior(prior_precision)
+        s = self._scale(scale)
+        if not scalar:
+            est, se = self._slq_precision(delta.detach(), s.detach())
+            return est.to(self.dtype), se.to(self.dtype)
         nodes, weights = self._quadrature()
-        per_probe = self.n_params * (weights * torch.log(self._scale(scale) * nodes + delta)).sum(
-            -1
+        per_probe = self.n_params * (weights * torch.log(s * nodes + delta)).sum(-1)
+        return per_probe.mean().to(self.dtype), (per_probe.std() / per_probe.numel() ** 0.5).to(
+            self.dtype
         )
-        return est.to(self.dtype), (per_probe.std() / per_probe.numel() ** 0.5).to(self.dtype)
+
+    def _slq_precision(self, delta: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """SLQ on Π itself (a per-layer / per-parameter δ is not a function of G's spectrum)."""
+        return slq_logdet(
+            self._precision_matvec(delta, s),
+            self.n_params,
+            self.n_probes,
+            self.n_steps,
+            generator=self._generator(4),
+            dtype=self.dtype,
+            device=self.device,
+        )
 
     def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         delta, scalar = self._prior(prior_precision)
@@ -271,3 +286,22 @@ def lanczos_inverse_sqrt(matvec: Matvec, z: Tensor, n_steps: int) -> Tensor:
     coef = evecs @ (evals.clamp_min(1e-300).rsqrt().unsqueeze(-1) * evecs[:, 0, :].unsqueeze(-1))
     x = torch.einsum("jm,jmp->mp", coef.squeeze(-1).T, basis[:used]) * norm
     return x.to(dt)
+
+
+class _SLQLogdet(torch.autograd.Function):
+    """log det(s·G + diag(δ)) by SLQ, with the Hutchinson + CG estimate of its gradient."""
+
+    @staticmethod
+    def forward(ctx, delta: Tensor, s: Tensor, structure: Operator) -> Tensor:
+        ctx.structure = structure
+        ctx.save_for_backward(delta, s)
+        est, _ = structure._slq_precision(delta.detach(), s.detach())
+        return est.to(delta.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        delta, s = ctx.saved_tensors
+        dinv = ctx.structure.inverse_diagonal(delta.detach(), s.detach())  # diag Π⁻¹
+        g_delta = grad * dinv
+        g_s = grad * (ctx.structure.n_params - (delta * dinv).sum()) / s
+        return g_delta, g_s, None
