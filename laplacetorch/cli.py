@@ -32,19 +32,40 @@ def _digits(seed: int) -> tuple[torch.Tensor, ...]:
     return (xtr - mu) / sd, ytr, (xte - mu) / sd, yte
 
 
-def _train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int) -> nn.Module:
-    torch.manual_seed(seed)  # the demo owns its process; library code never does this
-    model = nn.Sequential(
-        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+def _mlp(n_in: int, width: int = 128, n_out: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(n_in, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, n_out),
     )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+
+
+def _train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 128,
+) -> nn.Module:
+    """Adam on the mean cross-entropy with seeded shuffling; returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def _train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int) -> nn.Module:
+    torch.manual_seed(seed)  # the demo owns its process; library code never does this
+    return _train(_mlp(64), x, y, seed, epochs, batch_size=64)
 
 
 def _row(name: str, probs: torch.Tensor, y: torch.Tensor, times: tuple[float, ...]) -> str:
@@ -106,19 +127,6 @@ def _lenet() -> nn.Module:
         nn.ReLU(),
         nn.Linear(84, 10),
     )
-
-
-def _train(
-    model: nn.Module, x, y, seed: int, epochs: int, lr: float = 1e-3, weight_decay: float = 1e-4
-) -> nn.Module:
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def _writable_dir(out: str) -> Path:
@@ -194,10 +202,7 @@ def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
     if args.dataset == "fashion-mnist":
         model = _lenet()
     else:
-        n_in = train[0].shape[1]
-        model = nn.Sequential(
-            nn.Linear(n_in, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
-        )
+        model = _mlp(train[0].shape[1])
     t0 = time.perf_counter()
     model = _train(
         model,
