@@ -257,18 +257,16 @@ def _validation_nll(la, grid, val_loader, link_approx, n_samples, generator) -> 
         x = prepare_inputs(x, la.subset.device, la.subset.dtype, "x")
         y = y.to(la.subset.device)
         n = y.shape[0]
-        moments = list(glm_jacobians(la.subset, x, n, la.memory_budget))
-        for i, d in enumerate(grid):
-            batch_nll = 0.0
-            start = 0
-            for f, jac in moments:
+        start = 0
+        # each Jacobian chunk once, reused for every grid value; one chunk alive at a time
+        for f, jac in glm_jacobians(la.subset, x, n, la.memory_budget):
+            yb = y[start : start + f.shape[0]]
+            start += f.shape[0]
+            for i, d in enumerate(grid):
                 var = functional_variance(la.structure, jac, d, s)
-                yb = y[start : start + f.shape[0]]
-                start += f.shape[0]
-                batch_nll += float(
+                totals[i] += float(
                     _nll_from_moments(la, f, var, yb, link_approx, n_samples, generator)
                 )
-            totals[i] += batch_nll
         n_total += n
     if n_total == 0:
         raise ValueError("val_loader yielded no data (empty loader)")
