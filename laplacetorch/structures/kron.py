@@ -102,21 +102,18 @@ class Kron(Structure):
         return total
 
     def _apply(self, v: Tensor, delta: Tensor, scalar: bool, s: Tensor, power: float) -> Tensor:
-        """Π^power v for power −1 (solve) or −½ (a square root of the covariance)."""
+        """Q Λ^power Qᵀ v (power −1: Π⁻¹v) or, for power −½, Q Λ^−½ v — a square root of the
+        covariance applied to a standard normal v (no rotation into the basis needed)."""
         out = torch.empty_like(v)
-        out[..., self.diag_index] = v[..., self.diag_index] * self._diag_prec(delta, scalar, s).pow(
-            power
-        )
+        diag_prec = self._diag_prec(delta, scalar, s)
+        out[..., self.diag_index] = v[..., self.diag_index] * diag_prec.pow(power)
         for blk in self.blocks:
             index, _, qb, qa = blk
             vb = v[..., index].reshape(*v.shape[:-1], qb.shape[0], qa.shape[0])
-            r = qb.T @ vb @ qa
             if power == -1.0:
-                r = r / self._block_eig(delta, scalar, s, blk)
-                out[..., index] = (qb @ r @ qa.T).reshape(*v.shape[:-1], -1)
-            else:  # rotate the scaled standard normal into the block
-                r = vb * self._block_eig(delta, scalar, s, blk).pow(power)
-                out[..., index] = (qb @ r @ qa.T).reshape(*v.shape[:-1], -1)
+                vb = qb.T @ vb @ qa
+            r = vb * self._block_eig(delta, scalar, s, blk).pow(power)
+            out[..., index] = (qb @ r @ qa.T).reshape(*v.shape[:-1], -1)
         return out
 
     def solve(
