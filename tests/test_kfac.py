@@ -510,3 +510,20 @@ def test_laplace_with_ekfac_end_to_end(fisher_type):
     other = Laplace(make_cnn(), "classification", "all", "ekfac", fisher_type=fisher_type)
     other.load_state_dict(la.state_dict())
     torch.testing.assert_close(other(x), la(x))
+
+
+@pytest.mark.parametrize("k_cols", [1, 3, 12])
+def test_ekfac_gramian_and_per_example_forms_agree(k_cols):
+    from laplacetorch.curvature.ekfac import _rotated_square_sum
+
+    g_ = torch.Generator().manual_seed(11)
+    u = torch.randn(k_cols, 5, 4, 3, generator=g_, dtype=DT)  # [K, B, S, out]
+    v = torch.randn(5, 4, 6, generator=g_, dtype=DT)  # [B, S, in']
+    ref = sum(
+        torch.einsum("so,si->oi", u[k, n], v[n]).square() for k in range(k_cols) for n in range(5)
+    )
+    for form in ("per_example", "gramian", "auto"):
+        for budget in (1, 10**9):  # one example per chunk, or all at once
+            torch.testing.assert_close(_rotated_square_sum(u, v, budget, form), ref)
+    with pytest.raises(ValueError, match="unknown form"):
+        _rotated_square_sum(u, v, 10**9, "dense")
