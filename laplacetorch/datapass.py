@@ -8,14 +8,21 @@ reduction. A distributed run only replaces the reduction (:func:`set_reduction`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["accumulate", "batch_size", "prepare_inputs", "set_reduction"]
+__all__ = [
+    "InputShapeRecorder",
+    "accumulate",
+    "batch_size",
+    "collect",
+    "prepare_inputs",
+    "set_reduction",
+]
 
 Reduction = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
@@ -74,6 +81,82 @@ def prepare_inputs(x: Any, device: torch.device, dtype: torch.dtype, name: str =
     return x
 
 
+class InputShapeRecorder:
+    """Wraps a loader and records the per-example input shape of its first tensor batch."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader, self.shape = loader, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if self.shape is None and isinstance(batch, list | tuple) and batch:
+                if isinstance(batch[0], Tensor):
+                    self.shape = tuple(batch[0].shape[1:])
+            yield batch
+
+
+def _batches(
+    loader: Iterable,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool,
+    desc: str,
+    batch_size_fn: Callable[[Any], int] | None,
+) -> Iterator[tuple[Any, Tensor, int]]:
+    """Validated, moved ``(X, y, batch size)`` of every non-empty batch, under the bar."""
+    if isinstance(loader, Tensor) or not isinstance(loader, Iterable):
+        raise TypeError(
+            f"the loader must be a DataLoader or an iterable of (X, y) batches; "
+            f"got {type(loader).__name__}"
+        )
+    total = len(loader) if hasattr(loader, "__len__") else None
+    # one iterator: tqdm.auto would call iter() on the loader twice (DataLoader workers twice)
+    batches = iter(loader)
+    for batch in tqdm(batches, total=total, disable=not progress, desc=desc, leave=False):
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
+            raise ValueError("each batch must be a pair (X, y)")
+        x, y = batch
+        b = batch_size(x, batch_size_fn)
+        if b == 0:
+            continue
+        x = prepare_inputs(x, device, dtype)
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        if y.shape[:1] != (b,):
+            raise ValueError(
+                f"targets y must have batch dimension {b} like X; got shape {list(y.shape)}"
+            )
+        yield x, y.to(device), b
+
+
+def collect(
+    loader: Iterable,
+    step: Callable[[Any, Tensor], dict[str, Tensor]],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+    desc: str = "data pass",
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> dict[str, Tensor]:
+    """Run ``step(X, y)`` on every batch and concatenate what it returns along dimension 0
+    (predictions, labels), with the same checks and bar as :func:`accumulate`.
+
+    Raises:
+        ValueError: for an empty loader, NaN/Inf inputs or malformed batches.
+    """
+    parts: dict[str, list[Tensor]] = {}
+    for x, y, _ in _batches(loader, device, dtype, progress, desc, batch_size_fn):
+        for k, v in step(x, y).items():
+            parts.setdefault(k, []).append(v)
+    if not parts:
+        raise ValueError("the loader yielded no data (empty loader)")
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def accumulate(
     loader: Iterable,
     step: Callable[[Any, Tensor], dict[str, Tensor]],
@@ -101,31 +184,9 @@ def accumulate(
     Raises:
         ValueError: for an empty loader, NaN/Inf inputs or malformed batches.
     """
-    if isinstance(loader, Tensor) or not isinstance(loader, Iterable):
-        raise TypeError(
-            f"train_loader must be a DataLoader or an iterable of (X, y) batches; "
-            f"got {type(loader).__name__}"
-        )
     sums: dict[str, Tensor] = {}
     n_data = 0
-    total = len(loader) if hasattr(loader, "__len__") else None
-    # one iterator: tqdm.auto would call iter() on the loader twice (DataLoader workers twice)
-    batches = iter(loader)
-    for batch in tqdm(batches, total=total, disable=not progress, desc=desc, leave=False):
-        if not isinstance(batch, list | tuple) or len(batch) != 2:
-            raise ValueError("each batch must be a pair (X, y)")
-        x, y = batch
-        b = batch_size(x, batch_size_fn)
-        if b == 0:
-            continue
-        x = prepare_inputs(x, device, dtype)
-        if not isinstance(y, Tensor):
-            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
-        y = y.to(device)
-        if y.shape[:1] != (b,):
-            raise ValueError(
-                f"targets y must have batch dimension {b} like X; got shape {list(y.shape)}"
-            )
+    for x, y, b in _batches(loader, device, dtype, progress, desc, batch_size_fn):
         for k, v in step(x, y).items():
             if k in sums:
                 sums[k] += v  # in place: steps return fresh tensors
@@ -133,6 +194,6 @@ def accumulate(
                 sums[k] = v
         n_data += b
     if n_data == 0:
-        raise ValueError("train_loader yielded no data (empty loader)")
+        raise ValueError("the loader yielded no data (empty loader)")
     sums["n_data"] = torch.tensor(n_data, device=device)
     return _reduction(sums)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .datapass import collect
 from .laplace import Laplace
 from .metrics import accuracy, brier, ece, max_probability, mce, nll, ood_metrics
 
@@ -96,14 +97,13 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
 
 
-def _predict_all(fn, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    probs, ys = [], []
-    for x, y in loader:
-        probs.append(fn(x))
-        ys.append(y)
-    if not probs:
-        raise ValueError("a test / OOD loader yielded no data (empty loader)")
-    return torch.cat(probs), torch.cat(ys)
+def _predict_all(fn, loader: Iterable, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and labels over a loader, through the data pass (checks, bar)."""
+    p = next(model.parameters())
+    out = collect(
+        loader, lambda x, y: {"p": fn(x), "y": y}, device=p.device, dtype=p.dtype, desc="predict"
+    )
+    return out["p"], out["y"]
 
 
 def _row(probs, y, probs_ood, times, peak) -> dict[str, float]:
@@ -164,11 +164,11 @@ def evaluate(
         with torch.no_grad():
             return torch.softmax(model(x), -1)
 
-    probs, y = _predict_all(map_probs, test_loader)
+    probs, y = _predict_all(map_probs, test_loader, model)
     t_map = time.perf_counter() - t0
     probs_ood = None
     if ood_loader is not None:
-        probs_ood, _ = _predict_all(map_probs, ood_loader)
+        probs_ood, _ = _predict_all(map_probs, ood_loader, model)
     table.rows["MAP"] = _row(probs, y, probs_ood, (0.0, 0.0, t_map), _peak_rss_mb())
     table.labels = y
     _keep(table, "MAP", probs, probs_ood)
@@ -181,12 +181,14 @@ def evaluate(
             method=v.method, val_loader=val_loader if v.method == "gridsearch" else None
         )
         t2 = time.perf_counter()
-        probs, y = _predict_all(lambda x, la=la, v=v: la(x, link_approx=v.link_approx), test_loader)
+        probs, y = _predict_all(
+            lambda x, la=la, v=v: la(x, link_approx=v.link_approx), test_loader, model
+        )
         t3 = time.perf_counter()
         probs_ood = None
         if ood_loader is not None:
             probs_ood, _ = _predict_all(
-                lambda x, la=la, v=v: la(x, link_approx=v.link_approx), ood_loader
+                lambda x, la=la, v=v: la(x, link_approx=v.link_approx), ood_loader, model
             )
         table.rows[v.name] = _row(probs, y, probs_ood, (t1 - t0, t2 - t1, t3 - t2), _peak_rss_mb())
         _keep(table, v.name, probs, probs_ood)
@@ -197,8 +199,3 @@ def _keep(table: EvaluationTable, name: str, probs, probs_ood) -> None:
     table.probs[name] = probs.detach().cpu()
     if probs_ood is not None:
         table.ood_probs[name] = probs_ood.detach().cpu()
-
-
-def variants_from_names(structures: Sequence[str], subsets: Sequence[str]) -> list[Variant]:
-    """Every (subset, structure) pair as a :class:`Variant`."""
-    return [Variant(sub, st) for sub in subsets for st in structures]

@@ -1,8 +1,13 @@
-"""The Laplace class: fit, marginal likelihood, prior tuning, predictive, sampling, persistence."""
+"""The Laplace class: composes the subset, likelihood, backend and structure.
+
+It knows no structure's class: the backend returns a structure, the structure answers the
+algebra (evidence, solves, samples, J Π⁻¹ Jᵀ from a Jacobian source) and the likelihood turns
+moments into the predictive.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -10,22 +15,12 @@ from torch import Tensor, nn
 
 from . import persistence, tuning
 from .curvature import BACKENDS, CurvatureResult, get_backend
-from .curvature.per_example import DEFAULT_MEMORY_BUDGET
-from .datapass import batch_size, prepare_inputs
-from .glm_layers import diagonal_glm_moments, kron_glm_moments
+from .datapass import InputShapeRecorder, batch_size, prepare_inputs
 from .likelihoods import Likelihood, get_likelihood
+from .links import gaussian_samples
 from .params import ParameterSubset, check_model_mode
-from .predictive import (
-    LINK_APPROXIMATIONS,
-    bridge,
-    functional_variance,
-    gaussian_samples,
-    glm_jacobians,
-    link_samples,
-    mc_link,
-    probit,
-)
-from .structures import Diagonal, Kron, expand_prior
+from .predictive import jacobian_sources
+from .structures import DEFAULT_MEMORY_BUDGET, Structure, expand_prior
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
 
@@ -53,21 +48,9 @@ def _canonical_structure(name: str | None, subset: str) -> str:
     return canon
 
 
-class _ShapeRecorder:
-    """Wraps a loader and records the per-example input shape of its first tensor batch."""
-
-    def __init__(self, loader: Iterable) -> None:
-        self.loader, self.shape = loader, None
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        for batch in self.loader:
-            if self.shape is None and isinstance(batch, list | tuple) and batch:
-                if isinstance(batch[0], Tensor):
-                    self.shape = tuple(batch[0].shape[1:])
-            yield batch
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 class Laplace:
@@ -77,9 +60,10 @@ class Laplace:
         model: the trained network, outputs ``[B, C]``.
         likelihood: ``"classification"``, ``"regression"`` or ``"binary"``.
         subset_of_weights: ``"last_layer"``, ``"all"`` or ``"subnetwork"``.
-        hessian_structure: ``"full"``, ``"diag"``, ``"kfac"`` (alias ``"kron"``), ``"ekfac"``,
-            ``"hutchinson"``, ``"lanczos"`` (alias ``"lowrank"``) or ``"operator"``. Default:
-            ``"full"`` for the last layer and subnetworks, ``"kfac"`` for all weights.
+        hessian_structure: a backend of :data:`HESSIAN_STRUCTURES` (``"full"``, ``"diag"``,
+            ``"kfac"`` (alias ``"kron"``), ``"ekfac"``, ``"block_full"``, ``"hutchinson"``,
+            ``"lanczos"`` (alias ``"lowrank"``), ``"operator"``). Default: ``"full"`` for the
+            last layer and subnetworks, ``"kfac"`` for all weights.
         prior_precision: δ, a scalar, one per layer or one per parameter.
         prior_mean: μ₀, a scalar or ``[P]``.
         sigma_noise: σ of the Gaussian likelihood (regression only).
@@ -136,6 +120,16 @@ class Laplace:
         """P, the number of Bayesian weights."""
         return self.subset.n_params
 
+    def _tensor(self, value: Tensor | float) -> Tensor:
+        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
+        return t.detach().clone().reshape(() if t.numel() == 1 else (-1,))
+
+    def _expand_prior(self, value: Tensor | float) -> tuple[Tensor, bool]:
+        sub = self.subset
+        return expand_prior(
+            value, sub.n_params, sub.group_index, dtype=sub.dtype, device=sub.device
+        )
+
     @property
     def prior_precision(self) -> Tensor:
         """δ: a 0-d tensor, ``[n_layers]`` or ``[P]``."""
@@ -143,15 +137,8 @@ class Laplace:
 
     @prior_precision.setter
     def prior_precision(self, value: Tensor | float) -> None:
-        expand_prior(
-            value,
-            self.n_params,
-            self.subset.group_index,
-            dtype=self.subset.dtype,
-            device=self.subset.device,
-        )  # validates
-        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
-        self._prior_precision = t.detach().clone().reshape(() if t.numel() == 1 else (-1,))
+        self._expand_prior(value)  # validates
+        self._prior_precision = self._tensor(value)
 
     @property
     def prior_mean(self) -> Tensor:
@@ -160,14 +147,14 @@ class Laplace:
 
     @prior_mean.setter
     def prior_mean(self, value: Tensor | float) -> None:
-        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
+        t = self._tensor(value)
         if t.numel() != 1 and t.shape != (self.n_params,):
             raise ValueError(
                 f"prior_mean must be a scalar or have shape [{self.n_params}]; got {list(t.shape)}"
             )
         if not torch.isfinite(t).all():
             raise ValueError("prior_mean must be finite")
-        self._prior_mean = t.detach().clone().reshape(() if t.numel() == 1 else (-1,))
+        self._prior_mean = t
 
     @property
     def sigma_noise(self) -> Tensor:
@@ -176,15 +163,11 @@ class Laplace:
 
     @sigma_noise.setter
     def sigma_noise(self, value: Tensor | float) -> None:
-        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
+        t = self._tensor(value)
         if t.numel() != 1 or not torch.isfinite(t).all() or (t <= 0).any():
             raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
-        if self.likelihood.name != "regression" and float(t) != 1.0:
-            raise ValueError(
-                f"sigma_noise is a regression-only option; got {float(t)} for likelihood "
-                f"{self.likelihood.name!r}"
-            )
-        self._sigma_noise = t.detach().clone().reshape(())
+        self.likelihood.check_sigma_noise(t)
+        self._sigma_noise = t
 
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""
@@ -194,7 +177,7 @@ class Laplace:
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Iterable, progress: bool = False) -> Laplace:
         """Run the curvature backend over the data once; a second call replaces the first."""
-        recorder = _ShapeRecorder(train_loader)
+        recorder = InputShapeRecorder(train_loader)
         self.curvature = get_backend(self.hessian_structure)(
             self.subset,
             self.likelihood,
@@ -220,7 +203,7 @@ class Laplace:
         return self._fitted().n_data
 
     @property
-    def structure(self):
+    def structure(self) -> Structure:
         """The fitted posterior-precision structure."""
         return self._fitted().structure
 
@@ -240,23 +223,17 @@ class Laplace:
     ) -> Tensor:
         """Laplace evidence log p(D | θ*) − ½[(θ*−μ₀)ᵀP₀(θ*−μ₀) + log det Π − log det P₀].
 
-        Exact log-determinants from the structure; differentiable in δ and σ; O(P) per call
-        after the fit for every structure whose logdet is O(P) in δ.
+        Log-determinants from the structure (exact where :meth:`Structure.is_exact` says so);
+        differentiable in δ and σ.
         """
         c = self._fitted()
-        if sigma_noise is not None and self.likelihood.name != "regression":
+        if sigma_noise is not None and not self.likelihood.has_noise:
             raise ValueError("sigma_noise is a regression-only option")
-        delta = self.prior_precision if prior_precision is None else prior_precision
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
-        d, scalar = expand_prior(
-            delta,
-            self.n_params,
-            self.subset.group_index,
-            dtype=self.subset.dtype,
-            device=self.subset.device,
+        d, scalar = self._expand_prior(
+            self.prior_precision if prior_precision is None else prior_precision
         )
-        diff = self.mean - self.prior_mean
-        scatter = (d * diff.square()).sum()
+        scatter = (d * (self.mean - self.prior_mean).square()).sum()
         logdet_prior = self.n_params * d.log() if scalar else d.log().sum()
         logdet_post = c.structure.logdet(d, self.scale(sigma))
         return self.log_likelihood(sigma) - 0.5 * (scatter + logdet_post - logdet_prior)
@@ -294,36 +271,27 @@ class Laplace:
                 )
         return x, n
 
-    def glm_moments(self, x: Any) -> tuple[Tensor, Tensor]:
+    def glm_moments(
+        self, x: Any, prior_precision: Tensor | float | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Mean ``[B, C]`` and covariance ``[B, C, C]`` of the linearised f(x) (no noise)."""
         x, n = self._check_inputs(x)
-        s = self.scale()
-        if isinstance(self.structure, Diagonal) and self.subset.kind != "last_layer":
-            inv_diag = self.structure.inverse_diagonal(self.prior_precision, s)
-            fast = diagonal_glm_moments(self.subset, inv_diag, x, n, self.memory_budget)
-            if fast is not None:
-                return fast
-        if isinstance(self.structure, Kron) and self.subset.kind != "last_layer":
-            joint = self.backend_options.get("joint_bias", True)
-            fast = kron_glm_moments(
-                self.subset,
-                self.structure,
-                joint,
-                self.prior_precision,
-                s,
-                x,
-                n,
-                self.memory_budget,
-            )
-            if fast is not None:
-                return fast
+        delta = self.prior_precision if prior_precision is None else prior_precision
+        structure, s = self.structure, self.scale()
         means, variances = [], []
-        for f, jac in glm_jacobians(self.subset, x, n, self.memory_budget):
-            means.append(f)
-            variances.append(functional_variance(self.structure, jac, self.prior_precision, s))
+        for source in jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget):
+            means.append(source.f)
+            variances.append(structure.functional_variance(source, delta, s))
         return torch.cat(means), torch.cat(variances)
 
-    def _nn_function_samples(self, x: Any, n_samples: int, generator) -> Tensor:
+    def _function_samples(self, x: Any, pred_type: str, n_samples: int, generator) -> Tensor:
+        """``[S, B, C]`` samples of f: of the network at weight draws (``nn``), or of the
+        linearised model (``glm``)."""
+        if pred_type not in PRED_TYPES:
+            raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
+        _check_count("n_samples", n_samples)
+        if pred_type == "glm":
+            return gaussian_samples(*self.glm_moments(x), n_samples, generator)
         x, _ = self._check_inputs(x)
         thetas = self.sample(n_samples, generator)
         with torch.no_grad():
@@ -344,32 +312,15 @@ class Laplace:
         """
         if pred_type not in PRED_TYPES:
             raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
-        if link_approx not in LINK_APPROXIMATIONS:
-            raise ValueError(
-                f"unknown link_approx {link_approx!r}; expected one of {LINK_APPROXIMATIONS}"
-            )
-        if not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
-        binary = self.likelihood.name == "binary"
+        self.likelihood.check_link(link_approx)
+        _check_count("n_samples", n_samples)
         if pred_type == "nn":
-            fs = self._nn_function_samples(x, n_samples, generator)
-            if self.likelihood.name == "regression":
-                return fs.mean(0), _sample_cov(fs) + self._noise_cov(fs.shape[-1])
-            return (torch.sigmoid(fs) if binary else torch.softmax(fs, -1)).mean(0)
+            fs = self._function_samples(x, "nn", n_samples, generator)
+            return self.likelihood.nn_predictive(fs, self.sigma_noise)
         mean, var = self.glm_moments(x)
-        if self.likelihood.name == "regression":
-            return mean, var + self._noise_cov(mean.shape[-1])
-        return self._link(mean, var, link_approx, n_samples, generator)
-
-    def _link(self, mean, var, link_approx, n_samples, generator) -> Tensor:
-        binary = self.likelihood.name == "binary"
-        if link_approx == "probit":
-            return probit(mean, var, binary=binary)
-        if link_approx == "mc":
-            return mc_link(mean, var, n_samples, generator, binary=binary)
-        if binary:
-            raise ValueError("the Laplace bridge needs a softmax (classification) likelihood")
-        return bridge(mean, var, normalise=link_approx == "bridge_norm")
+        return self.likelihood.glm_predictive(
+            mean, var, self.sigma_noise, link_approx, n_samples, generator
+        )
 
     predict = __call__
 
@@ -381,25 +332,8 @@ class Laplace:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """``[S, B, C]`` samples: probabilities (classification / binary) or f (regression)."""
-        if pred_type not in PRED_TYPES:
-            raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
-        if not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
-        binary = self.likelihood.name == "binary"
-        if pred_type == "nn":
-            fs = self._nn_function_samples(x, n_samples, generator)
-        else:
-            mean, var = self.glm_moments(x)
-            if self.likelihood.name != "regression":
-                return link_samples(mean, var, n_samples, generator, binary=binary)
-            fs = gaussian_samples(mean, var, n_samples, generator)
-        if self.likelihood.name == "regression":
-            return fs
-        return torch.sigmoid(fs) if binary else torch.softmax(fs, -1)
-
-    def _noise_cov(self, c: int) -> Tensor:
-        eye = torch.eye(c, dtype=self.subset.dtype, device=self.subset.device)
-        return self.sigma_noise.square() * eye
+        fs = self._function_samples(x, pred_type, n_samples, generator)
+        return self.likelihood.inverse_link(fs)
 
     # ----------------------------------------------------------------- weights
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
@@ -415,8 +349,3 @@ class Laplace:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a fitted state; refuses a state of another model, subset or likelihood."""
         persistence.load_laplace_state(self, state)
-
-
-def _sample_cov(fs: Tensor) -> Tensor:
-    d = fs - fs.mean(0)
-    return torch.einsum("sbi,sbj->bij", d, d) / max(fs.shape[0] - 1, 1)

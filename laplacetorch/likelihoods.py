@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .links import bridge, gaussian_samples, probit
+from .metrics import binary_nll, gaussian_nll, nll
+
 __all__ = [
     "BinaryLikelihood",
     "ClassificationLikelihood",
@@ -28,9 +31,19 @@ __all__ = [
 
 
 class Likelihood(ABC):
-    """A likelihood p(y | f) over network outputs f of shape ``[B, C]``."""
+    """A likelihood p(y | f) over network outputs f of shape ``[B, C]``, and its predictive.
+
+    The predictive methods take the linearised moments (mean ``[B, C]``, covariance
+    ``[B, C, C]`` of f, without noise) or function samples ``[S, B, C]`` and return what the
+    user sees: probabilities ``[B, C]`` (classification, binary) or ``(mean, covariance)`` of
+    y (regression, noise included).
+    """
 
     name: str = ""
+    #: whether the likelihood has a Gaussian noise σ (tunable, part of the predictive)
+    has_noise: bool = False
+    #: the link approximations of the GLM predictive this likelihood accepts
+    links: tuple[str, ...] = ("probit", "bridge", "bridge_norm", "mc")
 
     @abstractmethod
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
@@ -109,6 +122,57 @@ class Likelihood(ABC):
             self.nll_unit(f, y).sum(), f.shape[0], f.shape[1], sigma_noise, temperature
         )
 
+    # ----------------------------------------------------------------- predictive
+    def check_sigma_noise(self, sigma_noise: Tensor) -> None:
+        """Refuse a noise σ ≠ 1 for a likelihood without noise."""
+        if not self.has_noise and float(sigma_noise) != 1.0:
+            raise ValueError(
+                f"sigma_noise is a regression-only option; got {float(sigma_noise)} for "
+                f"likelihood {self.name!r}"
+            )
+
+    def check_link(self, link_approx: str) -> None:
+        """Refuse a link approximation this likelihood has no use for."""
+        if link_approx not in self.links:
+            raise ValueError(
+                f"unknown link_approx {link_approx!r} for likelihood {self.name!r}; expected one "
+                f"of {self.links}"
+            )
+
+    @abstractmethod
+    def inverse_link(self, f: Tensor) -> Tensor:
+        """The mean of y given f, over ``[..., C]`` (softmax, sigmoid or identity)."""
+
+    def glm_predictive(
+        self,
+        mean: Tensor,
+        var: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """E[inverse_link(f)] for f ~ N(mean, var) by the link approximation ``link_approx``."""
+        self.check_link(link_approx)
+        if link_approx == "probit":
+            return self._probit(mean, var)
+        if link_approx == "mc":
+            return self.inverse_link(gaussian_samples(mean, var, n_samples, generator)).mean(0)
+        return bridge(mean, var, normalise=link_approx == "bridge_norm")
+
+    def _probit(self, mean: Tensor, var: Tensor) -> Tensor:
+        return probit(mean, var)
+
+    def nn_predictive(
+        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The predictive from function samples ``fs`` ``[S, B, C]`` (the ``nn`` predictive)."""
+        return self.inverse_link(fs).mean(0)
+
+    def predictive_nll(self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor:
+        """Σₙ −log p(yₙ) under a predictive ``pred`` of :meth:`glm_predictive`."""
+        return nll(pred, y, "sum")
+
 
 def _check_outputs(f_shape: tuple[int, ...]) -> None:
     if len(f_shape) != 2:
@@ -152,6 +216,9 @@ class ClassificationLikelihood(Likelihood):
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(f, y, reduction="none")
 
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return torch.softmax(f, dim=-1)
+
     def output_hessian(self, f: Tensor) -> Tensor:
         p = torch.softmax(f, dim=-1)
         return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
@@ -174,6 +241,8 @@ class RegressionLikelihood(Likelihood):
     """Gaussian likelihood N(y | f, σ² I); targets ``[B]`` (when C = 1) or ``[B, C]``."""
 
     name = "regression"
+    has_noise = True
+    links = ("probit", "bridge", "bridge_norm", "mc")  # accepted and unused: y is Gaussian
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         _check_outputs(f_shape)
@@ -194,6 +263,35 @@ class RegressionLikelihood(Likelihood):
 
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         return 0.5 * (y - f).square().sum(-1)
+
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return f
+
+    def glm_predictive(
+        self,
+        mean: Tensor,
+        var: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(mean, var + σ²I)``: the predictive of y is Gaussian, whatever the link."""
+        self.check_link(link_approx)
+        return mean, var + self._noise_cov(sigma_noise, mean)
+
+    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+        """The samples' mean and covariance (denominator S − 1) plus σ²I."""
+        d = fs - fs.mean(0)
+        cov = torch.einsum("sbi,sbj->bij", d, d) / max(fs.shape[0] - 1, 1)
+        return fs.mean(0), cov + self._noise_cov(sigma_noise, fs[0])
+
+    def predictive_nll(self, pred: tuple[Tensor, Tensor], y: Tensor) -> Tensor:
+        return gaussian_nll(pred[0], pred[1], y, "sum")
+
+    def _noise_cov(self, sigma_noise: Tensor | float, mean: Tensor) -> Tensor:
+        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+        return torch.as_tensor(sigma_noise, dtype=mean.dtype, device=mean.device).square() * eye
 
     def output_hessian(self, f: Tensor) -> Tensor:
         eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
@@ -230,6 +328,7 @@ class BinaryLikelihood(Likelihood):
     """Independent Bernoulli likelihoods with a sigmoid link; targets in {0, 1}."""
 
     name = "binary"
+    links = ("probit", "mc")
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         _check_outputs(f_shape)
@@ -249,6 +348,23 @@ class BinaryLikelihood(Likelihood):
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         y = y.to(f.dtype)
         return F.binary_cross_entropy_with_logits(f, y, reduction="none").sum(-1)
+
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return torch.sigmoid(f)
+
+    def _probit(self, mean: Tensor, var: Tensor) -> Tensor:
+        return probit(mean, var, binary=True)
+
+    def check_link(self, link_approx: str) -> None:
+        if link_approx in ("bridge", "bridge_norm"):
+            raise ValueError(
+                "the Laplace bridge needs a softmax (classification) likelihood; use 'probit' "
+                "or 'mc' for binary outputs"
+            )
+        super().check_link(link_approx)
+
+    def predictive_nll(self, pred: Tensor, y: Tensor) -> Tensor:
+        return binary_nll(pred, y, "sum")
 
     def output_hessian(self, f: Tensor) -> Tensor:
         p = torch.sigmoid(f)

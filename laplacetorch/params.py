@@ -9,7 +9,7 @@ for a subnetwork. :meth:`ParameterSubset.forward` evaluates f(θ, x) with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -239,10 +239,6 @@ class ParameterSubset:
     def forward(self, theta: Tensor, x: Any) -> Tensor:
         """f(θ, x): the model with θ substituted, via ``torch.func.functional_call``."""
         return functional_call(self.model, self.to_named(theta), (x,))
-
-    def functional(self) -> Callable[[Tensor, Any], Tensor]:
-        """The function ``(θ, x) ↦ f(θ, x)``, for use under ``torch.func`` transforms."""
-        return self.forward
 
     def assign(self, theta: Tensor) -> None:
         """Write θ into the model's parameters in place (used to draw weight samples)."""

@@ -59,7 +59,6 @@ def load_laplace_state(la: Laplace, state: dict[str, Any]) -> None:
         state["n_outputs"],
         state["loss_sum"].to(dev, dt),
         state["kind"],
-        la.hessian_structure,
     )
     la.mean = state["mean"].to(dev, dt)
     la.prior_precision = state["prior_precision"]

@@ -1,85 +1,90 @@
-"""Predictive distributions: the linearised (GLM) moments and the link approximations.
+"""Jacobian sources for the GLM predictive f(x) ~ N(f(x; θ*), J Π⁻¹ Jᵀ), chunked to a budget.
 
-GLM: f(x) ~ N(f(x; θ*), J Π⁻¹ Jᵀ) with J = ∂f/∂θ at θ*, shapes ``[B, C]`` and ``[B, C, C]``.
-Jacobians come from vmap'd ``jacrev`` in chunks of examples under a memory budget; the last
-layer builds J from its features instead (J = I_C ⊗ φ̃ᵀ, no autograd).
+:func:`jacobian_sources` gives, per chunk of inputs, the cheapest form of J = ∂f/∂θ at θ* for
+the layouts the structure can use (:meth:`Structure.layouts`):
 
-Links for classification (softmax) and binary (sigmoid) outputs:
-- ``probit``: softmax(μ / √(1 + π/8 · diag Σ)),
-- ``bridge``: the Laplace bridge (Hobbhahn et al., 2022) on the zero-sum projection of (μ, Σ),
-  ``bridge_norm`` its normalised variant,
-- ``mc``: the average of softmax(μ + L ε) over samples, L Lᵀ = Σ.
+- no layouts: dense rows ``[b, C, P]`` from vmap'd ``jacrev``;
+- a linear head (``subset_of_weights="last_layer"``): its features from one forward, with
+  output gradients g = I_C (f is the head's output), no backward;
+- otherwise: one forward recording each laid-out layer's input and output and one batched
+  backward of the C unit vectors (the layers' output gradients), plus dense columns for the
+  parameters outside those layers.
+
+The structure then computes J Π⁻¹ Jᵀ block by block from whatever the source offers.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from .curvature.per_example import DEFAULT_MEMORY_BUDGET, _index, _unsqueeze
-from .params import ParameterSubset, head_index
-from .structures import Structure
+from .curvature.layer_blocks import layer_positions, param_offsets
+from .curvature.layer_capture import backward_columns, capture_layers
+from .curvature.per_example import _index, _unsqueeze
+from .params import ParameterSubset
+from .structures import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource, LayerBlock
 
-__all__ = [
-    "LINK_APPROXIMATIONS",
-    "LinearHead",
-    "bridge",
-    "bridge_concentration",
-    "functional_variance",
-    "gaussian_samples",
-    "glm_jacobians",
-    "mc_link",
-    "probit",
-    "psd_sqrt",
-]
-
-LINK_APPROXIMATIONS = ("probit", "bridge", "bridge_norm", "mc")
+__all__ = ["LayerJacobian", "dense_jacobians", "jacobian_sources"]
 
 
-class LinearHead:
-    """The Jacobian of a linear last layer, kept factored: J_b = I_C ⊗ φ̃_bᵀ.
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
 
-    ``index[c, j]`` is the position in θ of the weight linking feature j (j = D: the bias) to
-    output c, so J[b, c, index[c, j]] = φ̃[b, j] and J is zero elsewhere.
+
+class LayerJacobian(JacobianSource):
+    """J of a chunk as per-layer factors plus dense columns for the other parameters.
+
+    Args:
+        f: outputs ``[B, C]``.
+        layers: per layer name, its inputs ``[B, S, in]`` and output gradients
+            ``[C, B, S, out]`` (g[c] = ∂f_c/∂z).
+        rest: ``(lookup, jac)``: ``lookup[p]`` is the column of θ position p in ``jac``
+            ``[B, C, R]`` (−1 where there is none), or ``None``.
     """
 
-    def __init__(self, phi_aug: Tensor, index: Tensor) -> None:
-        self.phi_aug, self.index = phi_aug, index
+    def __init__(
+        self,
+        f: Tensor,
+        layers: dict[str, tuple[Tensor, Tensor]],
+        rest: tuple[Tensor, Tensor] | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        self.f, self.layers, self.rest, self.memory_budget = f, layers, rest, memory_budget
 
-    @property
-    def n_out(self) -> int:
-        return self.index.shape[0]
+    def factors(self, layout: LayerBlock) -> tuple[Tensor, Tensor] | None:
+        raw = self.layers.get(layout.layer)
+        return None if raw is None else layout.select(*raw)
+
+    def columns(self, positions: Tensor | None) -> Tensor:
+        if self.rest is not None and positions is not None:
+            lookup, jac = self.rest
+            cols = lookup[positions]
+            if not bool((cols >= 0).all()):
+                raise ValueError("dense Jacobian columns were requested for a laid-out layer")
+            return jac[..., cols]
+        raise ValueError("this Jacobian source has no dense columns for these positions")
 
 
-def glm_jacobians(
+def dense_jacobians(
     subset: ParameterSubset,
     x: Any,
     n_examples: int,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Iterator[tuple[Tensor, Tensor | LinearHead]]:
-    """Yield ``(f [b, C], J)`` for chunks of the batch, J = ∂f/∂θ at θ*: a dense ``[b, C, P]``
-    tensor from vmap'd ``jacrev``, or for the last layer a factored :class:`LinearHead`."""
-    if subset.kind == "last_layer":
-        phi, f = subset.features(x)
-        has_bias = len(subset.names) == 2
-        if has_bias:
-            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-        index = head_index(f.shape[1], subset.last_layer.in_features, has_bias, phi.device)
-        yield f, LinearHead(phi, index)
-        return
+) -> Iterator[DenseJacobian]:
+    """Dense ``[b, C, P]`` Jacobians (with the outputs ``f``) for chunks of the inputs, from
+    vmap'd ``jacrev``; each chunk holds at most ``memory_budget`` bytes of J."""
     theta = subset.map_vector()
-
-    def f1(th: Tensor, xn: Any) -> Tensor:
-        return subset.forward(th, _unsqueeze(xn)).squeeze(0)
 
     def jac_and_value(xn: Any) -> tuple[Tensor, Tensor]:
         def with_aux(th: Tensor) -> tuple[Tensor, Tensor]:
-            out = f1(th, xn)
+            out = subset.forward(th, _unsqueeze(xn)).squeeze(0)
             return out, out.detach()
 
         return jacrev(with_aux, has_aux=True)(theta)
@@ -90,90 +95,90 @@ def glm_jacobians(
     chunk = max(1, memory_budget // max(row_bytes * n_out, 1))
     for s in range(0, n_examples, chunk):
         jac, out = vmap(jac_and_value)(_index(x, slice(s, s + chunk)))
-        yield out, jac
+        yield DenseJacobian(jac.detach(), out, memory_budget)
 
 
-def functional_variance(
-    structure: Structure, jac: Tensor | LinearHead, prior_precision: Tensor, scale: Tensor | float
-) -> Tensor:
-    """J Π⁻¹ Jᵀ ``[b, C, C]`` for a dense or factored Jacobian."""
-    if isinstance(jac, LinearHead):
-        return structure.functional_variance_head(jac.phi_aug, jac.index, prior_precision, scale)
-    return structure.functional_variance(jac, prior_precision, scale)
+def jacobian_sources(
+    subset: ParameterSubset,
+    x: Any,
+    n_examples: int,
+    layouts: list[LayerBlock],
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Iterator[JacobianSource]:
+    """Jacobian sources for chunks of ``x`` (see the module docstring)."""
+    names = list(dict.fromkeys(lay.layer for lay in layouts))
+    if not names:
+        yield from dense_jacobians(subset, x, n_examples, memory_budget)
+        return
+    if subset.kind == "last_layer" and names == [subset.last_layer_name]:
+        phi, f = subset.features(x)
+        eye = torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
+        g = eye.unsqueeze(1).expand(f.shape[1], f.shape[0], f.shape[1]).unsqueeze(2)
+        yield LayerJacobian(f, {names[0]: (phi.unsqueeze(1), g)}, None, memory_budget)
+        return
+    modules = dict(subset.model.named_modules())
+    layers, per_example = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
+    rest = _rest_subset(subset, layers)
+    chunk = max(1, memory_budget // max(per_example, 1))
+    for s in range(0, n_examples, chunk):
+        xc = _index(x, slice(s, s + chunk))
+        with torch.enable_grad(), capture_layers(layers) as record:
+            f = subset.model(xc)
+        n_out = f.shape[-1]
+        eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
+        cols = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out).contiguous()  # [C, B, C]
+        grads = backward_columns(f, record, [la.name for la in layers], cols)
+        with torch.no_grad():
+            factors = {
+                la.name: layer_positions(la.module, record["inputs"][la.name], g)
+                for la, g in zip(layers, grads, strict=True)
+            }
+        rest_part = None
+        if rest is not None:
+            sub, lookup = rest
+            jac = torch.cat(
+                [src.jac for src in dense_jacobians(sub, xc, f.shape[0], memory_budget)]
+            )
+            rest_part = (lookup, jac)
+        yield LayerJacobian(f.detach(), factors, rest_part, memory_budget)
 
 
-def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:
-    """Probit approximation of E[softmax(f)] (or E[sigmoid(f)]), ``[B, C]``."""
-    kappa = (1 + math.pi / 8 * var.diagonal(dim1=-2, dim2=-1)).rsqrt()
-    return torch.sigmoid(mean * kappa) if binary else torch.softmax(mean * kappa, dim=-1)
-
-
-def bridge_concentration(mean: Tensor, var_diag: Tensor) -> Tensor:
-    """Dirichlet concentration α of the Laplace bridge for means ``[B, C]`` and variances
-    ``[B, C]``: α_c = (1 − 2/C + e^{μ_c} Σ_l e^{−μ_l} / C²) / v_c."""
-    c = mean.shape[-1]
-    # e^{μ_c} Σ_l e^{−μ_l} / C² in log space for stability
-    log_term = mean + torch.logsumexp(-mean, dim=-1, keepdim=True) - 2 * math.log(c)
-    return (1 - 2 / c + log_term.exp()) / var_diag
-
-
-def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
-    """Mean α / Σα of the Laplace-bridge Dirichlet after projecting (μ, Σ) onto Σ_c f_c = 0.
-
-    The bridge ignores correlations and is accurate only for near-isotropic projected
-    covariances; prefer ``probit`` or ``mc`` otherwise. ``normalise`` rescales μ and Σ by the
-    mean variance first (the "bridge_norm" variant). Variances below √tiny are clamped (the
-    bridge is singular at zero variance).
-    """
-    c = mean.shape[-1]
-    proj = torch.eye(c, dtype=mean.dtype, device=mean.device) - 1.0 / c
-    mu = mean @ proj
-    v = (proj @ var @ proj).diagonal(dim1=-2, dim2=-1)
-    v = v.clamp_min(torch.finfo(v.dtype).tiny ** 0.5)
-    if normalise:
-        vm = v.mean(-1, keepdim=True) / math.sqrt(c / 2)
-        mu, v = mu / vm.sqrt(), v / vm
-    alpha = bridge_concentration(mu, v)
-    return alpha / alpha.sum(-1, keepdim=True)
-
-
-def psd_sqrt(var: Tensor) -> Tensor:
-    """L with L Lᵀ = Σ for a batch of PSD matrices (Cholesky, or eigh when singular)."""
-    chol, info = torch.linalg.cholesky_ex(var)
-    if bool((info == 0).all()):
-        return chol
-    w, q = torch.linalg.eigh(var)
-    return q * w.clamp_min(0).sqrt().unsqueeze(-2)
-
-
-def mc_link(
-    mean: Tensor,
-    var: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    binary: bool = False,
-) -> Tensor:
-    """Monte-Carlo E[softmax(f)] (or sigmoid) for f ~ N(μ, Σ), averaged over ``n_samples``."""
-    return link_samples(mean, var, n_samples, generator, binary).mean(0)
-
-
-def link_samples(
-    mean: Tensor,
-    var: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    binary: bool = False,
-) -> Tensor:
-    """``[S, B, C]`` samples of softmax(f) (or sigmoid(f)) for f ~ N(μ, Σ)."""
-    f = gaussian_samples(mean, var, n_samples, generator)
-    return torch.sigmoid(f) if binary else torch.softmax(f, dim=-1)
-
-
-def gaussian_samples(
-    mean: Tensor, var: Tensor, n_samples: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """``[S, B, C]`` samples f = μ + L ε of N(μ, Σ), L Lᵀ = Σ."""
-    eps = torch.randn(
-        (n_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device
+def _callable_once(
+    subset: ParameterSubset, layers: list[_Layer], x: Any
+) -> tuple[list[_Layer], int]:
+    """The layers called exactly once by a forward pass (a probe on one example), and the
+    bytes per example of their recorded inputs and C output-gradient columns."""
+    with torch.no_grad(), capture_layers(layers) as record:
+        out = subset.model(_index(x, slice(0, 1)))
+    kept = [la for la in layers if record["calls"].get(la.name) == 1]
+    n_out = out.shape[-1]
+    size = sum(
+        record["inputs"][la.name].numel() * _patch_factor(la.module)
+        + n_out * record["outputs"][la.name].numel()
+        for la in kept
     )
-    return mean + torch.einsum("bij,sbj->sbi", psd_sqrt(var), eps)
+    return kept, size * out.element_size()
+
+
+def _patch_factor(module: nn.Module) -> int:
+    """How much larger a layer's unfolded input is than its input (kernel volume)."""
+    kernel = getattr(module, "kernel_size", ())
+    return int(torch.tensor(kernel).prod()) if kernel else 1
+
+
+def _rest_subset(
+    subset: ParameterSubset, layers: list[_Layer]
+) -> tuple[ParameterSubset, Tensor] | None:
+    """The Bayesian parameters outside ``layers`` as a subset, with the lookup from θ
+    positions to its columns (−1 inside the layers)."""
+    covered = {la.name + ("." if la.name else "") + p for la in layers for p in ("weight", "bias")}
+    rest_names = [n for n in subset.names if n not in covered]
+    if not rest_names:
+        return None
+    offs, numel = param_offsets(subset), dict(zip(subset.names, subset.numels, strict=True))
+    lookup = torch.full((subset.n_params,), -1, dtype=torch.long, device=subset.device)
+    col = 0
+    for n in rest_names:
+        lookup[offs[n] : offs[n] + numel[n]] = torch.arange(col, col + numel[n])
+        col += numel[n]
+    return ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names), lookup

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .datapass import prepare_inputs
-from .metrics import binary_nll, gaussian_nll, nll
-from .predictive import functional_variance, glm_jacobians
+from .datapass import accumulate
+from .predictive import jacobian_sources
 
 if TYPE_CHECKING:
     from .laplace import Laplace
@@ -38,7 +37,8 @@ class TuningResult:
     n_iter: int
     converged: bool
     history: list[float] = field(default_factory=list)
-    #: False when the structure's log det / traces are stochastic estimates (``operator``)
+    #: False when the structure's log det / traces are estimates for the tuned prior
+    #: (``operator``; KFAC with a prior that varies within a Kronecker block)
     exact: bool = True
 
 
@@ -76,7 +76,7 @@ def optimize(
         raise ValueError(
             f"unknown prior_structure {prior_structure!r}; expected one of {PRIOR_STRUCTURES}"
         )
-    regression = la.likelihood.name == "regression"
+    regression = la.likelihood.has_noise
     if tune_sigma and not regression:
         raise ValueError("tune_sigma is a regression-only option")
     if tune_sigma is None:
@@ -95,11 +95,11 @@ def optimize(
 
 def _finish(la, method, delta, sigma, n_iter, converged, history) -> TuningResult:
     la.prior_precision = delta.detach()
-    if la.likelihood.name == "regression":
+    if la.likelihood.has_noise:
         la.sigma_noise = sigma.detach()
     with torch.no_grad():
         lml = float(la.log_marginal_likelihood())
-    exact = la.structure.exact
+    exact = la.structure.is_exact(la.prior_precision)
     return TuningResult(
         method, la.prior_precision, la.sigma_noise, lml, n_iter, converged, history, exact
     )
@@ -250,33 +250,31 @@ def _gridsearch(
 
 
 def _validation_nll(la, grid, val_loader, link_approx, n_samples, generator) -> Tensor:
-    totals = torch.zeros(grid.numel(), dtype=torch.float64)
-    n_total = 0
-    s = la.scale()
-    for x, y in val_loader:
-        x = prepare_inputs(x, la.subset.device, la.subset.dtype, "x")
-        y = y.to(la.subset.device)
-        n = y.shape[0]
+    """Mean validation NLL of the GLM predictive for each δ on ``grid``, through the data
+    pass; each Jacobian source is built once per chunk and reused for every grid value."""
+    la.likelihood.check_link(link_approx)
+    structure, s, lik = la.structure, la.scale(), la.likelihood
+    layouts = structure.layouts()
+
+    def step(x: Any, y: Tensor) -> dict[str, Tensor]:
+        totals = torch.zeros(grid.numel(), dtype=torch.float64, device=la.subset.device)
         start = 0
-        # each Jacobian chunk once, reused for every grid value; one chunk alive at a time
-        for f, jac in glm_jacobians(la.subset, x, n, la.memory_budget):
-            yb = y[start : start + f.shape[0]]
+        for source in jacobian_sources(la.subset, x, y.shape[0], layouts, la.memory_budget):
+            f = source.f
+            yb = lik.check_targets(y[start : start + f.shape[0]], tuple(f.shape))
             start += f.shape[0]
             for i, d in enumerate(grid):
-                var = functional_variance(la.structure, jac, d, s)
-                totals[i] += float(
-                    _nll_from_moments(la, f, var, yb, link_approx, n_samples, generator)
-                )
-        n_total += n
-    if n_total == 0:
-        raise ValueError("val_loader yielded no data (empty loader)")
-    return totals / n_total
+                var = structure.functional_variance(source, d, s)
+                pred = lik.glm_predictive(f, var, la.sigma_noise, link_approx, n_samples, generator)
+                totals[i] += lik.predictive_nll(pred, yb).double()
+        return {"nll": totals}
 
-
-def _nll_from_moments(la, f, var, y, link_approx, n_samples, generator) -> Tensor:
-    name = la.likelihood.name
-    if name == "regression":
-        cov = var + la.sigma_noise.square() * torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
-        return gaussian_nll(f, cov, y, reduction="sum")
-    probs = la._link(f, var, link_approx, n_samples, generator)
-    return binary_nll(probs, y, "sum") if name == "binary" else nll(probs, y, "sum")
+    sums = accumulate(
+        val_loader,
+        step,
+        device=la.subset.device,
+        dtype=la.subset.dtype,
+        desc="grid search",
+        batch_size_fn=la.batch_size_fn,
+    )
+    return (sums["nll"] / sums["n_data"]).cpu()

@@ -11,7 +11,7 @@ import torch
 from conftest import batches, dense_ggn, make_data, make_mlp, make_subset
 
 from laplacetorch import Laplace, NotFittedError
-from laplacetorch.predictive import (
+from laplacetorch.links import (
     bridge,
     bridge_concentration,
     gaussian_samples,
@@ -306,20 +306,17 @@ def test_diag_glm_moments_equal_dense_jacobian_formula(net, likelihood):
 
 
 def test_layerwise_glm_moments_never_build_a_jacobian_for_an_mlp(monkeypatch):
-    import laplacetorch.laplace as lap
     import laplacetorch.predictive as pred
 
     def refuse(*args, **kwargs):
         raise AssertionError("dense Jacobian built")
 
-    import laplacetorch.glm_layers as gl
-
-    for structure in ("diag", "kfac", "ekfac"):
-        la, x, _ = _fitted("classification", "all", structure)
-        with monkeypatch.context() as mp:
-            for mod in (pred, lap, gl):
-                mp.setattr(mod, "glm_jacobians", refuse)
-            assert la(x).shape == (20, 3)
+    for structure in ("diag", "kfac", "ekfac", "block_full"):
+        for subset in ("all", "last_layer"):
+            la, x, _ = _fitted("classification", subset, structure)
+            with monkeypatch.context() as mp:
+                mp.setattr(pred, "dense_jacobians", refuse)
+                assert la(x).shape == (20, 3)
 
 
 @pytest.mark.parametrize("structure", ["kfac", "ekfac"])

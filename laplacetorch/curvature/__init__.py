@@ -1,11 +1,13 @@
 """Curvature backends. Each takes (subset, likelihood, loader, **options) and returns a
-:class:`CurvatureResult`; a new backend is one module plus one line in ``BACKENDS``."""
+:class:`CurvatureResult`; a new backend is one module, imported here with its ``BACKENDS``
+entry."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from .base import FISHER_TYPES, CurvatureResult
+from .block_full import fit_block_full
 from .diag import fit_diag
 from .ekfac import fit_ekfac
 from .full import fit_full
@@ -19,6 +21,7 @@ BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
     "diag": fit_diag,
     "kfac": fit_kfac,
     "ekfac": fit_ekfac,
+    "block_full": fit_block_full,
     "hutchinson": fit_hutchinson,
     "lanczos": fit_lanczos,
     "operator": fit_operator,
@@ -36,6 +39,7 @@ __all__ = [
     "BACKENDS",
     "FISHER_TYPES",
     "CurvatureResult",
+    "fit_block_full",
     "fit_diag",
     "fit_ekfac",
     "fit_full",

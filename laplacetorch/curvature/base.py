@@ -41,7 +41,6 @@ class CurvatureResult:
         n_outputs: C.
         loss_sum: Σₙ unit-scale NLL at θ* (see ``Likelihood.log_likelihood_from_loss``).
         kind: ``"ggn"`` or ``"ef"``; decides how G scales with σ and T.
-        backend: the backend's name.
     """
 
     structure: Structure
@@ -49,7 +48,6 @@ class CurvatureResult:
     n_outputs: int
     loss_sum: Tensor
     kind: str
-    backend: str
 
 
 def curvature_pass(

@@ -10,13 +10,14 @@ from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import Diagonal
+from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .last_layer import last_layer_curvature
+from .layer_blocks import block_diagonal, layer_blocks
 from .layer_capture import LinearLayer, backward_columns, linear_layers, linear_output_grads
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
 
-__all__ = ["fit_diag"]
+__all__ = ["fit_diag", "per_layer_diagonal"]
 
 
 def fit_diag(
@@ -29,7 +30,7 @@ def fit_diag(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
-    """Exact diagonal of the unit-scale curvature in a :class:`Diagonal` structure.
+    """Exact diagonal of the unit-scale curvature, one :class:`Diagonal` block per layer.
 
     - ``nn.Linear`` layers on ``[B, in]`` inputs: one forward recording layer inputs aₙ, one
       batched backward of the K columns of Sₙ giving output gradients gₙₖ, then
@@ -55,7 +56,7 @@ def fit_diag(
             memory_budget=memory_budget,
             batch_size_fn=batch_size_fn,
         )
-        return CurvatureResult(Diagonal(g, subset.group_index), n_data, n_out, loss, kind, "diag")
+        return CurvatureResult(per_layer_diagonal(subset, g), n_data, n_out, loss, kind)
 
     layers = linear_layers(subset)
     covered = {n for layer in layers for n in (layer.weight, layer.bias) if n}
@@ -91,9 +92,22 @@ def fit_diag(
         desc="diag curvature",
         batch_size_fn=batch_size_fn,
     )
-    return CurvatureResult(
-        Diagonal(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind, "diag"
-    )
+    return CurvatureResult(per_layer_diagonal(subset, sums["G"]), n_data, n_out, sums["loss"], kind)
+
+
+def per_layer_diagonal(subset: ParameterSubset, g: Tensor) -> Structure:
+    """The exact diagonal ``g`` ``[P]`` as one :class:`Diagonal` block per layer (with its
+    layout, so the predictive needs no Jacobian there) and per other parameter tensor; one
+    block for a subnetwork given by a mask."""
+    if subset.index is not None:
+        return Diagonal(g, subset.group_index)
+    layers, rest = layer_blocks(subset, shared="skip")
+    gi = subset.group_index
+
+    def layer_block(name: str, index: Tensor, layout: LayerBlock) -> Diagonal:
+        return Diagonal(g[index], gi[index], layout=layout)
+
+    return block_diagonal(subset, layers, rest, layer_block, lambda n, i: Diagonal(g[i], gi[i]))
 
 
 def _linear_diag(

@@ -22,18 +22,9 @@ from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import EKron
+from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
-from .kfac import (
-    _group_columns,
-    _positions,
-    block_plan,
-    capture_forward,
-    fit_kfac,
-    kfac_layers,
-    output_columns,
-)
-from .layer_capture import backward_columns
+from .kfac import check_kfac_options, fit_kfac, kfac_layers, layer_passes, output_columns
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_ekfac"]
@@ -54,13 +45,15 @@ def fit_ekfac(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
-    """EKFAC curvature in an :class:`~laplacetorch.structures.EKron` structure (two passes).
+    """EKFAC curvature: the KFAC BlockDiagonal with each Kron block replaced by an
+    :class:`~laplacetorch.structures.EKron` block (two passes over the data).
 
     Options as for :func:`~laplacetorch.curvature.kfac.fit_kfac`; ``approximation`` only
     affects the eigenbases (the refit uses the exact per-example gradients).
     """
-    if generator is None and fisher_type == "mc":
-        generator = torch.Generator(device=subset.device).manual_seed(seed)
+    _, generator = check_kfac_options(
+        subset, fisher_type, approximation, mc_samples, generator, seed
+    )
     kfac = fit_kfac(
         subset,
         likelihood,
@@ -75,32 +68,18 @@ def fit_ekfac(
         batch_size_fn=batch_size_fn,
     )
     layers, _ = kfac_layers(subset, joint_bias)
-    kron = kfac.structure
-    plan = block_plan(layers)
+    krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        f, record = capture_forward(subset.model, layers, x)
-        cols = output_columns(likelihood, fisher_type, f.detach(), y, mc_samples, generator)
-        grads = dict(
-            zip(
-                [layer.name for layer in layers],
-                backward_columns(f, record, [layer.name for layer in layers], cols),
-                strict=True,
-            )
-        )
+        cols = lambda f: output_columns(likelihood, fisher_type, f, y, mc_samples, generator)  # noqa: E731
+        _, per_layer = layer_passes(subset, layers, x, cols)
         out = {}
         with torch.no_grad():
-            for kb, (layer, part, gi, rows) in enumerate(plan):
-                a, g = _positions(layer, record["inputs"][layer.name], grads[layer.name])
-                _, _, qb, qa = kron.blocks[kb]
-                u = g[..., rows] @ qb  # Q_Bᵀ g, [K, B, S, out]
-                if part == "bias":
-                    out[f"E{kb}"] = u.sum(2).square().sum((0, 1)).unsqueeze(1)
-                    continue
-                if layer.joint_bias:
-                    a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-                v = _group_columns(layer, a, gi) @ qa  # Q_Aᵀ ã, [B, S, in']
-                out[f"E{kb}"] = _rotated_square_sum(u, v, memory_budget)
+            for layer, a, g in per_layer:
+                for name, _, layout in layer.blocks:
+                    ab, gb = layout.select(a, g)
+                    kron = krons[name]
+                    out[name] = _rotated_square_sum(gb @ kron.qb, ab @ kron.qa, memory_budget)
         return out
 
     sums, _, _ = curvature_pass(
@@ -112,13 +91,14 @@ def fit_ekfac(
         desc="ekfac eigenvalues",
         batch_size_fn=batch_size_fn,
     )
-    blocks = [(index, sums[f"E{kb}"], qb, qa) for kb, (index, _, qb, qa) in enumerate(kron.blocks)]
-    structure = EKron(
-        blocks, kron.diag_index, kron.diag_values, subset.n_params, subset.group_index
-    )
-    return CurvatureResult(
-        structure, kfac.n_data, kfac.n_outputs, kfac.loss_sum, kfac.kind, "ekfac"
-    )
+    blocks = [
+        (name, index, EKron(sums[name], blk.qb, blk.qa, blk.group_index, blk.layout))
+        if name in krons
+        else (name, index, blk)
+        for name, index, blk in kfac.structure.blocks
+    ]
+    structure = BlockDiagonal(blocks, subset.n_params, subset.group_index)
+    return CurvatureResult(structure, kfac.n_data, kfac.n_outputs, kfac.loss_sum, kfac.kind)
 
 
 def _rotated_square_sum(u: Tensor, v: Tensor, memory_budget: int, form: str = "auto") -> Tensor:

@@ -9,9 +9,10 @@ from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import Dense
+from ..structures import BlockDiagonal, Dense, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
 from .last_layer import last_layer_curvature
+from .layer_blocks import layer_blocks
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
 __all__ = ["fit_full"]
@@ -49,7 +50,7 @@ def fit_full(
             memory_budget=memory_budget,
             batch_size_fn=batch_size_fn,
         )
-        return CurvatureResult(Dense(g, subset.group_index), n_data, n_out, loss, kind, "full")
+        return CurvatureResult(_head_structure(subset, g), n_data, n_out, loss, kind)
 
     theta = subset.map_vector()
     p = subset.n_params
@@ -83,6 +84,15 @@ def fit_full(
         desc="full curvature",
         batch_size_fn=batch_size_fn,
     )
-    return CurvatureResult(
-        Dense(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind, "full"
-    )
+    return CurvatureResult(Dense(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind)
+
+
+def _head_structure(subset: ParameterSubset, g: Tensor) -> Structure:
+    """The last layer's dense curvature as one block laid out like the head's [W | b], so the
+    predictive uses the features instead of a Jacobian."""
+    layers, rest = layer_blocks(subset, shared="skip")
+    if rest or len(layers) != 1 or len(layers[0].blocks) != 1:
+        return Dense(g, subset.group_index)
+    name, index, layout = layers[0].blocks[0]
+    block = Dense(g[index][:, index], subset.group_index[index], layout)
+    return BlockDiagonal([(name, index, block)], subset.n_params, subset.group_index)

@@ -62,4 +62,4 @@ def fit_hutchinson(
         device=subset.device,
     )
     structure = Diagonal(diag.clamp_min(0), subset.group_index, variance=variance)
-    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind, "hutchinson")
+    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

@@ -1,4 +1,4 @@
-"""``kfac``: Kronecker-factored curvature per Linear / Conv2d layer.
+"""``kfac``: Kronecker-factored curvature per Linear / Conv1d / Conv2d / Conv3d layer.
 
 For a layer z = W a + b (a conv: the same on unfolded patches), with W̃ = [W | b] and
 ã = [a, 1] when weight and bias form one block, the block of the summed-NLL curvature is
@@ -12,8 +12,11 @@ positions s (sequence positions, conv patches): ``expand`` sums over (n, s) and 
 ``reduce`` averages ã over s, sums g over s and R = N. Numerators are accumulated over
 batches and normalised once by the global count.
 
-Parameters outside supported layers get an exact diagonal GGN block (with a warning naming
-them); a Linear/Conv2d weight shared between modules or called twice is refused.
+The result is a :class:`~laplacetorch.structures.BlockDiagonal` of one
+:class:`~laplacetorch.structures.Kron` block per layer (per conv group, and per separate
+bias) and an exact :class:`~laplacetorch.structures.Diagonal` block for every other Bayesian
+parameter tensor (norms, embeddings; announced once in a warning). A layer weight shared
+between modules or called twice is refused.
 """
 
 from __future__ import annotations
@@ -21,139 +24,82 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import Kron
-from .base import CurvatureResult, curvature_pass, zeros_like_theta
-from .layer_capture import backward_columns, capture_linear
+from ..structures import Diagonal, Kron, LayerBlock
+from .base import CurvatureResult, curvature_pass
+from .layer_blocks import (
+    LayerBlocks,
+    block_diagonal,
+    layer_blocks,
+    layer_positions,
+    rest_positions,
+)
+from .layer_capture import backward_columns, capture_once
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
 
 __all__ = [
     "APPROXIMATIONS",
     "KFAC_FISHER_TYPES",
-    "block_plan",
-    "capture_forward",
     "fit_kfac",
     "kfac_layers",
+    "layer_passes",
     "output_columns",
 ]
 
 APPROXIMATIONS = ("expand", "reduce")
 KFAC_FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "mc": "ggn", "empirical": "ef", "ef": "ef"}
-_SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
-@dataclass
-class KronLayer:
-    """A supported layer and where its Kronecker blocks live in θ."""
-
-    name: str
-    module: nn.Module
-    blocks: list[tuple[Tensor, slice, int]]  # (θ index, out-channel slice, group) per conv group
-    n_cols: int  # columns of ã (in', plus 1 for a joint bias)
-    joint_bias: bool
-    bias_blocks: list[tuple[Tensor, slice]]  # separate bias: (θ index, out-channel slice)
-
-
-def _offsets(subset: ParameterSubset) -> dict[str, int]:
-    offs, pos = {}, 0
-    for n, k in zip(subset.names, subset.numels, strict=True):
-        offs[n] = pos
-        pos += k
-    return offs
-
-
-def kfac_layers(subset: ParameterSubset, joint_bias: bool) -> tuple[list[KronLayer], list[str]]:
-    """The supported layers of the subset and the names of the other Bayesian parameters.
+def kfac_layers(subset: ParameterSubset, joint_bias: bool) -> tuple[list[LayerBlocks], list[str]]:
+    """The Kronecker layers of the subset and the names of the other Bayesian parameters.
 
     Raises:
-        ValueError: for a masked subnetwork, a weight shared between modules, or no layer.
+        ValueError: for a masked subnetwork, a shared weight, or no supported layer.
     """
     if subset.index is not None:
         raise ValueError("kfac needs whole layers; a subnetwork given by a mask is not supported")
-    offs, chosen = _offsets(subset), set(subset.names)
-    owners: dict[int, int] = {}
-    for _, m in subset.model.named_modules(remove_duplicate=False):
-        for p in m.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
-    layers, covered = [], set()
-    for name, m in subset.model.named_modules():
-        prefix = name + "." if name else ""
-        if not isinstance(m, _SUPPORTED) or prefix + "weight" not in chosen:
-            continue
-        if owners[id(m.weight)] != 1:
-            raise ValueError(f"kfac cannot represent the weight of {name!r}: it is shared (tied)")
-        has_bias = m.bias is not None and prefix + "bias" in chosen
-        groups = getattr(m, "groups", 1)
-        out = m.weight.shape[0]
-        in_cols = m.weight[0].numel()  # in/groups · kh · kw, or in
-        og = out // groups
-        w_off = offs[prefix + "weight"]
-        b_off = offs[prefix + "bias"] if has_bias else None
-        blocks, bias_blocks = [], []
-        for gi in range(groups):
-            rows = torch.arange(gi * og, (gi + 1) * og)
-            w_idx = w_off + rows.unsqueeze(1) * in_cols + torch.arange(in_cols).unsqueeze(0)
-            if has_bias and joint_bias:
-                w_idx = torch.cat([w_idx, (b_off + rows).unsqueeze(1)], dim=1)
-            blocks.append((w_idx.reshape(-1), slice(gi * og, (gi + 1) * og), gi))
-            if has_bias and not joint_bias:
-                bias_blocks.append((b_off + rows, slice(gi * og, (gi + 1) * og)))
-        layers.append(
-            KronLayer(
-                name,
-                m,
-                blocks,
-                in_cols + int(has_bias and joint_bias),
-                has_bias and joint_bias,
-                bias_blocks,
-            )
-        )
-        covered.update({prefix + "weight"} | ({prefix + "bias"} if has_bias else set()))
-    rest = [n for n in subset.names if n not in covered]
+    layers, rest = layer_blocks(subset, joint_bias=joint_bias)
     if not layers:
         raise ValueError(
-            "kfac found no supported layer (nn.Linear, nn.Conv2d) among the Bayesian parameters"
+            "kfac found no supported layer (nn.Linear, nn.Conv1d/2d/3d) among the Bayesian "
+            "parameters"
         )
     return layers, rest
 
 
-def _conv_patches(m: nn.Conv2d, x: Tensor) -> Tensor:
-    """Unfolded input patches ``[B, L, in·kh·kw]`` (padding modes and string padding included)."""
-    kh, kw = m.kernel_size
-    if isinstance(m.padding, str):
-        pads = []
-        for k, d in ((kw, m.dilation[1]), (kh, m.dilation[0])):
-            total = d * (k - 1) if m.padding == "same" else 0
-            pads += [total // 2, total - total // 2]
-    else:
-        pads = [m.padding[1], m.padding[1], m.padding[0], m.padding[0]]
-    if any(pads):
-        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        x = F.pad(x, pads, mode=mode)
-    # strided views instead of F.unfold, whose im2col is pathologically slow for one channel
-    (dh, dw), (sh, sw) = m.dilation, m.stride
-    win = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
-    win = win[..., ::dh, ::dw]  # [B, C, Ho, Wo, kh, kw]
-    b, c, ho, wo = win.shape[:4]
-    return win.permute(0, 2, 3, 1, 4, 5).reshape(b, ho * wo, c * kh * kw)
+def layer_passes(
+    subset: ParameterSubset, layers: list[LayerBlocks], x: Any, cols_fn: Callable[[Tensor], Tensor]
+):
+    """One forward and one batched backward of the columns ``cols_fn(f)`` ``[K, B, C]``.
+
+    Returns ``(f, [(layer, a [B, S, in], g [K, B, S, out])])`` with a layer's inputs and
+    output gradients over its weight-sharing positions.
+    """
+    f, record = capture_once(subset.model, layers, x)
+    cols = cols_fn(f.detach())
+    grads = backward_columns(f, record, [layer.name for layer in layers], cols)
+    with torch.no_grad():
+        per_layer = [
+            (layer, *layer_positions(layer.module, record["inputs"][layer.name], g))
+            for layer, g in zip(layers, grads, strict=True)
+        ]
+    return f.detach(), per_layer
 
 
-def _positions(layer: KronLayer, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """Layer input ``[B, S, in]`` and output gradients ``[K, B, S, out]`` over positions S."""
-    if isinstance(layer.module, nn.Conv2d):
-        k, b, out = g.shape[:3]
-        return _conv_patches(layer.module, a), g.reshape(k, b, out, -1).transpose(2, 3)
-    return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(
-        g.shape[0], g.shape[1], -1, g.shape[-1]
-    )
+def announce_rest(backend: str, rest_names: list[str]) -> None:
+    """Say once which parameters get an exact diagonal block instead of a layer block."""
+    if rest_names:
+        warnings.warn(
+            f"{backend}: parameters outside Linear/Conv layers get an exact diagonal block: "
+            f"{rest_names}",
+            stacklevel=3,
+        )
 
 
 def fit_kfac(
@@ -171,7 +117,7 @@ def fit_kfac(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
-    """KFAC curvature in a :class:`~laplacetorch.structures.Kron` structure.
+    """KFAC curvature: a BlockDiagonal of Kron blocks (and exact diagonal blocks for the rest).
 
     Args:
         fisher_type: ``"exact"`` (type-2: the C columns of Sₙ), ``"mc"`` (``mc_samples``
@@ -181,41 +127,32 @@ def fit_kfac(
         mc_samples: targets sampled per example for ``"mc"``.
         generator, seed: randomness for ``"mc"`` (a fresh generator seeded with ``seed``
             when no ``generator`` is given; the global RNG is never used).
+        memory_budget: bytes a chunk of per-example rows of the diagonal rest may take.
     """
-    if fisher_type not in KFAC_FISHER_TYPES:
-        raise ValueError(
-            f"unknown fisher_type {fisher_type!r} for backend 'kfac'; expected one of "
-            f"{sorted(KFAC_FISHER_TYPES)}"
-        )
-    if approximation not in APPROXIMATIONS:
-        raise ValueError(
-            f"unknown approximation {approximation!r}; expected one of {APPROXIMATIONS}"
-        )
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be an integer >= 1; got {mc_samples!r}")
-    kind = KFAC_FISHER_TYPES[fisher_type]
+    kind, generator = check_kfac_options(
+        subset, fisher_type, approximation, mc_samples, generator, seed
+    )
     layers, rest_names = kfac_layers(subset, joint_bias)
-    if rest_names:
-        warnings.warn(
-            f"kfac: parameters outside Linear/Conv2d layers get a diagonal block: {rest_names}",
-            stacklevel=2,
-        )
+    announce_rest("kfac", rest_names)
     rest = (
         ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names) if rest_names else None
     )
-    if generator is None and fisher_type == "mc":
-        generator = torch.Generator(device=subset.device).manual_seed(seed)
+
+    def cols_fn(f: Tensor, y: Tensor) -> Tensor:
+        return output_columns(likelihood, fisher_type, f, y, mc_samples, generator)
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        f, record = capture_forward(subset.model, layers, x)
-        fd = f.detach()
-        cols = output_columns(likelihood, fisher_type, fd, y, mc_samples, generator)
-        grads = backward_columns(f, record, [layer.name for layer in layers], cols)
-        out = {"loss": likelihood.nll_unit(fd, y).sum()}
+        f, per_layer = layer_passes(subset, layers, x, lambda f: cols_fn(f, y))
+        out = {"loss": likelihood.nll_unit(f, y).sum()}
         with torch.no_grad():
-            for layer, g in zip(layers, grads, strict=True):
-                a, g = _positions(layer, record["inputs"][layer.name], g)
-                _accumulate_layer(out, layer, a, g, approximation)
+            for layer, a, g in per_layer:
+                for name, _, layout in layer.blocks:
+                    ab, gb = layout.select(a, g)
+                    if approximation == "reduce":
+                        ab, gb = ab.mean(1, keepdim=True), gb.sum(2, keepdim=True)
+                    af, gf = ab.reshape(-1, ab.shape[-1]), gb.reshape(-1, gb.shape[-1])
+                    out[f"{name}.A"], out[f"{name}.B"] = af.T @ af, gf.T @ gf
+                    out[f"{name}.R"] = af.new_tensor(float(ab.shape[0] * ab.shape[1]))
         if rest is not None:
             out["rest"], _ = per_example_diagonal(
                 rest, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
@@ -231,37 +168,44 @@ def fit_kfac(
         desc="kfac curvature",
         batch_size_fn=batch_size_fn,
     )
-    blocks = []
-    for layer in layers:
-        for gi, (index, _, _) in enumerate(layer.blocks):
-            a_fac = sums[f"{layer.name}.A{gi}"] / sums[f"{layer.name}.R"]
-            blocks.append((index, sums[f"{layer.name}.B{gi}"], a_fac))
-        for gi, (index, _) in enumerate(layer.bias_blocks):
-            one = torch.ones(1, 1, dtype=subset.dtype, device=subset.device)
-            blocks.append((index, sums[f"{layer.name}.B{gi}"], one))
-    offs = _offsets(subset)
-    diag_index = torch.cat(
-        [
-            torch.arange(offs[n], offs[n] + k)
-            for n, k in zip(subset.names, subset.numels, strict=True)
-            if n in rest_names
-        ]
-        or [torch.zeros(0, dtype=torch.long)]
-    )
-    diag_values = sums.get("rest", zeros_like_theta(subset, 0))
-    structure = Kron(blocks, diag_index, diag_values, subset.n_params, subset.group_index)
-    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind, "kfac")
+    rest_diag = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
+    if rest_names:
+        rest_diag[torch.cat([i for _, i in rest_positions(subset, rest_names)])] = sums["rest"]
+
+    def kron(name: str, index: Tensor, layout: LayerBlock) -> Kron:
+        a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]
+        return Kron(sums[f"{name}.B"], a_fac, subset.group_index[index], layout)
+
+    def diagonal(name: str, index: Tensor) -> Diagonal:
+        return Diagonal(rest_diag[index], subset.group_index[index])
+
+    structure = block_diagonal(subset, layers, rest_names, kron, diagonal)
+    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
 
 
-def block_plan(layers: list[KronLayer]) -> list[tuple[KronLayer, str, int | None, slice]]:
-    """``(layer, "weight" | "bias", group, out-channel slice)`` in the order of the Kron blocks
-    that :func:`fit_kfac` builds: each layer's weight blocks (one per conv group), then its
-    separate bias blocks."""
-    plan = []
-    for layer in layers:
-        plan += [(layer, "weight", gi, rows) for gi, (_, rows, _) in enumerate(layer.blocks)]
-        plan += [(layer, "bias", None, rows) for _, rows in layer.bias_blocks]
-    return plan
+def check_kfac_options(
+    subset: ParameterSubset,
+    fisher_type: str,
+    approximation: str,
+    mc_samples: int,
+    generator: torch.Generator | None,
+    seed: int,
+) -> tuple[str, torch.Generator | None]:
+    """Validate KFAC's options; returns the curvature kind and the generator for ``"mc"``."""
+    if fisher_type not in KFAC_FISHER_TYPES:
+        raise ValueError(
+            f"unknown fisher_type {fisher_type!r} for backend 'kfac'; expected one of "
+            f"{sorted(KFAC_FISHER_TYPES)}"
+        )
+    if approximation not in APPROXIMATIONS:
+        raise ValueError(
+            f"unknown approximation {approximation!r}; expected one of {APPROXIMATIONS}"
+        )
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be an integer >= 1; got {mc_samples!r}")
+    if generator is None and fisher_type == "mc":
+        generator = torch.Generator(device=subset.device).manual_seed(seed)
+    return KFAC_FISHER_TYPES[fisher_type], generator
 
 
 def output_columns(
@@ -282,45 +226,3 @@ def output_columns(
     f_rep = f.unsqueeze(0).expand(mc_samples, *f.shape).reshape(-1, f.shape[-1])
     r = likelihood.output_grad(f_rep, ys.reshape(-1, *ys.shape[2:]))
     return r.view(mc_samples, *f.shape) / math.sqrt(mc_samples)
-
-
-def capture_forward(model: nn.Module, layers: list[KronLayer], x: Any) -> tuple[Tensor, dict]:
-    """Forward pass recording each layer's input and output; refuses a layer called twice."""
-    with torch.enable_grad(), capture_linear(layers) as record:
-        f = model(x)
-    for layer in layers:
-        if record["calls"].get(layer.name) != 1:
-            raise ValueError(
-                f"kfac cannot represent layer {layer.name!r}: it was called "
-                f"{record['calls'].get(layer.name, 0)} times in one forward pass"
-            )
-    return f, record
-
-
-def _accumulate_layer(out: dict, layer: KronLayer, a: Tensor, g: Tensor, approximation: str):
-    """Add this batch's A and B numerators (and the row count R) of one layer to ``out``."""
-    if layer.joint_bias:
-        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-    if approximation == "reduce":
-        a = a.mean(1, keepdim=True)
-        g = g.sum(2, keepdim=True)
-    out[f"{layer.name}.R"] = torch.tensor(a.shape[0] * a.shape[1], dtype=a.dtype, device=a.device)
-    for gi, (_, rows, _) in enumerate(layer.blocks):
-        a_g = _group_columns(layer, a, gi)
-        af = a_g.reshape(-1, a_g.shape[-1])
-        gf = g[..., rows].reshape(-1, rows.stop - rows.start)
-        out[f"{layer.name}.A{gi}"] = af.T @ af
-        out[f"{layer.name}.B{gi}"] = gf.T @ gf
-
-
-def _group_columns(layer: KronLayer, a: Tensor, gi: int) -> Tensor:
-    """The patch columns feeding conv group ``gi`` (all columns for one group)."""
-    n_groups = len(layer.blocks)
-    if n_groups == 1:
-        return a
-    per = a.shape[-1] - int(layer.joint_bias)
-    per //= n_groups
-    cols = a[..., gi * per : (gi + 1) * per]
-    if layer.joint_bias:
-        cols = torch.cat([cols, a[..., -1:]], dim=-1)
-    return cols

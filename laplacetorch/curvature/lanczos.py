@@ -86,4 +86,4 @@ def fit_lanczos(
         )
         d = exact.structure.diagonal() - (evecs.square() * evals).sum(1)
     structure = LowRank(evecs, evals, d, subset.group_index)
-    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind, "lanczos")
+    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

@@ -24,7 +24,8 @@ from ..params import ParameterSubset
 __all__ = [
     "LinearLayer",
     "backward_columns",
-    "capture_linear",
+    "capture_layers",
+    "capture_once",
     "linear_layers",
     "linear_output_grads",
 ]
@@ -64,8 +65,9 @@ def linear_layers(subset: ParameterSubset) -> list[LinearLayer]:
 
 
 @contextmanager
-def capture_linear(layers: list[LinearLayer]) -> Iterator[dict[str, Any]]:
-    """Record each layer's input and output during the forward passes inside the block.
+def capture_layers(layers: list[Any]) -> Iterator[dict[str, Any]]:
+    """Record the input and output of each layer (anything with ``.name`` and ``.module``)
+    during the forward passes inside the block.
 
     Yields a dict ``{"inputs": {name: a}, "outputs": {name: z}, "calls": {name: count}}``.
     """
@@ -92,12 +94,26 @@ def linear_output_grads(
 ) -> tuple[Tensor, dict[str, Any]] | None:
     """Forward pass recording the layers; returns ``(f, record)``, or ``None`` when a layer
     was not called exactly once on a ``[B, in]`` input or its output has no graph."""
-    with torch.enable_grad(), capture_linear(layers) as record:
+    with torch.enable_grad(), capture_layers(layers) as record:
         f = model(x)
     for layer in layers:
         z = record["outputs"].get(layer.name)
         if record["calls"].get(layer.name) != 1 or z is None or z.dim() != 2 or not z.requires_grad:
             return None
+    return f, record
+
+
+def capture_once(model: nn.Module, layers: list[Any], x: Any) -> tuple[Tensor, dict[str, Any]]:
+    """Forward pass recording each layer's input and output; refuses a layer not called
+    exactly once (its Kronecker / layer block would not be its curvature)."""
+    with torch.enable_grad(), capture_layers(layers) as record:
+        f = model(x)
+    for layer in layers:
+        if record["calls"].get(layer.name) != 1:
+            raise ValueError(
+                f"cannot represent layer {layer.name!r} by a layer block: it was called "
+                f"{record['calls'].get(layer.name, 0)} times in one forward pass"
+            )
     return f, record
 
 

@@ -57,4 +57,4 @@ def fit_operator(
         neumann_terms=neumann_terms,
         seed=seed,
     )
-    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind, "operator")
+    return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

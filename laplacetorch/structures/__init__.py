@@ -1,41 +1,34 @@
-"""Prior-aware posterior-precision structures."""
+"""Prior-aware posterior-precision structures: blocks and their block-diagonal composition.
 
-from .base import Structure, expand_prior
+Every class here is registered by name when it is defined (``STRUCTURES``), which is all that
+persistence needs: a new structure is one new module.
+"""
+
+from .base import STRUCTURES, Structure, expand_prior, parse_prior, structure_from_state_dict
+from .block_diagonal import BlockDiagonal
 from .dense import Dense
 from .diagonal import Diagonal
 from .kron import EKron, Kron
+from .layout import LayerBlock
 from .lowrank import LowRank
 from .operator import Operator
-
-STRUCTURES: dict[str, type[Structure]] = {
-    "Dense": Dense,
-    "Diagonal": Diagonal,
-    "Kron": Kron,
-    "EKron": EKron,
-    "LowRank": LowRank,
-    "Operator": Operator,
-}
-
-
-def structure_from_state_dict(state: dict, device="cpu", dtype=None) -> Structure:
-    """Rebuild any registered structure from its ``state_dict``."""
-    name = state.get("structure") if isinstance(state, dict) else None
-    if name not in STRUCTURES:
-        raise ValueError(
-            f"unknown structure in state: {name!r}; expected one of {list(STRUCTURES)}"
-        )
-    return STRUCTURES[name].from_state_dict(state, device=device, dtype=dtype)
-
+from .sources import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "STRUCTURES",
+    "BlockDiagonal",
     "Dense",
+    "DenseJacobian",
     "Diagonal",
     "EKron",
+    "JacobianSource",
     "Kron",
+    "LayerBlock",
     "LowRank",
     "Operator",
     "Structure",
     "expand_prior",
+    "parse_prior",
     "structure_from_state_dict",
 ]

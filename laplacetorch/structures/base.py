@@ -8,40 +8,54 @@ in it) and answers questions about the posterior precision
 for a prior precision δ that is a scalar, one value per parameter group (layer) or one value
 per parameter, and a likelihood scale s > 0 (1/σ², 1/T). Everything is differentiable in δ
 and s where it is a closed form.
+
+Every structure is also a *block*: :class:`~laplacetorch.structures.BlockDiagonal` places
+structures on slices of θ and calls their private methods with the prior already mapped onto
+the block, as a 0-d tensor (constant on the block) or a vector of the block's length.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["Structure", "check_scale", "expand_prior"]
+from .layout import LayerBlock
+from .sources import DenseJacobian, JacobianSource
+
+__all__ = [
+    "STRUCTURES",
+    "Structure",
+    "check_scale",
+    "expand_prior",
+    "parse_prior",
+    "prior_on_block",
+    "structure_from_state_dict",
+]
+
+#: every structure class by name, filled by subclassing (persistence looks classes up here)
+STRUCTURES: dict[str, type[Structure]] = {}
 
 
-def expand_prior(
+def parse_prior(
     prior_precision: Tensor | float,
     n_params: int,
-    group_index: Tensor,
+    n_groups: int,
     *,
     dtype: torch.dtype,
     device: torch.device,
-) -> tuple[Tensor, bool]:
-    """Validate a prior precision and return it as a 0-d tensor (scalar) or ``[P]``.
-
-    Args:
-        prior_precision: a scalar, ``[n_groups]`` (one per layer) or ``[P]``.
-        n_params: P.
-        group_index: ``[P]`` long tensor, the group of each parameter.
+) -> tuple[Tensor, str]:
+    """Validate a prior precision and say what it is.
 
     Returns:
-        ``(delta, is_scalar)``: a 0-d tensor and ``True``, or a ``[P]`` tensor and ``False``.
+        ``(delta, kind)``: a 0-d tensor and ``"scalar"``, ``[n_groups]`` and ``"group"`` or
+        ``[P]`` and ``"param"``.
 
     Raises:
-        ValueError: wrong number of entries, or a value that is not positive and finite.
         TypeError: not a number or tensor.
+        ValueError: wrong number of entries, or a value that is not positive and finite.
     """
     if isinstance(prior_precision, bool) or not isinstance(prior_precision, Tensor | float | int):
         raise TypeError(
@@ -52,17 +66,60 @@ def expand_prior(
         raise ValueError(
             f"prior_precision must be positive and finite; got {delta.detach().cpu().tolist()}"
         )
-    n_groups = int(group_index.max()) + 1 if group_index.numel() else 0
     if delta.numel() == 1:
-        return delta.reshape(()), True
+        return delta.reshape(()), "scalar"
     if delta.dim() != 1 or delta.numel() not in (n_groups, n_params):
         raise ValueError(
             f"prior_precision must have 1, {n_groups} (one per layer) or {n_params} (one per "
             f"parameter) entries; got shape {list(delta.shape)}"
         )
-    if delta.numel() == n_params:
-        return delta, False
-    return delta[group_index.to(device)], False
+    return delta, "param" if delta.numel() == n_params else "group"
+
+
+def expand_prior(
+    prior_precision: Tensor | float,
+    n_params: int,
+    group_index: Tensor,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, bool]:
+    """A validated prior precision as a 0-d tensor (``True``: scalar) or ``[P]`` (``False``)."""
+    n_groups = int(group_index.max()) + 1 if group_index.numel() else 0
+    delta, kind = parse_prior(prior_precision, n_params, n_groups, dtype=dtype, device=device)
+    if kind == "group":
+        return delta[group_index.to(device)], False
+    return delta, kind == "scalar"
+
+
+def prior_on_block(
+    delta: Tensor, kind: str, group_index: Tensor, positions: Tensor | None, group: int | None
+) -> Tensor:
+    """δ on the block at ``positions`` of θ (``None``: all of θ), as a 0-d tensor when it is
+    constant there, else a vector of the block's length.
+
+    ``group`` is the block's single parameter group (``None`` if it spans several). A
+    per-parameter δ that requires a gradient stays a vector, so that each entry gets its own
+    gradient even where the values happen to coincide.
+    """
+    if kind == "scalar":
+        return delta
+    if kind == "group":
+        if group is not None:
+            return delta[group]
+        return delta[group_index if positions is None else group_index[positions]]
+    d = delta if positions is None else delta[positions]
+    if not d.requires_grad and d.numel() and bool((d == d[0]).all()):
+        return d[0]
+    return d
+
+
+def single_group(group_index: Tensor) -> int | None:
+    """The one group of a block, or ``None`` when it spans several (or is empty)."""
+    if group_index.numel() == 0:
+        return None
+    g0 = group_index[0]
+    return int(g0) if bool((group_index == g0).all()) else None
 
 
 def check_scale(scale: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -76,38 +133,61 @@ def check_scale(scale: Tensor | float, dtype: torch.dtype, device: torch.device)
 class Structure(ABC):
     """Posterior-precision linear algebra for Π(δ, s) = s·G + diag(δ).
 
-    Subclasses decompose G once at construction. ``v`` arguments are ``[..., P]`` (a batch of
-    vectors in the last dimension); Jacobians are ``[B, C, P]``.
+    Subclasses decompose G once at construction and implement the private block methods
+    (``_logdet``, ``_solve``, ``_inverse_diagonal``, ``_sample``, ``_fvar_dense``), which take
+    the prior already mapped onto the block (see :func:`prior_on_block`). ``v`` arguments are
+    ``[..., P]`` (vectors in the last dimension); Jacobians are ``[B, C, P]`` or a
+    :class:`~laplacetorch.structures.sources.JacobianSource`.
+
+    Args:
+        n_params: P. group_index: ``[P]`` group of each parameter (default: one group).
+        layout: where the block's coordinates come from in a layer (see
+            :class:`~laplacetorch.structures.layout.LayerBlock`), for Jacobian-free predictives.
     """
 
-    #: whether logdet / solve / trace are exact (False: stochastic estimates)
-    exact: bool = True
     #: names of the tensors returned by ``_tensors`` (persistence)
-    _tensor_keys: tuple[str, ...] = ()
+    _tensor_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        STRUCTURES[cls.__name__] = cls
 
     def __init__(
-        self, n_params: int, group_index: Tensor | None, dtype: torch.dtype, device: torch.device
+        self,
+        n_params: int,
+        group_index: Tensor | None,
+        dtype: torch.dtype,
+        device: torch.device,
+        layout: LayerBlock | None = None,
     ) -> None:
         self.n_params = n_params
         self.dtype = dtype
-        self.device = device
+        self.device = torch.device(device)
         if group_index is None:
             group_index = torch.zeros(n_params, dtype=torch.long)
         if group_index.shape != (n_params,):
             raise ValueError(
                 f"group_index must have shape [{n_params}]; got {list(group_index.shape)}"
             )
-        self.group_index = group_index.to(device=device, dtype=torch.long)
+        self.group_index = group_index.to(device=self.device, dtype=torch.long)
+        if layout is not None and layout.numel != n_params:
+            raise ValueError(
+                f"layout {layout} covers {layout.numel} parameters; the block has {n_params}"
+            )
+        self.layout = layout
 
     @property
     def n_groups(self) -> int:
         """Number of parameter groups (layers) for a per-layer prior."""
         return int(self.group_index.max()) + 1 if self.n_params else 0
 
-    def _prior(self, prior_precision: Tensor | float) -> tuple[Tensor, bool]:
-        return expand_prior(
-            prior_precision, self.n_params, self.group_index, dtype=self.dtype, device=self.device
+    # ----------------------------------------------------------------- argument handling
+    def _block_prior(self, prior_precision: Tensor | float) -> Any:
+        """The validated prior as the private methods take it."""
+        delta, kind = parse_prior(
+            prior_precision, self.n_params, self.n_groups, dtype=self.dtype, device=self.device
         )
+        return prior_on_block(delta, kind, self.group_index, None, single_group(self.group_index))
 
     def _scale(self, scale: Tensor | float) -> Tensor:
         return check_scale(scale, self.dtype, self.device)
@@ -117,33 +197,43 @@ class Structure(ABC):
             shape = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise ValueError(f"{name} must have shape [..., {self.n_params}]; got {shape}")
 
-    def _check_jacobian(self, jac: Tensor) -> None:
+    def _source(self, jac: Tensor | JacobianSource) -> JacobianSource:
+        if isinstance(jac, JacobianSource):
+            return jac
         if not isinstance(jac, Tensor) or jac.dim() != 3 or jac.shape[-1] != self.n_params:
             shape = list(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
             raise ValueError(f"J must have shape [B, C, {self.n_params}]; got {shape}")
+        return DenseJacobian(jac)
+
+    def _normal(self, n_samples: int, generator: torch.Generator | None) -> Tensor:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+        return torch.randn(
+            (n_samples, self.n_params), generator=generator, dtype=self.dtype, device=self.device
+        )
 
     # ----------------------------------------------------------------- the API
-    @abstractmethod
     def logdet(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         """log det Π(δ, s), a 0-d tensor differentiable in δ and s."""
+        return self._logdet(self._block_prior(prior_precision), self._scale(scale))
 
-    @abstractmethod
     def solve(
         self, v: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
     ) -> Tensor:
         """Π⁻¹v for ``v`` of shape ``[..., P]``."""
+        self._check_v(v)
+        return self._solve(v, self._block_prior(prior_precision), self._scale(scale))
 
-    @abstractmethod
     def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         """tr Π⁻¹."""
+        return self._trace_inverse(self._block_prior(prior_precision), self._scale(scale))
 
-    @abstractmethod
     def inverse_diagonal(
         self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
     ) -> Tensor:
         """diag Π⁻¹, ``[P]`` (MacKay's update, marginal variances)."""
+        return self._inverse_diagonal(self._block_prior(prior_precision), self._scale(scale))
 
-    @abstractmethod
     def sample(
         self,
         n_samples: int,
@@ -152,27 +242,37 @@ class Structure(ABC):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """``[n_samples, P]`` draws from N(0, Π⁻¹)."""
+        d, s = self._block_prior(prior_precision), self._scale(scale)
+        return self._sample(self._normal(n_samples, generator), d, s)
 
-    @abstractmethod
     def functional_variance(
-        self, jac: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        """J Π⁻¹ Jᵀ for ``J`` of shape ``[B, C, P]``, returning ``[B, C, C]``."""
-
-    def functional_variance_head(
         self,
-        phi_aug: Tensor,
-        index: Tensor,
+        jac: Tensor | JacobianSource,
         prior_precision: Tensor | float,
         scale: Tensor | float = 1.0,
     ) -> Tensor:
-        """J Π⁻¹ Jᵀ ``[B, C, C]`` for a linear head's Jacobian J_b = I_C ⊗ φ̃_bᵀ, given the
-        features ``phi_aug`` ``[B, D̃]`` and the ``[C, D̃]`` positions ``index`` of the head's
-        weights in θ. This default builds J; structures override it to avoid that."""
-        b, (c, d) = phi_aug.shape[0], index.shape
-        jac = phi_aug.new_zeros(b, c, self.n_params)
-        jac.scatter_(2, index.unsqueeze(0).expand(b, c, d), phi_aug.unsqueeze(1).expand(b, c, d))
-        return self.functional_variance(jac, prior_precision, scale)
+        """J Π⁻¹ Jᵀ ``[B, C, C]`` for J given as ``[B, C, P]`` or as a Jacobian source (each
+        block takes the cheapest form the source offers)."""
+        source = self._source(jac)
+        return self._fvar(source, None, self._block_prior(prior_precision), self._scale(scale))
+
+    def is_exact(self, prior_precision: Tensor | float) -> bool:
+        """Whether log det, solves and traces are exact for this prior (not estimates)."""
+        return self._is_exact(self._block_prior(prior_precision))
+
+    def layouts(self) -> list[LayerBlock]:
+        """The layer layouts whose factors the predictive can use instead of dense J."""
+        return [self.layout] if self.layout is not None else []
+
+    def precision_dense(
+        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+    ) -> Tensor:
+        """Π(δ, s) as a dense ``[P, P]`` matrix (tests, small P)."""
+        delta, _ = expand_prior(
+            prior_precision, self.n_params, self.group_index, dtype=self.dtype, device=self.device
+        )
+        g = self.curvature_dense()
+        return self._scale(scale) * g + torch.diag(delta.expand(self.n_params))
 
     @abstractmethod
     def curvature_dense(self) -> Tensor:
@@ -182,18 +282,44 @@ class Structure(ABC):
     def diagonal(self) -> Tensor:
         """diag G, ``[P]``."""
 
-    def precision_dense(
-        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        """Π(δ, s) as a dense ``[P, P]`` matrix (tests, small P)."""
-        delta, _ = self._prior(prior_precision)
-        g = self.curvature_dense()
-        return self._scale(scale) * g + torch.diag(delta.expand(self.n_params))
+    # ----------------------------------------------------------------- block methods
+    @abstractmethod
+    def _logdet(self, d: Tensor, s: Tensor) -> Tensor: ...
 
-    def _normal(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-        if not isinstance(shape[0], int) or shape[0] < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {shape[0]!r}")
-        return torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
+    @abstractmethod
+    def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _sample(self, z: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        """Map standard normal rows ``z`` ``[m, P]`` to draws from N(0, Π⁻¹)."""
+
+    @abstractmethod
+    def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        """J Π⁻¹ Jᵀ for dense ``J`` ``[B, C, P]``."""
+
+    def _trace_inverse(self, d: Tensor, s: Tensor) -> Tensor:
+        return self._inverse_diagonal(d, s).sum()
+
+    def _fvar(self, source: JacobianSource, positions: Tensor | None, d: Tensor, s: Tensor):
+        """J_b Π_b⁻¹ J_bᵀ with J_b the columns of ``source`` at ``positions`` of θ."""
+        factors = source.factors(self.layout) if self.layout is not None else None
+        if factors is not None:
+            return self._fvar_factors(*factors, d, s, source.memory_budget)
+        return self._fvar_dense(source.columns(positions), d, s)
+
+    def _fvar_factors(
+        self, a: Tensor, g: Tensor, d: Tensor, s: Tensor, memory_budget: int
+    ) -> Tensor:
+        """J Π⁻¹ Jᵀ for the layer Jacobian J[b, c, (i, j)] = Σₛ g[c, b, s, i] a[b, s, j]
+        (``a`` ``[B, S, in']``, ``g`` ``[C, B, S, out]``); by default J is formed."""
+        jac = torch.einsum("cbsi,bsj->bcij", g, a).flatten(2)
+        return self._fvar_dense(jac, d, s)
+
+    def _is_exact(self, d: Tensor) -> bool:
+        return True
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -202,25 +328,23 @@ class Structure(ABC):
             "structure": type(self).__name__,
             "n_params": self.n_params,
             "group_index": self.group_index.cpu(),
+            "layout": None if self.layout is None else self.layout.to_dict(),
             **{k: v.cpu() for k, v in self._tensors().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; refuses a state of another structure or size."""
-        if state.get("structure") != type(self).__name__:
-            raise ValueError(
-                f"state is of structure {state.get('structure')!r}, not {type(self).__name__!r}"
-            )
+        """Restore from :meth:`state_dict`; refuses a state of another structure or size and
+        changes nothing then."""
+        if not isinstance(state, dict) or state.get("structure") != type(self).__name__:
+            got = state.get("structure") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state is of structure {got!r}, not {type(self).__name__!r}")
         if state.get("n_params") != self.n_params:
             raise ValueError(
                 f"state has {state.get('n_params')} parameters; this structure has {self.n_params}"
             )
-        own = self._tensors()
-        for k, v in own.items():
-            if k not in state or tuple(state[k].shape) != tuple(v.shape):
-                raise ValueError(f"state entry {k!r} is missing or has the wrong shape")
-        self.group_index = state["group_index"].to(self.device)
-        self._set_tensors({k: state[k].to(self.device, self.dtype) for k in own})
+        other = type(self).from_state_dict(state, self.device, self.dtype)
+        self.group_index, self.layout = other.group_index, other.layout
+        self._set_tensors(other._tensors())
 
     @classmethod
     def from_state_dict(
@@ -230,20 +354,31 @@ class Structure(ABC):
         dtype: torch.dtype | None = None,
     ) -> Structure:
         """Rebuild a structure of this class from :meth:`state_dict`."""
-        if state.get("structure") != cls.__name__:
-            raise ValueError(
-                f"state is of structure {state.get('structure')!r}, not {cls.__name__!r}"
-            )
-        missing = [k for k in cls._tensor_keys if k not in state]
-        if missing or "n_params" not in state or "group_index" not in state:
-            raise ValueError(f"state of {cls.__name__} lacks entries {missing or ['n_params']}")
+        if not isinstance(state, dict) or state.get("structure") != cls.__name__:
+            got = state.get("structure") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state is of structure {got!r}, not {cls.__name__!r}")
+        missing = [k for k in ("n_params", "group_index", *cls._tensor_keys) if k not in state]
+        if missing:
+            raise ValueError(f"state of {cls.__name__} lacks entries {missing}")
         dtype = dtype or state[cls._tensor_keys[0]].dtype
         obj = cls.__new__(cls)
+        layout = state.get("layout")
         Structure.__init__(
-            obj, state["n_params"], state["group_index"], dtype, torch.device(device)
+            obj,
+            state["n_params"],
+            state["group_index"],
+            dtype,
+            torch.device(device),
+            None if layout is None else LayerBlock.from_dict(layout),
         )
-        obj._set_tensors({k: state[k].to(obj.device, dtype) for k in cls._tensor_keys})
+        tensors = {k: state[k].to(obj.device, dtype) for k in cls._tensor_keys}
+        obj._check_tensor_shapes(tensors)
+        obj._set_tensors(tensors)
         return obj
+
+    @abstractmethod
+    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
+        """Refuse tensors that cannot belong to a structure of ``n_params`` parameters."""
 
     @abstractmethod
     def _tensors(self) -> dict[str, Tensor]:
@@ -252,3 +387,15 @@ class Structure(ABC):
     @abstractmethod
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Install tensors produced by :meth:`_tensors`."""
+
+
+def structure_from_state_dict(
+    state: dict[str, Any], device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> Structure:
+    """Rebuild any structure from its ``state_dict``."""
+    name = state.get("structure") if isinstance(state, dict) else None
+    if name not in STRUCTURES:
+        raise ValueError(
+            f"unknown structure in state: {name!r}; expected one of {sorted(STRUCTURES)}"
+        )
+    return STRUCTURES[name].from_state_dict(state, device=device, dtype=dtype)

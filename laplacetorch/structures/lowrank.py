@@ -62,6 +62,13 @@ class LowRank(Structure):
     def _tensors(self) -> dict[str, Tensor]:
         return {"eigenvectors": self.U, "eigenvalues": self.lam, "diag_correction": self.d}
 
+    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
+        u, lam = tensors["eigenvectors"], tensors["eigenvalues"]
+        if u.dim() != 2 or u.shape[0] != self.n_params or lam.shape != (u.shape[1],):
+            raise ValueError(f"state entries of LowRank do not have P = {self.n_params}")
+        if tensors["diag_correction"].shape != (self.n_params,):
+            raise ValueError(f"state entry 'diag_correction' must have shape [{self.n_params}]")
+
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.U, self.lam, self.d = (
             tensors["eigenvectors"],
@@ -76,15 +83,13 @@ class LowRank(Structure):
         return self.lam.shape[0]
 
     # ----------------------------------------------------------------- helpers
-    def _isotropic(self, scalar: bool) -> bool:
-        return scalar and not self._has_correction
+    def _parts(self, d: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """(D = s·d_corr + δ as ``[P]``, W = √s U diag(√λ))."""
+        dvec = (s * self.d + d).expand(self.n_params)
+        return dvec, self.U * (s * self.lam).sqrt()
 
-    def _parts(self, prior_precision, scale):
-        delta, scalar = self._prior(prior_precision)
-        s = self._scale(scale)
-        dvec = s * self.d + delta  # [P] (or broadcast scalar)
-        w = self.U * (s * self.lam).sqrt()  # W = √s U diag(√λ)
-        return delta, scalar, s, dvec.expand(self.n_params), w
+    def _isotropic(self, d: Tensor) -> bool:
+        return d.dim() == 0 and not self._has_correction
 
     def _woodbury(self, dvec: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """(D⁻¹W, Cholesky of K = I + Wᵀ D⁻¹ W)."""
@@ -92,46 +97,31 @@ class LowRank(Structure):
         k = torch.eye(self.rank, dtype=self.dtype, device=self.device) + w.T @ dw
         return dw, torch.linalg.cholesky(k)
 
-    # ----------------------------------------------------------------- the API
-    def logdet(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
-        delta, scalar, s, dvec, w = self._parts(prior_precision, scale)
-        if self._isotropic(scalar):
-            return self.n_params * delta.log() + torch.log1p(s * self.lam / delta).sum()
+    # ----------------------------------------------------------------- block methods
+    def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
+        if self._isotropic(d):
+            return self.n_params * d.log() + torch.log1p(s * self.lam / d).sum()
+        dvec, w = self._parts(d, s)
         _, chol = self._woodbury(dvec, w)
         return dvec.log().sum() + 2 * chol.diagonal().log().sum()
 
-    def solve(
-        self, v: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        self._check_v(v)
-        delta, scalar, s, dvec, w = self._parts(prior_precision, scale)
-        if self._isotropic(scalar):
-            shrink = s * self.lam / (s * self.lam + delta)
-            return (v - ((v @ self.U) * shrink) @ self.U.T) / delta
+    def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        if self._isotropic(d):
+            shrink = s * self.lam / (s * self.lam + d)
+            return (v - ((v @ self.U) * shrink) @ self.U.T) / d
+        dvec, w = self._parts(d, s)
         dw, chol = self._woodbury(dvec, w)
         inner = torch.cholesky_solve((v @ dw).unsqueeze(-1), chol).squeeze(-1)
         return v / dvec - inner @ dw.T
 
-    def inverse_diagonal(
-        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        _, _, _, dvec, w = self._parts(prior_precision, scale)
+    def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
+        dvec, w = self._parts(d, s)
         dw, chol = self._woodbury(dvec, w)
         m = torch.linalg.solve_triangular(chol, dw.T, upper=False)  # L⁻¹ Wᵀ D⁻¹, [r, P]
         return dvec.reciprocal() - m.square().sum(0)
 
-    def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
-        return self.inverse_diagonal(prior_precision, scale).sum()
-
-    def sample(
-        self,
-        n_samples: int,
-        prior_precision: Tensor | float,
-        scale: Tensor | float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        _, _, _, dvec, w = self._parts(prior_precision, scale)
-        z = self._normal((n_samples, self.n_params), generator)
+    def _sample(self, z: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        dvec, w = self._parts(d, s)
         # Π = D^½ (I + Y Yᵀ) D^½ with Y = D^-½ W = V S Hᵀ (thin SVD), so
         # x = D^-½ (I + V (1/√(1+S²) − 1) Vᵀ) z has covariance Π⁻¹.
         y = w / dvec.sqrt().unsqueeze(1)
@@ -139,11 +129,8 @@ class LowRank(Structure):
         z = z + ((z @ v) * ((1 + sv.square()).rsqrt() - 1)) @ v.T
         return z / dvec.sqrt()
 
-    def functional_variance(
-        self, jac: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        self._check_jacobian(jac)
-        _, _, _, dvec, w = self._parts(prior_precision, scale)
+    def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        dvec, w = self._parts(d, s)
         dw, chol = self._woodbury(dvec, w)
         base = torch.einsum("bcp,p,bdp->bcd", jac, dvec.reciprocal(), jac)
         m = torch.linalg.solve_triangular(chol, (jac @ dw).transpose(-1, -2), upper=False)

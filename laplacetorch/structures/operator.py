@@ -19,7 +19,7 @@ Matvec = Callable[[Tensor], Tensor]
 class Operator(Structure):
     """Π(δ, s) = s·G + diag(δ) with G known only through ``matvec`` (rows: ``[m, P]``).
 
-    Nothing of size P × P is formed. All answers are *estimates* (``exact = False``):
+    Nothing of size P × P is formed. All answers are *estimates* (:meth:`is_exact` is False):
 
     - log det Π and tr Π⁻¹ (scalar δ): stochastic Lanczos quadrature of G's spectrum with a
       probe set fixed at construction, tr f(G) ≈ (P/n) Σ_probes Σⱼ τⱼ² f(θⱼ) with
@@ -43,7 +43,6 @@ class Operator(Structure):
             conditioned: the error falls like (1 − δ/λ_max)^terms).
     """
 
-    exact = False
     _tensor_keys = ("slq_nodes", "slq_weights")
 
     def __init__(
@@ -105,43 +104,39 @@ class Operator(Structure):
             self.nodes, self.weights = nodes.clamp_min(0), weights
         return self.nodes, self.weights
 
-    def _scalar_prior(self, prior_precision: Tensor | float, what: str) -> tuple[Tensor, bool]:
-        delta, scalar = self._prior(prior_precision)
-        return delta, scalar
-
-    def _precision_matvec(self, delta: Tensor, s: Tensor) -> Matvec:
+    def _precision_matvec(self, d: Tensor, s: Tensor) -> Matvec:
         mv = self._require_matvec()
-        return lambda v: s * mv(v) + delta * v
+        return lambda v: s * mv(v) + d * v
 
-    # ----------------------------------------------------------------- the API
-    def logdet(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
-        delta, scalar = self._prior(prior_precision)
-        s = self._scale(scale)
-        if not scalar:
-            return _SLQLogdet.apply(delta, s, self)
+    # ----------------------------------------------------------------- block methods
+    def _is_exact(self, d: Tensor) -> bool:
+        return False
+
+    def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
+        if d.dim() != 0:
+            return _SLQLogdet.apply(d, s, self)
         nodes, weights = self._quadrature()
-        quad = (weights * torch.log(s * nodes + delta)).sum(-1)  # per probe
+        quad = (weights * torch.log(s * nodes + d)).sum(-1)  # per probe
         return self.n_params * quad.mean()
 
     def logdet_with_error(
         self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """The SLQ estimate of log det Π and its standard error across probes."""
-        delta, scalar = self._prior(prior_precision)
-        s = self._scale(scale)
-        if not scalar:
-            est, se = self._slq_precision(delta.detach(), s.detach())
+        d, s = self._block_prior(prior_precision), self._scale(scale)
+        if d.dim() != 0:
+            est, se = self._slq_precision(d.detach(), s.detach())
             return est.to(self.dtype), se.to(self.dtype)
         nodes, weights = self._quadrature()
-        per_probe = self.n_params * (weights * torch.log(s * nodes + delta)).sum(-1)
+        per_probe = self.n_params * (weights * torch.log(s * nodes + d)).sum(-1)
         return per_probe.mean().to(self.dtype), (per_probe.std() / per_probe.numel() ** 0.5).to(
             self.dtype
         )
 
-    def _slq_precision(self, delta: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        """SLQ on Π itself (a per-layer / per-parameter δ is not a function of G's spectrum)."""
+    def _slq_precision(self, d: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """SLQ on Π itself (a varying δ is not a function of G's spectrum)."""
         return slq_logdet(
-            self._precision_matvec(delta, s),
+            self._precision_matvec(d, s),
             self.n_params,
             self.n_probes,
             self.n_steps,
@@ -150,39 +145,24 @@ class Operator(Structure):
             device=self.device,
         )
 
-    def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
-        delta, scalar = self._prior(prior_precision)
-        if not scalar:
-            return self.inverse_diagonal(prior_precision, scale).sum()
+    def _trace_inverse(self, d: Tensor, s: Tensor) -> Tensor:
+        if d.dim() != 0:
+            return self._inverse_diagonal(d, s).sum()
         nodes, weights = self._quadrature()
-        s = self._scale(scale)
-        return self.n_params * (weights / (s * nodes + delta)).sum(-1).mean()
+        return self.n_params * (weights / (s * nodes + d)).sum(-1).mean()
 
-    def solve(
-        self, v: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        self._check_v(v)
-        delta, _ = self._prior(prior_precision)
-        flat = v.reshape(-1, self.n_params)
-        return self._solve_rows(flat, delta, self._scale(scale)).reshape(v.shape)
+    def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        return self._solve_rows(v.reshape(-1, self.n_params), d, s).reshape(v.shape)
 
-    def _solve_rows(self, rows: Tensor, delta: Tensor, s: Tensor) -> Tensor:
-        prec = self._precision_matvec(delta, s)
+    def _solve_rows(self, rows: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        prec = self._precision_matvec(d, s)
         if self.solver == "neumann":
             return neumann(prec, rows, n_terms=self.neumann_terms, generator=self._generator(3))
         return cg(prec, rows, tol=self.cg_tol)[0]
 
-    def inverse_diagonal(
-        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        delta, _ = self._prior(prior_precision)
-        s = self._scale(scale)
-
-        def inv(v: Tensor) -> Tensor:
-            return self._solve_rows(v, delta, s)
-
+    def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
         est, _ = hutchinson_diagonal(
-            inv,
+            lambda v: self._solve_rows(v, d, s),
             self.n_params,
             self.n_probes,
             generator=self._generator(1),
@@ -191,25 +171,12 @@ class Operator(Structure):
         )
         return est
 
-    def sample(
-        self,
-        n_samples: int,
-        prior_precision: Tensor | float,
-        scale: Tensor | float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        delta, _ = self._prior(prior_precision)
-        z = self._normal((n_samples, self.n_params), generator)
-        return lanczos_inverse_sqrt(
-            self._precision_matvec(delta, self._scale(scale)), z, self.sample_steps
-        )
+    def _sample(self, z: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        return lanczos_inverse_sqrt(self._precision_matvec(d, s), z, self.sample_steps)
 
-    def functional_variance(
-        self, jac: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        self._check_jacobian(jac)
+    def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
         b, c, p = jac.shape
-        x = self.solve(jac.reshape(b * c, p), prior_precision, scale).reshape(b, c, p)
+        x = self._solve(jac.reshape(b * c, p), d, s).reshape(b, c, p)
         return jac @ x.transpose(-1, -2)
 
     def curvature_dense(self) -> Tensor:
@@ -234,6 +201,10 @@ class Operator(Structure):
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.nodes, self.weights = tensors["slq_nodes"], tensors["slq_weights"]
+
+    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
+        if tensors["slq_nodes"].shape != tensors["slq_weights"].shape:
+            raise ValueError("state entries 'slq_nodes' and 'slq_weights' differ in shape")
 
     @classmethod
     def from_state_dict(
@@ -301,7 +272,7 @@ class _SLQLogdet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         delta, s = ctx.saved_tensors
-        dinv = ctx.structure.inverse_diagonal(delta.detach(), s.detach())  # diag Π⁻¹
+        dinv = ctx.structure._inverse_diagonal(delta.detach(), s.detach())  # diag Π⁻¹
         g_delta = grad * dinv
         g_s = grad * (ctx.structure.n_params - (delta * dinv).sum()) / s
         return g_delta, g_s, None

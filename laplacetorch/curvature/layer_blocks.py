@@ -1,0 +1,150 @@
+"""The Linear / Conv layers among the Bayesian parameters and their blocks in θ.
+
+A layer z = W ã (+ b) gets one block per conv group: the rows of that group's output
+channels, its input columns and, for a joint bias, the bias column, in row-major order of
+W̃ = [W | b] (see :class:`~laplacetorch.structures.LayerBlock`); a separate bias is a block of
+its own. :func:`layer_positions` turns a layer's recorded input and output gradients into the
+``[B, S, in]`` / ``[K, B, S, out]`` form the blocks select from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..params import ParameterSubset
+from ..structures import BlockDiagonal, LayerBlock, Structure
+from .conv_patches import conv_patches
+
+__all__ = [
+    "KRON_MODULES",
+    "LayerBlocks",
+    "block_diagonal",
+    "layer_blocks",
+    "layer_positions",
+    "param_offsets",
+    "rest_positions",
+]
+
+CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+KRON_MODULES = (nn.Linear, *CONV_MODULES)
+
+
+@dataclass
+class LayerBlocks:
+    """A module and its blocks: ``(name, θ index, layout)`` each."""
+
+    name: str
+    module: nn.Module
+    blocks: list[tuple[str, Tensor, LayerBlock]]
+
+
+def param_offsets(subset: ParameterSubset) -> dict[str, int]:
+    """Start of each parameter tensor in θ (a subset without a mask)."""
+    offs, pos = {}, 0
+    for n, k in zip(subset.names, subset.numels, strict=True):
+        offs[n] = pos
+        pos += k
+    return offs
+
+
+def _owner_counts(model: nn.Module) -> dict[int, int]:
+    owners: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return owners
+
+
+def layer_blocks(
+    subset: ParameterSubset,
+    *,
+    joint_bias: bool = True,
+    modules: tuple[type[nn.Module], ...] = KRON_MODULES,
+    shared: str = "raise",
+) -> tuple[list[LayerBlocks], list[str]]:
+    """The supported layers whose weight is Bayesian, and the names of the other parameters.
+
+    Args:
+        joint_bias: one block for [W | b] or separate W and b blocks.
+        modules: the layer types that get blocks.
+        shared: a weight shared between modules: ``"raise"`` or ``"skip"`` (left to the rest).
+
+    Raises:
+        ValueError: for a masked subnetwork, or a shared weight with ``shared="raise"``.
+    """
+    if subset.index is not None:
+        raise ValueError("layer blocks need whole layers; a subnetwork given by a mask is not")
+    offs, chosen = param_offsets(subset), set(subset.names)
+    owners = _owner_counts(subset.model)
+    layers, covered = [], set()
+    for name, m in subset.model.named_modules():
+        prefix = name + "." if name else ""
+        if not isinstance(m, modules) or prefix + "weight" not in chosen:
+            continue
+        has_bias = m.bias is not None and prefix + "bias" in chosen
+        if owners[id(m.weight)] != 1 or (has_bias and owners[id(m.bias)] != 1):
+            if shared == "skip":
+                continue
+            raise ValueError(f"cannot represent the weight of layer {name!r}: it is shared (tied)")
+        groups = getattr(m, "groups", 1)
+        og, in_cols = m.weight.shape[0] // groups, m.weight[0].numel()  # in/groups · kernel
+        joint = has_bias and joint_bias
+        blocks = []
+        for gi in range(groups):
+            rows = torch.arange(gi * og, (gi + 1) * og)
+            idx = offs[prefix + "weight"] + rows.unsqueeze(1) * in_cols + torch.arange(in_cols)
+            if joint:
+                idx = torch.cat([idx, (offs[prefix + "bias"] + rows).unsqueeze(1)], dim=1)
+            tag = f"[group {gi}]" if groups > 1 else ""
+            layout = LayerBlock(
+                name, (gi * og, (gi + 1) * og), (gi * in_cols, (gi + 1) * in_cols), joint
+            )
+            blocks.append(
+                (name + tag + ("" if joint or not has_bias else ".weight"), idx.reshape(-1), layout)
+            )
+            if has_bias and not joint:
+                bias_layout = LayerBlock(name, layout.rows, None, True)
+                blocks.append((prefix + "bias" + tag, offs[prefix + "bias"] + rows, bias_layout))
+        layers.append(LayerBlocks(name, m, blocks))
+        covered.update({prefix + "weight"} | ({prefix + "bias"} if has_bias else set()))
+    return layers, [n for n in subset.names if n not in covered]
+
+
+def layer_positions(module: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """A layer's inputs ``[B, S, in]`` and output gradients ``[K, B, S, out]`` over its
+    weight-sharing positions S, from its recorded input ``a`` and gradients ``g``
+    ``[K, *output shape]``."""
+    if isinstance(module, CONV_MODULES):
+        k, b, out = g.shape[:3]
+        return conv_patches(module, a), g.reshape(k, b, out, -1).transpose(2, 3)
+    return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(*g.shape[:2], -1, g.shape[-1])
+
+
+def rest_positions(subset: ParameterSubset, names: list[str]) -> list[tuple[str, Tensor]]:
+    """``(name, θ positions)`` of whole parameter tensors."""
+    offs, numel = param_offsets(subset), dict(zip(subset.names, subset.numels, strict=True))
+    return [(n, torch.arange(offs[n], offs[n] + numel[n])) for n in names]
+
+
+def block_diagonal(
+    subset: ParameterSubset,
+    layers: list[LayerBlocks],
+    rest_names: list[str],
+    layer_block: Callable[[str, Tensor, LayerBlock], Structure],
+    rest_block: Callable[[str, Tensor], Structure],
+) -> BlockDiagonal:
+    """A BlockDiagonal of ``layer_block(name, index, layout)`` for each layer block and
+    ``rest_block(name, index)`` for each other parameter tensor."""
+    blocks = [
+        (name, index, layer_block(name, index, layout))
+        for layer in layers
+        for name, index, layout in layer.blocks
+    ]
+    blocks += [
+        (name, index, rest_block(name, index)) for name, index in rest_positions(subset, rest_names)
+    ]
+    return BlockDiagonal(blocks, subset.n_params, subset.group_index)

@@ -1,0 +1,106 @@
+"""Link approximations: E[softmax(f)] or E[sigmoid(f)] for f ~ N(μ, Σ), and Gaussian samples.
+
+- ``probit``: softmax(μ / √(1 + π/8 · diag Σ)),
+- ``bridge``: the Laplace bridge (Hobbhahn et al., 2022) on the zero-sum projection of (μ, Σ),
+  ``bridge_norm`` its normalised variant,
+- ``mc``: the average of softmax(μ + L ε) over samples, L Lᵀ = Σ.
+
+Means are ``[B, C]`` and covariances ``[B, C, C]``. The likelihoods choose among these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LINK_APPROXIMATIONS",
+    "bridge",
+    "bridge_concentration",
+    "gaussian_samples",
+    "link_samples",
+    "mc_link",
+    "probit",
+    "psd_sqrt",
+]
+
+LINK_APPROXIMATIONS = ("probit", "bridge", "bridge_norm", "mc")
+
+
+def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:
+    """Probit approximation of E[softmax(f)] (or E[sigmoid(f)]), ``[B, C]``."""
+    kappa = (1 + math.pi / 8 * var.diagonal(dim1=-2, dim2=-1)).rsqrt()
+    return torch.sigmoid(mean * kappa) if binary else torch.softmax(mean * kappa, dim=-1)
+
+
+def bridge_concentration(mean: Tensor, var_diag: Tensor) -> Tensor:
+    """Dirichlet concentration α of the Laplace bridge for means ``[B, C]`` and variances
+    ``[B, C]``: α_c = (1 − 2/C + e^{μ_c} Σ_l e^{−μ_l} / C²) / v_c."""
+    c = mean.shape[-1]
+    # e^{μ_c} Σ_l e^{−μ_l} / C² in log space for stability
+    log_term = mean + torch.logsumexp(-mean, dim=-1, keepdim=True) - 2 * math.log(c)
+    return (1 - 2 / c + log_term.exp()) / var_diag
+
+
+def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
+    """Mean α / Σα of the Laplace-bridge Dirichlet after projecting (μ, Σ) onto Σ_c f_c = 0.
+
+    The bridge ignores correlations and is accurate only for near-isotropic projected
+    covariances; prefer ``probit`` or ``mc`` otherwise. ``normalise`` rescales μ and Σ by the
+    mean variance first (the "bridge_norm" variant). Variances below √tiny are clamped (the
+    bridge is singular at zero variance).
+    """
+    c = mean.shape[-1]
+    proj = torch.eye(c, dtype=mean.dtype, device=mean.device) - 1.0 / c
+    mu = mean @ proj
+    v = (proj @ var @ proj).diagonal(dim1=-2, dim2=-1)
+    v = v.clamp_min(torch.finfo(v.dtype).tiny ** 0.5)
+    if normalise:
+        vm = v.mean(-1, keepdim=True) / math.sqrt(c / 2)
+        mu, v = mu / vm.sqrt(), v / vm
+    alpha = bridge_concentration(mu, v)
+    return alpha / alpha.sum(-1, keepdim=True)
+
+
+def psd_sqrt(var: Tensor) -> Tensor:
+    """L with L Lᵀ = Σ for a batch of PSD matrices (Cholesky, or eigh when singular)."""
+    chol, info = torch.linalg.cholesky_ex(var)
+    if bool((info == 0).all()):
+        return chol
+    w, q = torch.linalg.eigh(var)
+    return q * w.clamp_min(0).sqrt().unsqueeze(-2)
+
+
+def mc_link(
+    mean: Tensor,
+    var: Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    binary: bool = False,
+) -> Tensor:
+    """Monte-Carlo E[softmax(f)] (or sigmoid) for f ~ N(μ, Σ), averaged over ``n_samples``."""
+    return link_samples(mean, var, n_samples, generator, binary).mean(0)
+
+
+def link_samples(
+    mean: Tensor,
+    var: Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    binary: bool = False,
+) -> Tensor:
+    """``[S, B, C]`` samples of softmax(f) (or sigmoid(f)) for f ~ N(μ, Σ)."""
+    f = gaussian_samples(mean, var, n_samples, generator)
+    return torch.sigmoid(f) if binary else torch.softmax(f, dim=-1)
+
+
+def gaussian_samples(
+    mean: Tensor, var: Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """``[S, B, C]`` samples f = μ + L ε of N(μ, Σ), L Lᵀ = Σ."""
+    eps = torch.randn(
+        (n_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device
+    )
+    return mean + torch.einsum("bij,sbj->sbi", psd_sqrt(var), eps)
