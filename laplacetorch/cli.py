@@ -185,12 +185,12 @@ def _evaluation_data(dataset: str, ood: str, seed: int, n_train: int):
 
 def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
     """``laplacetorch evaluate``: train, fit each variant, write the table and diagrams."""
+    from .curvature import ALIASES, HESSIAN_STRUCTURES
     from .evaluation import Variant, evaluate
-    from .laplace import _ALIASES, HESSIAN_STRUCTURES
 
     structures = [s for s in args.structures.split(",") if s]
     for s in structures:
-        if s not in HESSIAN_STRUCTURES and s not in _ALIASES:
+        if s not in HESSIAN_STRUCTURES and s not in ALIASES:
             raise ValueError(f"unknown structure {s!r}; expected one of {list(HESSIAN_STRUCTURES)}")
     subsets = [s for s in args.subset.split(",") if s]
     for s in subsets:

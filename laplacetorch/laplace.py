@@ -14,19 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from . import persistence, tuning
-from .curvature import BACKENDS, CurvatureResult, get_backend
+from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure, get_backend
 from .datapass import InputShapeRecorder, batch_size, prepare_inputs
+from .hyperparameters import Hyperparameters
 from .likelihoods import Likelihood, get_likelihood
 from .links import gaussian_samples
 from .params import ParameterSubset, check_model_mode
 from .predictive import jacobian_sources
-from .structures import DEFAULT_MEMORY_BUDGET, Structure, expand_prior
+from .structures import DEFAULT_MEMORY_BUDGET, Structure
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
 
-#: canonical structure names; laplace-torch's aliases map onto them
-HESSIAN_STRUCTURES = tuple(BACKENDS)  # one registry: a new backend is one line there
-_ALIASES = {"kron": "kfac", "lowrank": "lanczos", "diag_hutchinson": "hutchinson"}
 PRED_TYPES = ("glm", "nn")
 
 
@@ -34,26 +32,12 @@ class NotFittedError(RuntimeError):
     """Raised when a Laplace approximation is used before ``fit`` (or ``load_state_dict``)."""
 
 
-def _canonical_structure(name: str | None, subset: str) -> str:
-    if name is None:
-        # Best that exists: exact dense curvature where P is small by construction, KFAC (with
-        # exact eigenbasis algebra) for whole networks.
-        return "full" if subset in ("last_layer", "subnetwork") else "kfac"
-    canon = _ALIASES.get(name, name)
-    if canon not in HESSIAN_STRUCTURES:
-        raise ValueError(
-            f"unknown hessian_structure {name!r}; expected one of {list(HESSIAN_STRUCTURES)} "
-            f"or an alias {sorted(_ALIASES)}"
-        )
-    return canon
-
-
 def _check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
-class Laplace:
+class Laplace(Hyperparameters):
     """Laplace approximation p(θ | D) ≈ N(θ*, Π⁻¹), Π = s·G + P₀, around trained weights θ*.
 
     Args:
@@ -99,7 +83,7 @@ class Laplace:
             model, subset_of_weights, last_layer_name=last_layer_name, subnetwork=subnetwork
         )
         self.model = model
-        self.hessian_structure = _canonical_structure(hessian_structure, subset_of_weights)
+        self.hessian_structure = canonical_structure(hessian_structure, subset_of_weights)
         self.fisher_type = fisher_type
         self.backend_options = dict(backend_options or {})
         self.memory_budget = memory_budget
@@ -113,61 +97,6 @@ class Laplace:
         self.curvature: CurvatureResult | None = None
         self.mean: Tensor | None = None
         self._input_shape: tuple[int, ...] | None = None
-
-    # ----------------------------------------------------------------- hyperparameters
-    @property
-    def n_params(self) -> int:
-        """P, the number of Bayesian weights."""
-        return self.subset.n_params
-
-    def _tensor(self, value: Tensor | float) -> Tensor:
-        t = torch.as_tensor(value, dtype=self.subset.dtype, device=self.subset.device)
-        return t.detach().clone().reshape(() if t.numel() == 1 else (-1,))
-
-    def _expand_prior(self, value: Tensor | float) -> tuple[Tensor, bool]:
-        sub = self.subset
-        return expand_prior(
-            value, sub.n_params, sub.group_index, dtype=sub.dtype, device=sub.device
-        )
-
-    @property
-    def prior_precision(self) -> Tensor:
-        """δ: a 0-d tensor, ``[n_layers]`` or ``[P]``."""
-        return self._prior_precision
-
-    @prior_precision.setter
-    def prior_precision(self, value: Tensor | float) -> None:
-        self._expand_prior(value)  # validates
-        self._prior_precision = self._tensor(value)
-
-    @property
-    def prior_mean(self) -> Tensor:
-        """μ₀: a 0-d tensor or ``[P]``."""
-        return self._prior_mean
-
-    @prior_mean.setter
-    def prior_mean(self, value: Tensor | float) -> None:
-        t = self._tensor(value)
-        if t.numel() != 1 and t.shape != (self.n_params,):
-            raise ValueError(
-                f"prior_mean must be a scalar or have shape [{self.n_params}]; got {list(t.shape)}"
-            )
-        if not torch.isfinite(t).all():
-            raise ValueError("prior_mean must be finite")
-        self._prior_mean = t
-
-    @property
-    def sigma_noise(self) -> Tensor:
-        """σ of the Gaussian likelihood (fixed to 1 for other likelihoods)."""
-        return self._sigma_noise
-
-    @sigma_noise.setter
-    def sigma_noise(self, value: Tensor | float) -> None:
-        t = self._tensor(value)
-        if t.numel() != 1 or not torch.isfinite(t).all() or (t <= 0).any():
-            raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
-        self.likelihood.check_sigma_noise(t)
-        self._sigma_noise = t
 
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""

@@ -113,6 +113,47 @@ def test_deep_linear_conv_network_gaussian_is_exact():
     torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
 
 
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_single_datum_exact_for_conv_nd(dims, groups):
+    """Conv1d / Conv2d / Conv3d with 1-position outputs: KFAC is exact for one datum."""
+    torch.manual_seed(dims)
+    conv = _CONV[dims]
+    model = nn.Sequential(
+        conv(2, 4, 3, padding=1, padding_mode="circular", groups=groups, stride=2),
+        nn.Tanh(),
+        conv(4, 4, 1, groups=groups),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    model = model.to(DT).eval()
+    x = torch.randn(1, 2, *[1] * dims, generator=torch.Generator().manual_seed(1), dtype=DT)
+    y = torch.tensor([1])
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood("classification"), [(x, y)])
+    assert sum(type(b) is Kron for _, _, b in res.structure.blocks) == 2 * groups + 1
+    g = dense_ggn(sub, x, y, "classification")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_deep_linear_conv_nd_network_gaussian_is_exact(dims):
+    torch.manual_seed(3)
+    conv = _CONV[dims]
+    model = nn.Sequential(conv(2, 3, 3), conv(3, 2, 1), nn.Flatten()).to(DT).eval()
+    g_ = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 2, *[3] * dims, generator=g_, dtype=DT)
+    y = torch.randn(9, 2, generator=g_, dtype=DT)
+    sub = ParameterSubset(model, "all")
+    res = fit_kfac(sub, get_likelihood("regression"), batches(x, y, 4))
+    assert all(type(b) is Kron for _, _, b in res.structure.blocks)
+    g = dense_ggn(sub, x, y, "regression")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
 def _definition_factors(model, layer, x, f_cols, approximation):
     """A and B of one layer from explicit per-example, per-position loops (the definition)."""
     store = {}
@@ -469,3 +510,16 @@ def test_ekfac_gramian_and_per_example_forms_agree(k_cols):
             torch.testing.assert_close(_rotated_square_sum(u, v, budget, form), ref)
     with pytest.raises(ValueError, match="unknown form"):
         _rotated_square_sum(u, v, 10**9, "dense")
+
+
+def test_tuning_result_says_whether_the_tuned_prior_is_exact():
+    """Exactness follows the prior: KFAC is exact for a scalar or per-layer δ and an estimate
+    (eigenbasis diagonal) for a per-parameter δ that varies within a block."""
+    from laplacetorch import Laplace
+
+    x, y = make_data("mlp", "classification", n=20)
+    la = Laplace(make_mlp(), "classification", "all", "kfac").fit(batches(x, y))
+    assert la.optimize_prior_precision(method="marglik").exact
+    assert la.optimize_prior_precision(method="mackay", prior_structure="layerwise").exact
+    res = la.optimize_prior_precision(method="mackay", prior_structure="diagonal")
+    assert not res.exact and not la.structure.is_exact(la.prior_precision)

@@ -28,6 +28,26 @@ BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
 }
 
 
+#: canonical structure names; laplace-torch's aliases map onto them
+HESSIAN_STRUCTURES = tuple(BACKENDS)  # one registry: a new backend is one entry there
+ALIASES = {"kron": "kfac", "lowrank": "lanczos", "diag_hutchinson": "hutchinson"}
+
+
+def canonical_structure(name: str | None, subset: str) -> str:
+    """The backend name for a ``hessian_structure`` (aliases resolved, defaults chosen)."""
+    if name is None:
+        # Best that exists: exact dense curvature where P is small by construction, KFAC (with
+        # exact eigenbasis algebra) for whole networks.
+        return "full" if subset in ("last_layer", "subnetwork") else "kfac"
+    canon = ALIASES.get(name, name)
+    if canon not in HESSIAN_STRUCTURES:
+        raise ValueError(
+            f"unknown hessian_structure {name!r}; expected one of {list(HESSIAN_STRUCTURES)} "
+            f"or an alias {sorted(ALIASES)}"
+        )
+    return canon
+
+
 def get_backend(name: str) -> Callable[..., CurvatureResult]:
     """The backend function registered under ``name``."""
     if name not in BACKENDS:
@@ -36,9 +56,12 @@ def get_backend(name: str) -> Callable[..., CurvatureResult]:
 
 
 __all__ = [
+    "ALIASES",
     "BACKENDS",
     "FISHER_TYPES",
+    "HESSIAN_STRUCTURES",
     "CurvatureResult",
+    "canonical_structure",
     "fit_block_full",
     "fit_diag",
     "fit_ekfac",
