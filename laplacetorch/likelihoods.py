@@ -179,6 +179,20 @@ def _check_outputs(f_shape: tuple[int, ...]) -> None:
         raise ValueError(f"model outputs must have shape [batch, C]; got shape {list(f_shape)}")
 
 
+def _per_output_targets(y: Tensor, f_shape: tuple[int, ...], kind: str) -> Tensor:
+    """Targets ``[B, C]`` (``[B]`` accepted when C = 1) of a per-output likelihood."""
+    _check_outputs(f_shape)
+    batch, n_out = f_shape
+    if not isinstance(y, Tensor):
+        raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+    if y.shape == (batch,) and n_out == 1:
+        y = y.unsqueeze(-1)
+    if y.shape != (batch, n_out):
+        expected = f"[{batch}, {n_out}]" + (f" or [{batch}]" if n_out == 1 else "")
+        raise ValueError(f"{kind} targets y must have shape {expected}; got shape {list(y.shape)}")
+    return y
+
+
 def _check_finite(y: Tensor, name: str = "targets y") -> None:
     if y.is_floating_point() and not torch.isfinite(y).all():
         raise ValueError(f"{name} contain NaN or Inf values")
@@ -245,17 +259,7 @@ class RegressionLikelihood(Likelihood):
     links = ("probit", "bridge", "bridge_norm", "mc")  # accepted and unused: y is Gaussian
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
-        _check_outputs(f_shape)
-        batch, n_out = f_shape
-        if not isinstance(y, Tensor):
-            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
-        if y.shape == (batch,) and n_out == 1:
-            y = y.unsqueeze(-1)
-        if y.shape != (batch, n_out):
-            expected = f"[{batch}, {n_out}]" + (f" or [{batch}]" if n_out == 1 else "")
-            raise ValueError(
-                f"regression targets y must have shape {expected}; got shape {list(y.shape)}"
-            )
+        y = _per_output_targets(y, f_shape, "regression")
         if not y.is_floating_point():
             raise ValueError(f"regression targets y must be floating point; got dtype {y.dtype}")
         _check_finite(y)
@@ -331,17 +335,9 @@ class BinaryLikelihood(Likelihood):
     links = ("probit", "mc")
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
-        _check_outputs(f_shape)
-        batch, n_out = f_shape
-        if not isinstance(y, Tensor):
-            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
-        if y.shape == (batch,) and n_out == 1:
-            y = y.unsqueeze(-1)
-        if y.shape != (batch, n_out):
-            expected = f"[{batch}, {n_out}]" + (f" or [{batch}]" if n_out == 1 else "")
-            raise ValueError(f"binary targets y must have shape {expected}; got {list(y.shape)}")
+        y = _per_output_targets(y, f_shape, "binary")
         _check_finite(y)
-        if batch and not ((y == 0) | (y == 1)).all():
+        if f_shape[0] and not ((y == 0) | (y == 1)).all():
             raise ValueError("binary targets y must be 0 or 1")
         return y
 

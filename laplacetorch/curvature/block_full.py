@@ -23,11 +23,11 @@ from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import Dense, Diagonal, LayerBlock
-from .base import CurvatureResult, curvature_pass, resolve_fisher_type
-from .kfac import announce_rest, kfac_layers, layer_passes, output_columns
-from .layer_blocks import block_diagonal, rest_positions
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
+from ..structures import Dense, LayerBlock
+from .base import CurvatureResult, resolve_fisher_type
+from .kfac import output_columns
+from .layer_fit import fit_layer_blocks, kfac_layers
+from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_block_full"]
 
@@ -65,48 +65,29 @@ def fit_block_full(
             f"{max(sizes.values())} parameters), over max_bytes={max_bytes}; use 'kfac', 'ekfac' "
             "or 'diag', or raise max_bytes in backend_options"
         )
-    announce_rest("block_full", rest_names)
-    rest = (
-        ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names) if rest_names else None
-    )
     ggn_type = "exact" if kind == "ggn" else "empirical"
 
-    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        cols = lambda f: output_columns(likelihood, ggn_type, f, y, 1, None)  # noqa: E731
-        f, per_layer = layer_passes(subset, layers, x, cols)
-        out = {"loss": likelihood.nll_unit(f, y).sum()}
-        with torch.no_grad():
-            for layer, a, g in per_layer:
-                for name, _, layout in layer.blocks:
-                    out[name] = _block_gram(*layout.select(a, g), memory_budget)
-        if rest is not None:
-            out["rest"], _ = per_example_diagonal(
-                rest, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
-            )
-        return out
+    def gram(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
+        return {name: _block_gram(a, g, memory_budget)}
 
-    sums, n_data, n_out = curvature_pass(
+    def dense(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock):
+        return Dense(sums[name], group_index, layout)
+
+    return fit_layer_blocks(
+        "block_full",
         subset,
         likelihood,
         loader,
-        step,
+        layers,
+        rest_names,
+        kind=kind,
+        columns=lambda f, y: output_columns(likelihood, ggn_type, f, y, 1, None),
+        block_sums=gram,
+        make_block=dense,
         progress=progress,
-        desc="block_full curvature",
+        memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
     )
-    rest_diag = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
-    if rest_names:
-        rest_diag[torch.cat([i for _, i in rest_positions(subset, rest_names)])] = sums["rest"]
-    gi = subset.group_index
-
-    def dense(name: str, index: Tensor, layout: LayerBlock) -> Dense:
-        return Dense(sums[name], gi[index], layout)
-
-    def diagonal(name: str, index: Tensor) -> Diagonal:
-        return Diagonal(rest_diag[index], gi[index])
-
-    structure = block_diagonal(subset, layers, rest_names, dense, diagonal)
-    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
 
 
 def _block_gram(a: Tensor, g: Tensor, memory_budget: int) -> Tensor:

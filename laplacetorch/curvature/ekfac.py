@@ -24,7 +24,8 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
-from .kfac import check_kfac_options, fit_kfac, kfac_layers, layer_passes, output_columns
+from .kfac import check_kfac_options, fit_kfac, output_columns
+from .layer_fit import kfac_layers, layer_passes
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_ekfac"]

@@ -22,7 +22,6 @@ between modules or called twice is refused.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,75 +30,15 @@ from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import Diagonal, Kron, LayerBlock
-from .base import CurvatureResult, curvature_pass
-from .layer_blocks import (
-    LayerBlocks,
-    block_diagonal,
-    layer_blocks,
-    layer_positions,
-    rest_positions,
-)
-from .layer_capture import backward_columns, capture_once
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
+from ..structures import Kron, LayerBlock
+from .base import CurvatureResult
+from .layer_fit import fit_layer_blocks, kfac_layers
+from .per_example import DEFAULT_MEMORY_BUDGET
 
-__all__ = [
-    "APPROXIMATIONS",
-    "KFAC_FISHER_TYPES",
-    "fit_kfac",
-    "kfac_layers",
-    "layer_passes",
-    "output_columns",
-]
+__all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac", "output_columns"]
 
 APPROXIMATIONS = ("expand", "reduce")
 KFAC_FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "mc": "ggn", "empirical": "ef", "ef": "ef"}
-
-
-def kfac_layers(subset: ParameterSubset, joint_bias: bool) -> tuple[list[LayerBlocks], list[str]]:
-    """The Kronecker layers of the subset and the names of the other Bayesian parameters.
-
-    Raises:
-        ValueError: for a masked subnetwork, a shared weight, or no supported layer.
-    """
-    if subset.index is not None:
-        raise ValueError("kfac needs whole layers; a subnetwork given by a mask is not supported")
-    layers, rest = layer_blocks(subset, joint_bias=joint_bias)
-    if not layers:
-        raise ValueError(
-            "kfac found no supported layer (nn.Linear, nn.Conv1d/2d/3d) among the Bayesian "
-            "parameters"
-        )
-    return layers, rest
-
-
-def layer_passes(
-    subset: ParameterSubset, layers: list[LayerBlocks], x: Any, cols_fn: Callable[[Tensor], Tensor]
-):
-    """One forward and one batched backward of the columns ``cols_fn(f)`` ``[K, B, C]``.
-
-    Returns ``(f, [(layer, a [B, S, in], g [K, B, S, out])])`` with a layer's inputs and
-    output gradients over its weight-sharing positions.
-    """
-    f, record = capture_once(subset.model, layers, x)
-    cols = cols_fn(f.detach())
-    grads = backward_columns(f, record, [layer.name for layer in layers], cols)
-    with torch.no_grad():
-        per_layer = [
-            (layer, *layer_positions(layer.module, record["inputs"][layer.name], g))
-            for layer, g in zip(layers, grads, strict=True)
-        ]
-    return f.detach(), per_layer
-
-
-def announce_rest(backend: str, rest_names: list[str]) -> None:
-    """Say once which parameters get an exact diagonal block instead of a layer block."""
-    if rest_names:
-        warnings.warn(
-            f"{backend}: parameters outside Linear/Conv layers get an exact diagonal block: "
-            f"{rest_names}",
-            stacklevel=3,
-        )
 
 
 def fit_kfac(
@@ -133,54 +72,33 @@ def fit_kfac(
         subset, fisher_type, approximation, mc_samples, generator, seed
     )
     layers, rest_names = kfac_layers(subset, joint_bias)
-    announce_rest("kfac", rest_names)
-    rest = (
-        ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names) if rest_names else None
-    )
 
-    def cols_fn(f: Tensor, y: Tensor) -> Tensor:
-        return output_columns(likelihood, fisher_type, f, y, mc_samples, generator)
+    def factor_sums(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
+        if approximation == "reduce":
+            a, g = a.mean(1, keepdim=True), g.sum(2, keepdim=True)
+        af, gf = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+        r = af.new_tensor(float(a.shape[0] * a.shape[1]))
+        return {f"{name}.A": af.T @ af, f"{name}.B": gf.T @ gf, f"{name}.R": r}
 
-    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        f, per_layer = layer_passes(subset, layers, x, lambda f: cols_fn(f, y))
-        out = {"loss": likelihood.nll_unit(f, y).sum()}
-        with torch.no_grad():
-            for layer, a, g in per_layer:
-                for name, _, layout in layer.blocks:
-                    ab, gb = layout.select(a, g)
-                    if approximation == "reduce":
-                        ab, gb = ab.mean(1, keepdim=True), gb.sum(2, keepdim=True)
-                    af, gf = ab.reshape(-1, ab.shape[-1]), gb.reshape(-1, gb.shape[-1])
-                    out[f"{name}.A"], out[f"{name}.B"] = af.T @ af, gf.T @ gf
-                    out[f"{name}.R"] = af.new_tensor(float(ab.shape[0] * ab.shape[1]))
-        if rest is not None:
-            out["rest"], _ = per_example_diagonal(
-                rest, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
-            )
-        return out
+    def kron(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock) -> Kron:
+        a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]
+        return Kron(sums[f"{name}.B"], a_fac, group_index, layout)
 
-    sums, n_data, n_out = curvature_pass(
+    return fit_layer_blocks(
+        "kfac",
         subset,
         likelihood,
         loader,
-        step,
+        layers,
+        rest_names,
+        kind=kind,
+        columns=lambda f, y: output_columns(likelihood, fisher_type, f, y, mc_samples, generator),
+        block_sums=factor_sums,
+        make_block=kron,
         progress=progress,
-        desc="kfac curvature",
+        memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
     )
-    rest_diag = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
-    if rest_names:
-        rest_diag[torch.cat([i for _, i in rest_positions(subset, rest_names)])] = sums["rest"]
-
-    def kron(name: str, index: Tensor, layout: LayerBlock) -> Kron:
-        a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]
-        return Kron(sums[f"{name}.B"], a_fac, subset.group_index[index], layout)
-
-    def diagonal(name: str, index: Tensor) -> Diagonal:
-        return Diagonal(rest_diag[index], subset.group_index[index])
-
-    structure = block_diagonal(subset, layers, rest_names, kron, diagonal)
-    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
 
 
 def check_kfac_options(

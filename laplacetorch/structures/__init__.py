@@ -4,7 +4,7 @@ Every class here is registered by name when it is defined (``STRUCTURES``), whic
 persistence needs: a new structure is one new module.
 """
 
-from .base import STRUCTURES, Structure, expand_prior, parse_prior, structure_from_state_dict
+from .base import STRUCTURES, Structure, structure_from_state_dict
 from .block_diagonal import BlockDiagonal
 from .dense import Dense
 from .diagonal import Diagonal
@@ -12,6 +12,7 @@ from .kron import EKron, Kron
 from .layout import LayerBlock
 from .lowrank import LowRank
 from .operator import Operator
+from .prior import expand_prior, parse_prior
 from .sources import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource
 
 __all__ = [

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import STRUCTURES, Structure, parse_prior, prior_on_block, single_group
+from .base import STRUCTURES, Structure, check_state
 from .layout import LayerBlock
+from .prior import parse_prior, prior_on_block, single_group
 from .sources import JacobianSource
 
 __all__ = ["BlockDiagonal"]
@@ -167,12 +168,9 @@ class BlockDiagonal(Structure):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> BlockDiagonal:
-        if not isinstance(state, dict) or state.get("structure") != cls.__name__:
-            got = state.get("structure") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state is of structure {got!r}, not {cls.__name__!r}")
-        missing = [k for k in ("n_params", "group_index", "blocks") if k not in state]
-        if missing or not state["blocks"]:
-            raise ValueError(f"state of {cls.__name__} lacks entries {missing or ['blocks']}")
+        check_state(cls, state, ("n_params", "group_index", "blocks"))
+        if not state["blocks"]:
+            raise ValueError(f"state of {cls.__name__} has no blocks")
         blocks = []
         for entry in state["blocks"]:
             child = entry["block"]
