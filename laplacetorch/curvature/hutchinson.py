@@ -15,7 +15,12 @@ from .base import CurvatureResult
 from .ggn_operator import GGNOperator
 from .per_example import DEFAULT_MEMORY_BUDGET
 
-__all__ = ["fit_hutchinson"]
+__all__ = ["fit_hutchinson", "probe_chunk"]
+
+
+def probe_chunk(subset: ParameterSubset, memory_budget: int) -> int:
+    """How many probe vectors ``[P]`` fit in ``memory_budget`` bytes (at least one)."""
+    return max(1, memory_budget // max(subset.n_params * torch.finfo(subset.dtype).bits // 8, 1))
 
 
 def fit_hutchinson(
@@ -60,6 +65,7 @@ def fit_hutchinson(
         generator=generator,
         dtype=subset.dtype,
         device=subset.device,
+        chunk_size=probe_chunk(subset, memory_budget),
     )
     structure = Diagonal(diag.clamp_min(0), subset.group_index, variance=variance)
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

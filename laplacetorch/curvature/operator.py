@@ -10,6 +10,7 @@ from ..params import ParameterSubset
 from ..structures import Operator
 from .base import CurvatureResult
 from .ggn_operator import GGNOperator
+from .hutchinson import probe_chunk
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_operator"]
@@ -35,7 +36,8 @@ def fit_operator(
     estimate from GGN-vector products over ``loader`` (kept by reference, so the data must
     stay available). The SLQ nodes for log det are computed once, at the first request.
     ``solver`` picks CG (default) or a truncated Neumann series for solves (see
-    :class:`~laplacetorch.structures.Operator`)."""
+    :class:`~laplacetorch.structures.Operator`). ``memory_budget`` bounds the probe block of
+    its Hutchinson estimates (diagonals)."""
     op = GGNOperator(
         subset,
         likelihood,
@@ -56,5 +58,6 @@ def fit_operator(
         solver=solver,
         neumann_terms=neumann_terms,
         seed=seed,
+        probe_chunk=probe_chunk(subset, memory_budget),
     )
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

@@ -37,6 +37,7 @@ class Operator(Structure):
         n_params, dtype, device: P and where vectors live.
         n_probes, n_steps: SLQ probes and Lanczos steps per probe.
         cg_tol: relative residual of the CG solves. seed: fixes every probe set.
+        probe_chunk: probes per product in the Hutchinson estimates (all at once if None).
         solver: ``"cg"`` (default, with a residual warning) or ``"neumann"`` (a truncated
             series of ``neumann_terms`` terms scaled by a power-iteration estimate of the
             largest eigenvalue of Π; cheaper per term, accurate only when Π is well
@@ -60,6 +61,7 @@ class Operator(Structure):
         neumann_terms: int = 100,
         sample_steps: int = 60,
         seed: int = 0,
+        probe_chunk: int | None = None,
     ) -> None:
         super().__init__(n_params, group_index, dtype, device)
         for name, val in (
@@ -78,7 +80,7 @@ class Operator(Structure):
         self.solver, self.neumann_terms = solver, neumann_terms
         self.matvec_g = matvec
         self.n_probes, self.n_steps, self.cg_tol = n_probes, n_steps, cg_tol
-        self.sample_steps, self.seed = sample_steps, seed
+        self.sample_steps, self.seed, self.probe_chunk = sample_steps, seed, probe_chunk
         self.nodes: Tensor | None = None
         self.weights: Tensor | None = None
 
@@ -168,6 +170,7 @@ class Operator(Structure):
             generator=self._generator(1),
             dtype=self.dtype,
             device=self.device,
+            chunk_size=self.probe_chunk,
         )
         return est
 
@@ -191,6 +194,7 @@ class Operator(Structure):
             generator=self._generator(2),
             dtype=self.dtype,
             device=self.device,
+            chunk_size=self.probe_chunk,
         )
         return est
 
