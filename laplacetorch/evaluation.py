@@ -97,11 +97,18 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
 
 
-def _predict_all(fn, loader: Iterable, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict_all(
+    fn, loader: Iterable, model: nn.Module, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and labels over a loader, through the data pass (checks, bar)."""
     p = next(model.parameters())
     out = collect(
-        loader, lambda x, y: {"p": fn(x), "y": y}, device=p.device, dtype=p.dtype, desc="predict"
+        loader,
+        lambda x, y: {"p": fn(x), "y": y},
+        device=p.device,
+        dtype=p.dtype,
+        progress=progress,
+        desc="predict",
     )
     return out["p"], out["y"]
 
@@ -164,11 +171,11 @@ def evaluate(
         with torch.no_grad():
             return torch.softmax(model(x), -1)
 
-    probs, y = _predict_all(map_probs, test_loader, model)
+    probs, y = _predict_all(map_probs, test_loader, model, progress)
     t_map = time.perf_counter() - t0
     probs_ood = None
     if ood_loader is not None:
-        probs_ood, _ = _predict_all(map_probs, ood_loader, model)
+        probs_ood, _ = _predict_all(map_probs, ood_loader, model, progress)
     table.rows["MAP"] = _row(probs, y, probs_ood, (0.0, 0.0, t_map), _peak_rss_mb())
     table.labels = y
     _keep(table, "MAP", probs, probs_ood)
@@ -177,18 +184,19 @@ def evaluate(
         t0 = time.perf_counter()
         la.fit(train_loader, progress=progress)
         t1 = time.perf_counter()
-        la.optimize_prior_precision(
-            method=v.method, val_loader=val_loader if v.method == "gridsearch" else None
+        grid_kw = (
+            {"val_loader": val_loader, "progress": progress} if v.method == "gridsearch" else {}
         )
+        la.optimize_prior_precision(method=v.method, **grid_kw)
         t2 = time.perf_counter()
         probs, y = _predict_all(
-            lambda x, la=la, v=v: la(x, link_approx=v.link_approx), test_loader, model
+            lambda x, la=la, v=v: la(x, link_approx=v.link_approx), test_loader, model, progress
         )
         t3 = time.perf_counter()
         probs_ood = None
         if ood_loader is not None:
             probs_ood, _ = _predict_all(
-                lambda x, la=la, v=v: la(x, link_approx=v.link_approx), ood_loader, model
+                lambda x, la=la, v=v: la(x, link_approx=v.link_approx), ood_loader, model, progress
             )
         table.rows[v.name] = _row(probs, y, probs_ood, (t1 - t0, t2 - t1, t3 - t2), _peak_rss_mb())
         _keep(table, v.name, probs, probs_ood)

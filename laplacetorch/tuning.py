@@ -228,9 +228,12 @@ def _gridsearch(
     link_approx: str = "probit",
     n_samples: int = 100,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> TuningResult:
     """Pick the scalar δ on ``grid`` with the best validation NLL (or the best evidence when
-    there is no ``val_loader``). Jacobians of each validation batch are computed once."""
+    there is no ``val_loader``). Jacobians of each validation batch are computed once; the
+    validation pass goes through :func:`~laplacetorch.datapass.accumulate` (checks, bar,
+    reduction across processes)."""
     if prior_structure != "scalar":
         raise ValueError("gridsearch tunes a scalar prior precision only")
     grid = torch.logspace(-4, 4, 81) if grid is None else torch.as_tensor(grid)
@@ -242,14 +245,16 @@ def _gridsearch(
             scores = torch.stack([la.log_marginal_likelihood(d) for d in grid])
         best = int(scores.argmax())
     else:
-        scores = _validation_nll(la, grid, val_loader, link_approx, n_samples, generator)
+        scores = _validation_nll(la, grid, val_loader, link_approx, n_samples, generator, progress)
         best = int(scores.argmin())
     return _finish(
         la, "gridsearch", grid[best], la.sigma_noise, grid.numel(), True, scores.tolist()
     )
 
 
-def _validation_nll(la, grid, val_loader, link_approx, n_samples, generator) -> Tensor:
+def _validation_nll(
+    la, grid, val_loader, link_approx, n_samples, generator, progress=False
+) -> Tensor:
     """Mean validation NLL of the GLM predictive for each δ on ``grid``, through the data
     pass; each Jacobian source is built once per chunk and reused for every grid value."""
     la.likelihood.check_link(link_approx)
@@ -274,6 +279,7 @@ def _validation_nll(la, grid, val_loader, link_approx, n_samples, generator) -> 
         step,
         device=la.subset.device,
         dtype=la.subset.dtype,
+        progress=progress,
         desc="grid search",
         batch_size_fn=la.batch_size_fn,
     )

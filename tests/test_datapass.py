@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import batches, make_data, make_mlp
 
@@ -81,3 +82,46 @@ def test_each_pass_iterates_the_loader_once():
             progress=progress,
         )
         assert started == [1]
+
+
+def test_validation_grid_search_goes_through_the_data_pass(capsys):
+    """Checks, bar and reduction apply to the validation pass of the grid search."""
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    la = Laplace(model, "classification", "all", "kfac").fit(batches(x, y))
+    seen = []
+
+    def record(sums):
+        seen.append(sorted(sums))
+        return sums
+
+    set_reduction(record)
+    try:
+        la.optimize_prior_precision("gridsearch", val_loader=batches(x, y), progress=True)
+    finally:
+        set_reduction(None)
+    assert seen == [["n_data", "nll"]]
+    assert "grid search" in capsys.readouterr().err
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="contain NaN or Inf"):
+        la.optimize_prior_precision("gridsearch", val_loader=batches(bad, y))
+    with pytest.raises(ValueError, match="empty loader"):
+        la.optimize_prior_precision("gridsearch", val_loader=[])
+
+
+def test_evaluation_goes_through_the_data_pass(capsys):
+    from laplacetorch.evaluation import Variant, evaluate
+
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    evaluate(
+        model,
+        batches(x, y),
+        batches(x, y),
+        variants=[Variant("last_layer", "diag")],
+        progress=True,
+    )
+    assert "predict" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="each batch must be a pair"):
+        evaluate(model, batches(x, y), [x], variants=[Variant("last_layer", "diag")])
