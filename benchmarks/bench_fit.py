@@ -6,6 +6,8 @@ and ``fit_full`` / ``fit_diag`` over the same loader. The ratio r_fit = fit / gr
 compared with the targets: diag over all weights r_fit <= 10 (ideal (1 + 2C)/3 = 7 for C = 10),
 last layer r_fit ~ 0.3.
 
+The data, net, training and timing helpers shared by the benchmarks are in ``common.py``.
+
 Usage::
 
     python benchmarks/bench_fit.py [--repeats 3] [--epochs 10] [--json PATH]
@@ -15,22 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from common import (
+    BATCH_SIZE,
+    SEED,
+    accuracy,
+    data_loader,
+    gradient_epoch,
+    load_digits_split,
+    make_mlp,
+    median_time,
+    train,
+)
+from torch.utils.data import DataLoader
 
 from laplacetorch import ParameterSubset, fit_diag, fit_full, get_likelihood
 
-SEED = 0
-N_TRAIN = 1500
-BATCH_SIZE = 128
 DIAG_TARGET = 10.0
 LAST_LAYER_TARGET = 0.3
 
@@ -50,75 +55,10 @@ class Row:
     verdict: str
 
 
-def load_data(seed: int = SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Digits as float32, standardised with train statistics: ``(X_train, y_train, X_test,
-    y_test)`` from a seeded 1500 / 297 split."""
-    digits = load_digits()
-    x = torch.as_tensor(digits.data, dtype=torch.float32)
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(x.shape[0], generator=gen)
-    tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
-    mean = x[tr].mean(0)
-    std = x[tr].std(0).clamp_min(1e-6)  # some border pixels are constant
-    x = (x - mean) / std
-    return x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous()
-
-
-def make_mlp(width: int, seed: int) -> nn.Sequential:
-    """A float32 64-width-width-10 ReLU MLP with seeded initialisation."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(64, width),
-        nn.ReLU(),
-        nn.Linear(width, width),
-        nn.ReLU(),
-        nn.Linear(width, 10),
-    ).to(torch.float32)
-
-
-def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int, lr: float = 3e-3) -> None:
-    """Adam on the mean cross-entropy for ``epochs`` shuffled epochs (batch size 128)."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True, generator=gen)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-    model.eval()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Test accuracy of ``model`` on ``(x, y)``."""
-    return (model(x).argmax(-1) == y).float().mean().item()
-
-
-def gradient_epoch(model: nn.Module, loader: DataLoader) -> None:
-    """One full-batch-sum gradient pass: forward, summed cross-entropy, backward per batch."""
-    model.zero_grad(set_to_none=True)
-    for xb, yb in loader:
-        F.cross_entropy(model(xb), yb, reduction="sum").backward()
-
-
 def loader_epoch(loader: DataLoader) -> None:
     """Iterate over the loader only (the data-loading share of every pass)."""
     for _ in loader:
         pass
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def judge(backend: str, subset: str, r_fit: float) -> tuple[str, str]:
@@ -141,8 +81,8 @@ def main() -> None:
         parser.error("--repeats must be >= 1 and --epochs >= 0")
 
     t_start = time.perf_counter()
-    x_tr, y_tr, x_te, y_te = load_data()
-    loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=BATCH_SIZE, shuffle=False)
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    loader = data_loader(x_tr, y_tr)
     lik = get_likelihood("classification")
 
     models = {"64-256-256-10": make_mlp(256, SEED), "64-32-32-10": make_mlp(32, SEED + 1)}
@@ -154,9 +94,11 @@ def main() -> None:
             f"trained {name}: {time.perf_counter() - t0:.1f} s, "
             f"test accuracy {accuracy(model, x_te, y_te):.3f}"
         )
-        grad_epoch_s[name] = median_time(lambda m=model: gradient_epoch(m, loader), args.repeats)
+        grad_epoch_s[name] = median_time(
+            lambda m=model: gradient_epoch(m, loader, clear_after=False), args.repeats
+        )[1]
 
-    load_s = median_time(lambda: loader_epoch(loader), args.repeats)
+    load_s = median_time(lambda: loader_epoch(loader), args.repeats)[1]
 
     cases = [
         ("64-32-32-10", "full", "all"),
@@ -169,7 +111,7 @@ def main() -> None:
     for name, backend, subset_kind in cases:
         subset = ParameterSubset(models[name], subset_kind)
         fit = backends[backend]
-        fit_s = median_time(lambda s=subset, f=fit: f(s, lik, loader), args.repeats)
+        fit_s = median_time(lambda s=subset, f=fit: f(s, lik, loader), args.repeats)[1]
         r_fit = fit_s / grad_epoch_s[name]
         target, verdict = judge(backend, subset_kind, r_fit)
         rows.append(

@@ -22,6 +22,8 @@ laplace-torch (no downloads).
     a block of its own); our default joint [W | b] block is a different approximation, so only
     the same convention makes the difference a correctness check.
 
+The data, net, training and timing helpers shared by the benchmarks are in ``common.py``.
+
 Usage::
 
     python benchmarks/bench_kfac.py [--quick] [--repeats R] [--threads T] [--json PATH]
@@ -30,9 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
-import importlib.metadata
 import json
 import os
 import statistics
@@ -45,46 +45,43 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
+from common import (
+    BATCH_SIZE,
+    NO_PEER,
+    SEED,
+    accuracy,
+    alternate,
+    data_loader,
+    gradient_epoch,
+    load_digits_split,
+    load_peer,
+    make_mlp,
+    n_params,
+    ours_laplace,
+    peer_line,
+    prediction_inputs,
+    print_predict_comparison,
+    round_robin,
+    theirs_laplace,
+    timed,
+    train,
+)
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from laplacetorch import Laplace
 
-try:
-    import laplace as peer
-    from laplace.curvature import BackPackGGN
-except ImportError:  # optional peer
-    peer = None
-    BackPackGGN = None
-
-SEED = 0
-N_TRAIN = 1500
 N_CNN = 2048
 N_PRED = 400
 N_CLASSES = 10
-BATCH_SIZE = 128
 MC_TARGET = 3.0
 EXACT_TARGET = (1 + 2 * N_CLASSES) / 3 + 2  # 9 for C = 10
 PRED_TARGET = 20.0
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+peer = load_peer()
 
 
 # ----------------------------------------------------------------------------- data and nets
-def load_digits_split(seed: int = SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Digits as float32, standardised with train statistics: ``(X_train, y_train, X_test,
-    y_test)`` from a seeded 1500 / 297 split."""
-    digits = load_digits()
-    x = torch.as_tensor(digits.data, dtype=torch.float32)
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
-    mean = x[tr].mean(0)
-    std = x[tr].std(0).clamp_min(1e-6)  # some border pixels are constant
-    x = (x - mean) / std
-    return x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous()
-
-
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (ubyte data), gzipped or not, as a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -130,14 +127,6 @@ def load_images(n: int, seed: int = SEED) -> tuple[Tensor, Tensor, str]:
     return x.contiguous(), y, f"SYNTHETIC class-conditional images ({why})"
 
 
-def make_mlp(seed: int) -> nn.Sequential:
-    """A float32 64-256-256-10 ReLU MLP with seeded initialisation."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    ).to(torch.float32)
-
-
 def make_lenet(seed: int) -> nn.Sequential:
     """A float32 LeNet-5-sized CNN for [N, 1, 28, 28] inputs."""
     torch.manual_seed(seed)
@@ -157,81 +146,10 @@ def make_lenet(seed: int) -> nn.Sequential:
     ).to(torch.float32)
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int, lr: float = 3e-3) -> None:
-    """Adam on the mean cross-entropy for ``epochs`` shuffled epochs (batch 128), then eval."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True, generator=gen)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-    model.eval()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Accuracy of ``model`` on ``(x, y)``."""
-    return (model(x).argmax(-1) == y).float().mean().item()
-
-
-# ----------------------------------------------------------------------------- timing
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), wall seconds)``."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def gradient_epoch(model: nn.Module, loader: DataLoader) -> None:
-    """One gradient pass: forward, summed cross-entropy, backward per batch."""
-    model.zero_grad(set_to_none=True)
-    for xb, yb in loader:
-        F.cross_entropy(model(xb), yb, reduction="sum").backward()
-    model.zero_grad(set_to_none=True)
-
-
-def round_robin(
-    fns: dict[str, Callable[[], Any]], repeats: int, warm: frozenset[str] = frozenset()
-) -> dict[str, list[float]]:
-    """Wall times per entry: one warm-up call each (except the entries in ``warm``, already
-    called once), then ``repeats`` rounds in which every entry runs once, in turn."""
-    for k, fn in fns.items():
-        if k not in warm:
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(timed(fn)[1])
-    return times
-
-
 def ours_kfac(model: nn.Module, fisher_type: str, structure: str = "kfac", **options) -> Laplace:
     """An unfitted Laplace with a KFAC-type structure over all weights (raises
     ``NotImplementedError`` when the structure does not exist yet)."""
-    return Laplace(
-        model,
-        "classification",
-        subset_of_weights="all",
-        hessian_structure=structure,
-        prior_precision=1.0,
-        fisher_type=fisher_type,
-        backend_options=options,
-    )
-
-
-def theirs_kron(model: nn.Module, prior_precision: float = 1.0):
-    """laplace-torch's all-weights Kron Laplace with BackPackGGN on a deep copy of ``model``."""
-    return peer.Laplace(
-        copy.deepcopy(model),
-        "classification",
-        subset_of_weights="all",
-        hessian_structure="kron",
-        prior_precision=prior_precision,
-        backend=BackPackGGN,
-    )
+    return ours_laplace(model, structure, fisher_type=fisher_type, backend_options=options)
 
 
 # ----------------------------------------------------------------------------- (a) fits
@@ -239,7 +157,7 @@ def bench_fits(name: str, model: nn.Module, loader: DataLoader, repeats: int) ->
     """r_fit of kfac exact, kfac MC, ekfac (if available) and laplace-torch's kron on one net."""
     res: dict[str, Any] = {
         "model": name,
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params": n_params(model),
         "n_data": len(loader.dataset),
     }
     fns: dict[str, Callable[[], Any]] = {"grad_epoch": lambda: gradient_epoch(model, loader)}
@@ -260,7 +178,7 @@ def bench_fits(name: str, model: nn.Module, loader: DataLoader, repeats: int) ->
     if peer is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lt = theirs_kron(model)
+            lt = theirs_laplace(model, "kron")
 
             def their_fit(lt=lt) -> None:
                 with warnings.catch_warnings():
@@ -328,7 +246,7 @@ def bench_predict(
     """GLM probit predictive with kfac (exact Fisher, separate bias blocks), ours vs theirs."""
     res: dict[str, Any] = {
         "model": "64-256-256-10",
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params": n_params(model),
         "n_inputs": x_pred.shape[0],
     }
     la = ours_kfac(model, "exact", joint_bias=False)
@@ -345,7 +263,7 @@ def bench_predict(
         return res
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lt = theirs_kron(model)
+        lt = theirs_laplace(model, "kron")
         _, res["theirs_fit_s"] = timed(lambda: lt.fit(loader))
 
         def their_call() -> Tensor:
@@ -353,12 +271,7 @@ def bench_predict(
 
         ours_call()  # warm-ups
         their_call()
-        ours_t, theirs_t = [], []
-        for _ in range(repeats):
-            ours, dt = timed(ours_call)
-            ours_t.append(dt)
-            theirs, dt = timed(their_call)
-            theirs_t.append(dt)
+        ours, theirs, ours_t, theirs_t = alternate(ours_call, their_call, repeats)
     res["ours_pred_s"] = statistics.median(ours_t)
     res["theirs_pred_s"] = statistics.median(theirs_t)
     res["ours_pred_times_s"], res["theirs_pred_times_s"] = ours_t, theirs_t
@@ -377,17 +290,13 @@ def report_predict(r: dict[str, Any], repeats: int) -> None:
     best = f" (best {min(r['ours_pred_times_s']):.4f})" if "ours_pred_times_s" in r else ""
     print(f"  ours   fit {r['ours_fit_s']:8.3f} s  predict {r['ours_pred_s']:8.4f} s{best}")
     if "theirs_pred_s" not in r:
-        print("  theirs: laplace-torch is not installed (`make peer` installs it); ours only")
+        print(NO_PEER)
         return
     print(
         f"  theirs fit {r['theirs_fit_s']:8.3f} s  predict {r['theirs_pred_s']:8.4f} s "
         f"(best {min(r['theirs_pred_times_s']):.4f}; alternating with ours call by call)"
     )
-    print(f"  max |ours - theirs| of the predictive probabilities: {r['max_abs_diff']:.2e}")
-    print(
-        f"  ratio theirs/ours (predict): {r['ratio']:.1f}x   target >= {PRED_TARGET:g}x   "
-        f"{r['verdict']}"
-    )
+    print_predict_comparison(r, PRED_TARGET)
 
 
 # ----------------------------------------------------------------------------- main
@@ -414,12 +323,12 @@ def main() -> None:
 
     t_start = time.perf_counter()
     x_tr, y_tr, x_te, y_te = load_digits_split()
-    digits_loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=BATCH_SIZE, shuffle=False)
-    x_pred = torch.cat([x_te, x_tr[: N_PRED - len(x_te)]]).contiguous()
+    digits_loader = data_loader(x_tr, y_tr)
+    x_pred = prediction_inputs(x_tr, x_te, N_PRED)
     x_img, y_img, source = load_images(N_CNN)
-    img_loader = DataLoader(TensorDataset(x_img, y_img), batch_size=BATCH_SIZE, shuffle=False)
+    img_loader = data_loader(x_img, y_img)
 
-    mlp, cnn = make_mlp(SEED), make_lenet(SEED + 1)
+    mlp, cnn = make_mlp(256, SEED), make_lenet(SEED + 1)
     _, dt = timed(lambda: train(mlp, x_tr, y_tr, mlp_epochs, seed=SEED + 10))
     print(
         f"trained 64-256-256-10 on digits ({mlp_epochs} epochs): {dt:.1f} s, "
@@ -435,10 +344,7 @@ def main() -> None:
         f"batch {BATCH_SIZE}, median of {repeats}, 1-min load average {os.getloadavg()[0]:.2f} "
         "(other processes on a shared machine inflate every timing)"
     )
-    if peer is None:
-        print("laplace-torch (peer) is not importable: printing ours only (`make peer`)")
-    else:
-        print(f"peer: laplace-torch {importlib.metadata.version('laplace-torch')} with BackPackGGN")
+    print(peer_line(peer))
 
     fits = [
         bench_fits("64-256-256-10 MLP, digits", mlp, digits_loader, repeats),

@@ -14,6 +14,8 @@ A = 64-32-32-10 (~3.5k weights), B = 64-256-256-10 (~85k weights).
 
 Ratios are theirs / ours. laplace-torch is an optional peer (``make peer`` installs it).
 
+The data, net, training and timing helpers shared by the benchmarks are in ``common.py``.
+
 Usage::
 
     python benchmarks/bench_laplace.py [--quick] [--peer-steps N] [--repeats R] [--json PATH]
@@ -22,101 +24,42 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.metadata
 import json
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
+from common import (
+    BATCH_SIZE,
+    NO_PEER,
+    SEED,
+    accuracy,
+    alternate,
+    data_loader,
+    load_digits_split,
+    load_peer,
+    make_mlp,
+    median_time,
+    n_params,
+    ours_laplace,
+    peer_line,
+    prediction_inputs,
+    print_predict_comparison,
+    theirs_laplace,
+    timed,
+    train,
+)
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from laplacetorch import Laplace
-
-try:
-    import laplace as peer
-    from laplace.curvature import BackPackGGN
-except ImportError:  # optional peer
-    peer = None
-    BackPackGGN = None
-
-SEED = 0
-N_TRAIN = 1500
 N_PRED = 400
-BATCH_SIZE = 128
 PEER_DEFAULT_STEPS = 100
 TUNE_TARGET = 15.0
 PRED_TARGET = 10.0
 SLOW_CALL_S = 30.0
-
-
-def load_data(seed: int = SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Digits as float32, standardised with train statistics: ``(X_train, y_train, X_test,
-    y_test)`` from a seeded 1500 / 297 split."""
-    digits = load_digits()
-    x = torch.as_tensor(digits.data, dtype=torch.float32)
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    tr, te = perm[:N_TRAIN], perm[N_TRAIN:]
-    mean = x[tr].mean(0)
-    std = x[tr].std(0).clamp_min(1e-6)  # some border pixels are constant
-    x = (x - mean) / std
-    return x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous()
-
-
-def make_mlp(width: int, seed: int) -> nn.Sequential:
-    """A float32 64-width-width-10 ReLU MLP with seeded initialisation."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(64, width),
-        nn.ReLU(),
-        nn.Linear(width, width),
-        nn.ReLU(),
-        nn.Linear(width, 10),
-    ).to(torch.float32)
-
-
-def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int, lr: float = 3e-3) -> None:
-    """Adam on the mean cross-entropy for ``epochs`` shuffled epochs (batch 128), then eval."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True, generator=gen)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-    model.eval()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Accuracy of ``model`` on ``(x, y)``."""
-    return (model(x).argmax(-1) == y).float().mean().item()
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), wall seconds)``."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    """Last result and median wall time of ``repeats`` calls of ``fn`` after one warm-up."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        out, dt = timed(fn)
-        times.append(dt)
-    return out, statistics.median(times)
+peer = load_peer()
 
 
 def verdict(ratio: float, target: float) -> str:
@@ -130,19 +73,13 @@ def bench_tune(
     """Benchmark 1: full-GGN fit + marglik tuning of a scalar prior, ours vs laplace-torch."""
     res: dict[str, Any] = {
         "model": "64-32-32-10",
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params": n_params(model),
     }
 
     fits, tunes = [], []
     la = None
     for _ in range(repeats):
-        la = Laplace(
-            model,
-            "classification",
-            subset_of_weights="all",
-            hessian_structure="full",
-            prior_precision=1.0,
-        )
+        la = ours_laplace(model, "full")
         _, fit_s = timed(lambda la=la: la.fit(loader))
         _, tune_s = timed(lambda la=la: la.optimize_prior_precision(method="marglik"))
         fits.append(fit_s)
@@ -159,14 +96,7 @@ def bench_tune(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lt = peer.Laplace(
-            copy.deepcopy(model),
-            "classification",
-            subset_of_weights="all",
-            hessian_structure="full",
-            prior_precision=1.0,
-            backend=BackPackGGN,
-        )
+        lt = theirs_laplace(model, "full")
         _, fit_s = timed(lambda: lt.fit(loader))
         _, tune_s = timed(lambda: lt.optimize_prior_precision(method="marglik", n_steps=peer_steps))
         lml = float(lt.log_marginal_likelihood().detach())
@@ -197,16 +127,10 @@ def bench_predict(
     load on the machine hits both sides alike."""
     res: dict[str, Any] = {
         "model": "64-256-256-10",
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params": n_params(model),
         "n_inputs": x_pred.shape[0],
     }
-    la = Laplace(
-        model,
-        "classification",
-        subset_of_weights="all",
-        hessian_structure="diag",
-        prior_precision=1.0,
-    )
+    la = ours_laplace(model, "diag")
     _, fit_s = timed(lambda: la.fit(loader))
 
     def ours_call() -> Tensor:
@@ -219,14 +143,7 @@ def bench_predict(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lt = peer.Laplace(
-            copy.deepcopy(model),
-            "classification",
-            subset_of_weights="all",
-            hessian_structure="diag",
-            prior_precision=1.0,
-            backend=BackPackGGN,
-        )
+        lt = theirs_laplace(model, "diag")
         _, their_fit_s = timed(lambda: lt.fit(loader))
 
         def their_call() -> Tensor:
@@ -235,12 +152,7 @@ def bench_predict(
         ours_call()  # warm-ups; theirs also decides the number of repeats
         _, first_s = timed(their_call)
         n_rep = 1 if first_s > SLOW_CALL_S else repeats
-        ours_t, theirs_t = [], []
-        for _ in range(n_rep):
-            ours, dt = timed(ours_call)
-            ours_t.append(dt)
-            theirs, dt = timed(their_call)
-            theirs_t.append(dt)
+        ours, theirs, ours_t, theirs_t = alternate(ours_call, their_call, n_rep)
     res["ours"] = {"fit_s": fit_s, "pred_s": statistics.median(ours_t), "repeats": n_rep}
     res["theirs"] = {
         "fit_s": their_fit_s,
@@ -266,7 +178,7 @@ def report_tune(r: dict[str, Any]) -> None:
         f"   prior {o['prior_precision']:.5g}  log marglik {o['log_marglik']:.4f}"
     )
     if "theirs" not in r:
-        print("  theirs: laplace-torch is not installed (`make peer` installs it); ours only")
+        print(NO_PEER)
         return
     t = r["theirs"]
     steps = f"{t['steps']} steps in {t['tune_s_measured']:.3f} s, {t['per_step_s']:.4f} s/step"
@@ -300,18 +212,14 @@ def report_predict(r: dict[str, Any]) -> None:
         f"(median of {o['repeats']} after warm-up)"
     )
     if "theirs" not in r:
-        print("  theirs: laplace-torch is not installed (`make peer` installs it); ours only")
+        print(NO_PEER)
         return
     t = r["theirs"]
     print(
         f"  theirs fit {t['fit_s']:8.3f} s  predict {t['pred_s']:8.4f} s "
         f"(median of {t['repeats']} after warm-up of {t['warmup_s']:.3f} s; alternating with ours)"
     )
-    print(f"  max |ours - theirs| of the predictive probabilities: {r['max_abs_diff']:.2e}")
-    print(
-        f"  ratio theirs/ours (predict): {r['ratio']:.1f}x   target >= {PRED_TARGET:g}x   "
-        f"{r['verdict']}"
-    )
+    print_predict_comparison(r, PRED_TARGET)
 
 
 def main() -> None:
@@ -334,14 +242,14 @@ def main() -> None:
         parser.error("--peer-steps and --repeats must be >= 1, --epochs >= 0")
 
     t_start = time.perf_counter()
-    x_tr, y_tr, x_te, y_te = load_data()
-    loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=BATCH_SIZE, shuffle=False)
-    x_pred = torch.cat([x_te, x_tr[: N_PRED - len(x_te)]]).contiguous()
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    loader = data_loader(x_tr, y_tr)
+    x_pred = prediction_inputs(x_tr, x_te, N_PRED)
 
     models = {"A": make_mlp(32, SEED + 1), "B": make_mlp(256, SEED)}
     for i, (name, model) in enumerate(models.items()):
         _, dt = timed(lambda m=model, i=i: train(m, x_tr, y_tr, args.epochs, seed=SEED + 10 + i))
-        n = sum(p.numel() for p in model.parameters())
+        n = n_params(model)
         print(
             f"trained net {name} ({n} weights): {dt:.1f} s, "
             f"test acc {accuracy(model, x_te, y_te):.3f}"
@@ -351,12 +259,7 @@ def main() -> None:
         f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
         f"N = {len(x_tr)}, batch {BATCH_SIZE}, ours: median of {repeats}"
     )
-    if peer is None:
-        print(
-            "laplace-torch (peer) is not importable: printing ours only (`make peer` installs it)"
-        )
-    else:
-        print(f"peer: laplace-torch {importlib.metadata.version('laplace-torch')} with BackPackGGN")
+    print(peer_line(peer))
     r1 = bench_tune(models["A"], loader, peer_steps, repeats)
     report_tune(r1)
     r2 = bench_predict(models["B"], loader, x_pred, repeats)
