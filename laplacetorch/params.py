@@ -9,16 +9,39 @@ for a subnetwork. :meth:`ParameterSubset.forward` evaluates f(θ, x) with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["ParameterSubset", "check_model_mode", "find_last_linear", "head_index"]
+__all__ = [
+    "ParameterSubset",
+    "check_model_mode",
+    "find_last_linear",
+    "head_index",
+    "module_calls",
+]
 
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+@contextmanager
+def module_calls() -> Iterator[None]:
+    """Run the model so that every submodule is called as a module and every op has both AD
+    modes: attention's fused fast path (eval mode, no grad) skips ``out_proj``, and the fused
+    scaled-dot-product kernels have no forward-mode AD (the math kernel has)."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def check_model_mode(model: nn.Module) -> None:
@@ -70,6 +93,25 @@ def head_index(n_out: int, n_feat: int, has_bias: bool, device: torch.device) ->
     return idx
 
 
+def _trainable(names: list[str], named: dict[str, nn.Parameter], what: str) -> list[str]:
+    """``names`` without the parameters that have ``requires_grad=False`` (frozen weights are
+    never Bayesian), saying once which were left out.
+
+    Raises:
+        ValueError: when every parameter named is frozen.
+    """
+    frozen = [n for n in names if not named[n].requires_grad]
+    if frozen:
+        warnings.warn(
+            f"parameters with requires_grad=False are not Bayesian; left out of {what}: {frozen}",
+            stacklevel=4,
+        )
+    kept = [n for n in names if named[n].requires_grad]
+    if not kept:
+        raise ValueError(f"every parameter of {what} has requires_grad=False: {frozen}")
+    return kept
+
+
 def _module_of(param_name: str) -> str:
     return param_name.rpartition(".")[0]
 
@@ -119,8 +161,10 @@ class ParameterSubset:
             if subnetwork is not None:
                 raise ValueError("subnetwork is only used with subset_of_weights='subnetwork'")
             self.last_layer_name, self.last_layer = find_last_linear(model, last_layer_name)
-            prefix = self.last_layer_name + "." if self.last_layer_name else ""
-            names = [prefix + n for n, _ in self.last_layer.named_parameters()]
+            # by identity: a head tied to an embedding is named after its first owner
+            canonical = {id(p): n for n, p in named.items()}
+            names = [canonical[id(p)] for p in self.last_layer.parameters()]
+            names = _trainable(names, named, f"the last layer {self.last_layer_name!r}")
         elif subset == "subnetwork":
             names, index = self._parse_subnetwork(named, subnetwork)
         else:
@@ -156,7 +200,10 @@ class ParameterSubset:
                 )
             if not subnetwork.any():
                 raise ValueError("subnetwork mask selects no parameter (all False)")
-            chunks = torch.split(subnetwork.cpu(), [p.numel() for p in named.values()])
+            chunks = list(torch.split(subnetwork.cpu(), [p.numel() for p in named.values()]))
+            selected = [n for n, c in zip(named, chunks, strict=True) if c.any()]
+            _trainable(selected, named, "the subnetwork mask")  # warns, or refuses if none
+            chunks = [c & named[n].requires_grad for n, c in zip(named, chunks, strict=True)]
             names = [n for n, c in zip(named, chunks, strict=True) if c.any()]
             kept = torch.cat([c for c, n in zip(chunks, named, strict=True) if n in names])
             index = None if kept.all() else kept.nonzero().squeeze(-1)
@@ -175,7 +222,8 @@ class ParameterSubset:
                     f"{list(named)[:8]}{'…' if len(named) > 8 else ''}"
                 )
             chosen.update(hits)
-        return [n for n in named if n in chosen], None
+        names = _trainable([n for n in named if n in chosen], named, "the subnetwork")
+        return names, None
 
     def _build_groups(self) -> None:
         per_tensor = [torch.full((k,), 0, dtype=torch.long) for k in self.numels]  # filled below
@@ -237,8 +285,12 @@ class ParameterSubset:
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
 
     def forward(self, theta: Tensor, x: Any) -> Tensor:
-        """f(θ, x): the model with θ substituted, via ``torch.func.functional_call``."""
-        return functional_call(self.model, self.to_named(theta), (x,))
+        """f(θ, x): the model with θ substituted and every other parameter detached (so no
+        graph reaches weights outside θ), via ``torch.func.functional_call``."""
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        params.update(self.to_named(theta))
+        with module_calls():
+            return functional_call(self.model, params, (x,))
 
     def assign(self, theta: Tensor) -> None:
         """Write θ into the model's parameters in place (used to draw weight samples)."""
@@ -263,7 +315,7 @@ class ParameterSubset:
 
         handle = self.last_layer.register_forward_hook(hook)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), module_calls():
                 out = self.model(x)
         finally:
             handle.remove()

@@ -315,29 +315,44 @@ def test_bad_input_to_kfac():
         fit_kfac(sub, lik, batches(x, y), approximation="mean")
     with pytest.raises(ValueError, match="mc_samples must be an integer >= 1; got 0"):
         fit_kfac(sub, lik, batches(x, y), fisher_type="mc", mc_samples=0)
-    norm_only = nn.Sequential(nn.LayerNorm(4)).to(DT)
-    with pytest.raises(ValueError, match="no supported layer"):
-        fit_kfac(ParameterSubset(norm_only, "all"), get_likelihood("regression"), batches(x, x))
-    tied = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)).to(DT).eval()
-    tied[2].weight = tied[0].weight
-    with pytest.raises(ValueError, match="shared"):
-        fit_kfac(ParameterSubset(tied, "all"), get_likelihood("regression"), batches(x, x))
-    with pytest.raises(ValueError, match="called 2 times"):
-        _twice_call(x)
     mask = torch.zeros(83, dtype=torch.bool)
     mask[:5] = True
     with pytest.raises(ValueError, match="mask is not supported"):
         fit_kfac(ParameterSubset(model, "subnetwork", subnetwork=mask), lik, batches(x, y))
 
 
-def _twice_call(x):
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(4, 4)
+class _Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
 
-        def forward(self, x):
-            return self.lin(torch.tanh(self.lin(x)))
+    def forward(self, x):
+        return self.head(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
 
-    model = Twice().to(DT).eval()
-    fit_kfac(ParameterSubset(model, "all"), get_likelihood("regression"), [(x, x)])
+
+def _tied():
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    m[2].weight = m[0].weight
+    return m.to(DT).eval()
+
+
+@pytest.mark.parametrize("net", ["norm_only", "tied", "twice"])
+def test_layers_kfac_cannot_represent_get_exact_diagonal_blocks(net):
+    """A norm layer, a weight tied between modules, a layer called twice: no B ⊗ A exists,
+    so those tensors get exact diagonal blocks (announced), the other layers Kron blocks."""
+    torch.manual_seed(0)
+    model = {
+        "norm_only": lambda: nn.Sequential(nn.LayerNorm(4)).to(DT).eval(),
+        "tied": _tied,
+        "twice": lambda: _Twice().to(DT).eval(),
+    }[net]()
+    x, _ = make_data("mlp", "regression", n=7)
+    sub = ParameterSubset(model, "all")
+    with pytest.warns(UserWarning, match="exact diagonal block"):
+        res = fit_kfac(sub, get_likelihood("regression"), batches(x, x, 3))
+    kron = {name for name, _, b in res.structure.blocks if type(b) is Kron}
+    assert kron == {"norm_only": set(), "tied": {"4"}, "twice": {"head"}}[net]
+    g = dense_ggn(sub, x, x, "regression")
+    torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))

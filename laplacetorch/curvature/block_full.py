@@ -56,8 +56,8 @@ def fit_block_full(
         memory_budget: bytes a chunk of per-example rows may take.
     """
     kind = resolve_fisher_type(fisher_type, "block_full")
-    layers, rest_names = kfac_layers(subset, joint_bias)
-    sizes = {name: int(index.numel()) for la in layers for name, index, _ in la.blocks}
+    layers, _ = kfac_layers(subset, joint_bias)  # an upper bound: before the probe
+    sizes = {name: int(index.numel()) for la in layers for name, index, _ in la.blocks} or {"": 0}
     need = sum(n * n for n in sizes.values()) * torch.finfo(subset.dtype).bits // 8
     if need > max_bytes:
         raise ValueError(
@@ -78,8 +78,7 @@ def fit_block_full(
         subset,
         likelihood,
         loader,
-        layers,
-        rest_names,
+        joint_bias=joint_bias,
         kind=kind,
         columns=lambda f, y: output_columns(likelihood, ggn_type, f, y, 1, None),
         block_sums=gram,

@@ -68,8 +68,14 @@ def fit_ekfac(
         memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
     )
-    layers, _ = kfac_layers(subset, joint_bias)
     krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
+    layers = [
+        la
+        for la in kfac_layers(subset, joint_bias)[0]
+        if all(name in krons for name, _, _ in la.blocks)
+    ]
+    if not layers:
+        return kfac  # no Kronecker block to refit: every block is an exact diagonal
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         cols = lambda f: output_columns(likelihood, fisher_type, f, y, mc_samples, generator)  # noqa: E731

@@ -32,7 +32,7 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Kron, LayerBlock
 from .base import CurvatureResult
-from .layer_fit import fit_layer_blocks, kfac_layers
+from .layer_fit import fit_layer_blocks
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac", "output_columns"]
@@ -71,7 +71,8 @@ def fit_kfac(
     kind, generator = check_kfac_options(
         subset, fisher_type, approximation, mc_samples, generator, seed
     )
-    layers, rest_names = kfac_layers(subset, joint_bias)
+    if subset.index is not None:
+        raise ValueError("kfac needs whole layers; a subnetwork given by a mask is not supported")
 
     def factor_sums(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
         if approximation == "reduce":
@@ -89,8 +90,7 @@ def fit_kfac(
         subset,
         likelihood,
         loader,
-        layers,
-        rest_names,
+        joint_bias=joint_bias,
         kind=kind,
         columns=lambda f, y: output_columns(likelihood, fisher_type, f, y, mc_samples, generator),
         block_sums=factor_sums,

@@ -35,11 +35,12 @@ KRON_MODULES = (nn.Linear, *CONV_MODULES)
 
 @dataclass
 class LayerBlocks:
-    """A module and its blocks: ``(name, θ index, layout)`` each."""
+    """A module, its blocks ``(name, θ index, layout)`` and the parameter tensors they cover."""
 
     name: str
     module: nn.Module
     blocks: list[tuple[str, Tensor, LayerBlock]]
+    params: list[str]
 
 
 def param_offsets(subset: ParameterSubset) -> dict[str, int]:
@@ -109,8 +110,9 @@ def layer_blocks(
             if has_bias and not joint:
                 bias_layout = LayerBlock(name, layout.rows, None, True)
                 blocks.append((prefix + "bias" + tag, offs[prefix + "bias"] + rows, bias_layout))
-        layers.append(LayerBlocks(name, m, blocks))
-        covered.update({prefix + "weight"} | ({prefix + "bias"} if has_bias else set()))
+        params = [prefix + "weight"] + ([prefix + "bias"] if has_bias else [])
+        layers.append(LayerBlocks(name, m, blocks, params))
+        covered.update(params)
     return layers, [n for n in subset.names if n not in covered]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..params import ParameterSubset
+from ..params import ParameterSubset, module_calls
 
 __all__ = [
     "LinearLayer",
@@ -83,7 +83,8 @@ def capture_layers(layers: list[Any]) -> Iterator[dict[str, Any]]:
 
     handles = [layer.module.register_forward_hook(make_hook(layer.name)) for layer in layers]
     try:
-        yield record
+        with module_calls():
+            yield record
     finally:
         for h in handles:
             h.remove()

@@ -16,31 +16,38 @@ import torch
 from torch import Tensor
 
 from ..likelihoods import Likelihood
-from ..params import ParameterSubset
+from ..params import ParameterSubset, module_calls
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass
 from .layer_blocks import LayerBlocks, block_diagonal, layer_blocks, layer_positions, rest_positions
-from .layer_capture import backward_columns, capture_once
-from .per_example import per_example_diagonal
+from .layer_capture import backward_columns, capture_layers, capture_once
+from .per_example import _index, per_example_diagonal
 
 __all__ = ["fit_layer_blocks", "kfac_layers", "layer_passes"]
 
 
-def kfac_layers(subset: ParameterSubset, joint_bias: bool) -> tuple[list[LayerBlocks], list[str]]:
-    """The Kronecker layers of the subset and the names of the other Bayesian parameters.
+def kfac_layers(
+    subset: ParameterSubset, joint_bias: bool, x: Any = None
+) -> tuple[list[LayerBlocks], list[str]]:
+    """The layers that get layer blocks, and the names of the other Bayesian parameters.
+
+    A Linear / Conv layer gets blocks when its weight is its own (not tied to another module)
+    and, given example inputs ``x``, when one forward pass calls it exactly once (a layer
+    applied twice, or whose weight a fused kernel reads directly, is not B ⊗ A); every other
+    parameter tensor is left to an exact diagonal block.
 
     Raises:
-        ValueError: for a masked subnetwork, a shared weight, or no supported layer.
+        ValueError: for a subnetwork given by a mask (it splits layers).
     """
     if subset.index is not None:
-        raise ValueError("kfac needs whole layers; a subnetwork given by a mask is not supported")
-    layers, rest = layer_blocks(subset, joint_bias=joint_bias)
-    if not layers:
-        raise ValueError(
-            "kfac found no supported layer (nn.Linear, nn.Conv1d/2d/3d) among the Bayesian "
-            "parameters"
-        )
-    return layers, rest
+        raise ValueError("layer blocks need whole layers; a subnetwork given by a mask splits them")
+    layers, _ = layer_blocks(subset, joint_bias=joint_bias, shared="skip")
+    if x is not None and layers:
+        with torch.no_grad(), capture_layers(layers) as record:
+            subset.model(_index(x, slice(0, 1)))
+        layers = [la for la in layers if record["calls"].get(la.name) == 1]
+    covered = {n for la in layers for n in la.params}
+    return layers, [n for n in subset.names if n not in covered]
 
 
 def layer_passes(
@@ -51,6 +58,9 @@ def layer_passes(
     Returns ``(f, [(layer, a [B, S, in], g [K, B, S, out])])`` with a layer's inputs and
     output gradients over its weight-sharing positions.
     """
+    if not layers:
+        with torch.no_grad(), module_calls():
+            return subset.model(x), []
     f, record = capture_once(subset.model, layers, x)
     cols = cols_fn(f.detach())
     grads = backward_columns(f, record, [layer.name for layer in layers], cols)
@@ -66,8 +76,8 @@ def announce_rest(backend: str, rest_names: list[str]) -> None:
     """Say once which parameters get an exact diagonal block instead of a layer block."""
     if rest_names:
         warnings.warn(
-            f"{backend}: parameters outside Linear/Conv layers get an exact diagonal block: "
-            f"{rest_names}",
+            f"{backend}: parameters outside Linear/Conv layers (or in tied or reused layers) "
+            f"get an exact diagonal block: {rest_names}",
             stacklevel=4,
         )
 
@@ -77,9 +87,8 @@ def fit_layer_blocks(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
-    layers: list[LayerBlocks],
-    rest_names: list[str],
     *,
+    joint_bias: bool,
     kind: str,
     columns: Callable[[Tensor, Tensor], Tensor],
     block_sums: Callable[[str, Tensor, Tensor], dict[str, Tensor]],
@@ -96,12 +105,18 @@ def fit_layer_blocks(
             of a block for one batch, summed over batches.
         make_block: ``(name, sums, group_index, layout) -> block`` after the pass.
     """
-    announce_rest(backend, rest_names)
-    rest = (
-        ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names) if rest_names else None
-    )
+    plan: dict[str, Any] = {}
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        if not plan:  # which layers get blocks is seen on the first example
+            plan["layers"], plan["rest"] = kfac_layers(subset, joint_bias, x)
+            announce_rest(backend, plan["rest"])
+            plan["sub"] = (
+                ParameterSubset(subset.model, "subnetwork", subnetwork=plan["rest"])
+                if plan["rest"]
+                else None
+            )
+        layers, rest = plan["layers"], plan["sub"]
         f, per_layer = layer_passes(subset, layers, x, lambda f: columns(f, y))
         out = {"loss": likelihood.nll_unit(f, y).sum()}
         with torch.no_grad():
@@ -123,6 +138,7 @@ def fit_layer_blocks(
         desc=f"{backend} curvature",
         batch_size_fn=batch_size_fn,
     )
+    layers, rest_names = plan["layers"], plan["rest"]
     rest_diag = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
     if rest_names:
         rest_diag[torch.cat([i for _, i in rest_positions(subset, rest_names)])] = sums["rest"]

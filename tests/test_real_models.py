@@ -1,0 +1,183 @@
+"""The models people have: norm layers, embeddings, attention, tied and frozen weights.
+
+Every structure × the subsets that apply: fit, marglik tuning and the predictive run, nothing
+holds an autograd graph, and the exact structures (and the GLM variance of every structure
+with exact algebra) equal dense float64 oracles from ``torch.func``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import batches, dense_ggn
+from torch import nn
+
+from laplacetorch import Laplace, ParameterSubset
+
+DT = torch.float64
+
+
+class EmbeddingPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.emb(x).mean(1))
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.enc(x).mean(1))
+
+
+class TiedLM(nn.Module):
+    """A head tied to the embedding: one parameter used twice counts once."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 4)
+        self.out = nn.Linear(4, 5, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.emb(x).mean(1)))
+
+
+def _frozen():
+    m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    m[0].weight.requires_grad_(False)
+    return m
+
+
+def _batchnorm():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten())
+    m.append(nn.Linear(2 * 4 * 4, 3))
+    with torch.no_grad():  # running statistics that are not the identity
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 2.0)
+    return m
+
+
+MODELS = {
+    "layernorm": (
+        lambda: nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 3)),
+        lambda g: torch.randn(10, 4, generator=g, dtype=DT),
+    ),
+    "batchnorm": (_batchnorm, lambda g: torch.randn(10, 1, 6, 6, generator=g, dtype=DT)),
+    "embedding": (EmbeddingPool, lambda g: torch.randint(0, 10, (10, 5), generator=g)),
+    "encoder": (Encoder, lambda g: torch.randn(10, 5, 4, generator=g, dtype=DT)),
+    "tied": (TiedLM, lambda g: torch.randint(0, 5, (10, 3), generator=g)),
+    "frozen": (_frozen, lambda g: torch.randn(10, 4, generator=g, dtype=DT)),
+}
+STRUCTURES = ["full", "diag", "kfac", "ekfac", "block_full", "hutchinson", "lanczos", "operator"]
+OPTIONS = {"lanczos": {"rank": 4}, "operator": {"n_probes": 4, "n_steps": 8}}
+#: structures whose algebra is exact for the matrix they hold (the GLM variance oracle applies)
+EXACT_ALGEBRA = {"full", "diag", "kfac", "ekfac", "block_full", "hutchinson", "lanczos"}
+
+
+def _setup(name, seed=0):
+    torch.manual_seed(seed)
+    make, inputs = MODELS[name]
+    model = make().to(DT).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = inputs(g)
+    n_out = 5 if name == "tied" else 3
+    y = torch.randint(0, n_out, (x.shape[0],), generator=g)
+    return model, x, y
+
+
+def _no_graph(*tensors):
+    return not any(t.requires_grad for t in tensors)
+
+
+CASES = [
+    (m, s, sub)
+    for m in MODELS
+    for s in STRUCTURES
+    for sub in ("all", "last_layer")
+    if sub == "all" or s in ("full", "diag", "kfac")
+]
+
+
+@pytest.mark.parametrize(("name", "structure", "subset"), CASES)
+def test_fit_tune_predict_without_a_graph(name, structure, subset):
+    model, x, y = _setup(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the announcements of diagonal / frozen parameters
+        la = Laplace(
+            model, "classification", subset, structure, backend_options=OPTIONS.get(structure)
+        ).fit(batches(x, y, 4))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not frozen & set(la.subset.names)
+    st = la.structure
+    assert _no_graph(st.diagonal(), la.mean, la.log_marginal_likelihood())
+    res = la.optimize_prior_precision(method="marglik", n_steps=30)
+    assert torch.isfinite(torch.tensor(res.log_marginal_likelihood))
+    probs = la(x)
+    assert probs.shape == (x.shape[0], y.max().item() + 1 if name != "tied" else 5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(x.shape[0], dtype=DT))
+    mean, var = la.glm_moments(x)
+    assert _no_graph(probs, mean, var, la.sample(3))
+    torch.testing.assert_close(mean, model(x).detach())
+    if structure in EXACT_ALGEBRA:
+        jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
+        prec = st.precision_dense(la.prior_precision, la.scale())
+        torch.testing.assert_close(var, jac @ torch.linalg.inv(prec) @ jac.transpose(1, 2))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("structure", ["full", "diag", "block_full"])
+def test_exact_structures_equal_the_dense_ggn(name, structure):
+    model, x, y = _setup(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la = Laplace(model, "classification", "all", structure).fit(batches(x, y, 4))
+        g = dense_ggn(ParameterSubset(model, "all"), x, y, "classification")
+    got = la.structure.curvature_dense()
+    if structure == "full":
+        torch.testing.assert_close(got, g)
+    elif structure == "diag":
+        torch.testing.assert_close(got, torch.diag(g.diagonal()))
+    else:  # block_full: exact within its dense blocks, the diagonal elsewhere
+        mask = got != 0
+        torch.testing.assert_close(got, torch.where(mask, g, torch.zeros_like(g)))
+        torch.testing.assert_close(got.diagonal(), g.diagonal())
+
+
+def test_frozen_weights_are_never_bayesian_in_any_subset():
+    model = _frozen().to(DT).eval()
+    with pytest.warns(UserWarning, match=r"requires_grad=False are not Bayesian.*'0.weight'"):
+        sub = ParameterSubset(model, "subnetwork", subnetwork=["0"])
+    assert sub.names == ["0.bias"]
+    mask = torch.ones(sum(p.numel() for p in model.parameters()), dtype=torch.bool)
+    with pytest.warns(UserWarning, match="left out of the subnetwork mask"):
+        sub = ParameterSubset(model, "subnetwork", subnetwork=mask)
+    assert sub.n_params == 5 + 18
+    model[2].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match="left out of the last layer"):
+        assert ParameterSubset(model, "last_layer").names == ["2.bias"]
+    model[2].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match="every parameter of the last layer"):
+        ParameterSubset(model, "last_layer")
+
+
+def test_kfac_on_attention_uses_kron_blocks_where_layers_are_called():
+    """Inside attention, the feed-forward Linears are called as modules (Kron blocks); the
+    fused in-projection and out_proj (read by F.multi_head_attention_forward) are not."""
+    model, x, y = _setup("encoder")
+    with pytest.warns(UserWarning, match="exact diagonal block"):
+        la = Laplace(model, "classification", "all", "kfac").fit(batches(x, y, 4))
+    kinds = {name: type(b).__name__ for name, _, b in la.structure.blocks}
+    assert kinds["enc.linear1"] == kinds["enc.linear2"] == kinds["head"] == "Kron"
+    assert kinds["enc.self_attn.in_proj_weight"] == "Diagonal"
+    assert kinds["enc.self_attn.out_proj.weight"] == "Diagonal"
+    assert kinds["enc.norm1.weight"] == "Diagonal"
