@@ -173,6 +173,8 @@ class ParameterSubset:
                 "'subnetwork'"
             )
         self.names = names
+        #: False once torch.func.vmap failed on this model (the per-example paths then loop)
+        self.vmap_ok = True
         self.shapes = [named[n].shape for n in names]
         self.numels = [named[n].numel() for n in names]
         self.index = index

@@ -25,7 +25,7 @@ from torch.func import jacrev, vmap
 
 from .curvature.layer_blocks import layer_positions, param_offsets
 from .curvature.layer_capture import backward_columns, capture_layers
-from .curvature.per_example import _index, _unsqueeze
+from .curvature.per_example import _index, _unsqueeze, with_vmap_fallback
 from .params import ParameterSubset
 from .structures import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource, LayerBlock
 
@@ -93,8 +93,12 @@ def dense_jacobians(
     with torch.no_grad():
         n_out = subset.model(_index(x, slice(0, 1))).shape[-1]
     chunk = max(1, memory_budget // max(row_bytes * n_out, 1))
+    eye = torch.eye(n_out, dtype=theta.dtype, device=theta.device)
     for s in range(0, n_examples, chunk):
-        jac, out = vmap(jac_and_value)(_index(x, slice(s, s + chunk)))
+        xs = _index(x, slice(s, s + chunk))
+        jac, out = with_vmap_fallback(
+            subset, lambda xs=xs: vmap(jac_and_value)(xs), xs, theta, lambda f, n: eye
+        )
         yield DenseJacobian(jac.detach(), out, memory_budget)
 
 

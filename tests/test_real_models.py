@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import batches, dense_ggn
+from conftest import batches
 from torch import nn
 
 from laplacetorch import Laplace, ParameterSubset
@@ -52,6 +52,16 @@ class TiedLM(nn.Module):
         return self.out(torch.tanh(self.emb(x).mean(1)))
 
 
+class Recurrent(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[kind](3, 4, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
 def _frozen():
     m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     m[0].weight.requires_grad_(False)
@@ -76,6 +86,8 @@ MODELS = {
     "embedding": (EmbeddingPool, lambda g: torch.randint(0, 10, (10, 5), generator=g)),
     "encoder": (Encoder, lambda g: torch.randn(10, 5, 4, generator=g, dtype=DT)),
     "tied": (TiedLM, lambda g: torch.randint(0, 5, (10, 3), generator=g)),
+    "gru": (lambda: Recurrent("gru"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
+    "lstm": (lambda: Recurrent("lstm"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
     "frozen": (_frozen, lambda g: torch.randn(10, 4, generator=g, dtype=DT)),
 }
 STRUCTURES = ["full", "diag", "kfac", "ekfac", "block_full", "hutchinson", "lanczos", "operator"]
@@ -93,6 +105,19 @@ def _setup(name, seed=0):
     n_out = 5 if name == "tied" else 3
     y = torch.randint(0, n_out, (x.shape[0],), generator=g)
     return model, x, y
+
+
+def _jacobian(la, x):
+    """J [N, C, P] by plain autograd (vmap, and so jacrev, cannot run fused RNN kernels)."""
+    return torch.autograd.functional.jacobian(lambda t: la.subset.forward(t, x), la.mean)
+
+
+def _dense_ggn(la, x):
+    """Σₙ Jₙᵀ (diag p − p pᵀ) Jₙ of the summed cross-entropy."""
+    jac = _jacobian(la, x)
+    p = torch.softmax(la.model(x).detach(), -1)
+    lam = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    return torch.einsum("ncp,ncd,ndq->pq", jac, lam, jac)
 
 
 def _no_graph(*tensors):
@@ -129,7 +154,7 @@ def test_fit_tune_predict_without_a_graph(name, structure, subset):
     assert _no_graph(probs, mean, var, la.sample(3))
     torch.testing.assert_close(mean, model(x).detach())
     if structure in EXACT_ALGEBRA:
-        jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
+        jac = _jacobian(la, x)
         prec = st.precision_dense(la.prior_precision, la.scale())
         torch.testing.assert_close(var, jac @ torch.linalg.inv(prec) @ jac.transpose(1, 2))
 
@@ -141,7 +166,7 @@ def test_exact_structures_equal_the_dense_ggn(name, structure):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         la = Laplace(model, "classification", "all", structure).fit(batches(x, y, 4))
-        g = dense_ggn(ParameterSubset(model, "all"), x, y, "classification")
+    g = _dense_ggn(la, x)
     got = la.structure.curvature_dense()
     if structure == "full":
         torch.testing.assert_close(got, g)
@@ -181,3 +206,21 @@ def test_kfac_on_attention_uses_kron_blocks_where_layers_are_called():
     assert kinds["enc.self_attn.in_proj_weight"] == "Diagonal"
     assert kinds["enc.self_attn.out_proj.weight"] == "Diagonal"
     assert kinds["enc.norm1.weight"] == "Diagonal"
+
+
+@pytest.mark.parametrize("fisher_type", ["exact", "empirical"])
+@pytest.mark.parametrize("structure", ["full", "diag"])
+def test_loop_fallback_equals_vmap(structure, fisher_type):
+    """Where vmap cannot run a model the per-example rows come from a loop: same answers."""
+    model, x, y = _setup("layernorm")
+    answers = []
+    for vmap_ok in (True, False):
+        la = Laplace(model, "classification", "all", structure, fisher_type=fisher_type)
+        la.subset.vmap_ok = vmap_ok
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            la.fit(batches(x, y, 4))
+        answers.append((la.structure.curvature_dense(), la.log_marginal_likelihood(0.5)))
+    torch.testing.assert_close(answers[0], answers[1])
+    with pytest.warns(UserWarning, match="vmap cannot run this model"):
+        Laplace(_setup("gru")[0], "classification", "all", "full").fit(batches(_setup("gru")[1], y))

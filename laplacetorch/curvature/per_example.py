@@ -10,7 +10,8 @@ Rows are produced in chunks of examples and of the K columns so that no chunk ho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vjp, vmap
 from torch.utils._pytree import tree_map
 
+from ..datapass import batch_size
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 
@@ -26,6 +28,7 @@ __all__ = [
     "output_dim",
     "per_example_diagonal",
     "per_example_factors",
+    "with_vmap_fallback",
 ]
 
 DEFAULT_MEMORY_BUDGET = 32 * 2**20  # larger chunks page-fault more than they gain
@@ -80,24 +83,80 @@ def per_example_factors(
         return rows, out
 
     def ef_rows(xn: Any, yn: Tensor) -> tuple[Tensor, Tensor]:
-        def nll(th: Tensor) -> Tensor:
-            return likelihood.nll_unit(f1(th, xn).unsqueeze(0), yn.unsqueeze(0)).squeeze(0)
+        def nll(th: Tensor) -> tuple[Tensor, Tensor]:
+            out = f1(th, xn)
+            return likelihood.nll_unit(out.unsqueeze(0), yn.unsqueeze(0)).squeeze(0), out
 
-        g, value = grad_and_value(nll)(theta)
-        return g.unsqueeze(0), value
+        g, (_, out) = grad_and_value(nll, has_aux=True)(theta)
+        return g.unsqueeze(0), out.detach()
 
     for e0 in range(0, n_examples, ex_per_chunk):
         sl = slice(e0, min(e0 + ex_per_chunk, n_examples))
         xs, ys = _index(x, sl), y[sl]
         if kind == "ef":
-            rows, nll = vmap(ef_rows)(xs, ys)
-            yield rows, nll.detach()
+
+            def ef_cols(out: Tensor, n: int, ys: Tensor = ys) -> Tensor:
+                return likelihood.output_grad(out[None], ys[n : n + 1]).T
+
+            rows, out = with_vmap_fallback(
+                subset, lambda xs=xs, ys=ys: vmap(ef_rows)(xs, ys), xs, theta, ef_cols
+            )
+            yield rows, likelihood.nll_unit(out.detach(), ys)
             continue
         for k0 in range(0, n_cols, cols_per_chunk):
             k1 = min(k0 + cols_per_chunk, n_cols)
-            rows, out = vmap(lambda xn, k0=k0, k1=k1: ggn_rows(xn, k0, k1))(xs)
+
+            def ggn_cols(out: Tensor, n: int, k0: int = k0, k1: int = k1) -> Tensor:
+                return likelihood.hessian_sqrt(out[None]).squeeze(0)[:, k0:k1]
+
+            rows, out = with_vmap_fallback(
+                subset,
+                lambda k0=k0, k1=k1, xs=xs: vmap(lambda xn: ggn_rows(xn, k0, k1))(xs),
+                xs,
+                theta,
+                ggn_cols,
+            )
             nll = likelihood.nll_unit(out.detach(), ys) if k0 == 0 else None
             yield rows, nll
+
+
+def with_vmap_fallback(
+    subset: ParameterSubset,
+    vmapped: Callable[[], tuple[Tensor, Tensor]],
+    xs: Any,
+    theta: Tensor,
+    cotangents: Callable[[Tensor, int], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """``vmapped()``, or where vmap cannot run the model (fused RNN kernels, in-place ops on
+    batched tensors) the same rows by a loop over examples: rows ``[b, K, P]`` = Jₙᵀ Vₙ with
+    ``Vₙ = cotangents(fₙ, n)`` ``[C, K]``, and the outputs ``[b, C]``. The first failure is
+    announced and the subset remembers it."""
+    if subset.vmap_ok:
+        try:
+            return vmapped()
+        except (RuntimeError, NotImplementedError) as err:
+            subset.vmap_ok = False
+            warnings.warn(
+                f"torch.func.vmap cannot run this model ({type(err).__name__}: "
+                f"{str(err)[:120]}); per-example rows come from a loop over examples (slower)",
+                stacklevel=3,
+            )
+    rows, outs = [], []
+    for n in range(batch_size(xs)):
+        th = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = subset.forward(th, _index(xs, slice(n, n + 1))).squeeze(0)
+            v = cotangents(out.detach(), n)
+            rows.append(
+                torch.stack(
+                    [
+                        torch.autograd.grad(out, th, v[:, k], retain_graph=k + 1 < v.shape[1])[0]
+                        for k in range(v.shape[1])
+                    ]
+                )
+            )
+        outs.append(out.detach())
+    return torch.stack(rows), torch.stack(outs)
 
 
 def per_example_diagonal(
