@@ -15,12 +15,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .model_call import KeywordInputs
+
 __all__ = [
-    "InputShapeRecorder",
+    "BatchAdapter",
     "accumulate",
+    "as_pair",
     "batch_size",
     "collect",
     "prepare_inputs",
+    "require_reiterable",
     "set_reduction",
 ]
 
@@ -67,7 +71,8 @@ def prepare_inputs(x: Any, device: torch.device, dtype: torch.dtype, name: str =
     """Move inputs to the model's device and check them: finite, and floating inputs of the
     model's dtype (a mismatch is refused, not silently cast)."""
     if isinstance(x, Mapping):
-        return {k: prepare_inputs(v, device, dtype, f"{name}[{k!r}]") for k, v in x.items()}
+        kind = KeywordInputs if isinstance(x, KeywordInputs) else dict
+        return kind((k, prepare_inputs(v, device, dtype, f"{name}[{k!r}]")) for k, v in x.items())
     if isinstance(x, Tensor):
         if x.is_floating_point():
             if x.dtype != dtype:
@@ -81,21 +86,71 @@ def prepare_inputs(x: Any, device: torch.device, dtype: torch.dtype, name: str =
     return x
 
 
-class InputShapeRecorder:
-    """Wraps a loader and records the per-example input shape of its first tensor batch."""
+def as_pair(batch: Any, dict_key_y: str = "labels") -> tuple[Any, Any]:
+    """``(X, y)`` of a batch: a pair as it is, or a mapping (dict, ``UserDict``, an HF
+    ``BatchEncoding``) whose label ``dict_key_y`` is the target and whose other entries are
+    the model's keyword inputs (:class:`~laplacetorch.model_call.KeywordInputs`).
 
-    def __init__(self, loader: Iterable) -> None:
-        self.loader, self.shape = loader, None
+    Raises:
+        ValueError: for another kind of batch, or a mapping without the label.
+    """
+    if isinstance(batch, Mapping) or (hasattr(batch, "keys") and hasattr(batch, "__getitem__")):
+        if dict_key_y not in batch.keys():
+            raise ValueError(
+                f"a mapping batch must hold its targets under dict_key_y={dict_key_y!r}; got "
+                f"keys {sorted(batch.keys())}"
+            )
+        return KeywordInputs((k, batch[k]) for k in batch.keys() if k != dict_key_y), batch[
+            dict_key_y
+        ]
+    if isinstance(batch, list | tuple) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        f"each batch must be a pair (X, y) or a mapping with the targets under {dict_key_y!r}; "
+        f"got {type(batch).__name__}"
+    )
+
+
+class BatchAdapter:
+    """Wraps a loader: yields ``(X, y)`` pairs (mapping batches converted with ``dict_key_y``),
+    records the per-example shape of the first tensor inputs and whether batches were
+    mappings (then the model takes keyword inputs, at prediction too)."""
+
+    def __init__(self, loader: Iterable, dict_key_y: str = "labels") -> None:
+        self.loader, self.dict_key_y = loader, dict_key_y
+        self.shape: tuple[int, ...] | None = None
+        self.keyword = False
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loader)  # TypeError for generators: the bar then has no total
 
     def __iter__(self) -> Iterator:
+        if isinstance(self.loader, Tensor) or not isinstance(self.loader, Iterable):
+            raise TypeError(
+                f"the loader must be a DataLoader or an iterable of (X, y) batches; "
+                f"got {type(self.loader).__name__}"
+            )
         for batch in self.loader:
-            if self.shape is None and isinstance(batch, list | tuple) and batch:
-                if isinstance(batch[0], Tensor):
-                    self.shape = tuple(batch[0].shape[1:])
-            yield batch
+            x, y = as_pair(batch, self.dict_key_y)
+            self.keyword = self.keyword or isinstance(x, KeywordInputs)
+            if self.shape is None and isinstance(x, Tensor):
+                self.shape = tuple(x.shape[1:])
+            yield x, y
+
+
+def require_reiterable(loader: Iterable, what: str) -> None:
+    """Refuse a one-shot iterator (a generator, ``iter(loader)``) for ``what``, which passes
+    over the data more than once.
+
+    Raises:
+        ValueError: naming ``what`` and what to pass instead.
+    """
+    inner = loader.loader if isinstance(loader, BatchAdapter) else loader
+    if isinstance(inner, Iterator):
+        raise ValueError(
+            f"{what} passes over the data more than once; got a one-shot iterator "
+            f"({type(inner).__name__}). Pass a DataLoader or a list of batches"
+        )
 
 
 def _batches(
@@ -112,13 +167,14 @@ def _batches(
             f"the loader must be a DataLoader or an iterable of (X, y) batches; "
             f"got {type(loader).__name__}"
         )
-    total = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
     # one iterator: tqdm.auto would call iter() on the loader twice (DataLoader workers twice)
     batches = iter(loader)
     for batch in tqdm(batches, total=total, disable=not progress, desc=desc, leave=False):
-        if not isinstance(batch, list | tuple) or len(batch) != 2:
-            raise ValueError("each batch must be a pair (X, y)")
-        x, y = batch
+        x, y = as_pair(batch)
         b = batch_size(x, batch_size_fn)
         if b == 0:
             continue

@@ -24,6 +24,7 @@ from torch import nn
 from .datapass import collect
 from .laplace import Laplace
 from .metrics import accuracy, brier, ece, max_probability, mce, nll, ood_metrics
+from .model_call import call_model
 
 __all__ = ["EvaluationTable", "Variant", "evaluate"]
 
@@ -169,7 +170,7 @@ def evaluate(
 
     def map_probs(x):
         with torch.no_grad():
-            return torch.softmax(model(x), -1)
+            return torch.softmax(call_model(model, x), -1)
 
     probs, y = _predict_all(map_probs, test_loader, model, progress)
     t_map = time.perf_counter() - t0

@@ -7,7 +7,7 @@ moments into the predictive.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from . import persistence, tuning
 from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure, get_backend
-from .datapass import InputShapeRecorder, batch_size, prepare_inputs
+from .datapass import BatchAdapter, batch_size, prepare_inputs
 from .hyperparameters import Hyperparameters
 from .likelihoods import Likelihood, get_likelihood
 from .links import gaussian_samples
+from .model_call import KeywordInputs
 from .params import ParameterSubset, check_model_mode
 from .predictive import jacobian_sources
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
@@ -58,6 +59,8 @@ class Laplace(Hyperparameters):
             ``{"approximation": "reduce", "joint_bias": False, "mc_samples": 4, "seed": 1}``.
         memory_budget: bytes a chunk of Jacobian rows may take (fit and predict).
         batch_size_fn: counts the examples of non-tensor inputs.
+        dict_key_y: the label's key in mapping (HF-style) batches; the other entries are the
+            model's keyword inputs, ``model(**inputs)``, at fit and at prediction.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Laplace(Hyperparameters):
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         batch_size_fn: Callable[[Any], int] | None = None,
         backend_options: dict[str, Any] | None = None,
+        dict_key_y: str = "labels",
     ) -> None:
         self.likelihood = get_likelihood(likelihood)
         self.subset = ParameterSubset(
@@ -88,6 +92,7 @@ class Laplace(Hyperparameters):
         self.backend_options = dict(backend_options or {})
         self.memory_budget = memory_budget
         self.batch_size_fn = batch_size_fn
+        self.dict_key_y = dict_key_y
         if not isinstance(temperature, int | float) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number; got {temperature!r}")
         self.temperature = float(temperature)
@@ -97,6 +102,7 @@ class Laplace(Hyperparameters):
         self.curvature: CurvatureResult | None = None
         self.mean: Tensor | None = None
         self._input_shape: tuple[int, ...] | None = None
+        self._keyword_inputs = False  # the training batches were mappings (HF style)
 
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""
@@ -106,7 +112,7 @@ class Laplace(Hyperparameters):
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Iterable, progress: bool = False) -> Laplace:
         """Run the curvature backend over the data once; a second call replaces the first."""
-        recorder = InputShapeRecorder(train_loader)
+        recorder = BatchAdapter(train_loader, self.dict_key_y)
         self.curvature = get_backend(self.hessian_structure)(
             self.subset,
             self.likelihood,
@@ -118,7 +124,7 @@ class Laplace(Hyperparameters):
             **self.backend_options,
         )
         self.mean = self.subset.map_vector()
-        self._input_shape = recorder.shape
+        self._input_shape, self._keyword_inputs = recorder.shape, recorder.keyword
         return self
 
     def _fitted(self) -> CurvatureResult:
@@ -190,6 +196,8 @@ class Laplace(Hyperparameters):
     def _check_inputs(self, x: Any) -> tuple[Any, int]:
         self._fitted()
         check_model_mode(self.model)
+        if self._keyword_inputs and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
+            x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
         x = prepare_inputs(x, self.subset.device, self.subset.dtype, "x")
         n = batch_size(x, self.batch_size_fn)
         if isinstance(x, Tensor) and self._input_shape is not None:

@@ -10,38 +10,22 @@ for a subnetwork. :meth:`ParameterSubset.forward` evaluates f(θ, x) with
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .model_call import call_model
 
 __all__ = [
     "ParameterSubset",
     "check_model_mode",
     "find_last_linear",
     "head_index",
-    "module_calls",
 ]
 
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-@contextmanager
-def module_calls() -> Iterator[None]:
-    """Run the model so that every submodule is called as a module and every op has both AD
-    modes: attention's fused fast path (eval mode, no grad) skips ``out_proj``, and the fused
-    scaled-dot-product kernels have no forward-mode AD (the math kernel has)."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def check_model_mode(model: nn.Module) -> None:
@@ -291,8 +275,11 @@ class ParameterSubset:
         graph reaches weights outside θ), via ``torch.func.functional_call``."""
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         params.update(self.to_named(theta))
-        with module_calls():
-            return functional_call(self.model, params, (x,))
+        return call_model(self.model, x, params)
+
+    def call(self, x: Any) -> Tensor:
+        """f(x) at the model's own weights (see :func:`~laplacetorch.model_call.call_model`)."""
+        return call_model(self.model, x)
 
     def assign(self, theta: Tensor) -> None:
         """Write θ into the model's parameters in place (used to draw weight samples)."""
@@ -317,8 +304,8 @@ class ParameterSubset:
 
         handle = self.last_layer.register_forward_hook(hook)
         try:
-            with torch.no_grad(), module_calls():
-                out = self.model(x)
+            with torch.no_grad():
+                out = self.call(x)
         finally:
             handle.remove()
         if "phi" not in seen:

@@ -32,6 +32,7 @@ def laplace_state(la: Laplace) -> dict[str, Any]:
         "sigma_noise": la.sigma_noise.cpu(),
         "temperature": la.temperature,
         "input_shape": la._input_shape,
+        "keyword_inputs": la._keyword_inputs,
     }
 
 
@@ -66,3 +67,4 @@ def load_laplace_state(la: Laplace, state: dict[str, Any]) -> None:
     la.sigma_noise = state["sigma_noise"]
     la.temperature = state["temperature"]
     la._input_shape = state["input_shape"]
+    la._keyword_inputs = bool(state.get("keyword_inputs", False))

@@ -91,7 +91,7 @@ def dense_jacobians(
 
     row_bytes = subset.n_params * theta.element_size()
     with torch.no_grad():
-        n_out = subset.model(_index(x, slice(0, 1))).shape[-1]
+        n_out = subset.call(_index(x, slice(0, 1))).shape[-1]
     chunk = max(1, memory_budget // max(row_bytes * n_out, 1))
     eye = torch.eye(n_out, dtype=theta.dtype, device=theta.device)
     for s in range(0, n_examples, chunk):
@@ -127,7 +127,7 @@ def jacobian_sources(
     for s in range(0, n_examples, chunk):
         xc = _index(x, slice(s, s + chunk))
         with torch.enable_grad(), capture_layers(layers) as record:
-            f = subset.model(xc)
+            f = subset.call(xc)
         n_out = f.shape[-1]
         eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
         cols = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out).contiguous()  # [C, B, C]
@@ -153,7 +153,7 @@ def _callable_once(
     """The layers called exactly once by a forward pass (a probe on one example), and the
     bytes per example of their recorded inputs and C output-gradient columns."""
     with torch.no_grad(), capture_layers(layers) as record:
-        out = subset.model(_index(x, slice(0, 1)))
+        out = subset.call(_index(x, slice(0, 1)))
     kept = [la for la in layers if record["calls"].get(la.name) == 1]
     n_out = out.shape[-1]
     size = sum(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .datapass import accumulate
+from .datapass import BatchAdapter, accumulate
 from .predictive import jacobian_sources
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ def _validation_nll(
         return {"nll": totals}
 
     sums = accumulate(
-        val_loader,
+        BatchAdapter(val_loader, la.dict_key_y),
         step,
         device=la.subset.device,
         dtype=la.subset.dtype,

@@ -125,3 +125,37 @@ def test_evaluation_goes_through_the_data_pass(capsys):
     assert "predict" in capsys.readouterr().err
     with pytest.raises(ValueError, match="each batch must be a pair"):
         evaluate(model, batches(x, y), [x], variants=[Variant("last_layer", "diag")])
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y, strict=True))
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "block_full"])
+def test_one_pass_backends_take_any_iterable(structure):
+    """Generators and IterableDataset loaders (no len: the bar has no total)."""
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    ref = Laplace(model, "classification", "all", structure).fit(batches(x, y))
+    streams = [
+        (b for b in batches(x, y)),
+        torch.utils.data.DataLoader(_Stream(x, y), batch_size=5),
+    ]
+    for loader in streams:
+        la = Laplace(model, "classification", "all", structure).fit(loader, progress=True)
+        assert la.n_data == 20
+        torch.testing.assert_close(la.log_marginal_likelihood(), ref.log_marginal_likelihood())
+
+
+@pytest.mark.parametrize("structure", ["ekfac", "hutchinson", "lanczos", "operator"])
+def test_several_pass_backends_refuse_a_one_shot_iterator(structure):
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    la = Laplace(model, "classification", "all", structure)
+    with pytest.raises(ValueError, match="more than once; got a one-shot iterator"):
+        la.fit(b for b in batches(x, y))
+    assert la.curvature is None

@@ -120,7 +120,7 @@ def _linear_diag(
 ) -> tuple[dict[str, Tensor], Tensor] | None:
     """Diagonal blocks of the Linear layers from layer inputs and output gradients, or
     ``None`` when the forward pass does not fit that path (then the batch goes per example)."""
-    captured = linear_output_grads(subset.model, layers, x)
+    captured = linear_output_grads(subset, layers, x)
     if captured is None:
         return None
     f, record = captured

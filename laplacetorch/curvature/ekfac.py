@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
@@ -55,6 +56,7 @@ def fit_ekfac(
     _, generator = check_kfac_options(
         subset, fisher_type, approximation, mc_samples, generator, seed
     )
+    require_reiterable(loader, "ekfac (KFAC, then the eigenvalue refit)")
     kfac = fit_kfac(
         subset,
         likelihood,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from ..datapass import accumulate
+from ..datapass import accumulate, require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
@@ -55,6 +55,7 @@ class GGNOperator:
     ) -> None:
         check_model_mode(subset.model)
         subset.check_weights()
+        require_reiterable(loader, "a GGN-vector product operator (hutchinson, lanczos, operator)")
         self.subset, self.likelihood, self.loader = subset, likelihood, loader
         self.kind = resolve_fisher_type(fisher_type, "ggn operator")
         self.progress, self.batch_size_fn = progress, batch_size_fn

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..params import ParameterSubset, module_calls
+from ..model_call import module_calls
+from ..params import ParameterSubset
 
 __all__ = [
     "LinearLayer",
@@ -91,12 +92,12 @@ def capture_layers(layers: list[Any]) -> Iterator[dict[str, Any]]:
 
 
 def linear_output_grads(
-    model: nn.Module, layers: list[LinearLayer], x: Any
+    subset: ParameterSubset, layers: list[LinearLayer], x: Any
 ) -> tuple[Tensor, dict[str, Any]] | None:
     """Forward pass recording the layers; returns ``(f, record)``, or ``None`` when a layer
     was not called exactly once on a ``[B, in]`` input or its output has no graph."""
     with torch.enable_grad(), capture_layers(layers) as record:
-        f = model(x)
+        f = subset.call(x)
     for layer in layers:
         z = record["outputs"].get(layer.name)
         if record["calls"].get(layer.name) != 1 or z is None or z.dim() != 2 or not z.requires_grad:
@@ -104,11 +105,13 @@ def linear_output_grads(
     return f, record
 
 
-def capture_once(model: nn.Module, layers: list[Any], x: Any) -> tuple[Tensor, dict[str, Any]]:
+def capture_once(
+    subset: ParameterSubset, layers: list[Any], x: Any
+) -> tuple[Tensor, dict[str, Any]]:
     """Forward pass recording each layer's input and output; refuses a layer not called
     exactly once (its Kronecker / layer block would not be its curvature)."""
     with torch.enable_grad(), capture_layers(layers) as record:
-        f = model(x)
+        f = subset.call(x)
     for layer in layers:
         if record["calls"].get(layer.name) != 1:
             raise ValueError(

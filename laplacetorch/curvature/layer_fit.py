@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..likelihoods import Likelihood
-from ..params import ParameterSubset, module_calls
+from ..params import ParameterSubset
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass
 from .layer_blocks import LayerBlocks, block_diagonal, layer_blocks, layer_positions, rest_positions
@@ -44,7 +44,7 @@ def kfac_layers(
     layers, _ = layer_blocks(subset, joint_bias=joint_bias, shared="skip")
     if x is not None and layers:
         with torch.no_grad(), capture_layers(layers) as record:
-            subset.model(_index(x, slice(0, 1)))
+            subset.call(_index(x, slice(0, 1)))
         layers = [la for la in layers if record["calls"].get(la.name) == 1]
     covered = {n for la in layers for n in la.params}
     return layers, [n for n in subset.names if n not in covered]
@@ -59,9 +59,9 @@ def layer_passes(
     output gradients over its weight-sharing positions.
     """
     if not layers:
-        with torch.no_grad(), module_calls():
-            return subset.model(x), []
-    f, record = capture_once(subset.model, layers, x)
+        with torch.no_grad():
+            return subset.call(x), []
+    f, record = capture_once(subset, layers, x)
     cols = cols_fn(f.detach())
     grads = backward_columns(f, record, [layer.name for layer in layers], cols)
     with torch.no_grad():

@@ -45,7 +45,7 @@ def _unsqueeze(x: Any) -> Any:
 def output_dim(subset: ParameterSubset, x: Any) -> int:
     """C, from a forward pass on the first example; refuses outputs that are not ``[B, C]``."""
     with torch.no_grad():
-        out = subset.model(_index(x, slice(0, 1)))
+        out = subset.call(_index(x, slice(0, 1)))
     if not isinstance(out, Tensor) or out.dim() != 2:
         shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"model outputs must have shape [batch, C]; got {shape} for one input")

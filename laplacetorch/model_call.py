@@ -1,0 +1,68 @@
+"""Calling the user's model: keyword inputs (HF style), outputs with ``.logits``, and the
+settings under which every submodule runs as a module with both AD modes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import register_pytree_node
+
+__all__ = ["KeywordInputs", "call_model", "model_output", "module_calls"]
+
+
+class KeywordInputs(dict):
+    """Inputs the model takes as keyword arguments, ``model(**inputs)``: what is left of an
+    HF-style batch (a mapping) once the label is taken out."""
+
+
+register_pytree_node(
+    KeywordInputs,
+    lambda d: (list(d.values()), list(d.keys())),
+    lambda values, keys: KeywordInputs(zip(keys, values, strict=True)),
+)
+
+
+@contextmanager
+def module_calls() -> Iterator[None]:
+    """Run the model so that every submodule is called as a module and every op has both AD
+    modes: attention's fused fast path (eval mode, no grad) skips ``out_proj``, and the fused
+    scaled-dot-product kernels have no forward-mode AD (the math kernel has)."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def model_output(out: Any) -> Tensor:
+    """The output tensor: ``out`` itself, or its ``logits`` (an HF ``ModelOutput``).
+
+    Raises:
+        TypeError: for an output that is neither.
+    """
+    if isinstance(out, Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(
+        f"model outputs must be a tensor or have a tensor .logits; got {type(out).__name__}"
+    )
+
+
+def call_model(model: nn.Module, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
+    """f(x): ``model(**x)`` for :class:`KeywordInputs`, else ``model(x)``; with ``params``
+    through ``torch.func.functional_call``."""
+    args, kwargs = ((), dict(x)) if isinstance(x, KeywordInputs) else ((x,), {})
+    with module_calls():
+        if params is None:
+            return model_output(model(*args, **kwargs))
+        return model_output(functional_call(model, params, args, kwargs))
