@@ -9,6 +9,7 @@ reduction. A distributed run only replaces the reduction (:func:`set_reduction`)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from .model_call import KeywordInputs
 
 __all__ = [
     "BatchAdapter",
+    "InputSpec",
     "accumulate",
     "as_pair",
     "batch_size",
@@ -111,15 +113,40 @@ def as_pair(batch: Any, dict_key_y: str = "labels") -> tuple[Any, Any]:
     )
 
 
+@dataclass
+class InputSpec:
+    """What the training inputs looked like: the per-example shape of tensor inputs, and
+    whether batches were mappings (the model then takes keyword inputs, at prediction too)."""
+
+    dict_key_y: str = "labels"
+    shape: tuple[int, ...] | None = None
+    keyword: bool = False
+
+    def prepare(
+        self,
+        x: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch_size_fn: Callable[[Any], int] | None = None,
+    ) -> tuple[Any, int]:
+        """Prediction inputs like the training inputs, checked and moved; ``(x, B)``."""
+        if self.keyword and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
+            x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
+        x = prepare_inputs(x, device, dtype, "x")
+        if isinstance(x, Tensor) and self.shape is not None and tuple(x.shape[1:]) != self.shape:
+            raise ValueError(
+                f"x must have shape [B, {', '.join(map(str, self.shape))}] like the training "
+                f"inputs; got {list(x.shape)}"
+            )
+        return x, batch_size(x, batch_size_fn)
+
+
 class BatchAdapter:
-    """Wraps a loader: yields ``(X, y)`` pairs (mapping batches converted with ``dict_key_y``),
-    records the per-example shape of the first tensor inputs and whether batches were
-    mappings (then the model takes keyword inputs, at prediction too)."""
+    """Wraps a loader: yields ``(X, y)`` pairs (mapping batches converted with ``dict_key_y``)
+    and records their :class:`InputSpec`."""
 
     def __init__(self, loader: Iterable, dict_key_y: str = "labels") -> None:
-        self.loader, self.dict_key_y = loader, dict_key_y
-        self.shape: tuple[int, ...] | None = None
-        self.keyword = False
+        self.loader, self.spec = loader, InputSpec(dict_key_y)
 
     def __len__(self) -> int:
         return len(self.loader)  # TypeError for generators: the bar then has no total
@@ -130,11 +157,12 @@ class BatchAdapter:
                 f"the loader must be a DataLoader or an iterable of (X, y) batches; "
                 f"got {type(self.loader).__name__}"
             )
+        spec = self.spec
         for batch in self.loader:
-            x, y = as_pair(batch, self.dict_key_y)
-            self.keyword = self.keyword or isinstance(x, KeywordInputs)
-            if self.shape is None and isinstance(x, Tensor):
-                self.shape = tuple(x.shape[1:])
+            x, y = as_pair(batch, spec.dict_key_y)
+            spec.keyword = spec.keyword or isinstance(x, KeywordInputs)
+            if spec.shape is None and isinstance(x, Tensor):
+                spec.shape = tuple(x.shape[1:])
             yield x, y
 
 

@@ -7,7 +7,7 @@ moments into the predictive.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from . import persistence, tuning
 from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure, get_backend
-from .datapass import BatchAdapter, batch_size, prepare_inputs
+from .datapass import BatchAdapter, InputSpec
 from .hyperparameters import Hyperparameters
 from .likelihoods import Likelihood, get_likelihood
 from .links import gaussian_samples
-from .model_call import KeywordInputs
+from .memory import check_fit_memory
 from .params import ParameterSubset, check_model_mode
 from .predictive import jacobian_sources
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
@@ -61,6 +61,8 @@ class Laplace(Hyperparameters):
         batch_size_fn: counts the examples of non-tensor inputs.
         dict_key_y: the label's key in mapping (HF-style) batches; the other entries are the
             model's keyword inputs, ``model(**inputs)``, at fit and at prediction.
+        memory_limit: bytes a fit may hold at its peak, checked before anything is allocated
+            (default: 80% of the memory available; see :mod:`laplacetorch.memory`).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Laplace(Hyperparameters):
         batch_size_fn: Callable[[Any], int] | None = None,
         backend_options: dict[str, Any] | None = None,
         dict_key_y: str = "labels",
+        memory_limit: int | None = None,
     ) -> None:
         self.likelihood = get_likelihood(likelihood)
         self.subset = ParameterSubset(
@@ -92,7 +95,7 @@ class Laplace(Hyperparameters):
         self.backend_options = dict(backend_options or {})
         self.memory_budget = memory_budget
         self.batch_size_fn = batch_size_fn
-        self.dict_key_y = dict_key_y
+        self.dict_key_y, self.memory_limit = dict_key_y, memory_limit
         if not isinstance(temperature, int | float) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number; got {temperature!r}")
         self.temperature = float(temperature)
@@ -101,8 +104,7 @@ class Laplace(Hyperparameters):
         self.sigma_noise = sigma_noise
         self.curvature: CurvatureResult | None = None
         self.mean: Tensor | None = None
-        self._input_shape: tuple[int, ...] | None = None
-        self._keyword_inputs = False  # the training batches were mappings (HF style)
+        self.inputs = InputSpec(dict_key_y)  # what the training inputs looked like
 
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""
@@ -111,7 +113,14 @@ class Laplace(Hyperparameters):
 
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Iterable, progress: bool = False) -> Laplace:
-        """Run the curvature backend over the data once; a second call replaces the first."""
+        """Run the curvature backend over the data once; a second call replaces the first.
+
+        Raises:
+            MemoryBudgetError: when the fit would exceed ``memory_limit`` (nothing is changed).
+        """
+        check_fit_memory(
+            self.hessian_structure, self.subset, self.backend_options, self.memory_limit
+        )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
         self.curvature = get_backend(self.hessian_structure)(
             self.subset,
@@ -124,7 +133,7 @@ class Laplace(Hyperparameters):
             **self.backend_options,
         )
         self.mean = self.subset.map_vector()
-        self._input_shape, self._keyword_inputs = recorder.shape, recorder.keyword
+        self.inputs = recorder.spec
         return self
 
     def _fitted(self) -> CurvatureResult:
@@ -196,17 +205,7 @@ class Laplace(Hyperparameters):
     def _check_inputs(self, x: Any) -> tuple[Any, int]:
         self._fitted()
         check_model_mode(self.model)
-        if self._keyword_inputs and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
-            x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
-        x = prepare_inputs(x, self.subset.device, self.subset.dtype, "x")
-        n = batch_size(x, self.batch_size_fn)
-        if isinstance(x, Tensor) and self._input_shape is not None:
-            if tuple(x.shape[1:]) != self._input_shape:
-                raise ValueError(
-                    f"x must have shape [B, {', '.join(map(str, self._input_shape))}] like the "
-                    f"training inputs; got {list(x.shape)}"
-                )
-        return x, n
+        return self.inputs.prepare(x, self.subset.device, self.subset.dtype, self.batch_size_fn)
 
     def glm_moments(
         self, x: Any, prior_precision: Tensor | float | None = None

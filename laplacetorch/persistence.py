@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .curvature import CurvatureResult
+from .datapass import InputSpec
 from .structures import structure_from_state_dict
 
 if TYPE_CHECKING:
@@ -31,8 +32,8 @@ def laplace_state(la: Laplace) -> dict[str, Any]:
         "prior_mean": la.prior_mean.cpu(),
         "sigma_noise": la.sigma_noise.cpu(),
         "temperature": la.temperature,
-        "input_shape": la._input_shape,
-        "keyword_inputs": la._keyword_inputs,
+        "input_shape": la.inputs.shape,
+        "keyword_inputs": la.inputs.keyword,
     }
 
 
@@ -66,5 +67,6 @@ def load_laplace_state(la: Laplace, state: dict[str, Any]) -> None:
     la.prior_mean = state["prior_mean"]
     la.sigma_noise = state["sigma_noise"]
     la.temperature = state["temperature"]
-    la._input_shape = state["input_shape"]
-    la._keyword_inputs = bool(state.get("keyword_inputs", False))
+    la.inputs = InputSpec(
+        la.dict_key_y, state["input_shape"], bool(state.get("keyword_inputs", False))
+    )

@@ -115,10 +115,16 @@ def jacobian_sources(
         yield from dense_jacobians(subset, x, n_examples, memory_budget)
         return
     if subset.kind == "last_layer" and names == [subset.last_layer_name]:
-        phi, f = subset.features(x)
-        eye = torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
-        g = eye.unsqueeze(1).expand(f.shape[1], f.shape[0], f.shape[1]).unsqueeze(2)
-        yield LayerJacobian(f, {names[0]: (phi.unsqueeze(1), g)}, None, memory_budget)
+        # a block's products are at most [b, C, P] per chunk (a dense head's J Q)
+        row = subset.n_params * torch.finfo(subset.dtype).bits // 8
+        with torch.no_grad():
+            n_out = subset.call(_index(x, slice(0, 1))).shape[-1]
+        chunk = max(1, memory_budget // max(row * n_out, 1))
+        for s in range(0, n_examples, chunk):
+            phi, f = subset.features(_index(x, slice(s, s + chunk)))
+            eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
+            g = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out).unsqueeze(2)
+            yield LayerJacobian(f, {names[0]: (phi.unsqueeze(1), g)}, None, memory_budget)
         return
     modules = dict(subset.model.named_modules())
     layers, per_example = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)

@@ -1,0 +1,88 @@
+"""Memory, up front: refusals before anything is allocated, and predictives in chunks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import batches, make_data, make_mlp
+from torch import nn
+
+from laplacetorch import Laplace
+from laplacetorch.memory import MemoryBudgetError, fit_bytes
+from laplacetorch.structures import Dense, Diagonal, Kron
+
+DT = torch.float64
+
+
+def test_full_on_two_million_weights_is_refused_at_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2000, 1000), nn.Tanh(), nn.Linear(1000, 10)).eval()
+    x, y = torch.randn(8, 2000), torch.randint(0, 10, (8,))
+    la = Laplace(model, "classification", "all", "full", memory_limit=2**30)
+    t0 = time.perf_counter()
+    with pytest.raises(
+        MemoryBudgetError,
+        match=r"full needs 48.5 TB for P = 2011010, over the "
+        r"limit of 1.07 GB; diag needs 32.2 MB; kfac needs 72.1 MB",
+    ):
+        la.fit([(x, y)])
+    assert time.perf_counter() - t0 < 1.0
+    assert la.curvature is None
+    with pytest.raises(MemoryBudgetError, match="full needs 48.5 TB"):  # the default limit
+        Laplace(model, "classification", "all", "full").fit([(x, y)])
+
+
+def test_estimates_count_the_structures_tensors():
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=20)
+    e = 8
+    for structure in ("full", "kfac", "block_full"):
+        la = Laplace(model, "classification", "all", structure).fit(batches(x, y))
+        held = 0
+        blocks = getattr(la.structure, "blocks", [("", None, la.structure)])
+        for _, _, b in blocks:
+            if isinstance(b, Dense):
+                held += 2 * b.n_params**2 * e  # G and its eigenvectors
+            elif isinstance(b, Kron):
+                held += (b.qb.numel() + b.qa.numel()) * 2 * e
+            elif isinstance(b, Diagonal):
+                held += b.n_params * e
+        estimate = fit_bytes(structure, la.subset, {})
+        assert held <= estimate <= 4 * held
+    with pytest.raises(MemoryBudgetError, match="no structure fits"):
+        Laplace(model, "classification", "all", "diag", memory_limit=10).fit(batches(x, y))
+
+
+@pytest.mark.parametrize(
+    ("subset", "structure"),
+    [("last_layer", "full"), ("last_layer", "kfac"), ("all", "diag"), ("all", "kfac")],
+)
+def test_predictive_of_a_large_batch_comes_in_chunks_within_the_budget(
+    subset, structure, monkeypatch
+):
+    """600k inputs: no product larger than the memory budget's chunk at any time."""
+    import laplacetorch.predictive as pred
+
+    model = make_mlp().float()
+    x, y = make_data("mlp", "classification", n=20)
+    budget = 2**20
+    la = Laplace(model, "classification", subset, structure, memory_budget=budget)
+    la.fit(batches(x.float(), y))
+    sizes = []
+    real = pred.LayerJacobian.__init__
+
+    def spy(self, f, *args, **kwargs):
+        sizes.append(f.shape[0])
+        real(self, f, *args, **kwargs)
+
+    monkeypatch.setattr(pred.LayerJacobian, "__init__", spy)
+    big = torch.randn(600_000, 4, generator=torch.Generator().manual_seed(0))
+    probs = la(big)
+    assert probs.shape == (600_000, 3) and sum(sizes) == 600_000 and len(sizes) > 1
+    # per example a chunk holds C·P (a head's J Q), or the layers' inputs (4 + 6 + 5) and
+    # C output-gradient columns of their outputs (6 + 5 + 3)
+    per_example = 4 * (3 * la.n_params if subset == "last_layer" else 15 + 3 * 14)
+    assert max(sizes) * per_example <= 2 * budget
+    torch.testing.assert_close(probs[:20], la(big[:20]))
