@@ -224,3 +224,22 @@ def test_loop_fallback_equals_vmap(structure, fisher_type):
     torch.testing.assert_close(answers[0], answers[1])
     with pytest.warns(UserWarning, match="vmap cannot run this model"):
         Laplace(_setup("gru")[0], "classification", "all", "full").fit(batches(_setup("gru")[1], y))
+
+
+@pytest.mark.parametrize("name", ["layernorm", "embedding", "gru", "frozen"])
+def test_kfac_blocks_are_exact_for_one_datum(name):
+    """Layers without weight sharing: B ⊗ A is the exact GGN block for one datum, next to the
+    exact diagonal blocks of norms, embeddings and recurrent cells."""
+    model, x, y = _setup(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la = Laplace(model, "classification", "all", "kfac").fit([(x[:1], y[:1])])
+    g = _dense_ggn(la, x[:1])
+    want = torch.zeros_like(g)
+    for _, index, blk in la.structure.blocks:
+        if type(blk).__name__ == "Kron":
+            want[index[:, None], index] = g[index[:, None], index]
+        else:
+            want[index, index] = g[index, index]
+    assert any(type(b).__name__ == "Kron" for _, _, b in la.structure.blocks)
+    torch.testing.assert_close(la.structure.curvature_dense(), want)
