@@ -89,6 +89,16 @@ MODELS = {
     "gru": (lambda: Recurrent("gru"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
     "lstm": (lambda: Recurrent("lstm"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
     "frozen": (_frozen, lambda g: torch.randn(10, 4, generator=g, dtype=DT)),
+    "conv1d+groupnorm": (
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=1),
+            nn.GroupNorm(2, 4),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(4 * 6, 3),
+        ),
+        lambda g: torch.randn(10, 2, 6, generator=g, dtype=DT),
+    ),
 }
 STRUCTURES = ["full", "diag", "kfac", "ekfac", "block_full", "hutchinson", "lanczos", "operator"]
 OPTIONS = {"lanczos": {"rank": 4}, "operator": {"n_probes": 4, "n_steps": 8}}
