@@ -128,15 +128,20 @@ def test_frozen_weights_stay_frozen_in_subnetwork():
         assert torch.equal(p, b)
 
 
-def test_diag_takes_the_linear_layer_path_for_an_mlp(monkeypatch):
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_diag_takes_the_layer_path_for_linear_and_conv_layers(monkeypatch, net):
     import laplacetorch.curvature.diag as diag_mod
+    import laplacetorch.curvature.layer_fit as fit_mod
+    import laplacetorch.curvature.per_example as pe_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("per-example path used")
 
-    monkeypatch.setattr(diag_mod, "per_example_diagonal", refuse)
-    model = make_mlp()
-    x, y = make_data("mlp", "classification")
+    for mod in (diag_mod, fit_mod, pe_mod):
+        monkeypatch.setattr(mod, "per_example_diagonal", refuse)
+    monkeypatch.setattr(pe_mod, "per_example_factors", refuse)
+    model = make_mlp() if net == "mlp" else make_cnn()
+    x, y = make_data(net, "classification")
     sub = make_subset(model, "all")
     res = fit_diag(sub, get_likelihood("classification"), batches(x, y))
     oracle = dense_ggn(sub, x, y, "classification")

@@ -26,7 +26,7 @@ def test_reduction_hook_sees_every_sum_once():
         res = fit_diag(sub, lik, batches(x, y))
     finally:
         set_reduction(None)
-    assert seen == [["G", "loss", "n_data"]]
+    assert seen == [["0", "2", "4", "loss", "n_data"]]  # one diagonal block per layer
     assert res.n_data == 2 * ref.n_data
     torch.testing.assert_close(res.structure.diagonal(), 2 * ref.structure.diagonal())
 

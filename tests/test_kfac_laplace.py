@@ -111,7 +111,7 @@ def test_laplace_with_ekfac_end_to_end(fisher_type):
 
 @pytest.mark.parametrize("k_cols", [1, 3, 12])
 def test_ekfac_gramian_and_per_example_forms_agree(k_cols):
-    from laplacetorch.curvature.ekfac import _rotated_square_sum
+    from laplacetorch.curvature.layer_fit import square_sum as _rotated_square_sum
 
     g_ = torch.Generator().manual_seed(11)
     u = torch.randn(k_cols, 5, 4, 3, generator=g_, dtype=DT)  # [K, B, S, out]

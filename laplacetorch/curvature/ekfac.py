@@ -9,7 +9,7 @@ the diagonal of the exact block curvature in that basis (George et al., 2018). W
 sharing (S = 1) this is one matrix product, (Σₖ (Q_Bᵀgₙₖ)²)ᵀ over n times (Q_Aᵀãₙ)², and no
 per-example gradient is formed; with S > 1 each layer takes the cheaper of two exact forms,
 the rotated per-example gradients or the Gramian form over position pairs (see
-``_rotated_square_sum``), in chunks of examples under the memory budget.
+``layer_fit.square_sum``), in chunks of examples under the memory budget.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
 from .kfac import check_kfac_options, fit_kfac, output_columns
-from .layer_fit import kfac_layers, layer_passes
+from .layer_fit import kfac_layers, layer_passes, square_sum
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_ekfac"]
@@ -88,7 +88,7 @@ def fit_ekfac(
                 for name, _, layout in layer.blocks:
                     ab, gb = layout.select(a, g)
                     kron = krons[name]
-                    out[name] = _rotated_square_sum(gb @ kron.qb, ab @ kron.qa, memory_budget)
+                    out[name] = square_sum(gb @ kron.qb, ab @ kron.qa, memory_budget)
         return out
 
     sums, _, _ = curvature_pass(
@@ -108,39 +108,3 @@ def fit_ekfac(
     ]
     structure = BlockDiagonal(blocks, subset.n_params, subset.group_index)
     return CurvatureResult(structure, kfac.n_data, kfac.n_outputs, kfac.loss_sum, kfac.kind)
-
-
-def _rotated_square_sum(u: Tensor, v: Tensor, memory_budget: int, form: str = "auto") -> Tensor:
-    """Σₙ Σₖ ((Σₛ uₙₛₖ vₙₛᵀ)[i, j])² for u ``[K, B, S, out]``, v ``[B, S, in']``.
-
-    Two exact forms, chosen per layer by their cost (``form="auto"``):
-
-    - per-example gradients: form Mₙₖ = Σₛ uₙₛₖ vₙₛᵀ and square, ≈ K·S·out·in' per example;
-    - Gramian: Σₛₜ (Σₖ uₙₛₖ[i] uₙₜₖ[i]) vₙₛ[j] vₙₜ[j], summing over k before the contraction,
-      ≈ S²·(out·in' + K·out) per example — cheaper when S < K (few positions, many columns).
-    """
-    k, b, n_pos, n_out = u.shape
-    n_in = v.shape[-1]
-    if n_pos == 1:  # no weight sharing: squares factorise
-        return u[:, :, 0].square().sum(0).T @ v[:, 0].square()
-    if form == "auto":
-        per_example_cost = k * n_pos * n_out * n_in
-        gramian_cost = n_pos * n_pos * (n_out * n_in + k * n_out)
-        form = "gramian" if gramian_cost < per_example_cost else "per_example"
-    if form not in ("per_example", "gramian"):
-        raise ValueError(f"unknown form {form!r}; expected 'auto', 'per_example' or 'gramian'")
-    if form == "per_example":
-        row = k * n_out * n_in
-    else:
-        row = n_pos * n_pos * (n_out + n_in)
-    chunk = max(1, memory_budget // max(row * u.element_size(), 1))
-    total = u.new_zeros(n_out, n_in)
-    for s in range(0, b, chunk):
-        uc, vc = u[:, s : s + chunk], v[s : s + chunk]
-        if form == "per_example":
-            total += torch.einsum("kbso,bsi->kboi", uc, vc).square().sum((0, 1))
-        else:
-            gu = torch.einsum("kbso,kbto->bsto", uc, uc).reshape(-1, n_out)  # Σₖ over columns
-            gv = torch.einsum("bsi,bti->bsti", vc, vc).reshape(-1, n_in)
-            total += gu.T @ gv
-    return total

@@ -1,19 +1,15 @@
-"""Layer inputs and output gradients of ``nn.Linear`` layers, for layer-wise curvature.
+"""Layer inputs and output gradients, for layer-wise curvature and predictives.
 
-For a Linear layer z = W a + b inside the network and a vector sₙₖ on the network output,
-Jₙᵀ sₙₖ restricted to W is gₙₖ aₙᵀ with gₙₖ = (∂fₙ/∂zₙ)ᵀ sₙₖ. Forward hooks record a and z in
-one forward pass; one batched backward (``is_grads_batched``) of the K columns of S gives all
+For a layer z = W a + b inside the network and a vector sₙₖ on the network output, Jₙᵀ sₙₖ
+restricted to W is Σₛ gₙₖₛ aₙₛᵀ with gₙₖ = (∂fₙ/∂zₙ)ᵀ sₙₖ. Forward hooks record a and z in one
+forward pass; one batched backward (``is_grads_batched``) of the K columns of S gives all
 gₙₖ. Nothing per-example of size P is ever formed.
-
-Only layers applied once per forward to ``[B, in]`` inputs, whose weight is not shared with
-another module, take this path; everything else goes through the exact per-example path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,47 +18,7 @@ from torch import Tensor, nn
 from ..model_call import module_calls
 from ..params import ParameterSubset
 
-__all__ = [
-    "LinearLayer",
-    "backward_columns",
-    "capture_layers",
-    "capture_once",
-    "linear_layers",
-    "linear_output_grads",
-]
-
-
-@dataclass
-class LinearLayer:
-    """A Linear layer whose weight (and maybe bias) are Bayesian parameters."""
-
-    name: str
-    module: nn.Linear
-    weight: str
-    bias: str | None
-
-
-def linear_layers(subset: ParameterSubset) -> list[LinearLayer]:
-    """Linear layers whose weight is wholly in θ and used by this module only."""
-    if subset.index is not None:
-        return []
-    chosen = set(subset.names)
-    owners: dict[int, int] = {}
-    for _, m in subset.model.named_modules(remove_duplicate=False):
-        for p in m.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
-    layers = []
-    for name, m in subset.model.named_modules():
-        if type(m) is not nn.Linear:
-            continue
-        prefix = name + "." if name else ""
-        if prefix + "weight" not in chosen or owners[id(m.weight)] != 1:
-            continue
-        bias = prefix + "bias" if m.bias is not None and prefix + "bias" in chosen else None
-        if bias is not None and owners[id(m.bias)] != 1:
-            bias = None
-        layers.append(LinearLayer(name, m, prefix + "weight", bias))
-    return layers
+__all__ = ["backward_columns", "capture_layers", "capture_once"]
 
 
 @contextmanager
@@ -89,20 +45,6 @@ def capture_layers(layers: list[Any]) -> Iterator[dict[str, Any]]:
     finally:
         for h in handles:
             h.remove()
-
-
-def linear_output_grads(
-    subset: ParameterSubset, layers: list[LinearLayer], x: Any
-) -> tuple[Tensor, dict[str, Any]] | None:
-    """Forward pass recording the layers; returns ``(f, record)``, or ``None`` when a layer
-    was not called exactly once on a ``[B, in]`` input or its output has no graph."""
-    with torch.enable_grad(), capture_layers(layers) as record:
-        f = subset.call(x)
-    for layer in layers:
-        z = record["outputs"].get(layer.name)
-        if record["calls"].get(layer.name) != 1 or z is None or z.dim() != 2 or not z.requires_grad:
-            return None
-    return f, record
 
 
 def capture_once(

@@ -23,7 +23,7 @@ from .layer_blocks import LayerBlocks, block_diagonal, layer_blocks, layer_posit
 from .layer_capture import backward_columns, capture_layers, capture_once
 from .per_example import _index, per_example_diagonal
 
-__all__ = ["fit_layer_blocks", "kfac_layers", "layer_passes"]
+__all__ = ["fit_layer_blocks", "kfac_layers", "layer_passes", "square_sum"]
 
 
 def kfac_layers(
@@ -96,6 +96,7 @@ def fit_layer_blocks(
     progress: bool,
     memory_budget: int,
     batch_size_fn: Callable[[Any], int] | None,
+    announce: bool = True,
 ) -> CurvatureResult:
     """Fit one block per layer block and an exact diagonal block per other parameter tensor.
 
@@ -104,13 +105,15 @@ def fit_layer_blocks(
         block_sums: ``(name, a [B, S, in'], g [K, B, S, out]) -> {key: tensor}`` statistics
             of a block for one batch, summed over batches.
         make_block: ``(name, sums, group_index, layout) -> block`` after the pass.
+        announce: warn once which tensors get diagonal blocks (not for ``diag`` itself).
     """
     plan: dict[str, Any] = {}
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         if not plan:  # which layers get blocks is seen on the first example
             plan["layers"], plan["rest"] = kfac_layers(subset, joint_bias, x)
-            announce_rest(backend, plan["rest"])
+            if announce:
+                announce_rest(backend, plan["rest"])
             plan["sub"] = (
                 ParameterSubset(subset.model, "subnetwork", subnetwork=plan["rest"])
                 if plan["rest"]
@@ -152,3 +155,39 @@ def fit_layer_blocks(
 
     structure = block_diagonal(subset, layers, rest_names, layer_block, diagonal)
     return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
+
+
+def square_sum(u: Tensor, v: Tensor, memory_budget: int, form: str = "auto") -> Tensor:
+    """Σₙ Σₖ ((Σₛ uₙₛₖ vₙₛᵀ)[i, j])² for u ``[K, B, S, out]``, v ``[B, S, in']``.
+
+    Two exact forms, chosen per layer by their cost (``form="auto"``):
+
+    - per-example gradients: form Mₙₖ = Σₛ uₙₛₖ vₙₛᵀ and square, ≈ K·S·out·in' per example;
+    - Gramian: Σₛₜ (Σₖ uₙₛₖ[i] uₙₜₖ[i]) vₙₛ[j] vₙₜ[j], summing over k before the contraction,
+      ≈ S²·(out·in' + K·out) per example — cheaper when S < K (few positions, many columns).
+    """
+    k, b, n_pos, n_out = u.shape
+    n_in = v.shape[-1]
+    if n_pos == 1:  # no weight sharing: squares factorise
+        return u[:, :, 0].square().sum(0).T @ v[:, 0].square()
+    if form == "auto":
+        per_example_cost = k * n_pos * n_out * n_in
+        gramian_cost = n_pos * n_pos * (n_out * n_in + k * n_out)
+        form = "gramian" if gramian_cost < per_example_cost else "per_example"
+    if form not in ("per_example", "gramian"):
+        raise ValueError(f"unknown form {form!r}; expected 'auto', 'per_example' or 'gramian'")
+    if form == "per_example":
+        row = k * n_out * n_in
+    else:
+        row = n_pos * n_pos * (n_out + n_in)
+    chunk = max(1, memory_budget // max(row * u.element_size(), 1))
+    total = u.new_zeros(n_out, n_in)
+    for s in range(0, b, chunk):
+        uc, vc = u[:, s : s + chunk], v[s : s + chunk]
+        if form == "per_example":
+            total += torch.einsum("kbso,bsi->kboi", uc, vc).square().sum((0, 1))
+        else:
+            gu = torch.einsum("kbso,kbto->bsto", uc, uc).reshape(-1, n_out)  # Σₖ over columns
+            gv = torch.einsum("bsi,bti->bsti", vc, vc).reshape(-1, n_in)
+            total += gu.T @ gv
+    return total
