@@ -21,7 +21,7 @@ from .likelihoods import Likelihood, get_likelihood
 from .links import gaussian_samples
 from .memory import check_fit_memory
 from .params import ParameterSubset, check_model_mode
-from .predictive import jacobian_sources
+from .predictive import function_samples, jacobian_sources
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
@@ -174,12 +174,12 @@ class Laplace(Hyperparameters):
         if sigma_noise is not None and not self.likelihood.has_noise:
             raise ValueError("sigma_noise is a regression-only option")
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
-        d, scalar = self._expand_prior(
-            self.prior_precision if prior_precision is None else prior_precision
-        )
+        delta = self.prior_precision if prior_precision is None else prior_precision
+        d, scalar = self._expand_prior(delta)
         scatter = (d * (self.mean - self.prior_mean).square()).sum()
         logdet_prior = self.n_params * d.log() if scalar else d.log().sum()
-        logdet_post = c.structure.logdet(d, self.scale(sigma))
+        # δ as given: a per-layer δ stays constant on each layer's blocks (exact, no Cholesky)
+        logdet_post = c.structure.logdet(delta, self.scale(sigma))
         return self.log_likelihood(sigma) - 0.5 * (scatter + logdet_post - logdet_prior)
 
     def optimize_prior_precision(
@@ -229,9 +229,7 @@ class Laplace(Hyperparameters):
         if pred_type == "glm":
             return gaussian_samples(*self.glm_moments(x), n_samples, generator)
         x, _ = self._check_inputs(x)
-        thetas = self.sample(n_samples, generator)
-        with torch.no_grad():
-            return torch.func.vmap(lambda t: self.subset.forward(t, x))(thetas)
+        return function_samples(self.subset, self.sample(n_samples, generator), x)
 
     def __call__(
         self,

@@ -25,11 +25,11 @@ from torch.func import jacrev, vmap
 
 from .curvature.layer_blocks import layer_positions, param_offsets
 from .curvature.layer_capture import backward_columns, capture_layers
-from .curvature.per_example import _index, _unsqueeze, with_vmap_fallback
+from .curvature.per_example import _index, _unsqueeze, is_vmap_limit, with_vmap_fallback
 from .params import ParameterSubset
 from .structures import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource, LayerBlock
 
-__all__ = ["LayerJacobian", "dense_jacobians", "jacobian_sources"]
+__all__ = ["LayerJacobian", "dense_jacobians", "function_samples", "jacobian_sources"]
 
 
 @dataclass
@@ -90,14 +90,13 @@ def dense_jacobians(
         return jacrev(with_aux, has_aux=True)(theta)
 
     row_bytes = subset.n_params * theta.element_size()
-    with torch.no_grad():
-        n_out = subset.call(_index(x, slice(0, 1))).shape[-1]
+    n_out = n_out_of(subset, x)
     chunk = max(1, memory_budget // max(row_bytes * n_out, 1))
     eye = torch.eye(n_out, dtype=theta.dtype, device=theta.device)
     for s in range(0, n_examples, chunk):
-        xs = _index(x, slice(s, s + chunk))
+        xs, b = _index(x, slice(s, s + chunk)), min(chunk, n_examples - s)
         jac, out = with_vmap_fallback(
-            subset, lambda xs=xs: vmap(jac_and_value)(xs), xs, theta, lambda f, n: eye
+            subset, lambda xs=xs: vmap(jac_and_value)(xs), xs, b, theta, lambda f, n: eye
         )
         yield DenseJacobian(jac.detach(), out, memory_budget)
 
@@ -116,9 +115,8 @@ def jacobian_sources(
         return
     if subset.kind == "last_layer" and names == [subset.last_layer_name]:
         # a block's products are at most [b, C, P] per chunk (a dense head's J Q)
-        row = subset.n_params * torch.finfo(subset.dtype).bits // 8
-        with torch.no_grad():
-            n_out = subset.call(_index(x, slice(0, 1))).shape[-1]
+        row = subset.n_params * _bytes(subset)
+        n_out = n_out_of(subset, x)
         chunk = max(1, memory_budget // max(row * n_out, 1))
         for s in range(0, n_examples, chunk):
             phi, f = subset.features(_index(x, slice(s, s + chunk)))
@@ -129,11 +127,17 @@ def jacobian_sources(
     modules = dict(subset.model.named_modules())
     layers, per_example = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
     rest = _rest_subset(subset, layers)
+    if rest is not None:  # the rest's dense columns [C, R] per example
+        per_example += n_out_of(subset, x) * int((rest[1] >= 0).sum()) * _bytes(subset)
     chunk = max(1, memory_budget // max(per_example, 1))
     for s in range(0, n_examples, chunk):
         xc = _index(x, slice(s, s + chunk))
         with torch.enable_grad(), capture_layers(layers) as record:
             f = subset.call(xc)
+        if any(record["calls"].get(la.name) != 1 for la in layers):
+            # this chunk uses a layer another number of times than the probe: dense J
+            yield from dense_jacobians(subset, xc, f.shape[0], memory_budget)
+            continue
         n_out = f.shape[-1]
         eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
         cols = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out).contiguous()  # [C, B, C]
@@ -151,6 +155,29 @@ def jacobian_sources(
             )
             rest_part = (lookup, jac)
         yield LayerJacobian(f.detach(), factors, rest_part, memory_budget)
+
+
+def function_samples(subset: ParameterSubset, thetas: Tensor, x: Any) -> Tensor:
+    """``[S, B, C]`` network outputs at the weight draws ``thetas`` ``[S, P]``: vmap over the
+    draws, or a loop where vmap cannot run the model."""
+    with torch.no_grad():
+        if subset.vmap_ok:
+            try:
+                return vmap(lambda t: subset.forward(t, x))(thetas)
+            except (RuntimeError, NotImplementedError) as err:
+                if not is_vmap_limit(err):
+                    raise
+        return torch.stack([subset.forward(t, x) for t in thetas])
+
+
+def n_out_of(subset: ParameterSubset, x: Any) -> int:
+    """C, from the outputs of the first example."""
+    with torch.no_grad():
+        return subset.call(_index(x, slice(0, 1))).shape[-1]
+
+
+def _bytes(subset: ParameterSubset) -> int:
+    return torch.finfo(subset.dtype).bits // 8
 
 
 def _callable_once(

@@ -86,3 +86,33 @@ def test_predictive_of_a_large_batch_comes_in_chunks_within_the_budget(
     per_example = 4 * (3 * la.n_params if subset == "last_layer" else 15 + 3 * 14)
     assert max(sizes) * per_example <= 2 * budget
     torch.testing.assert_close(probs[:20], la(big[:20]))
+
+
+def test_dense_layer_blocks_form_their_jacobian_in_chunks(monkeypatch):
+    """block_full's dense blocks with out > C form J from the layer factors per chunk of
+    examples, each at most the memory budget."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 40), nn.Tanh(), nn.Linear(40, 40), nn.Tanh(), nn.Linear(40, 2)
+    )
+    model = model.to(DT).eval()
+    x = torch.randn(30, 4, dtype=DT)
+    y = torch.randint(0, 2, (30,))
+    budget = 2**16
+    la = Laplace(model, "classification", "all", "block_full", memory_budget=budget)
+    la.fit(batches(x, y))
+    real, largest = torch.einsum, [0]
+
+    def spy(eq, *ops):
+        out = real(eq, *ops)
+        if eq == "cbsi,bsj->bcij":
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    big = torch.randn(2000, 4, generator=torch.Generator().manual_seed(1), dtype=DT)
+    _, var = la.glm_moments(big)
+    monkeypatch.setattr(torch, "einsum", real)
+    assert 0 < largest[0] <= budget
+    _, ref = la.glm_moments(big[:7])
+    torch.testing.assert_close(var[:7], ref)

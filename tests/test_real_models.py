@@ -253,3 +253,67 @@ def test_kfac_blocks_are_exact_for_one_datum(name):
             want[index, index] = g[index, index]
     assert any(type(b).__name__ == "Kron" for _, _, b in la.structure.blocks)
     torch.testing.assert_close(la.structure.curvature_dense(), want)
+
+
+def test_the_nn_predictive_of_a_recurrent_model_loops_where_vmap_cannot():
+    model, x, y = _setup("gru")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la = Laplace(model, "classification", "all", "kfac").fit(batches(x, y, 4))
+    g = torch.Generator().manual_seed(3)
+    probs = la(x, pred_type="nn", n_samples=5, generator=g)
+    thetas = la.sample(5, generator=torch.Generator().manual_seed(3))
+    expected = torch.stack([torch.softmax(la.subset.forward(t, x), -1) for t in thetas]).mean(0)
+    torch.testing.assert_close(probs, expected.detach())
+
+
+def test_a_model_drawing_random_numbers_in_eval_mode_is_refused():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x + 0.1 * torch.randn_like(x))
+
+    model, x, y = Noisy().to(DT).eval(), *_setup("layernorm")[1:]
+    with pytest.raises(ValueError, match="draws random numbers in eval mode"):
+        Laplace(model, "classification", "all", "full").fit(batches(x, y))
+
+
+def test_a_layer_called_another_number_of_times_at_prediction_goes_dense():
+    """Layer blocks come from layer factors only where the layer is called once per forward;
+    a chunk that calls it twice is computed from dense Jacobians (no wrong factors)."""
+
+    class Adaptive(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.mid, self.out = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.mid(torch.tanh(self.inp(x))))
+            if bool((x[:, 0] > 3).any()):
+                h = torch.tanh(self.mid(h))
+            return self.out(h)
+
+    torch.manual_seed(0)
+    model = Adaptive().to(DT).eval()
+    x, y = _setup("layernorm")[1:]
+    x = x.clamp(max=2.5)
+    la = Laplace(model, "classification", "all", "kfac").fit(batches(x, y))
+    xt = x.clone()
+    xt[5, 0] = 4.0  # a batch holding example 5 calls mid twice; the probe (example 0) once
+    _, var = la.glm_moments(xt[:5])
+    _, var_all = la.glm_moments(xt)
+    per_example = torch.stack(
+        [
+            torch.autograd.functional.jacobian(
+                lambda t, i=i: la.subset.forward(t, xt[i : i + 1]), la.mean
+            )[0]
+            for i in range(len(xt))
+        ]
+    )
+    prec = la.structure.precision_dense(la.prior_precision, la.scale())
+    want = per_example @ torch.linalg.inv(prec) @ per_example.transpose(1, 2)
+    torch.testing.assert_close(var_all, want)
+    torch.testing.assert_close(var, want[:5])

@@ -19,12 +19,12 @@ from torch import Tensor
 from torch.func import grad_and_value, vjp, vmap
 from torch.utils._pytree import tree_map
 
-from ..datapass import batch_size
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "is_vmap_limit",
     "output_dim",
     "per_example_diagonal",
     "per_example_factors",
@@ -99,7 +99,7 @@ def per_example_factors(
                 return likelihood.output_grad(out[None], ys[n : n + 1]).T
 
             rows, out = with_vmap_fallback(
-                subset, lambda xs=xs, ys=ys: vmap(ef_rows)(xs, ys), xs, theta, ef_cols
+                subset, lambda xs=xs, ys=ys: vmap(ef_rows)(xs, ys), xs, ys.shape[0], theta, ef_cols
             )
             yield rows, likelihood.nll_unit(out.detach(), ys)
             continue
@@ -113,6 +113,7 @@ def per_example_factors(
                 subset,
                 lambda k0=k0, k1=k1, xs=xs: vmap(lambda xn: ggn_rows(xn, k0, k1))(xs),
                 xs,
+                ys.shape[0],
                 theta,
                 ggn_cols,
             )
@@ -120,41 +121,77 @@ def per_example_factors(
             yield rows, nll
 
 
+#: what vmap says when it cannot run an op (not when the model or the data is wrong)
+_VMAP_LIMITS = (
+    "batching rule",
+    "doesn't match the broadcast shape",  # in-place writes into unbatched buffers (RNNs)
+    "data-dependent control flow",
+    "vmap: inplace",
+    "not supported with vmap",
+)
+
+
+def is_vmap_limit(err: BaseException) -> bool:
+    """Whether ``err`` says that vmap cannot run an op (not out of memory, not a user error)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    msg = str(err).lower()
+    return any(k in msg for k in _VMAP_LIMITS)
+
+
 def with_vmap_fallback(
     subset: ParameterSubset,
     vmapped: Callable[[], tuple[Tensor, Tensor]],
     xs: Any,
+    n_examples: int,
     theta: Tensor,
     cotangents: Callable[[Tensor, int], Tensor],
 ) -> tuple[Tensor, Tensor]:
     """``vmapped()``, or where vmap cannot run the model (fused RNN kernels, in-place ops on
-    batched tensors) the same rows by a loop over examples: rows ``[b, K, P]`` = Jₙᵀ Vₙ with
-    ``Vₙ = cotangents(fₙ, n)`` ``[C, K]``, and the outputs ``[b, C]``. The first failure is
-    announced and the subset remembers it."""
+    batched tensors, data-dependent control flow) the same rows by a loop over the
+    ``n_examples`` examples: rows ``[b, K, P]`` = Jₙᵀ Vₙ with ``Vₙ = cotangents(fₙ, n)``
+    ``[C, K]``, and the outputs ``[b, C]``. Once the loop has worked the subset remembers it
+    (announced once); other errors are raised as they are.
+
+    Raises:
+        ValueError: for a model that draws random numbers in eval mode.
+    """
     if subset.vmap_ok:
         try:
             return vmapped()
         except (RuntimeError, NotImplementedError) as err:
+            msg = str(err)
+            if "random" in msg and "vmap" in msg:
+                raise ValueError(
+                    "the model draws random numbers in eval mode (a noise layer, dropout "
+                    "called with training=True): the curvature and the predictive would be "
+                    "random; make it deterministic at evaluation"
+                ) from err
+            if not is_vmap_limit(err):
+                raise
+            rows = _loop_rows(subset, xs, n_examples, theta, cotangents)
             subset.vmap_ok = False
             warnings.warn(
                 f"torch.func.vmap cannot run this model ({type(err).__name__}: "
-                f"{str(err)[:120]}); per-example rows come from a loop over examples (slower)",
+                f"{msg[:120]}); per-example rows come from a loop over examples (slower)",
                 stacklevel=3,
             )
+            return rows
+    return _loop_rows(subset, xs, n_examples, theta, cotangents)
+
+
+def _loop_rows(subset, xs, n_examples, theta, cotangents) -> tuple[Tensor, Tensor]:
     rows, outs = [], []
-    for n in range(batch_size(xs)):
+    for n in range(n_examples):
         th = theta.detach().requires_grad_(True)
         with torch.enable_grad():
             out = subset.forward(th, _index(xs, slice(n, n + 1))).squeeze(0)
             v = cotangents(out.detach(), n)
-            rows.append(
-                torch.stack(
-                    [
-                        torch.autograd.grad(out, th, v[:, k], retain_graph=k + 1 < v.shape[1])[0]
-                        for k in range(v.shape[1])
-                    ]
-                )
-            )
+            grads = [
+                torch.autograd.grad(out, th, v[:, k], retain_graph=k + 1 < v.shape[1])[0]
+                for k in range(v.shape[1])
+            ]
+        rows.append(torch.stack(grads))
         outs.append(out.detach())
     return torch.stack(rows), torch.stack(outs)
 

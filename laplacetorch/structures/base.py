@@ -216,9 +216,15 @@ class Structure(ABC):
         self, a: Tensor, g: Tensor, d: Tensor, s: Tensor, memory_budget: int
     ) -> Tensor:
         """J Π⁻¹ Jᵀ for the layer Jacobian J[b, c, (i, j)] = Σₛ g[c, b, s, i] a[b, s, j]
-        (``a`` ``[B, S, in']``, ``g`` ``[C, B, S, out]``); by default J is formed."""
-        jac = torch.einsum("cbsi,bsj->bcij", g, a).flatten(2)
-        return self._fvar_dense(jac, d, s)
+        (``a`` ``[B, S, in']``, ``g`` ``[C, B, S, out]``); by default J is formed, in chunks of
+        examples of at most ``memory_budget`` bytes."""
+        row = g.shape[0] * self.n_params * g.element_size()
+        chunk = max(1, memory_budget // max(row, 1))
+        parts = []
+        for b0 in range(0, a.shape[0], chunk):
+            jac = torch.einsum("cbsi,bsj->bcij", g[:, b0 : b0 + chunk], a[b0 : b0 + chunk])
+            parts.append(self._fvar_dense(jac.flatten(2), d, s))
+        return torch.cat(parts)
 
     def _is_exact(self, d: Tensor) -> bool:
         return True

@@ -134,11 +134,12 @@ class Dense(Structure):
     def _fvar_factors(
         self, a: Tensor, g: Tensor, d: Tensor, s: Tensor, memory_budget: int
     ) -> Tensor:
-        if d.dim() != 0 or a.shape[1] != 1:
-            return super()._fvar_factors(a, g, d, s, memory_budget)
-        # (J Q)[b, c, :] = Σᵢ g[c, b, i] Σⱼ ã[b, j] Q[(i, j), :]: B·P² + B·C·out·P instead of
-        # forming J and paying B·C·P² (a linear head: out = C).
         out, cols = self.layout.shape
+        if d.dim() != 0 or a.shape[1] != 1 or out > g.shape[0]:
+            return super()._fvar_factors(a, g, d, s, memory_budget)
+        # (J Q)[b, c, :] = Σᵢ g[c, b, i] Σⱼ ã[b, j] Q[(i, j), :]: B·P² + B·C·out·P flops
+        # instead of B·C·P²; the intermediate [B, out, P] is no larger than J Q while
+        # out ≤ C (a linear head: out = C).
         t = torch.einsum("bj,ijp->bip", a[:, 0], self.eigenvectors.view(out, cols, -1))
         m = torch.einsum("cbi,bip->bcp", g[:, :, 0], t) * self._eig_prec(d, s).rsqrt()
         return m @ m.transpose(-1, -2)
