@@ -33,8 +33,9 @@ class MemoryBudgetError(ValueError):
 
 def available_memory(device: torch.device) -> int:
     """Bytes available for new tensors on ``device`` now."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cuda":  # free, plus what the caching allocator holds unused
+        free = torch.cuda.mem_get_info(device)[0]
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -51,7 +52,7 @@ def _layer_sizes(subset: ParameterSubset) -> tuple[list[tuple[int, int]], int]:
 
     if subset.index is not None:
         return [], subset.n_params
-    layers, rest = layer_blocks(subset, shared="skip")
+    layers, rest = layer_blocks(subset)
     shapes = [lay.shape for la in layers for _, _, lay in la.blocks]
     numel = dict(zip(subset.names, subset.numels, strict=True))
     return shapes, sum(numel[n] for n in rest)

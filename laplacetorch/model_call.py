@@ -3,6 +3,7 @@ settings under which every submodule runs as a module with both AD modes."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -28,18 +29,31 @@ register_pytree_node(
 )
 
 
+_fastpath = {"depth": 0, "saved": True}
+_fastpath_lock = threading.Lock()
+
+
 @contextmanager
 def module_calls() -> Iterator[None]:
     """Run the model so that every submodule is called as a module and every op has both AD
     modes: attention's fused fast path (eval mode, no grad) skips ``out_proj``, and the fused
-    scaled-dot-product kernels have no forward-mode AD (the math kernel has)."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    scaled-dot-product kernels have no forward-mode AD (the math kernel has).
+
+    The fast-path switch is process-wide: nested and concurrent uses share one count, and the
+    user's setting comes back when the last one ends (also on an exception)."""
+    with _fastpath_lock:
+        if _fastpath["depth"] == 0:
+            _fastpath["saved"] = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _fastpath["depth"] += 1
     try:
         with sdpa_kernel([SDPBackend.MATH]):
             yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
+        with _fastpath_lock:
+            _fastpath["depth"] -= 1
+            if _fastpath["depth"] == 0:
+                torch.backends.mha.set_fastpath_enabled(_fastpath["saved"])
 
 
 def model_output(out: Any) -> Tensor:

@@ -11,7 +11,10 @@ from .structures import structure_from_state_dict
 if TYPE_CHECKING:
     from .laplace import Laplace
 
-__all__ = ["laplace_state", "load_laplace_state"]
+__all__ = ["STATE_FORMAT", "laplace_state", "load_laplace_state"]
+
+#: the layout of a saved state; 2: structures as blocks (BlockDiagonal, layer layouts)
+STATE_FORMAT = 2
 
 
 def laplace_state(la: Laplace) -> dict[str, Any]:
@@ -19,6 +22,7 @@ def laplace_state(la: Laplace) -> dict[str, Any]:
     likelihood and structure, the decomposed curvature, θ*, the hyperparameters."""
     c = la._fitted()
     return {
+        "format": STATE_FORMAT,
         "likelihood": la.likelihood.name,
         "hessian_structure": la.hessian_structure,
         "subset": la.subset.signature(),
@@ -41,8 +45,15 @@ def load_laplace_state(la: Laplace, state: dict[str, Any]) -> None:
     """Install ``state`` into ``la``.
 
     Raises:
-        ValueError: when the state belongs to another likelihood, structure or model/subset.
+        ValueError: when the state belongs to another likelihood, structure or model/subset,
+            or was saved in another format (then nothing is changed).
     """
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        got = state.get("format", "1 (no format entry)") if isinstance(state, dict) else None
+        raise ValueError(
+            f"state has format {got}; this laplacetorch reads format {STATE_FORMAT} (structures "
+            "as blocks): fit again and save a new state"
+        )
     for key, mine in (
         ("likelihood", la.likelihood.name),
         ("hessian_structure", la.hessian_structure),

@@ -158,3 +158,19 @@ def test_outputs_that_are_neither_tensor_nor_logits_are_refused():
     x = torch.randn(4, 2, dtype=DT)
     with pytest.raises(TypeError, match="must be a tensor or have a tensor .logits; got tuple"):
         Laplace(Bad().to(DT), "classification", "all", "diag").fit([(x, torch.zeros(4).long())])
+
+
+def test_module_calls_restore_the_users_fast_path_setting():
+    from laplacetorch.model_call import module_calls
+
+    for user in (True, False):
+        torch.backends.mha.set_fastpath_enabled(user)
+        with module_calls():
+            with module_calls():
+                assert not torch.backends.mha.get_fastpath_enabled()
+            assert not torch.backends.mha.get_fastpath_enabled()
+        assert torch.backends.mha.get_fastpath_enabled() == user
+        with pytest.raises(KeyError), module_calls():
+            raise KeyError("inside")
+        assert torch.backends.mha.get_fastpath_enabled() == user
+    torch.backends.mha.set_fastpath_enabled(True)

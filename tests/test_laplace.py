@@ -232,6 +232,11 @@ def test_fit_twice_replaces_and_state_dict_round_trip():
         wrong.load_state_dict(state)
     with pytest.raises(ValueError, match="hessian_structure"):
         Laplace(make_mlp(), "classification", "all", "diag").load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "format"}  # as saved before format 2
+    fresh = Laplace(copy.deepcopy(la.model), "classification", "all", "full")
+    with pytest.raises(ValueError, match=r"state has format 1 \(no format entry\); .* fit again"):
+        fresh.load_state_dict(old)
+    assert fresh.curvature is None
 
 
 def test_bad_input_to_laplace():

@@ -378,3 +378,15 @@ def test_per_parameter_prior_keeps_its_own_gradients():
     delta = torch.full((st.n_params,), 0.9, dtype=DT, requires_grad=True)
     (gd,) = torch.autograd.grad(st.logdet(delta, 1.0), delta)
     torch.testing.assert_close(gd, st.inverse_diagonal(0.9, 1.0))
+
+
+def test_a_users_structure_named_like_ours_does_not_replace_it():
+    from laplacetorch.structures import STRUCTURES
+
+    class Dense(Diagonal):  # a user's class that happens to share the name
+        pass
+
+    assert STRUCTURES["Dense"].__module__ == "laplacetorch.structures.dense"
+    mine = Dense(torch.ones(3, dtype=DT))
+    again = structure_from_state_dict(mine.state_dict())
+    assert type(again) is Dense and again.state_dict()["structure"].endswith(".Dense")

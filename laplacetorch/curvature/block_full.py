@@ -26,12 +26,10 @@ from ..params import ParameterSubset
 from ..structures import Dense, LayerBlock
 from .base import CurvatureResult, resolve_fisher_type
 from .kfac import output_columns
-from .layer_fit import fit_layer_blocks, kfac_layers
+from .layer_fit import fit_layer_blocks
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_block_full"]
-
-MAX_BLOCK_BYTES = 2**31
 
 
 def fit_block_full(
@@ -41,7 +39,6 @@ def fit_block_full(
     *,
     fisher_type: str = "exact",
     joint_bias: bool = True,
-    max_bytes: int = MAX_BLOCK_BYTES,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
@@ -51,20 +48,11 @@ def fit_block_full(
     Args:
         fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
         joint_bias: one block for [W | b] (default) or separate W and b blocks.
-        max_bytes: the dense blocks may take at most this many bytes together; past it the
-            fit is refused before any pass over the data.
         memory_budget: bytes a chunk of per-example rows may take.
     """
     kind = resolve_fisher_type(fisher_type, "block_full")
-    layers, _ = kfac_layers(subset, joint_bias)  # an upper bound: before the probe
-    sizes = {name: int(index.numel()) for la in layers for name, index, _ in la.blocks} or {"": 0}
-    need = sum(n * n for n in sizes.values()) * torch.finfo(subset.dtype).bits // 8
-    if need > max_bytes:
-        raise ValueError(
-            f"block_full needs {need} bytes for its dense layer blocks (the largest has "
-            f"{max(sizes.values())} parameters), over max_bytes={max_bytes}; use 'kfac', 'ekfac' "
-            "or 'diag', or raise max_bytes in backend_options"
-        )
+    if subset.index is not None:
+        raise ValueError("block_full needs whole layers; a subnetwork given by a mask is not")
     ggn_type = "exact" if kind == "ggn" else "empirical"
 
     def gram(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:

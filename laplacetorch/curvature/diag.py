@@ -32,7 +32,7 @@ def fit_diag(
 ) -> CurvatureResult:
     """Exact diagonal of the unit-scale curvature, one :class:`Diagonal` block per layer.
 
-    - Linear / Conv layers (the layer blocks of :func:`~.layer_fit.kfac_layers`): one forward
+    - Linear / Conv layers (the layer blocks of :func:`~.layer_fit.blocked_layers`): one forward
       recording layer inputs ã, one batched backward of the K columns of Sₙ giving output
       gradients g, then diag = Σₙ Σₖ (Σₛ gₙₖₛ ãₙₛᵀ)² (:func:`~.layer_fit.square_sum`; without
       weight sharing (Σₖ gₙₖ²)ᵀ (ãₙ²)): about (1 + 2C)/3 gradient epochs.
@@ -115,7 +115,7 @@ def per_layer_diagonal(subset: ParameterSubset, g: Tensor) -> Structure:
     block for a subnetwork given by a mask."""
     if subset.index is not None:
         return Diagonal(g, subset.group_index)
-    layers, rest = layer_blocks(subset, shared="skip")
+    layers, rest = layer_blocks(subset)
     gi = subset.group_index
 
     def layer_block(name: str, index: Tensor, layout: LayerBlock) -> Diagonal:

@@ -26,7 +26,7 @@ from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
 from .kfac import check_kfac_options, fit_kfac, output_columns
-from .layer_fit import kfac_layers, layer_passes, square_sum
+from .layer_fit import blocked_layers, layer_passes, square_sum
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_ekfac"]
@@ -73,7 +73,7 @@ def fit_ekfac(
     krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
     layers = [
         la
-        for la in kfac_layers(subset, joint_bias)[0]
+        for la in blocked_layers(subset, joint_bias)[0]
         if all(name in krons for name, _, _ in la.blocks)
     ]
     if not layers:

@@ -90,7 +90,7 @@ def fit_full(
 def _head_structure(subset: ParameterSubset, g: Tensor) -> Structure:
     """The last layer's dense curvature as one block laid out like the head's [W | b], so the
     predictive uses the features instead of a Jacobian."""
-    layers, rest = layer_blocks(subset, shared="skip")
+    layers, rest = layer_blocks(subset)
     if rest or len(layers) != 1 or len(layers[0].blocks) != 1:
         return Dense(g, subset.group_index)
     name, index, layout = layers[0].blocks[0]

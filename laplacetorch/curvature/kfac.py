@@ -15,8 +15,8 @@ batches and normalised once by the global count.
 The result is a :class:`~laplacetorch.structures.BlockDiagonal` of one
 :class:`~laplacetorch.structures.Kron` block per layer (per conv group, and per separate
 bias) and an exact :class:`~laplacetorch.structures.Diagonal` block for every other Bayesian
-parameter tensor (norms, embeddings; announced once in a warning). A layer weight shared
-between modules or called twice is refused.
+parameter tensor (norms, embeddings, and layers that are tied to another module or called
+more than once; announced once in a warning).
 """
 
 from __future__ import annotations

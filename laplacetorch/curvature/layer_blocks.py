@@ -65,17 +65,15 @@ def layer_blocks(
     *,
     joint_bias: bool = True,
     modules: tuple[type[nn.Module], ...] = KRON_MODULES,
-    shared: str = "raise",
 ) -> tuple[list[LayerBlocks], list[str]]:
     """The supported layers whose weight is Bayesian, and the names of the other parameters.
 
     Args:
         joint_bias: one block for [W | b] or separate W and b blocks.
         modules: the layer types that get blocks.
-        shared: a weight shared between modules: ``"raise"`` or ``"skip"`` (left to the rest).
 
     Raises:
-        ValueError: for a masked subnetwork, or a shared weight with ``shared="raise"``.
+        ValueError: for a masked subnetwork.
     """
     if subset.index is not None:
         raise ValueError("layer blocks need whole layers; a subnetwork given by a mask is not")
@@ -88,9 +86,7 @@ def layer_blocks(
             continue
         has_bias = m.bias is not None and prefix + "bias" in chosen
         if owners[id(m.weight)] != 1 or (has_bias and owners[id(m.bias)] != 1):
-            if shared == "skip":
-                continue
-            raise ValueError(f"cannot represent the weight of layer {name!r}: it is shared (tied)")
+            continue  # tied to another module: left to the rest
         groups = getattr(m, "groups", 1)
         og, in_cols = m.weight.shape[0] // groups, m.weight[0].numel()  # in/groups · kernel
         joint = has_bias and joint_bias

@@ -51,14 +51,15 @@ def capture_once(
     subset: ParameterSubset, layers: list[Any], x: Any
 ) -> tuple[Tensor, dict[str, Any]]:
     """Forward pass recording each layer's input and output; refuses a layer not called
-    exactly once (its Kronecker / layer block would not be its curvature)."""
+    exactly once (it was chosen for a layer block on the first batch, where it was)."""
     with torch.enable_grad(), capture_layers(layers) as record:
         f = subset.call(x)
     for layer in layers:
         if record["calls"].get(layer.name) != 1:
             raise ValueError(
-                f"cannot represent layer {layer.name!r} by a layer block: it was called "
-                f"{record['calls'].get(layer.name, 0)} times in one forward pass"
+                f"layer {layer.name!r} was called {record['calls'].get(layer.name, 0)} times in "
+                "this batch's forward pass, once in the first batch's: how often the model uses "
+                "it depends on the data, so it has no layer block; use 'diag' or 'full'"
             )
     return f, record
 

@@ -21,30 +21,30 @@ from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass
 from .layer_blocks import LayerBlocks, block_diagonal, layer_blocks, layer_positions, rest_positions
 from .layer_capture import backward_columns, capture_layers, capture_once
-from .per_example import _index, per_example_diagonal
+from .per_example import per_example_diagonal
 
-__all__ = ["fit_layer_blocks", "kfac_layers", "layer_passes", "square_sum"]
+__all__ = ["blocked_layers", "fit_layer_blocks", "layer_passes", "square_sum"]
 
 
-def kfac_layers(
+def blocked_layers(
     subset: ParameterSubset, joint_bias: bool, x: Any = None
 ) -> tuple[list[LayerBlocks], list[str]]:
     """The layers that get layer blocks, and the names of the other Bayesian parameters.
 
     A Linear / Conv layer gets blocks when its weight is its own (not tied to another module)
-    and, given example inputs ``x``, when one forward pass calls it exactly once (a layer
-    applied twice, or whose weight a fused kernel reads directly, is not B ⊗ A); every other
-    parameter tensor is left to an exact diagonal block.
+    and, given a batch of inputs ``x`` (the first of the fit), when a forward pass on it calls
+    the layer exactly once (a layer applied twice, or whose weight a fused kernel reads
+    directly, is not B ⊗ A); every other parameter tensor is left to an exact diagonal block.
 
     Raises:
         ValueError: for a subnetwork given by a mask (it splits layers).
     """
     if subset.index is not None:
         raise ValueError("layer blocks need whole layers; a subnetwork given by a mask splits them")
-    layers, _ = layer_blocks(subset, joint_bias=joint_bias, shared="skip")
+    layers, _ = layer_blocks(subset, joint_bias=joint_bias)
     if x is not None and layers:
         with torch.no_grad(), capture_layers(layers) as record:
-            subset.call(_index(x, slice(0, 1)))
+            subset.call(x)
         layers = [la for la in layers if record["calls"].get(la.name) == 1]
     covered = {n for la in layers for n in la.params}
     return layers, [n for n in subset.names if n not in covered]
@@ -110,8 +110,8 @@ def fit_layer_blocks(
     plan: dict[str, Any] = {}
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        if not plan:  # which layers get blocks is seen on the first example
-            plan["layers"], plan["rest"] = kfac_layers(subset, joint_bias, x)
+        if not plan:  # which layers get blocks is seen on the first batch
+            plan["layers"], plan["rest"] = blocked_layers(subset, joint_bias, x)
             if announce:
                 announce_rest(backend, plan["rest"])
             plan["sub"] = (

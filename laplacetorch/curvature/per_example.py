@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_map
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
+from ..structures import DEFAULT_MEMORY_BUDGET
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -30,8 +31,6 @@ __all__ = [
     "per_example_factors",
     "with_vmap_fallback",
 ]
-
-DEFAULT_MEMORY_BUDGET = 32 * 2**20  # larger chunks page-fault more than they gain
 
 
 def _index(x: Any, sl: slice) -> Any:

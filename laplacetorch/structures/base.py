@@ -26,7 +26,7 @@ from .layout import LayerBlock
 from .prior import check_scale, expand_prior, parse_prior, prior_on_block, single_group
 from .sources import DenseJacobian, JacobianSource
 
-__all__ = ["STRUCTURES", "Structure", "check_state", "structure_from_state_dict"]
+__all__ = ["STRUCTURES", "Structure", "check_state", "structure_from_state_dict", "structure_key"]
 
 #: every structure class by name, filled by subclassing (persistence looks classes up here)
 STRUCTURES: dict[str, type[Structure]] = {}
@@ -52,7 +52,7 @@ class Structure(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        STRUCTURES[cls.__name__] = cls
+        STRUCTURES[structure_key(cls)] = cls
 
     def __init__(
         self,
@@ -233,7 +233,7 @@ class Structure(ABC):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the structure without the data."""
         return {
-            "structure": type(self).__name__,
+            "structure": structure_key(type(self)),
             "n_params": self.n_params,
             "group_index": self.group_index.cpu(),
             "layout": None if self.layout is None else self.layout.to_dict(),
@@ -290,11 +290,19 @@ class Structure(ABC):
         """Install tensors produced by :meth:`_tensors`."""
 
 
+def structure_key(cls: type) -> str:
+    """A structure class's name in ``STRUCTURES`` and in states: the class name for
+    laplacetorch's own, module-qualified for others (a user's ``Dense`` stays apart)."""
+    if cls.__module__.startswith("laplacetorch."):
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def check_state(cls: type, state: Any, keys: tuple[str, ...]) -> None:
     """Refuse a state that is not of structure ``cls`` or lacks one of ``keys``."""
-    if not isinstance(state, dict) or state.get("structure") != cls.__name__:
+    if not isinstance(state, dict) or state.get("structure") != structure_key(cls):
         got = state.get("structure") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"state is of structure {got!r}, not {cls.__name__!r}")
+        raise ValueError(f"state is of structure {got!r}, not {structure_key(cls)!r}")
     missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"state of {cls.__name__} lacks entries {missing}")

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import STRUCTURES, Structure, check_state
+from .base import STRUCTURES, Structure, check_state, structure_key
 from .layout import LayerBlock
 from .prior import parse_prior, prior_on_block, single_group
 from .sources import JacobianSource
@@ -152,7 +152,7 @@ class BlockDiagonal(Structure):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "structure": type(self).__name__,
+            "structure": structure_key(type(self)),
             "n_params": self.n_params,
             "group_index": self.group_index.cpu(),
             "blocks": [
