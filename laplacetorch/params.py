@@ -200,8 +200,15 @@ class ParameterSubset:
         if not wanted:
             raise ValueError("subnetwork names are empty")
         chosen = set()
+        # every name a parameter is reachable by (a tied weight has several), to its first
+        canonical = {id(p): n for n, p in named.items()}
+        aliases = {
+            n: canonical[id(p)]
+            for n, p in self.model.named_parameters(remove_duplicate=False)
+            if id(p) in canonical
+        }
         for w in wanted:
-            hits = [n for n in named if n == w or n.startswith(w + ".")]
+            hits = {c for n, c in aliases.items() if n == w or n.startswith(w + ".")}
             if not hits:
                 raise ValueError(
                     f"subnetwork name {w!r} matches no parameter or module; parameters are "

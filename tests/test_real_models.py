@@ -138,9 +138,17 @@ CASES = [
     (m, s, sub)
     for m in MODELS
     for s in STRUCTURES
-    for sub in ("all", "last_layer")
+    for sub in ("all", "last_layer", "subnetwork")
     if sub == "all" or s in ("full", "diag", "kfac")
 ]
+
+
+def _subnetwork(model):
+    """The first module with weights of its own and the last Linear, by name."""
+    from laplacetorch.params import find_last_linear
+
+    first = next(n for n, m in model.named_modules() if list(m.parameters(recurse=False)))
+    return sorted({first, find_last_linear(model)[0]})
 
 
 @pytest.mark.parametrize(("name", "structure", "subset"), CASES)
@@ -148,8 +156,9 @@ def test_fit_tune_predict_without_a_graph(name, structure, subset):
     model, x, y = _setup(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the announcements of diagonal / frozen parameters
+        kw = {"subnetwork": _subnetwork(model)} if subset == "subnetwork" else {}
         la = Laplace(
-            model, "classification", subset, structure, backend_options=OPTIONS.get(structure)
+            model, "classification", subset, structure, backend_options=OPTIONS.get(structure), **kw
         ).fit(batches(x, y, 4))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert not frozen & set(la.subset.names)
