@@ -88,6 +88,7 @@ MODELS = {
     "tied": (TiedLM, lambda g: torch.randint(0, 5, (10, 3), generator=g)),
     "gru": (lambda: Recurrent("gru"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
     "lstm": (lambda: Recurrent("lstm"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
+    "rnn": (lambda: Recurrent("rnn"), lambda g: torch.randn(10, 6, 3, generator=g, dtype=DT)),
     "frozen": (_frozen, lambda g: torch.randn(10, 4, generator=g, dtype=DT)),
     "conv1d+groupnorm": (
         lambda: nn.Sequential(
