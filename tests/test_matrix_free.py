@@ -161,7 +161,7 @@ def test_operator_neumann_solver(problem):
     _, x, y, sub, g = problem
     p = g.shape[0]
     lik = get_likelihood("classification")
-    st = fit_operator(sub, lik, batches(x, y), solver="neumann", neumann_terms=400).structure
+    st = fit_operator(sub, lik, batches(x, y, 30), solver="neumann", neumann_terms=400).structure
     prec = g + 5.0 * torch.eye(p, dtype=DT)  # well conditioned: the series converges fast
     v = torch.randn(2, p, generator=torch.Generator().manual_seed(0), dtype=DT)
     torch.testing.assert_close(st.solve(v, 5.0), v @ torch.linalg.inv(prec), rtol=1e-6, atol=1e-8)
@@ -208,7 +208,7 @@ def test_operator_layerwise_marglik_tuning_runs_and_lands_near_full(problem):
     for structure in ("full", "operator"):
         opts = {"n_probes": 20, "n_steps": 30} if structure == "operator" else None
         la = Laplace(model, "classification", "all", structure, backend_options=opts)
-        la.fit(batches(x, y))
+        la.fit(batches(x, y, 30))  # one batch: a data pass per product costs one call
         la.optimize_prior_precision(method="marglik", prior_structure="layerwise", n_steps=30)
         found[structure] = la.prior_precision.log()
     assert (found["operator"] - found["full"]).abs().max() < 0.1
