@@ -21,6 +21,7 @@ from .likelihoods import Likelihood, get_likelihood
 from .links import gaussian_samples
 from .memory import check_fit_memory
 from .params import ParameterSubset, check_model_mode
+from .positions import OutputLayout, PositionwiseLikelihood
 from .predictive import function_samples, jacobian_sources
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
 
@@ -63,6 +64,10 @@ class Laplace(Hyperparameters):
             model's keyword inputs, ``model(**inputs)``, at fit and at prediction.
         memory_limit: bytes a fit may hold at its peak, checked before anything is allocated
             (default: 80% of the memory available; see :mod:`laplacetorch.memory`).
+        outputs, ignore_index: ``"sequence"`` for outputs ``[B, T, C]`` with targets
+            ``[B, T]``, ``"channels_first"`` for ``[B, C, H, W]`` with ``[B, H, W]``: each
+            position is a likelihood term, targets ``ignore_index`` are left out, and the
+            predictive is per position (see :mod:`laplacetorch.positions`).
     """
 
     def __init__(
@@ -84,11 +89,18 @@ class Laplace(Hyperparameters):
         backend_options: dict[str, Any] | None = None,
         dict_key_y: str = "labels",
         memory_limit: int | None = None,
+        outputs: str | None = None,
+        ignore_index: int = -100,
     ) -> None:
         self.likelihood = get_likelihood(likelihood)
         self.subset = ParameterSubset(
             model, subset_of_weights, last_layer_name=last_layer_name, subnetwork=subnetwork
         )
+        if outputs is not None:  # each position a likelihood term
+            self.subset.output_layout = OutputLayout(outputs)
+            self.likelihood = PositionwiseLikelihood(
+                self.likelihood, self.subset.output_layout, ignore_index
+            )
         self.model = model
         self.hessian_structure = canonical_structure(hessian_structure, subset_of_weights)
         self.fisher_type = fisher_type

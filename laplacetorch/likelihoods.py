@@ -62,16 +62,17 @@ class Likelihood(ABC):
         """
 
     @abstractmethod
-    def hessian_sqrt(self, f: Tensor) -> Tensor:
-        """A square root Sₙ of the unit-scale output Hessian, ``[B, C, K]`` with SₙSₙᵀ = Λₙ."""
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        """A square root Sₙ of the unit-scale output Hessian, ``[B, C, K]`` with SₙSₙᵀ = Λₙ
+        (the targets ``y``, where given, may mask terms: ignored positions)."""
 
     @abstractmethod
-    def output_hessian(self, f: Tensor) -> Tensor:
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         """The unit-scale output Hessian Λₙ = ∂²(−log p)/∂f², shape ``[B, C, C]``."""
 
     @abstractmethod
     def sample_targets(
-        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
     ) -> Tensor:
         """Targets drawn from the model at unit scale, ``[n_samples, B, ...]`` (MC Fisher)."""
 
@@ -233,18 +234,18 @@ class ClassificationLikelihood(Likelihood):
     def inverse_link(self, f: Tensor) -> Tensor:
         return torch.softmax(f, dim=-1)
 
-    def output_hessian(self, f: Tensor) -> Tensor:
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         p = torch.softmax(f, dim=-1)
         return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
-    def hessian_sqrt(self, f: Tensor) -> Tensor:
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         # S = diag(√p) − p √pᵀ:  S Sᵀ = diag(p) − p pᵀ because Σ p = 1.
         p = torch.softmax(f, dim=-1)
         sp = p.sqrt()
         return torch.diag_embed(sp) - p.unsqueeze(-1) * sp.unsqueeze(-2)
 
     def sample_targets(
-        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
     ) -> Tensor:
         p = torch.softmax(f.detach(), dim=-1)
         y = torch.multinomial(p, n_samples, replacement=True, generator=generator)
@@ -255,8 +256,7 @@ class RegressionLikelihood(Likelihood):
     """Gaussian likelihood N(y | f, σ² I); targets ``[B]`` (when C = 1) or ``[B, C]``."""
 
     name = "regression"
-    has_noise = True
-    links = ("probit", "bridge", "bridge_norm", "mc")  # accepted and unused: y is Gaussian
+    has_noise = True  # every link is accepted and unused: y is Gaussian
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         y = _per_output_targets(y, f_shape, "regression")
@@ -297,15 +297,15 @@ class RegressionLikelihood(Likelihood):
         eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
         return torch.as_tensor(sigma_noise, dtype=mean.dtype, device=mean.device).square() * eye
 
-    def output_hessian(self, f: Tensor) -> Tensor:
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
         return eye.expand(f.shape[0], -1, -1)
 
-    def hessian_sqrt(self, f: Tensor) -> Tensor:
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         return self.output_hessian(f)
 
     def sample_targets(
-        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
     ) -> Tensor:
         noise = torch.randn(
             (n_samples, *f.shape), generator=generator, dtype=f.dtype, device=f.device
@@ -362,16 +362,16 @@ class BinaryLikelihood(Likelihood):
     def predictive_nll(self, pred: Tensor, y: Tensor) -> Tensor:
         return binary_nll(pred, y, "sum")
 
-    def output_hessian(self, f: Tensor) -> Tensor:
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         p = torch.sigmoid(f)
         return torch.diag_embed(p * (1 - p))
 
-    def hessian_sqrt(self, f: Tensor) -> Tensor:
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         p = torch.sigmoid(f)
         return torch.diag_embed((p * (1 - p)).sqrt())
 
     def sample_targets(
-        self, f: Tensor, n_samples: int, generator: torch.Generator | None
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
     ) -> Tensor:
         p = torch.sigmoid(f.detach()).unsqueeze(0).expand(n_samples, *f.shape)
         return torch.bernoulli(p, generator=generator)

@@ -159,6 +159,8 @@ class ParameterSubset:
         self.names = names
         #: False once torch.func.vmap failed on this model (the per-example paths then loop)
         self.vmap_ok = True
+        #: outputs with positions, seen flattened (see :mod:`laplacetorch.positions`)
+        self.output_layout: Any = None
         self.shapes = [named[n].shape for n in names]
         self.numels = [named[n].numel() for n in names]
         self.index = index
@@ -282,11 +284,25 @@ class ParameterSubset:
         graph reaches weights outside θ), via ``torch.func.functional_call``."""
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         params.update(self.to_named(theta))
-        return call_model(self.model, x, params)
+        return self._flat(call_model(self.model, x, params))
 
     def call(self, x: Any) -> Tensor:
         """f(x) at the model's own weights (see :func:`~laplacetorch.model_call.call_model`)."""
-        return call_model(self.model, x)
+        return self._flat(call_model(self.model, x))
+
+    def restricted(self, names: list[str]) -> ParameterSubset:
+        """The subset of just the parameter tensors ``names``, calling the model alike."""
+        sub = ParameterSubset(self.model, "subnetwork", subnetwork=names)
+        sub.output_layout, sub.vmap_ok = self.output_layout, self.vmap_ok
+        return sub
+
+    def _flat(self, out: Tensor) -> Tensor:
+        return out if self.output_layout is None else self.output_layout.flatten(out)
+
+    @property
+    def closed_form_head(self) -> bool:
+        """Whether the last layer's closed forms apply (a head on ``[B, D]`` features)."""
+        return self.kind == "last_layer" and self.output_layout is None
 
     def assign(self, theta: Tensor) -> None:
         """Write θ into the model's parameters in place (used to draw weight samples)."""

@@ -113,7 +113,7 @@ def jacobian_sources(
     if not names:
         yield from dense_jacobians(subset, x, n_examples, memory_budget)
         return
-    if subset.kind == "last_layer" and names == [subset.last_layer_name]:
+    if subset.closed_form_head and names == [subset.last_layer_name]:
         # a block's products are at most [b, C, P] per chunk (a dense head's J Q)
         row = subset.n_params * _bytes(subset)
         n_out = n_out_of(subset, x)
@@ -218,4 +218,4 @@ def _rest_subset(
     for n in rest_names:
         lookup[offs[n] : offs[n] + numel[n]] = torch.arange(col, col + numel[n])
         col += numel[n]
-    return ParameterSubset(subset.model, "subnetwork", subnetwork=rest_names), lookup
+    return subset.restricted(rest_names), lookup

@@ -46,7 +46,7 @@ def fit_diag(
         memory_budget: bytes a chunk of per-example rows may take.
     """
     kind = resolve_fisher_type(fisher_type, "diag")
-    if subset.kind == "last_layer":
+    if subset.closed_form_head:
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
             likelihood,

@@ -39,7 +39,7 @@ def fit_full(
         memory_budget: bytes a chunk of Jacobian rows may take.
     """
     kind = resolve_fisher_type(fisher_type, "full")
-    if subset.kind == "last_layer":
+    if subset.closed_form_head:
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
             likelihood,

@@ -129,7 +129,7 @@ class GGNOperator:
         out = out.detach()
         jv = vmap(lambda t: jvp(f, (theta,), (t,))[1])(v)  # [m, B, C]
         if self.kind == "ggn":
-            cot = torch.einsum("bcd,mbd->mbc", lik.output_hessian(out), jv)
+            cot = torch.einsum("bcd,mbd->mbc", lik.output_hessian(out, y), jv)
         else:
             r = lik.output_grad(out, y)  # [B, C]
             cot = r.unsqueeze(0) * (jv * r.unsqueeze(0)).sum(-1, keepdim=True)

@@ -137,10 +137,10 @@ def output_columns(
     """The vectors v pulled back through the network, ``[K, B, C]``: the columns of Sₙ
     (exact), sampled output gradients / √M (mc) or the observed output gradient (empirical)."""
     if fisher_type in ("exact", "ggn"):
-        return likelihood.hessian_sqrt(f).permute(2, 0, 1).contiguous()
+        return likelihood.hessian_sqrt(f, y).permute(2, 0, 1).contiguous()
     if fisher_type in ("empirical", "ef"):
         return likelihood.output_grad(f, y).unsqueeze(0)
-    ys = likelihood.sample_targets(f, mc_samples, generator)  # [M, B, ...]
+    ys = likelihood.sample_targets(f, mc_samples, generator, y)  # [M, B, ...]
     f_rep = f.unsqueeze(0).expand(mc_samples, *f.shape).reshape(-1, f.shape[-1])
     r = likelihood.output_grad(f_rep, ys.reshape(-1, *ys.shape[2:]))
     return r.view(mc_samples, *f.shape) / math.sqrt(mc_samples)

@@ -37,7 +37,7 @@ def _output_curvature(
 ) -> tuple[Tensor | None, Tensor]:
     """(Λₙ ``[B, C, C]`` or None, its diagonal ``[B, C]``) for the GGN or the EF."""
     if kind == "ggn":
-        lam = likelihood.output_hessian(f)
+        lam = likelihood.output_hessian(f, y)
         return lam, lam.diagonal(dim1=-2, dim2=-1)
     r = likelihood.output_grad(f, y)
     return r.unsqueeze(-1) * r.unsqueeze(-2), r.square()

@@ -114,11 +114,7 @@ def fit_layer_blocks(
             plan["layers"], plan["rest"] = blocked_layers(subset, joint_bias, x)
             if announce:
                 announce_rest(backend, plan["rest"])
-            plan["sub"] = (
-                ParameterSubset(subset.model, "subnetwork", subnetwork=plan["rest"])
-                if plan["rest"]
-                else None
-            )
+            plan["sub"] = subset.restricted(plan["rest"]) if plan["rest"] else None
         layers, rest = plan["layers"], plan["sub"]
         f, per_layer = layer_passes(subset, layers, x, lambda f: columns(f, y))
         out = {"loss": likelihood.nll_unit(f, y).sum()}

@@ -75,9 +75,9 @@ def per_example_factors(
     def f1(th: Tensor, xn: Any) -> Tensor:
         return subset.forward(th, _unsqueeze(xn)).squeeze(0)
 
-    def ggn_rows(xn: Any, k0: int, k1: int) -> tuple[Tensor, Tensor]:
+    def ggn_rows(xn: Any, yn: Tensor, k0: int, k1: int) -> tuple[Tensor, Tensor]:
         out, pullback = vjp(lambda th: f1(th, xn), theta)
-        sqrt = likelihood.hessian_sqrt(out.detach().unsqueeze(0)).squeeze(0)  # [C, K]
+        sqrt = likelihood.hessian_sqrt(out.detach()[None], yn[None]).squeeze(0)  # [C, K]
         (rows,) = vmap(pullback)(sqrt[:, k0:k1].T.contiguous())
         return rows, out
 
@@ -105,12 +105,14 @@ def per_example_factors(
         for k0 in range(0, n_cols, cols_per_chunk):
             k1 = min(k0 + cols_per_chunk, n_cols)
 
-            def ggn_cols(out: Tensor, n: int, k0: int = k0, k1: int = k1) -> Tensor:
-                return likelihood.hessian_sqrt(out[None]).squeeze(0)[:, k0:k1]
+            def ggn_cols(out: Tensor, n: int, k0: int = k0, k1: int = k1, ys=ys) -> Tensor:
+                return likelihood.hessian_sqrt(out[None], ys[n : n + 1]).squeeze(0)[:, k0:k1]
 
             rows, out = with_vmap_fallback(
                 subset,
-                lambda k0=k0, k1=k1, xs=xs: vmap(lambda xn: ggn_rows(xn, k0, k1))(xs),
+                lambda k0=k0, k1=k1, xs=xs, ys=ys: vmap(lambda xn, yn: ggn_rows(xn, yn, k0, k1))(
+                    xs, ys
+                ),
                 xs,
                 ys.shape[0],
                 theta,
