@@ -174,3 +174,15 @@ def test_module_calls_restore_the_users_fast_path_setting():
             raise KeyError("inside")
         assert torch.backends.mha.get_fastpath_enabled() == user
     torch.backends.mha.set_fastpath_enabled(True)
+
+
+def test_batch_encoding_batches():
+    transformers = pytest.importorskip("transformers")
+    model = _model()
+    ids, mask, y = _data()
+    loader = [transformers.BatchEncoding(b) for b in _mapping_batches(ids, mask, y)]
+    la = Laplace(model, "classification", "all", "kfac").fit(loader)
+    ref = Laplace(model, "classification", "all", "kfac").fit(_mapping_batches(ids, mask, y))
+    torch.testing.assert_close(la.log_marginal_likelihood(), ref.log_marginal_likelihood())
+    enc = transformers.BatchEncoding({"input_ids": ids, "attention_mask": mask})
+    torch.testing.assert_close(la(enc), ref({"input_ids": ids, "attention_mask": mask}))
