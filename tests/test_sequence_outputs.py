@@ -226,3 +226,40 @@ def test_mc_fisher_leaves_ignored_positions_out():
         backend_options={"mc_samples": 4000, "seed": 1},
     ).structure.curvature_dense()
     assert float((mc - exact).norm() / exact.norm()) < 0.05
+
+
+class TiedLM(nn.Module):
+    """A language model whose output layer is tied to its embedding: [B, T] -> [B, T, V]."""
+
+    def __init__(self, vocab=6, d=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mix = nn.Linear(d, d)
+        self.out = nn.Linear(d, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.mix(self.emb(x))))
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kfac", "block_full"])
+def test_tied_language_model(structure):
+    torch.manual_seed(0)
+    model = TiedLM().to(DT).eval()
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, 6, (6, 5), generator=g)
+    x, y = tokens[:, :-1], tokens[:, 1:].clone()
+    y[0, -1] = -100
+    la = _fit(model, x, y, structure, outputs="sequence")
+    assert la.n_params == 6 * 3 + 3 * 3 + 3  # the tied weight counts once
+    _, gg = _oracle(la, x, y)
+    got = la.structure.curvature_dense()
+    if structure == "full":
+        torch.testing.assert_close(got, gg)
+    else:  # exact diagonals, except KFAC's Kronecker block (weight shared over positions)
+        exact = [i for _, i, b in la.structure.blocks if type(b).__name__ != "Kron"]
+        index = torch.cat(exact)
+        torch.testing.assert_close(got.diagonal()[index], gg.diagonal()[index])
+    la.optimize_prior_precision(method="marglik")
+    probs = la(x)
+    assert probs.shape == (6, 4, 6) and not probs.requires_grad
