@@ -48,14 +48,19 @@ def available_memory(device: torch.device) -> int:
 
 def _layer_sizes(subset: ParameterSubset) -> tuple[list[tuple[int, int]], int]:
     """``(out, in')`` of each layer block and the number of other parameters."""
-    from .curvature.layer_blocks import layer_blocks  # the curvature package imports us
+    from .curvature.layer_blocks import KRON_MODULES  # the curvature package imports us
 
     if subset.index is not None:
         return [], subset.n_params
-    layers, rest = layer_blocks(subset)
-    shapes = [lay.shape for la in layers for _, _, lay in la.blocks]
-    numel = dict(zip(subset.names, subset.numels, strict=True))
-    return shapes, sum(numel[n] for n in rest)
+    chosen, shapes, covered = set(subset.names), [], 0
+    for name, m in subset.model.named_modules():
+        prefix = name + "." if name else ""
+        if isinstance(m, KRON_MODULES) and prefix + "weight" in chosen:
+            groups = getattr(m, "groups", 1)
+            bias = int(m.bias is not None and prefix + "bias" in chosen)
+            shapes += [(m.weight.shape[0] // groups, m.weight[0].numel() + bias)] * groups
+            covered += m.weight.numel() + (m.bias.numel() if bias else 0)
+    return shapes, subset.n_params - covered
 
 
 def fit_bytes(structure: str, subset: ParameterSubset, options: dict[str, Any]) -> int:

@@ -42,12 +42,16 @@ def module_calls() -> Iterator[None]:
     The fast-path switch is process-wide: nested and concurrent uses share one count, and the
     user's setting comes back when the last one ends (also on an exception)."""
     with _fastpath_lock:
-        if _fastpath["depth"] == 0:
+        outer = _fastpath["depth"] == 0
+        if outer:
             _fastpath["saved"] = torch.backends.mha.get_fastpath_enabled()
             torch.backends.mha.set_fastpath_enabled(False)
         _fastpath["depth"] += 1
     try:
-        with sdpa_kernel([SDPBackend.MATH]):
+        if outer or threading.active_count() > 1:  # nested in this thread: already set
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        else:
             yield
     finally:
         with _fastpath_lock:

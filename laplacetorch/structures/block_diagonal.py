@@ -55,9 +55,12 @@ class BlockDiagonal(Structure):
                 )
             placed.append((name, index, block))
         every = torch.cat([i for _, i, _ in placed])
-        if every.numel() != self.n_params or not torch.equal(
-            every.sort().values, torch.arange(self.n_params, device=self.device)
-        ):
+        hits = torch.zeros(self.n_params, dtype=torch.int32, device=self.device)
+        ok = every.numel() == self.n_params and bool((every >= 0).all())
+        ok = ok and bool((every < self.n_params).all())
+        if ok:
+            hits.index_add_(0, every, torch.ones_like(every, dtype=torch.int32))
+        if not ok or not bool((hits == 1).all()):
             raise ValueError(
                 f"blocks must cover each of the {self.n_params} parameters exactly once; "
                 f"they cover {every.numel()} positions"
