@@ -263,3 +263,14 @@ def test_tied_language_model(structure):
     la.optimize_prior_precision(method="marglik")
     probs = la(x)
     assert probs.shape == (6, 4, 6) and not probs.requires_grad
+
+
+def test_sequence_state_round_trip():
+    torch.manual_seed(0)
+    model = Tagger().to(DT).eval()
+    x, y = _tokens()
+    la = _fit(model, x, y, "kfac", outputs="sequence")
+    other = Laplace(model, "classification", "all", "kfac", outputs="sequence")
+    other.load_state_dict(la.state_dict())
+    torch.testing.assert_close(other(x), la(x))
+    torch.testing.assert_close(other.log_marginal_likelihood(), la.log_marginal_likelihood())
