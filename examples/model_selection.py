@@ -78,7 +78,8 @@ def regression_task(widths, seed: int):
     result = select_model(candidates, "regression", loader, hessian_structure="full")
 
     def held_out(la):
-        mean, cov = la(xte)  # GLM predictive with σ² added
+        mean, f_cov = la(xte)  # GLM predictive of f (laplace-torch's convention: no noise)
+        cov = f_cov + la.sigma_noise.square() * torch.eye(f_cov.shape[-1])
         with torch.no_grad():  # MAP mean with the tuned noise only
             f_map = la.model(xte)
         noise = la.sigma_noise.square().expand_as(f_map)

@@ -216,6 +216,11 @@ def _batches(
         yield x, y.to(device), b
 
 
+def progress_range(n: int, progress: bool, desc: str) -> Iterable[int]:
+    """``range(n)`` under the project's tqdm bar (tuning steps, training epochs)."""
+    return tqdm(range(n), disable=not progress, desc=desc, leave=False)
+
+
 def collect(
     loader: Iterable,
     step: Callable[[Any, Tensor], dict[str, Tensor]],

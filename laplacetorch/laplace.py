@@ -42,6 +42,9 @@ def _check_count(name: str, value: Any) -> None:
 class Laplace(Hyperparameters):
     """Laplace approximation p(θ | D) ≈ N(θ*, Π⁻¹), Π = s·G + P₀, around trained weights θ*.
 
+    Every argument after ``hessian_structure`` is keyword-only: laplace-torch's classes take
+    ``sigma_noise`` fifth, so a positional call could mean two things.
+
     Args:
         model: the trained network, outputs ``[B, C]``.
         likelihood: ``"classification"``, ``"regression"`` or ``"binary"``.
@@ -50,7 +53,8 @@ class Laplace(Hyperparameters):
             ``"kfac"`` (alias ``"kron"``), ``"ekfac"``, ``"block_full"``, ``"hutchinson"``,
             ``"lanczos"`` (alias ``"lowrank"``), ``"operator"``). Default: ``"full"`` for the
             last layer and subnetworks, ``"kfac"`` for all weights.
-        prior_precision: δ, a scalar, one per layer or one per parameter.
+        prior_precision: δ, a scalar, one per parameter tensor (laplace-torch's "layerwise")
+            or one per parameter.
         prior_mean: μ₀, a scalar or ``[P]``.
         sigma_noise: σ of the Gaussian likelihood (regression only).
         temperature: T; the likelihood is tempered as p(D | θ)^{1/T}.
@@ -76,11 +80,11 @@ class Laplace(Hyperparameters):
         likelihood: str | Likelihood,
         subset_of_weights: str = "last_layer",
         hessian_structure: str | None = None,
+        *,
+        sigma_noise: Tensor | float = 1.0,
         prior_precision: Tensor | float = 1.0,
         prior_mean: Tensor | float = 0.0,
-        sigma_noise: Tensor | float = 1.0,
         temperature: float = 1.0,
-        *,
         last_layer_name: str | None = None,
         subnetwork: Any = None,
         fisher_type: str = "exact",
@@ -179,9 +183,32 @@ class Laplace(Hyperparameters):
     ) -> Tensor:
         """Laplace evidence log p(D | θ*) − ½[(θ*−μ₀)ᵀP₀(θ*−μ₀) + log det Π − log det P₀].
 
-        Log-determinants from the structure (exact where :meth:`Structure.is_exact` says so);
-        differentiable in δ and σ.
+        As in laplace-torch, δ and σ passed here are stored on the object (detached); the
+        returned evidence keeps their autograd graph, so a loop of optimiser steps on
+        ``log_marginal_likelihood(log_d.exp(), log_s.exp())`` leaves the object tuned.
+        Log-determinants from the structure (exact where :meth:`Structure.is_exact` says so).
         """
+        self._fitted()
+        if sigma_noise is not None and not self.likelihood.has_noise:
+            raise ValueError("sigma_noise is a regression-only option")
+        old = self._prior_precision, self._sigma_noise
+        try:  # validate both before keeping either: a failed call changes nothing
+            if prior_precision is not None:
+                self.prior_precision = prior_precision
+            if sigma_noise is not None:
+                self.sigma_noise = sigma_noise
+        except (TypeError, ValueError):
+            self._prior_precision, self._sigma_noise = old
+            raise
+        return self.evidence(prior_precision, sigma_noise)
+
+    def evidence(
+        self,
+        prior_precision: Tensor | float | None = None,
+        sigma_noise: Tensor | float | None = None,
+    ) -> Tensor:
+        """The evidence of :meth:`log_marginal_likelihood` at δ, σ (default: the object's),
+        differentiable in both, without storing them."""
         c = self._fitted()
         if sigma_noise is not None and not self.likelihood.has_noise:
             raise ValueError("sigma_noise is a regression-only option")
@@ -196,22 +223,84 @@ class Laplace(Hyperparameters):
 
     def optimize_prior_precision(
         self,
+        *,
         method: str = "marglik",
-        prior_structure: str = "scalar",
+        pred_type: str = "glm",
+        n_steps: int | None = None,
+        lr: float | None = None,
+        init_prior_prec: Tensor | float = 1.0,
+        prior_structure: str | None = None,
         val_loader: Iterable | None = None,
-        **kwargs: Any,
+        loss: Callable[..., Tensor | float] | None = None,
+        log_prior_prec_min: float = -4.0,
+        log_prior_prec_max: float = 4.0,
+        grid_size: int = 100,
+        log_prior_prec_base: float = 10.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        verbose: bool = False,
+        progress_bar: bool = False,
+        tune_sigma: bool = False,
+        optimizer: str | None = None,
+        tol: float | None = None,
+        max_iter: int = 1000,
+        grid: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool | None = None,
     ) -> tuning.TuningResult:
-        """Tune δ (and σ for regression) and leave the object tuned.
+        """Tune δ (and, with ``tune_sigma=True``, σ) and leave the object tuned.
+
+        laplace-torch's arguments mean what they mean there; all are keyword-only.
 
         Args:
-            method: ``"marglik"`` (L-BFGS or Adam on log δ, log σ), ``"mackay"`` (fixed point)
-                or ``"gridsearch"`` (validation NLL, or the evidence without ``val_loader``).
-            prior_structure: ``"scalar"``, ``"layerwise"`` or ``"diagonal"``.
-            val_loader: validation data for ``"gridsearch"``.
-            **kwargs: options of the method (see :mod:`laplacetorch.tuning`).
+            method: ``"marglik"`` (evidence ascent on log δ: Adam for ``n_steps`` steps at
+                ``lr`` when ``lr`` is given, else L-BFGS to convergence), ``"mackay"`` (fixed
+                point) or ``"gridsearch"`` (validation loss, or the evidence without
+                ``val_loader``).
+            pred_type: the predictive the grid search validates, ``"glm"`` or ``"nn"``.
+            n_steps, lr, optimizer, tol: the ascent (``optimizer``: ``"adam"`` or
+                ``"lbfgs"``); ``max_iter``, ``tol`` for MacKay.
+            init_prior_prec: δ to start from (default 1, as in laplace-torch); a vector keeps
+                its structure.
+            prior_structure: ``"scalar"`` (default), ``"layerwise"`` (one δ per parameter
+                tensor) or ``"diag"`` (one per weight; alias ``"diagonal"``).
+            val_loader, loss: validation data and a loss (``loss(probs, y)``, or
+                ``loss(mean, var, y)`` / ``loss(mean, y)`` for regression; lower is better;
+                default the predictive NLL).
+            log_prior_prec_min, log_prior_prec_max, grid_size, log_prior_prec_base: the grid
+                base^linspace(min, max, grid_size), unless ``grid`` gives the values.
+            link_approx, n_samples, generator: the validated predictive.
+            verbose: print the tuned δ. progress_bar (alias ``progress``): a tqdm bar.
+            tune_sigma: also tune σ (regression; ``marglik`` and ``mackay``).
         """
         self._fitted()
-        return tuning.optimize(self, method, prior_structure, val_loader, **kwargs)
+        result = tuning.optimize(
+            self,
+            method,
+            pred_type=pred_type,
+            prior_structure=prior_structure,
+            val_loader=val_loader,
+            init_prior_prec=init_prior_prec,
+            tune_sigma=tune_sigma,
+            n_steps=n_steps,
+            lr=lr,
+            optimizer=optimizer,
+            tol=tol,
+            max_iter=max_iter,
+            grid=grid,
+            log_prior_prec_min=log_prior_prec_min,
+            log_prior_prec_max=log_prior_prec_max,
+            grid_size=grid_size,
+            log_prior_prec_base=log_prior_prec_base,
+            loss=loss,
+            link_approx=link_approx,
+            n_samples=n_samples,
+            generator=generator,
+            progress=progress_bar if progress is None else progress,
+        )
+        if verbose:
+            print(f"Optimized prior precision is {self.prior_precision}.")
+        return result
 
     # ----------------------------------------------------------------- predictive
     def _check_inputs(self, x: Any) -> tuple[Any, int]:

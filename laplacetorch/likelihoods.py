@@ -170,8 +170,11 @@ class Likelihood(ABC):
         """The predictive from function samples ``fs`` ``[S, B, C]`` (the ``nn`` predictive)."""
         return self.inverse_link(fs).mean(0)
 
-    def predictive_nll(self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor:
-        """Σₙ −log p(yₙ) under a predictive ``pred`` of :meth:`glm_predictive`."""
+    def predictive_nll(
+        self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        """Σₙ −log p(yₙ) under a predictive ``pred`` of :meth:`glm_predictive` (σ: the
+        Gaussian noise, added to a regression predictive's functional variance)."""
         return nll(pred, y, "sum")
 
 
@@ -280,18 +283,22 @@ class RegressionLikelihood(Likelihood):
         n_samples: int = 100,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``(mean, var + σ²I)``: the predictive of y is Gaussian, whatever the link."""
+        """``(mean, var)`` of f, laplace-torch's convention: the noise σ² is *not* in ``var``
+        (the predictive of y is N(mean, var + σ²I), whatever the link)."""
         self.check_link(link_approx)
-        return mean, var + self._noise_cov(sigma_noise, mean)
+        return mean, var
 
     def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
-        """The samples' mean and covariance (denominator S − 1) plus σ²I."""
-        d = fs - fs.mean(0)
-        cov = torch.einsum("sbi,sbj->bij", d, d) / max(fs.shape[0] - 1, 1)
-        return fs.mean(0), cov + self._noise_cov(sigma_noise, fs[0])
+        """The samples' mean and elementwise variance (denominator S − 1), ``[B, C]`` each,
+        without σ² (laplace-torch's ``nn`` regression predictive)."""
+        return fs.mean(0), fs.var(0) if fs.shape[0] > 1 else torch.zeros_like(fs[0])
 
-    def predictive_nll(self, pred: tuple[Tensor, Tensor], y: Tensor) -> Tensor:
-        return gaussian_nll(pred[0], pred[1], y, "sum")
+    def predictive_nll(
+        self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        mean, var = pred
+        cov = var if var.dim() == mean.dim() + 1 else torch.diag_embed(var)
+        return gaussian_nll(mean, cov + self._noise_cov(sigma_noise, mean), y, "sum")
 
     def _noise_cov(self, sigma_noise: Tensor | float, mean: Tensor) -> Tensor:
         eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)

@@ -96,10 +96,6 @@ def _trainable(names: list[str], named: dict[str, nn.Parameter], what: str) -> l
     return kept
 
 
-def _module_of(param_name: str) -> str:
-    return param_name.rpartition(".")[0]
-
-
 class ParameterSubset:
     """The Bayesian parameters θ of a model, as one flat vector of length P.
 
@@ -115,7 +111,7 @@ class ParameterSubset:
         names: names of the parameter tensors θ touches, in model order.
         index: positions of θ inside the concatenation of those tensors (``None``: all).
         n_params: P.
-        group_names: one group per module owning Bayesian weights (for layer-wise priors).
+        group_names: one group per parameter tensor (for layer-wise priors, as laplace-torch).
         group_index: ``[P]`` long tensor, the group of each entry of θ.
     """
 
@@ -221,14 +217,9 @@ class ParameterSubset:
         return names, None
 
     def _build_groups(self) -> None:
-        per_tensor = [torch.full((k,), 0, dtype=torch.long) for k in self.numels]  # filled below
-        self.group_names = []
-        for i, n in enumerate(self.names):
-            g = _module_of(n)
-            if g not in self.group_names:
-                self.group_names.append(g)
-            per_tensor[i].fill_(self.group_names.index(g))
-        gi = torch.cat(per_tensor)
+        # one group per parameter tensor: laplace-torch's "layerwise" prior
+        self.group_names = list(self.names)
+        gi = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(self.numels)])
         self.group_index = gi if self.index is None else gi[self.index]
 
     # ----------------------------------------------------------------- properties

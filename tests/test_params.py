@@ -18,8 +18,9 @@ def test_all_weights_flat_vector_and_forward():
     torch.testing.assert_close(sub.map_vector(), flat)
     x, _ = make_data("mlp", "regression")
     torch.testing.assert_close(sub.forward(sub.map_vector(), x), model(x))
-    assert sub.group_names == ["0", "2", "4"]
-    assert sub.group_index.tolist() == [0] * 30 + [1] * 35 + [2] * 18
+    assert sub.group_names == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    sizes = [p.numel() for p in model.parameters()]
+    assert sub.group_index.tolist() == [i for i, k in enumerate(sizes) for _ in range(k)]
 
 
 def test_functional_forward_with_new_theta_equals_modified_model():

@@ -60,6 +60,11 @@ def _ekron(seed=3):
     return EKron(e, _orth(2, seed), _orth(2, seed + 1))
 
 
+def _ekron_layer(seed=13):
+    e = torch.rand(2, 3, generator=_gen(seed), dtype=DT) * 2
+    return EKron(e, _orth(2, seed), _orth(3, seed + 1), layout=L1)
+
+
 def _lowrank(seed=5, correction=False):
     u = torch.linalg.qr(torch.randn(5, 2, generator=_gen(seed), dtype=DT))[0]
     lam = torch.tensor([3.0, 0.7], dtype=DT)
@@ -85,6 +90,7 @@ def _composite():
     for g, (_, i, _) in enumerate(blocks):
         groups[i] = min(g, 4)  # the last three blocks share group 4: a block spanning groups
     groups[idx[5][:2]] = 2  # the low-rank block spans groups 2 and 4
+    groups[idx[0][[2, 5]]] = 5  # l1's bias column is its own tensor: [W | b] spans 0 and 5
     return BlockDiagonal(blocks, 25, groups)
 
 
@@ -96,9 +102,17 @@ CASES = {
     "lowrank": lambda: _lowrank(),
     "lowrank+diag": lambda: _lowrank(correction=True),
     "dense layer": lambda: Dense(_psd(6, 2), layout=L1),
+    "kron w|b": lambda: _kron(L1, seed=14),
+    "ekron w|b": _ekron_layer,
     "blockdiagonal": _composite,
 }
-GROUPS = {"dense": torch.tensor([0, 0, 0, 1, 1, 2, 2]), "diagonal": torch.tensor([0, 1] * 3 + [2])}
+WB = torch.tensor([0, 0, 1, 0, 0, 1])  # a joint [W | b] block: W one tensor, b another
+GROUPS = {
+    "dense": torch.tensor([0, 0, 0, 1, 1, 2, 2]),
+    "diagonal": torch.tensor([0, 1] * 3 + [2]),
+    "kron w|b": WB,
+    "ekron w|b": WB,
+}
 
 
 def _make(name):
@@ -126,16 +140,28 @@ def _kron_oracle(block, d, s):
     return (q * (s * block.eig.reshape(-1) + dd)) @ q.T
 
 
+def _is_group_prior(st, delta):
+    return delta.dim() > 0 and delta.numel() == st.n_groups and st.n_groups != st.n_params
+
+
+def _column_prior(st, index, blk, delta):
+    """A per-tensor δ on a joint [W | b] Kronecker block: exact (the rank-one column form)."""
+    if not (_is_group_prior(st, delta) and blk.layout is not None and blk.layout.bias):
+        return False
+    g = st.group_index[index].view(blk.block_shape)
+    return bool((g[:, :-1] == g[0, 0]).all() and (g[:, -1] == g[0, -1]).all())
+
+
 def _oracle(st, delta, s):
     """The dense precision the structure represents for this prior."""
     d_full = delta.expand(st.n_params) if delta.dim() == 0 else delta
-    if delta.numel() == st.n_groups and st.n_groups != st.n_params and delta.dim():
+    if _is_group_prior(st, delta):
         d_full = delta[st.group_index]
     blocks = st.blocks if isinstance(st, BlockDiagonal) else [("", torch.arange(st.n_params), st)]
     prec = torch.zeros(st.n_params, st.n_params, dtype=DT)
     for _, index, blk in blocks:
         d = d_full[index]
-        if isinstance(blk, Kron):
+        if isinstance(blk, Kron) and not _column_prior(st, index, blk, delta):
             sub = _kron_oracle(blk, d, s)
         else:
             sub = s * blk.curvature_dense() + torch.diag(d)
@@ -145,11 +171,14 @@ def _oracle(st, delta, s):
 
 def _expected_exact(st, delta):
     d_full = delta.expand(st.n_params) if delta.dim() == 0 else delta
-    if delta.dim() and delta.numel() == st.n_groups and st.n_groups != st.n_params:
+    if _is_group_prior(st, delta):
         d_full = delta[st.group_index]
     blocks = st.blocks if isinstance(st, BlockDiagonal) else [("", torch.arange(st.n_params), st)]
     return all(
-        not isinstance(b, Kron) or bool((d_full[i] == d_full[i][0]).all()) for _, i, b in blocks
+        not isinstance(b, Kron)
+        or bool((d_full[i] == d_full[i][0]).all())
+        or _column_prior(st, i, b, delta)
+        for _, i, b in blocks
     )
 
 

@@ -33,11 +33,28 @@ def test_dense_scalar_prior_needs_no_new_factorisation(monkeypatch):
         st.trace_inverse(d)
 
 
-def test_dense_clamps_round_off_negative_eigenvalues():
-    g = _psd() - 1e-12 * torch.eye(P, dtype=DT)  # smallest eigenvalues slightly negative
+def test_dense_keeps_round_off_eigenvalues_and_stays_finite():
+    """Round-off below zero is kept (unbiased log det, as a Cholesky factor would give) while
+    it is small against δ/s, and held at s·λ + δ = δ/2 beyond, so log det stays finite."""
+    g = _psd() - 1e-3 * torch.eye(P, dtype=DT)  # smallest eigenvalues negative
     st = Dense(g)
-    assert (st.eigenvalues >= 0).all()
-    assert torch.isfinite(st.logdet(1e-6))
+    assert (st.eigenvalues < 0).any()
+    torch.testing.assert_close(st.logdet(1.0), torch.logdet(g + torch.eye(P, dtype=DT)))
+    torch.testing.assert_close(st.logdet(1.0, 0.5), torch.logdet(0.5 * g + torch.eye(P, dtype=DT)))
+    assert (
+        torch.isfinite(st.logdet(1e-6))
+        and torch.isfinite(st.solve(torch.ones(P, dtype=DT), 1e-6)).all()
+    )
+    per_param = torch.full((P,), 1e-6, dtype=DT) * torch.linspace(1, 2, P, dtype=DT)
+    assert torch.isfinite(st.logdet(per_param))
+
+
+def test_dense_float32_decomposes_in_float64():
+    g = _psd().float()
+    st = Dense(g)
+    assert st.eigenvalues.dtype == torch.float32
+    exact = torch.linalg.eigvalsh(g.double())
+    torch.testing.assert_close(st.eigenvalues.double(), exact, rtol=1e-6, atol=1e-6)
 
 
 def test_non_finite_curvature_is_refused():

@@ -204,7 +204,7 @@ def test_regression_gridsearch_scores_include_the_noise_variance():
     sigma = 0.7
     la = Laplace(model, "regression", "all", "full", sigma_noise=sigma).fit(batches(x, y))
     grid = torch.logspace(-2, 2, 9, dtype=DT)
-    res = la.optimize_prior_precision("gridsearch", val_loader=batches(xv, yv), grid=grid)
+    res = la.optimize_prior_precision(method="gridsearch", val_loader=batches(xv, yv), grid=grid)
     expected = []
     for d in grid:
         la.prior_precision = d

@@ -89,7 +89,15 @@ class Structure(ABC):
         delta, kind = parse_prior(
             prior_precision, self.n_params, self.n_groups, dtype=self.dtype, device=self.device
         )
-        return prior_on_block(delta, kind, self.group_index, None, single_group(self.group_index))
+        group = single_group(self.group_index)
+        if kind == "group" and group is None:
+            return self._group_prior(delta, self.group_index)
+        return prior_on_block(delta, kind, self.group_index, None, group)
+
+    def _group_prior(self, delta: Tensor, groups: Tensor) -> Any:
+        """δ ``[n_groups]`` on a block spanning several groups ``groups`` ``[n]``: per
+        parameter, unless the block has an exact form for it (Kronecker [W | b] blocks)."""
+        return delta[groups]
 
     def _scale(self, scale: Tensor | float) -> Tensor:
         return check_scale(scale, self.dtype, self.device)

@@ -66,12 +66,19 @@ class BlockDiagonal(Structure):
                 f"they cover {every.numel()} positions"
             )
         self.blocks = placed
-        self._groups = [single_group(self.group_index[i]) for _, i, _ in placed]
+        self._local_groups = [self.group_index[i] for _, i, _ in placed]
+        self._groups = [single_group(g) for g in self._local_groups]
 
     def _block_prior(self, prior_precision: Tensor | float) -> list[Tensor]:
         delta, kind = parse_prior(
             prior_precision, self.n_params, self.n_groups, dtype=self.dtype, device=self.device
         )
+        if kind == "group":  # a block within one tensor gets its δ; others their own form
+            parts = zip(self.blocks, self._groups, self._local_groups, strict=True)
+            return [
+                delta[group] if group is not None else block._group_prior(delta, local)
+                for (_, _, block), group, local in parts
+            ]
         return [
             prior_on_block(delta, kind, self.group_index, index, group)
             for (_, index, _), group in zip(self.blocks, self._groups, strict=True)

@@ -21,10 +21,20 @@ class Kron(Structure):
 
         log det Π = Σᵢⱼ log(s Eᵢⱼ + δ),   Π⁻¹ v = Q (Qᵀ v / (s E + δ)),
 
-    at O(out² in' + out in'²) per vector; nothing of size P × P. A prior that varies on the
-    block is *approximate*: diag(δ), viewed as D ``[out, in']``, is replaced by its diagonal
-    in the eigenbasis, d_ij = Σ_pq (Q_B)²_pi D_pq (Q_A)²_qj (exact when D is constant, with the
-    exact gradient there); :meth:`is_exact` says which.
+    at O(out² in' + out in'²) per vector; nothing of size P × P.
+
+    A joint [W | b] block under one δ per parameter tensor (laplace-torch's "layerwise") has
+    the prior I ⊗ diag(δ_W, …, δ_W, δ_b) = δ_W I + (δ_b − δ_W) I ⊗ e eᵀ (e: the bias column),
+    a rank-one change of each of the ``out`` rotated row blocks; with H = s E + δ_W,
+    c = δ_b − δ_W, q = Q_Aᵀ e and dᵢ = 1 + c Σⱼ qⱼ² / Hᵢⱼ, by the determinant lemma and
+    Sherman–Morrison, still exactly and at the same cost:
+
+        log det Π = Σᵢⱼ log Hᵢⱼ + Σᵢ log dᵢ,
+        (row i of Π⁻¹ in the eigenbasis) = diag(1/Hᵢ) − (c / dᵢ) uᵢ uᵢᵀ,  uᵢ = q / Hᵢ.
+
+    Any other prior that varies on the block is *approximate*: diag(δ), viewed as D
+    ``[out, in']``, is replaced by its diagonal in the eigenbasis,
+    d_ij = Σ_pq (Q_B)²_pi D_pq (Q_A)²_qj; :meth:`is_exact` says which.
 
     Args:
         b: ``[out, out]`` and a: ``[in', in']`` PSD factors (negative eigenvalues clamped).
@@ -71,6 +81,36 @@ class Kron(Structure):
         return (self.qb * self.lb) @ self.qb.T, (self.qa * self.la) @ self.qa.T
 
     # ----------------------------------------------------------------- helpers
+    def _group_prior(self, delta: Tensor, groups: Tensor) -> Tensor:
+        """``[1, 2]`` (δ_W, δ_b) when the block is a joint [W | b] with one group for W and
+        one for b (the exact column prior); else δ per parameter."""
+        pair = self._bias_groups(groups)
+        if pair is None:
+            return delta[groups]
+        return delta[pair].reshape(1, 2)
+
+    def _bias_groups(self, groups: Tensor) -> Tensor | None:
+        cached = getattr(self, "_pair_cache", None)
+        if cached is not None and cached[0] is groups:
+            return cached[1]
+        pair = None
+        layout = self.layout
+        if layout is not None and layout.bias and layout.cols is not None:
+            g = groups.view(self.block_shape)
+            gw, gb = g[0, 0], g[0, -1]
+            if bool((g[:, :-1] == gw).all()) and bool((g[:, -1] == gb).all()) and gw != gb:
+                pair = torch.stack((gw, gb))
+        self._pair_cache = (groups, pair)
+        return pair
+
+    def _column(self, d: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For the column prior: H = sE + δ_W, u = q / H, c / dᵢ ``[out]`` and dᵢ."""
+        h = s * self.eig + d[0, 0]
+        c = d[0, 1] - d[0, 0]
+        u = self.qa[-1] / h
+        den = 1 + c * (self.qa[-1] * u).sum(-1)
+        return h, u, c / den, den
+
     def _eig_prec(self, d: Tensor, s: Tensor) -> Tensor:
         """s E + δ in the eigenbasis, ``[out, in']`` (δ projected when it varies)."""
         if d.dim() != 0:
@@ -82,34 +122,65 @@ class Kron(Structure):
 
     # ----------------------------------------------------------------- block methods
     def _is_exact(self, d: Tensor) -> bool:
-        return d.dim() == 0
+        return d.dim() != 1
 
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
+        if d.dim() == 2:
+            h, _, _, den = self._column(d, s)
+            return h.log().sum() + den.log().sum()
         return self._eig_prec(d, s).log().sum()
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        r = (self.qb.T @ self._unvec(v) @ self.qa) / self._eig_prec(d, s)
+        r = self.qb.T @ self._unvec(v) @ self.qa
+        if d.dim() == 2:
+            h, u, k, _ = self._column(d, s)
+            r = r / h - (k * (r * u).sum(-1)).unsqueeze(-1) * u
+        else:
+            r = r / self._eig_prec(d, s)
         return (self.qb @ r @ self.qa.T).flatten(-2)
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
+        if d.dim() == 2:
+            h, u, k, _ = self._column(d, s)
+            inner = h.reciprocal() @ self.qa.square().T - k.unsqueeze(-1) * (u @ self.qa.T).square()
+            return (self.qb.square() @ inner).reshape(-1)
         inv = self._eig_prec(d, s).reciprocal()
         return (self.qb.square() @ inv @ self.qa.square().T).reshape(-1)
 
     def _sample(self, z: Tensor, d: Tensor, s: Tensor) -> Tensor:
         # Q_B (Z / √(sE+δ)) Q_Aᵀ has covariance Q diag(1/(sE+δ)) Qᵀ = Π⁻¹ (no rotation of Z).
-        r = self._unvec(z) * self._eig_prec(d, s).rsqrt()
+        z = self._unvec(z)
+        if d.dim() == 2:
+            # row i: diag(H^-½)(I − β t tᵀ) z, t = q/√H, β = (c/d)/(1 + d^-½) squares to Π⁻¹
+            h, _, k, den = self._column(d, s)
+            t = self.qa[-1] * h.rsqrt()
+            beta = k / (1 + den.rsqrt())
+            r = (z - (beta * (z * t).sum(-1)).unsqueeze(-1) * t) * h.rsqrt()
+        else:
+            r = z * self._eig_prec(d, s).rsqrt()
         return (self.qb @ r @ self.qa.T).flatten(-2)
 
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        m = (self.qb.T @ self._unvec(jac) @ self.qa) * self._eig_prec(d, s).rsqrt()
-        m = m.flatten(-2)
+        m = self.qb.T @ self._unvec(jac) @ self.qa
+        if d.dim() == 2:
+            h, u, k, _ = self._column(d, s)
+            mm = (m * h.rsqrt()).flatten(-2)
+            hu = (m * u).sum(-1)  # [B, C, out]
+            return mm @ mm.transpose(-1, -2) - (hu * k) @ hu.transpose(-1, -2)
+        m = (m * self._eig_prec(d, s).rsqrt()).flatten(-2)
         return m @ m.transpose(-1, -2)
 
     def _fvar_factors(
         self, a: Tensor, g: Tensor, d: Tensor, s: Tensor, memory_budget: int
     ) -> Tensor:
-        w = self._eig_prec(d, s).reciprocal()
-        return layer_variance(g @ self.qb, a @ self.qa, w, memory_budget)
+        gq, aq = g @ self.qb, a @ self.qa
+        if d.dim() == 2:
+            h, u, k, _ = self._column(d, s)
+            hu = torch.einsum("cbsi,bsi->bci", gq, aq @ u.T)
+            return layer_variance(gq, aq, h.reciprocal(), memory_budget) - torch.einsum(
+                "bci,i,bdi->bcd", hu, k, hu
+            )
+        return layer_variance(gq, aq, self._eig_prec(d, s).reciprocal(), memory_budget)
 
     def curvature_dense(self) -> Tensor:
         q = torch.kron(self.qb, self.qa)
