@@ -18,28 +18,21 @@ from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure,
 from .datapass import BatchAdapter, InputSpec
 from .hyperparameters import Hyperparameters
 from .likelihoods import Likelihood, get_likelihood
-from .links import gaussian_samples
 from .memory import check_fit_memory
-from .params import ParameterSubset, check_model_mode
+from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
-from .predictive import function_samples, jacobian_sources
+from .posterior import PosteriorViews
+from .prediction import Prediction
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
-
-PRED_TYPES = ("glm", "nn")
 
 
 class NotFittedError(RuntimeError):
     """Raised when a Laplace approximation is used before ``fit`` (or ``load_state_dict``)."""
 
 
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-
-
-class Laplace(Hyperparameters):
+class Laplace(Hyperparameters, PosteriorViews, Prediction):
     """Laplace approximation p(θ | D) ≈ N(θ*, Π⁻¹), Π = s·G + P₀, around trained weights θ*.
 
     Every argument after ``hessian_structure`` is keyword-only: laplace-torch's classes take
@@ -301,74 +294,6 @@ class Laplace(Hyperparameters):
         if verbose:
             print(f"Optimized prior precision is {self.prior_precision}.")
         return result
-
-    # ----------------------------------------------------------------- predictive
-    def _check_inputs(self, x: Any) -> tuple[Any, int]:
-        self._fitted()
-        check_model_mode(self.model)
-        return self.inputs.prepare(x, self.subset.device, self.subset.dtype, self.batch_size_fn)
-
-    def glm_moments(
-        self, x: Any, prior_precision: Tensor | float | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Mean ``[B, C]`` and covariance ``[B, C, C]`` of the linearised f(x) (no noise)."""
-        x, n = self._check_inputs(x)
-        delta = self.prior_precision if prior_precision is None else prior_precision
-        structure, s = self.structure, self.scale()
-        means, variances = [], []
-        for source in jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget):
-            means.append(source.f)
-            variances.append(structure.functional_variance(source, delta, s))
-        return torch.cat(means), torch.cat(variances)
-
-    def _function_samples(self, x: Any, pred_type: str, n_samples: int, generator) -> Tensor:
-        """``[S, B, C]`` samples of f: of the network at weight draws (``nn``), or of the
-        linearised model (``glm``)."""
-        if pred_type not in PRED_TYPES:
-            raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
-        _check_count("n_samples", n_samples)
-        if pred_type == "glm":
-            return gaussian_samples(*self.glm_moments(x), n_samples, generator)
-        x, _ = self._check_inputs(x)
-        return function_samples(self.subset, self.sample(n_samples, generator), x)
-
-    def __call__(
-        self,
-        x: Any,
-        pred_type: str = "glm",
-        link_approx: str = "probit",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Posterior predictive at ``x``.
-
-        Classification / binary: probabilities ``[B, C]``. Regression: ``(mean [B, C],
-        covariance [B, C, C])`` with σ²I added.
-        """
-        if pred_type not in PRED_TYPES:
-            raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
-        self.likelihood.check_link(link_approx)
-        _check_count("n_samples", n_samples)
-        if pred_type == "nn":
-            fs = self._function_samples(x, "nn", n_samples, generator)
-            return self.likelihood.nn_predictive(fs, self.sigma_noise)
-        mean, var = self.glm_moments(x)
-        return self.likelihood.glm_predictive(
-            mean, var, self.sigma_noise, link_approx, n_samples, generator
-        )
-
-    predict = __call__
-
-    def predictive_samples(
-        self,
-        x: Any,
-        pred_type: str = "glm",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """``[S, B, C]`` samples: probabilities (classification / binary) or f (regression)."""
-        fs = self._function_samples(x, pred_type, n_samples, generator)
-        return self.likelihood.inverse_link(fs)
 
     # ----------------------------------------------------------------- weights
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:

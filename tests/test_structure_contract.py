@@ -205,6 +205,12 @@ def test_algebra_matches_dense(case, prior, scale):
     expected = jac @ cov @ jac.transpose(1, 2)
     torch.testing.assert_close(st.functional_variance(jac, delta, scale), expected)
     torch.testing.assert_close(st.functional_variance(DenseJacobian(jac), delta, scale), expected)
+    torch.testing.assert_close(st.matvec(v, delta, scale), v @ prec)
+    if st.is_exact(delta):  # G itself (the inexact Kronecker oracle is not s·G + δ)
+        g = (prec - torch.diag(_oracle(st, delta, 0.0).diagonal())) / scale
+        torch.testing.assert_close(st.curvature_matvec(v), v @ g)
+    lt = st.covariance_sqrt(torch.eye(st.n_params, dtype=DT), delta, scale)  # rows: L eᵢ
+    torch.testing.assert_close(lt.T @ lt, cov)
 
 
 @pytest.mark.parametrize("prior", PRIOR_KINDS)

@@ -134,6 +134,26 @@ class Structure(ABC):
         self._check_v(v)
         return self._solve(v, self._block_prior(prior_precision), self._scale(scale))
 
+    def matvec(
+        self, v: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+    ) -> Tensor:
+        """Π v = s·G v + δ ⊙ v for ``v`` of shape ``[..., P]``, without forming Π."""
+        self._check_v(v)
+        return self._matvec(v, self._block_prior(prior_precision), self._scale(scale))
+
+    def curvature_matvec(self, v: Tensor) -> Tensor:
+        """G v for ``v`` of shape ``[..., P]`` (the unit-scale curvature, no prior)."""
+        self._check_v(v)
+        return self._curvature_matvec(v)
+
+    def covariance_sqrt(
+        self, z: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+    ) -> Tensor:
+        """L z for ``z`` ``[..., P]``, with the square root L (L Lᵀ = Π⁻¹) that :meth:`sample`
+        draws with (linear in z)."""
+        self._check_v(z, "z")
+        return self._sample(z, self._block_prior(prior_precision), self._scale(scale))
+
     def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
         """tr Π⁻¹."""
         return self._trace_inverse(self._block_prior(prior_precision), self._scale(scale))
@@ -233,6 +253,13 @@ class Structure(ABC):
             jac = torch.einsum("cbsi,bsj->bcij", g[:, b0 : b0 + chunk], a[b0 : b0 + chunk])
             parts.append(self._fvar_dense(jac.flatten(2), d, s))
         return torch.cat(parts)
+
+    def _matvec(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        return s * self._curvature_matvec(v) + d * v
+
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        """G v; the default forms G (blocks override it with their structure)."""
+        return v @ self.curvature_dense()
 
     def _is_exact(self, d: Tensor) -> bool:
         return True

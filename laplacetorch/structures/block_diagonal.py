@@ -108,6 +108,14 @@ class BlockDiagonal(Structure):
     def _solve(self, v: Tensor, d: list[Tensor], s: Tensor) -> Tensor:
         return self._scatter(v, lambda b, vb, db: b._solve(vb, db, s), d, v.shape)
 
+    def _matvec(self, v: Tensor, d: list[Tensor], s: Tensor) -> Tensor:
+        return self._scatter(v, lambda b, vb, db: b._matvec(vb, db, s), d, v.shape)
+
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        return self._scatter(
+            v, lambda b, vb, _: b._curvature_matvec(vb), [None] * len(self.blocks), v.shape
+        )
+
     def _inverse_diagonal(self, d: list[Tensor], s: Tensor) -> Tensor:
         fn = lambda b, _, db: b._inverse_diagonal(db, s)  # noqa: E731
         return self._scatter(None, fn, d, (self.n_params,))

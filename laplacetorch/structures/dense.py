@@ -78,6 +78,10 @@ class Dense(Structure):
     def diagonal(self) -> Tensor:
         return (self.eigenvectors.square() * self.eigenvalues).sum(-1)
 
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        q = self.eigenvectors
+        return ((v @ q) * self.eigenvalues) @ q.T
+
     # ----------------------------------------------------------------- helpers
     def _cholesky(self, d: Tensor, s: Tensor) -> Tensor:
         """Lower Cholesky factor of s·G + diag(d) for a varying prior ``d`` ``[P]``."""

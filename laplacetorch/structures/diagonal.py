@@ -63,6 +63,9 @@ class Diagonal(Structure):
     def curvature_dense(self) -> Tensor:
         return torch.diag(self.g)
 
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        return v * self.g
+
     def precision_diagonal(
         self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
     ) -> Tensor:

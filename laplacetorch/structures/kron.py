@@ -182,6 +182,18 @@ class Kron(Structure):
             )
         return layer_variance(gq, aq, self._eig_prec(d, s).reciprocal(), memory_budget)
 
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        r = (self.qb.T @ self._unvec(v) @ self.qa) * self.eig
+        return (self.qb @ r @ self.qa.T).flatten(-2)
+
+    def _matvec(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        if d.dim() == 2:  # the column prior (δ_W, δ_b): δ_b on the bias column, exact
+            cols = torch.cat([d[0, :1].expand(self.block_shape[1] - 1), d[0, 1:]])
+            return s * self._curvature_matvec(v) + (cols * self._unvec(v)).flatten(-2)
+        # the matrix the other methods invert: a varying δ projected onto the eigenbasis
+        r = (self.qb.T @ self._unvec(v) @ self.qa) * self._eig_prec(d, s)
+        return (self.qb @ r @ self.qa.T).flatten(-2)
+
     def curvature_dense(self) -> Tensor:
         q = torch.kron(self.qb, self.qa)
         return (q * self.eig.reshape(-1)) @ q.T

@@ -136,6 +136,9 @@ class LowRank(Structure):
         m = torch.linalg.solve_triangular(chol, (jac @ dw).transpose(-1, -2), upper=False)
         return base - m.transpose(-1, -2) @ m
 
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        return ((v @ self.U) * self.lam) @ self.U.T + v * self.d
+
     def curvature_dense(self) -> Tensor:
         return (self.U * self.lam) @ self.U.T + torch.diag(self.d)
 

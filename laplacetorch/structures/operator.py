@@ -110,6 +110,10 @@ class Operator(Structure):
         mv = self._require_matvec()
         return lambda v: s * mv(v) + d * v
 
+    def _curvature_matvec(self, v: Tensor) -> Tensor:
+        mv = self._require_matvec()
+        return mv(v.reshape(-1, self.n_params)).reshape(v.shape)
+
     # ----------------------------------------------------------------- block methods
     def _is_exact(self, d: Tensor) -> bool:
         return False

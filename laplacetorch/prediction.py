@@ -1,0 +1,146 @@
+"""The predictive methods of :class:`~laplacetorch.Laplace`, with laplace-torch's signatures.
+
+The linearised (``glm``) predictive is f(x) ~ N(f(x; θ*), J Σ Jᵀ), J Σ Jᵀ computed by the
+structure from Jacobian sources (:mod:`laplacetorch.predictive`); the ``nn`` predictive runs
+the network at weight draws. The likelihood turns moments or samples into the predictive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .links import gaussian_samples
+from .params import check_model_mode
+from .predictive import dense_jacobians, function_samples, jacobian_sources
+
+__all__ = ["PRED_TYPES", "Prediction"]
+
+PRED_TYPES = ("glm", "nn")
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+def _check_pred_type(pred_type: str) -> None:
+    if pred_type not in PRED_TYPES:
+        raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
+
+
+class Prediction:
+    """``__call__``, ``glm_moments``, ``functional_samples``, ``predictive_samples``."""
+
+    def _check_inputs(self, x: Any) -> tuple[Any, int]:
+        self._fitted()
+        check_model_mode(self.model)
+        return self.inputs.prepare(x, self.subset.device, self.subset.dtype, self.batch_size_fn)
+
+    def glm_moments(
+        self, x: Any, prior_precision: Tensor | float | None = None, joint: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Mean ``[B, C]`` and covariance ``[B, C, C]`` of the linearised f(x), no noise (at
+        another δ when given); ``joint=True``: mean ``[B·C]`` and the covariance of all
+        outputs of all inputs ``[B·C, B·C]`` (from dense Jacobian rows, B·C·P memory)."""
+        x, n = self._check_inputs(x)
+        delta = self.prior_precision if prior_precision is None else prior_precision
+        structure, s = self.structure, self.scale()
+        if joint:
+            parts = list(dense_jacobians(self.subset, x, n, self.memory_budget))
+            jac = torch.cat([p.jac for p in parts])
+            f = torch.cat([p.f for p in parts])
+            var = structure.functional_variance(jac.reshape(1, -1, jac.shape[-1]), delta, s)
+            return f.reshape(-1), var[0]
+        means, variances = [], []
+        for source in jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget):
+            means.append(source.f)
+            variances.append(structure.functional_variance(source, delta, s))
+        return torch.cat(means), torch.cat(variances)
+
+    def functional_samples(
+        self,
+        x: Any,
+        pred_type: str = "glm",
+        n_samples: int = 100,
+        diagonal_output: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``[S, B, C]`` samples of f: of the linearised model (``glm``; with only the
+        per-output variances when ``diagonal_output``), or of the network at weight draws
+        (``nn``)."""
+        _check_pred_type(pred_type)
+        _check_count("n_samples", n_samples)
+        if pred_type == "glm":
+            mean, var = self.glm_moments(x)
+            if diagonal_output:
+                var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
+            return gaussian_samples(mean, var, n_samples, generator)
+        x, _ = self._check_inputs(x)
+        return function_samples(self.subset, self.sample(n_samples, generator), x)
+
+    def predictive_samples(
+        self,
+        x: Any,
+        pred_type: str = "glm",
+        n_samples: int = 100,
+        diagonal_output: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``[S, B, C]`` samples of the predictive mean: probabilities (classification /
+        binary) or f (regression)."""
+        fs = self.functional_samples(x, pred_type, n_samples, diagonal_output, generator)
+        return self.likelihood.inverse_link(fs)
+
+    def __call__(
+        self,
+        x: Any,
+        pred_type: str = "glm",
+        joint: bool = False,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        diagonal_output: bool = False,
+        generator: torch.Generator | None = None,
+        fitting: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The posterior predictive at ``x`` (laplace-torch's signature and conventions).
+
+        Classification / binary: probabilities ``[B, C]``. Regression: ``(f_mu [B, C],
+        f_var [B, C, C])`` of f, without σ² (``diagonal_output``: ``f_var [B, C]``;
+        ``joint``: ``f_mu [B·C]``, ``f_cov [B·C, B·C]``; ``nn``: elementwise ``[B, C]``).
+
+        Args:
+            x: inputs like the training inputs.
+            pred_type: ``"glm"`` (linearised) or ``"nn"`` (network at weight draws).
+            joint: the joint Gaussian over all inputs (regression, ``glm``).
+            link_approx: ``"probit"``, ``"bridge"``, ``"bridge_norm"`` or ``"mc"``.
+            n_samples, generator: for ``mc`` and ``nn``.
+            diagonal_output: drop the covariances between outputs (regression ``glm``;
+                the ``mc`` link).
+            fitting: accepted for laplace-torch's reward modelling (no effect otherwise).
+        """
+        _check_pred_type(pred_type)
+        self.likelihood.check_link(link_approx)
+        _check_count("n_samples", n_samples)
+        if joint and not (self.likelihood.has_noise and pred_type == "glm"):
+            raise ValueError(
+                "joint=True is the regression glm predictive; for the joint covariance of f "
+                "under any likelihood use glm_moments(x, joint=True)"
+            )
+        if pred_type == "nn":
+            fs = self.functional_samples(x, "nn", n_samples, generator=generator)
+            return self.likelihood.nn_predictive(fs, self.sigma_noise)
+        if joint:
+            return self.glm_moments(x, joint=True)
+        mean, var = self.glm_moments(x)
+        if diagonal_output and (self.likelihood.has_noise or link_approx == "mc"):
+            var = var.diagonal(dim1=-2, dim2=-1)
+            if not self.likelihood.has_noise:
+                var = torch.diag_embed(var)
+        return self.likelihood.glm_predictive(
+            mean, var, self.sigma_noise, link_approx, n_samples, generator
+        )
+
+    predict = __call__
