@@ -121,17 +121,41 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         return self.likelihood.curvature_scale(sigma, self.temperature, self._fitted().kind)
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train_loader: Iterable, progress: bool = False) -> Laplace:
-        """Run the curvature backend over the data once; a second call replaces the first.
+    def fit(
+        self,
+        train_loader: Iterable,
+        override: bool = True,
+        progress_bar: bool = False,
+        *,
+        progress: bool | None = None,
+    ) -> Laplace:
+        """Run the curvature backend over the data once (laplace-torch's signature).
+
+        Args:
+            train_loader: ``(X, y)`` batches, or mappings with the label under ``dict_key_y``.
+            override: ``True`` replaces an earlier fit; ``False`` adds this data to it, which
+                is exact where the curvature is a sum over examples (``full``, ``diag``,
+                ``block_full``, ``kfac``'s factors with the global N) and refused where it is
+                not (``ekfac``, ``hutchinson``, ``lanczos``, ``operator``), or when the
+                weights have changed since the first fit.
+            progress_bar: a tqdm bar (alias ``progress``).
 
         Raises:
-            MemoryBudgetError: when the fit would exceed ``memory_limit`` (nothing is changed).
+            MemoryBudgetError: when the fit would exceed ``memory_limit``.
+            TypeError, ValueError: a fit that cannot be added to. Nothing is changed.
         """
+        progress = progress_bar if progress is None else progress
+        old = None if override else self.curvature
+        if old is not None and not torch.equal(self.subset.map_vector(), self.mean):
+            raise ValueError(
+                "fit(override=False) adds data at the same weights θ*, but the model's weights "
+                "have changed since the first fit; use override=True"
+            )
         check_fit_memory(
             self.hessian_structure, self.subset, self.backend_options, self.memory_limit
         )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
-        self.curvature = get_backend(self.hessian_structure)(
+        new = get_backend(self.hessian_structure)(
             self.subset,
             self.likelihood,
             recorder,
@@ -141,8 +165,24 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             batch_size_fn=self.batch_size_fn,
             **self.backend_options,
         )
+        if old is not None:
+            if new.n_outputs != old.n_outputs or new.kind != old.kind:
+                raise ValueError(
+                    f"the new data gives {new.n_outputs} outputs ({new.kind}); the first fit "
+                    f"had {old.n_outputs} ({old.kind})"
+                )
+            structure = old.structure.merged(new.structure, old.n_data, new.n_data)
+            new = CurvatureResult(
+                structure,
+                old.n_data + new.n_data,
+                old.n_outputs,
+                old.loss_sum + new.loss_sum,
+                old.kind,
+            )
+        self.curvature = new
         self.mean = self.subset.map_vector()
-        self.inputs = recorder.spec
+        if old is None:
+            self.inputs = recorder.spec
         return self
 
     def _fitted(self) -> CurvatureResult:

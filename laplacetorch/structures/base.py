@@ -254,6 +254,29 @@ class Structure(ABC):
             parts.append(self._fvar_dense(jac.flatten(2), d, s))
         return torch.cat(parts)
 
+    def merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        """The curvature of the union of the data this structure and ``other`` (fitted the
+        same way, on ``n_self`` and ``n_other`` examples) were fitted on.
+
+        Raises:
+            TypeError: for a structure that cannot take more data exactly (its basis or
+                estimate depends on all the data at once: refit on all of it).
+        """
+        if type(other) is not type(self) or other.n_params != self.n_params:
+            raise TypeError(
+                f"cannot add a {type(other).__name__} of {other.n_params} parameters to a "
+                f"{type(self).__name__} of {self.n_params}"
+            )
+        if self.layout != other.layout:
+            raise TypeError("cannot add a block of another layer layout")
+        return self._merged(other, n_self, n_other)
+
+    def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        raise TypeError(
+            f"{type(self).__name__} cannot take more data exactly (it depends on all the data "
+            "at once); fit again on all of it (override=True)"
+        )
+
     def _matvec(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
         return s * self._curvature_matvec(v) + d * v
 

@@ -108,6 +108,18 @@ class BlockDiagonal(Structure):
     def _solve(self, v: Tensor, d: list[Tensor], s: Tensor) -> Tensor:
         return self._scatter(v, lambda b, vb, db: b._solve(vb, db, s), d, v.shape)
 
+    def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        if len(other.blocks) != len(self.blocks) or any(
+            n1 != n2 or not torch.equal(i1, i2)
+            for (n1, i1, _), (n2, i2, _) in zip(self.blocks, other.blocks, strict=True)
+        ):
+            raise TypeError("cannot add a BlockDiagonal with other blocks")
+        blocks = [
+            (name, index, b1.merged(b2, n_self, n_other))
+            for (name, index, b1), (_, _, b2) in zip(self.blocks, other.blocks, strict=True)
+        ]
+        return BlockDiagonal(blocks, self.n_params, self.group_index)
+
     def _matvec(self, v: Tensor, d: list[Tensor], s: Tensor) -> Tensor:
         return self._scatter(v, lambda b, vb, db: b._matvec(vb, db, s), d, v.shape)
 

@@ -78,6 +78,11 @@ class Dense(Structure):
     def diagonal(self) -> Tensor:
         return (self.eigenvectors.square() * self.eigenvalues).sum(-1)
 
+    def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        # G is a sum over examples
+        g = self.curvature_dense() + other.curvature_dense()
+        return Dense(g, self.group_index, self.layout)
+
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         q = self.eigenvectors
         return ((v @ q) * self.eigenvalues) @ q.T

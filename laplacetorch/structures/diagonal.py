@@ -63,6 +63,11 @@ class Diagonal(Structure):
     def curvature_dense(self) -> Tensor:
         return torch.diag(self.g)
 
+    def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        if self.variance is not None or other.variance is not None:
+            return super()._merged(other, n_self, n_other)  # a Hutchinson estimate
+        return Diagonal(self.g + other.g, self.group_index, layout=self.layout)
+
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         return v * self.g
 

@@ -182,6 +182,13 @@ class Kron(Structure):
             )
         return layer_variance(gq, aq, self._eig_prec(d, s).reciprocal(), memory_budget)
 
+    def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        # B sums over examples, A is a mean over them: KFAC of the union, exactly
+        b1, a1 = self.factors()
+        b2, a2 = other.factors()
+        a = (n_self * a1 + n_other * a2) / (n_self + n_other)
+        return Kron(b1 + b2, a, self.group_index, self.layout)
+
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         r = (self.qb.T @ self._unvec(v) @ self.qa) * self.eig
         return (self.qb @ r @ self.qa.T).flatten(-2)
@@ -241,3 +248,6 @@ class EKron(Kron):
 
     def factors(self) -> tuple[Tensor, Tensor]:
         raise TypeError("EKron has no Kronecker factors (its eigenvalues are refit)")
+
+    def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
+        return Structure._merged(self, other, n_self, n_other)  # the basis needs all the data
