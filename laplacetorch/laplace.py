@@ -65,6 +65,12 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             ``[B, T]``, ``"channels_first"`` for ``[B, C, H, W]`` with ``[B, H, W]``: each
             position is a likelihood term, targets ``ignore_index`` are left out, and the
             predictive is per position (see :mod:`laplacetorch.positions`).
+        enable_backprop: keep the autograd graph of the predictive to the inputs (and the
+            model), for gradients of the predictive mean and variance with respect to x
+            (Bayesian optimisation); the glm predictive then uses dense Jacobian rows.
+        feature_reduction: last layer on sequence features ``[B, T, D]``: ``"pick_first"``,
+            ``"pick_last"`` or ``"average"`` reduces them to ``[B, D]`` before the head, so
+            f(x) = head(reduce(φ(x))) (laplace-torch's ``feature_reduction``).
     """
 
     def __init__(
@@ -88,11 +94,22 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         memory_limit: int | None = None,
         outputs: str | None = None,
         ignore_index: int = -100,
+        enable_backprop: bool = False,
+        feature_reduction: str | None = None,
     ) -> None:
         self.likelihood = get_likelihood(likelihood)
+        if not isinstance(enable_backprop, bool):
+            raise TypeError(f"enable_backprop must be a bool; got {type(enable_backprop).__name__}")
+        self.enable_backprop = enable_backprop
         self.subset = ParameterSubset(
-            model, subset_of_weights, last_layer_name=last_layer_name, subnetwork=subnetwork
+            model,
+            subset_of_weights,
+            last_layer_name=last_layer_name,
+            subnetwork=subnetwork,
+            feature_reduction=feature_reduction,
         )
+        if outputs is not None and feature_reduction is not None:
+            raise ValueError("feature_reduction gives one output per example; drop outputs=")
         if outputs is not None:  # each position a likelihood term
             self.subset.output_layout = OutputLayout(outputs)
             self.likelihood = PositionwiseLikelihood(
@@ -201,7 +218,13 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         return self._fitted().structure
 
     # ----------------------------------------------------------------- evidence
-    def log_likelihood(self, sigma_noise: Tensor | float | None = None) -> Tensor:
+    @property
+    def log_likelihood(self) -> Tensor:
+        """log p(D | θ*) of the tempered likelihood at the current σ (laplace-torch's
+        property; :meth:`log_likelihood_at` takes another σ)."""
+        return self.log_likelihood_at()
+
+    def log_likelihood_at(self, sigma_noise: Tensor | float | None = None) -> Tensor:
         """log p(D | θ*) of the tempered likelihood, differentiable in σ."""
         c = self._fitted()
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
@@ -252,7 +275,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         logdet_prior = self.n_params * d.log() if scalar else d.log().sum()
         # δ as given: a per-layer δ stays constant on each layer's blocks (exact, no Cholesky)
         logdet_post = c.structure.logdet(delta, self.scale(sigma))
-        return self.log_likelihood(sigma) - 0.5 * (scatter + logdet_post - logdet_prior)
+        return self.log_likelihood_at(sigma) - 0.5 * (scatter + logdet_post - logdet_prior)
 
     def optimize_prior_precision(
         self,

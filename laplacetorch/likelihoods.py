@@ -40,6 +40,16 @@ class Likelihood(ABC):
     """
 
     name: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        # laplace-torch's la.likelihood is the name: la.likelihood == "regression" holds here
+        if isinstance(other, str):
+            return other == self.name
+        return other is self
+
+    def __hash__(self) -> int:
+        return id(self)
+
     #: whether the likelihood has a Gaussian noise σ (tunable, part of the predictive)
     has_noise: bool = False
     #: the link approximations of the GLM predictive this likelihood accepts

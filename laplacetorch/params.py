@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .model_call import call_model
 
@@ -96,6 +97,52 @@ def _trainable(names: list[str], named: dict[str, nn.Parameter], what: str) -> l
     return kept
 
 
+FEATURE_REDUCTIONS = ("pick_first", "pick_last", "average")
+
+
+class _FeaturesReached(Exception):
+    """Stops a forward pass at the last layer's input (feature reduction)."""
+
+
+def reduce_features(phi: Tensor, how: str) -> Tensor:
+    """``[B, T, D]`` sequence features to ``[B, D]``: the first or last position, or the
+    mean over positions."""
+    if phi.dim() != 3:
+        raise ValueError(
+            f"feature_reduction={how!r} needs last-layer inputs [B, T, D]; got {list(phi.shape)}"
+        )
+    if how == "pick_first":
+        return phi[:, 0]
+    if how == "pick_last":
+        return phi[:, -1]
+    return phi.mean(1)
+
+
+def _indices_to_mask(indices: Tensor, total: int) -> Tensor:
+    """A boolean mask over the flat parameter vector from laplace-torch's integer
+    ``subnetwork_indices`` (non-empty, 1-D, unique, ascending: θ keeps the flat order)."""
+    if indices.dim() != 1 or indices.numel() == 0:
+        raise ValueError(
+            f"subnetwork indices must be a non-empty 1-D integer tensor; got shape "
+            f"{list(indices.shape)}"
+        )
+    idx = indices.to(torch.long).cpu()
+    if bool((idx < 0).any()) or bool((idx >= total).any()):
+        raise ValueError(
+            f"subnetwork indices must lie in [0, {total}); got {idx.min()}…{idx.max()}"
+        )
+    if idx.unique().numel() != idx.numel():
+        raise ValueError("subnetwork indices must not contain duplicates")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise ValueError(
+            "subnetwork indices must be ascending: θ follows the flat parameter order "
+            "(pass indices.sort().values)"
+        )
+    mask = torch.zeros(total, dtype=torch.bool)
+    mask[idx] = True
+    return mask
+
+
 class ParameterSubset:
     """The Bayesian parameters θ of a model, as one flat vector of length P.
 
@@ -104,8 +151,9 @@ class ParameterSubset:
         subset: ``"all"`` (every parameter with ``requires_grad``), ``"last_layer"`` or
             ``"subnetwork"``.
         last_layer_name: module name of the last layer (default: the last ``nn.Linear``).
-        subnetwork: for ``"subnetwork"``: parameter or module names, or a boolean mask over
-            the flat vector of all parameters (``torch.nn.utils.parameters_to_vector`` order).
+        subnetwork: for ``"subnetwork"``: parameter or module names, a boolean mask over the
+            flat vector of all parameters (``torch.nn.utils.parameters_to_vector`` order), or
+            laplace-torch's integer indices into it (ascending).
 
     Attributes:
         names: names of the parameter tensors θ touches, in model order.
@@ -122,7 +170,17 @@ class ParameterSubset:
         *,
         last_layer_name: str | None = None,
         subnetwork: Sequence[str] | Tensor | None = None,
+        feature_reduction: str | None = None,
     ) -> None:
+        if feature_reduction is not None and (
+            subset != "last_layer" or feature_reduction not in FEATURE_REDUCTIONS
+        ):
+            raise ValueError(
+                f"feature_reduction must be one of {FEATURE_REDUCTIONS} with "
+                f"subset_of_weights='last_layer'; got {feature_reduction!r} with {subset!r}"
+            )
+        #: how last-layer sequence features [B, T, D] are reduced to [B, D] (None: not)
+        self.feature_reduction = feature_reduction
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self.model = model
@@ -144,6 +202,9 @@ class ParameterSubset:
             # by identity: a head tied to an embedding is named after its first owner
             canonical = {id(p): n for n, p in named.items()}
             names = [canonical[id(p)] for p in self.last_layer.parameters()]
+            self._head_names = {
+                local: canonical[id(p)] for local, p in self.last_layer.named_parameters()
+            }
             names = _trainable(names, named, f"the last layer {self.last_layer_name!r}")
         elif subset == "subnetwork":
             names, index = self._parse_subnetwork(named, subnetwork)
@@ -173,6 +234,12 @@ class ParameterSubset:
                 "subset_of_weights='subnetwork' needs `subnetwork`: parameter/module names or a "
                 "boolean mask over the flat parameter vector"
             )
+        if (
+            isinstance(subnetwork, Tensor)
+            and not subnetwork.dtype.is_floating_point
+            and (subnetwork.dtype != torch.bool)
+        ):
+            subnetwork = _indices_to_mask(subnetwork, sum(p.numel() for p in named.values()))
         if isinstance(subnetwork, Tensor):
             total = sum(p.numel() for p in named.values())
             if subnetwork.dtype != torch.bool:
@@ -275,11 +342,41 @@ class ParameterSubset:
         graph reaches weights outside θ), via ``torch.func.functional_call``."""
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         params.update(self.to_named(theta))
+        if self.feature_reduction is not None:
+            return self._reduced_head(x, params)
         return self._flat(call_model(self.model, x, params))
 
     def call(self, x: Any) -> Tensor:
         """f(x) at the model's own weights (see :func:`~laplacetorch.model_call.call_model`)."""
+        if self.feature_reduction is not None:
+            return self._reduced_head(x, None)
         return self._flat(call_model(self.model, x))
+
+    def _reduced_head(self, x: Any, params: dict[str, Tensor] | None) -> Tensor:
+        """head(reduce(φ(x))): the model runs up to the last layer's input φ (and stops
+        there), then the last layer is called once, as a module, on the reduced φ."""
+        seen: dict[str, Tensor] = {}
+
+        def stop(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            seen["phi"] = inputs[0]
+            raise _FeaturesReached
+
+        handle = self.last_layer.register_forward_pre_hook(stop)
+        try:
+            call_model(self.model, x, params)
+        except _FeaturesReached:
+            pass
+        finally:
+            handle.remove()
+        if "phi" not in seen:
+            raise ValueError(f"last layer {self.last_layer_name!r} was not called by the model")
+        phi = reduce_features(seen["phi"], self.feature_reduction)
+        if params is None:
+            return self.last_layer(phi)
+        # θ in place, under each head parameter's canonical name
+        own = dict(self.last_layer.named_parameters())
+        head = {local: params.get(name, own[local]) for local, name in self._head_names.items()}
+        return functional_call(self.last_layer, head, (phi,))
 
     def restricted(self, names: list[str]) -> ParameterSubset:
         """The subset of just the parameter tensors ``names``, calling the model alike."""
@@ -324,7 +421,7 @@ class ParameterSubset:
             handle.remove()
         if "phi" not in seen:
             raise ValueError(f"last layer {self.last_layer_name!r} was not called by the model")
-        phi = seen["phi"]
+        phi = seen["phi"]  # reduced already under feature_reduction (see _reduced_head)
         if (
             phi.dim() != 2
             or not isinstance(out, Tensor)
@@ -345,4 +442,5 @@ class ParameterSubset:
             "names": list(self.names),
             "shapes": [list(s) for s in self.shapes],
             "n_params": self.n_params,
+            "feature_reduction": self.feature_reduction,
         }

@@ -48,14 +48,20 @@ class Prediction:
         x, n = self._check_inputs(x)
         delta = self.prior_precision if prior_precision is None else prior_precision
         structure, s = self.structure, self.scale()
+        keep = self.enable_backprop
         if joint:
-            parts = list(dense_jacobians(self.subset, x, n, self.memory_budget))
+            parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, keep))
             jac = torch.cat([p.jac for p in parts])
             f = torch.cat([p.f for p in parts])
             var = structure.functional_variance(jac.reshape(1, -1, jac.shape[-1]), delta, s)
             return f.reshape(-1), var[0]
         means, variances = [], []
-        for source in jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget):
+        sources = (
+            dense_jacobians(self.subset, x, n, self.memory_budget, keep_graph=True)
+            if keep  # the layer-factor sources are built without a graph to the inputs
+            else jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget)
+        )
+        for source in sources:
             means.append(source.f)
             variances.append(structure.functional_variance(source, delta, s))
         return torch.cat(means), torch.cat(variances)
@@ -79,7 +85,8 @@ class Prediction:
                 var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
             return gaussian_samples(mean, var, n_samples, generator)
         x, _ = self._check_inputs(x)
-        return function_samples(self.subset, self.sample(n_samples, generator), x)
+        thetas = self.sample(n_samples, generator)
+        return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
 
     def predictive_samples(
         self,

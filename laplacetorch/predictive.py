@@ -77,15 +77,17 @@ def dense_jacobians(
     x: Any,
     n_examples: int,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    keep_graph: bool = False,
 ) -> Iterator[DenseJacobian]:
     """Dense ``[b, C, P]`` Jacobians (with the outputs ``f``) for chunks of the inputs, from
-    vmap'd ``jacrev``; each chunk holds at most ``memory_budget`` bytes of J."""
+    vmap'd ``jacrev``; each chunk holds at most ``memory_budget`` bytes of J. With
+    ``keep_graph`` J and f stay differentiable in the inputs (``enable_backprop``)."""
     theta = subset.map_vector()
 
     def jac_and_value(xn: Any) -> tuple[Tensor, Tensor]:
         def with_aux(th: Tensor) -> tuple[Tensor, Tensor]:
             out = subset.forward(th, _unsqueeze(xn)).squeeze(0)
-            return out, out.detach()
+            return out, out if keep_graph else out.detach()
 
         return jacrev(with_aux, has_aux=True)(theta)
 
@@ -95,6 +97,18 @@ def dense_jacobians(
     eye = torch.eye(n_out, dtype=theta.dtype, device=theta.device)
     for s in range(0, n_examples, chunk):
         xs, b = _index(x, slice(s, s + chunk)), min(chunk, n_examples - s)
+        if keep_graph:
+            try:
+                jac, out = vmap(jac_and_value)(xs)
+            except (RuntimeError, NotImplementedError) as err:
+                if not is_vmap_limit(err):
+                    raise
+                raise ValueError(
+                    "enable_backprop needs torch.func.vmap over the model, which cannot run "
+                    f"it ({type(err).__name__}: {str(err)[:120]})"
+                ) from err
+            yield DenseJacobian(jac, out, memory_budget)
+            continue
         jac, out = with_vmap_fallback(
             subset, lambda xs=xs: vmap(jac_and_value)(xs), xs, b, theta, lambda f, n: eye
         )
@@ -157,10 +171,13 @@ def jacobian_sources(
         yield LayerJacobian(f.detach(), factors, rest_part, memory_budget)
 
 
-def function_samples(subset: ParameterSubset, thetas: Tensor, x: Any) -> Tensor:
+def function_samples(
+    subset: ParameterSubset, thetas: Tensor, x: Any, keep_graph: bool = False
+) -> Tensor:
     """``[S, B, C]`` network outputs at the weight draws ``thetas`` ``[S, P]``: vmap over the
-    draws, or a loop where vmap cannot run the model."""
-    with torch.no_grad():
+    draws, or a loop where vmap cannot run the model (differentiable in x with
+    ``keep_graph``)."""
+    with torch.set_grad_enabled(keep_graph):
         if subset.vmap_ok:
             try:
                 return vmap(lambda t: subset.forward(t, x))(thetas)

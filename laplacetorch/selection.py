@@ -104,7 +104,7 @@ def select_model(
             Candidate(
                 name=name,
                 log_marginal_likelihood=res.log_marginal_likelihood,
-                log_likelihood=float(la.log_likelihood()),
+                log_likelihood=float(la.log_likelihood),
                 prior_precision=la.prior_precision.reshape(-1).tolist(),
                 sigma_noise=float(la.sigma_noise),
                 n_params=la.n_params,

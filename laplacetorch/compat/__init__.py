@@ -1,0 +1,60 @@
+"""laplace-torch's public names on laplacetorch: replace ``from laplace import ...`` with
+``from laplacetorch.compat import ...``.
+
+Each name maps onto the native API (:class:`laplacetorch.Laplace`); there is no second
+implementation. What still differs is listed in ``docs/migrating.md``.
+"""
+
+from . import curvature
+from .classes import (
+    BaseLaplace,
+    DiagLaplace,
+    DiagLLLaplace,
+    DiagSubnetLaplace,
+    FullLaplace,
+    FullLLLaplace,
+    FullSubnetLaplace,
+    KronLaplace,
+    KronLLLaplace,
+    LLLaplace,
+    LowRankLaplace,
+    ParametricLaplace,
+    SubnetLaplace,
+)
+from .enums import (
+    FeatureReduction,
+    HessianStructure,
+    Likelihood,
+    LinkApprox,
+    PredType,
+    PriorStructure,
+    SubsetOfWeights,
+    TuningMethod,
+)
+from .factory import Laplace
+
+__all__ = [
+    "BaseLaplace",
+    "DiagLLLaplace",
+    "DiagLaplace",
+    "DiagSubnetLaplace",
+    "FeatureReduction",
+    "FullLLLaplace",
+    "FullLaplace",
+    "FullSubnetLaplace",
+    "HessianStructure",
+    "KronLLLaplace",
+    "KronLaplace",
+    "LLLaplace",
+    "Laplace",
+    "Likelihood",
+    "LinkApprox",
+    "LowRankLaplace",
+    "ParametricLaplace",
+    "PredType",
+    "PriorStructure",
+    "SubnetLaplace",
+    "SubsetOfWeights",
+    "TuningMethod",
+    "curvature",
+]

@@ -1,0 +1,513 @@
+"""laplace-torch's Laplace classes, each a thin mapping onto :class:`laplacetorch.Laplace`.
+
+A class fixes ``subset_of_weights`` and ``hessian_structure`` and takes laplace-torch's
+constructor arguments in laplace-torch's order; every method is the native one, with
+laplace-torch's signature where the native one differs (``optimize_prior_precision`` takes
+``pred_type`` first and means Adam for ``n_steps`` steps at ``lr``) and laplace-torch's
+return types where they differ (``posterior_precision`` of a ``FullLaplace`` is a dense
+tensor, of a ``DiagLaplace`` a vector). Batches that are mappings are passed to the model
+whole, ``model(batch)``, as laplace-torch does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..laplace import Laplace as NativeLaplace
+from ..posterior import PosteriorMatrix
+from .curvature import fisher_type_of
+from .enums import plain
+
+__all__ = [
+    "BaseLaplace",
+    "DiagLLLaplace",
+    "DiagLaplace",
+    "DiagSubnetLaplace",
+    "FullLLLaplace",
+    "FullLaplace",
+    "FullSubnetLaplace",
+    "KronLLLaplace",
+    "KronLaplace",
+    "LLLaplace",
+    "LowRankLaplace",
+    "ParametricLaplace",
+    "SubnetLaplace",
+]
+
+
+class WholeMappings:
+    """A loader whose mapping batches become ``(batch, batch[dict_key_y])`` pairs: the model
+    then gets the whole mapping as one argument, laplace-torch's convention."""
+
+    def __init__(self, loader: Iterable, dict_key_y: str) -> None:
+        self.loader, self.dict_key_y = loader, dict_key_y
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if isinstance(batch, Mapping):
+                if self.dict_key_y not in batch:
+                    raise ValueError(
+                        f"a mapping batch must hold its targets under dict_key_y="
+                        f"{self.dict_key_y!r}; got keys {sorted(batch)}"
+                    )
+                yield dict(batch), batch[self.dict_key_y]
+            else:
+                yield batch
+
+
+class BaseLaplace(NativeLaplace):
+    """laplace-torch's ``BaseLaplace`` arguments on the native class.
+
+    Args:
+        model, likelihood, sigma_noise, prior_precision, prior_mean, temperature: as in
+            laplace-torch (positional in this order).
+        enable_backprop: gradients of the predictive with respect to the inputs.
+        dict_key_x: accepted for laplace-torch's signature (mapping batches go to the model
+            whole). dict_key_y: the label's key in mapping batches.
+        backend, backend_kwargs: a class of :mod:`laplacetorch.compat.curvature` (GGN, EF;
+            ``{"stochastic": True}`` for the Monte-Carlo GGN).
+        asdl_fisher_kwargs: accepted when ``None`` (ASDL is not used).
+    """
+
+    _subset = "all"
+    _structure = "full"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Any,
+        sigma_noise: Tensor | float = 1.0,
+        prior_precision: Tensor | float = 1.0,
+        prior_mean: Tensor | float = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: Any = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **native: Any,
+    ) -> None:
+        if asdl_fisher_kwargs is not None:
+            raise ValueError("asdl_fisher_kwargs: laplacetorch does not use ASDL; pass None")
+        fisher_type, options = fisher_type_of(backend, backend_kwargs or {})
+        options.update(native.pop("backend_options", None) or {})
+        self.dict_key_x = dict_key_x
+        self.backend_class = backend
+        super().__init__(
+            model,
+            plain(likelihood),
+            native.pop("subset_of_weights", self._subset),
+            self._structure,
+            sigma_noise=sigma_noise,
+            prior_precision=prior_precision,
+            prior_mean=prior_mean,
+            temperature=temperature,
+            fisher_type=fisher_type,
+            backend_options=options,
+            dict_key_y=dict_key_y,
+            enable_backprop=enable_backprop,
+            **native,
+        )
+
+    @property
+    def prior_precision(self) -> Tensor:
+        """δ, always 1-D as in laplace-torch (``[1]`` for a scalar)."""
+        return self._prior_precision.reshape(-1)
+
+    @prior_precision.setter
+    def prior_precision(self, value: Tensor | float) -> None:
+        NativeLaplace.prior_precision.fset(self, value)
+
+    @property
+    def n_layers(self) -> int:
+        """The number of Bayesian parameter tensors."""
+        return self.subset.n_groups
+
+    @property
+    def n_outputs(self) -> int:
+        """C."""
+        return self._fitted().n_outputs
+
+    @property
+    def loss(self) -> float:
+        """The summed unit-scale loss over the training data."""
+        return float(self._fitted().loss_sum)
+
+    def fit(self, train_loader: Iterable, override: bool = True, progress_bar: bool = False):
+        """laplace-torch's ``fit``; mapping batches are passed to the model whole."""
+        super().fit(WholeMappings(train_loader, self.dict_key_y), override, progress_bar)
+
+    def optimize_prior_precision(
+        self,
+        pred_type: str = "glm",
+        method: str = "marglik",
+        n_steps: int = 100,
+        lr: float = 1e-1,
+        init_prior_prec: Tensor | float = 1.0,
+        prior_structure: str = "scalar",
+        val_loader: Iterable | None = None,
+        loss: Callable[..., Tensor | float] | None = None,
+        log_prior_prec_min: float = -4,
+        log_prior_prec_max: float = 4,
+        grid_size: int = 100,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        verbose: bool = False,
+        progress_bar: bool = False,
+        log_prior_prec_base: float = 10.0,
+    ) -> None:
+        """laplace-torch's signature and defaults: marglik is Adam on log δ for ``n_steps``
+        steps at ``lr`` from ``init_prior_prec``; gridsearch needs ``val_loader`` and, for
+        regression, scores the MSE of the mean unless ``loss`` is given."""
+        method, pred_type = plain(method), plain(pred_type)
+        if method == "gridsearch":
+            if val_loader is None:
+                raise ValueError("gridsearch requires a validation set DataLoader")
+            val_loader = WholeMappings(val_loader, self.dict_key_y)
+            if loss is None and self.likelihood.has_noise:
+                loss = _mse
+        elif method != "marglik":
+            raise ValueError("For now only marglik and gridsearch is implemented.")
+        NativeLaplace.optimize_prior_precision(
+            self,
+            method=method,
+            pred_type=pred_type,
+            n_steps=n_steps,
+            lr=lr,
+            optimizer="adam",
+            init_prior_prec=init_prior_prec,
+            prior_structure=plain(prior_structure),
+            val_loader=val_loader,
+            loss=loss,
+            log_prior_prec_min=log_prior_prec_min,
+            log_prior_prec_max=log_prior_prec_max,
+            grid_size=grid_size,
+            log_prior_prec_base=log_prior_prec_base,
+            link_approx=plain(link_approx),
+            n_samples=n_samples,
+            verbose=verbose,
+            progress_bar=progress_bar,
+        )
+
+    def __call__(self, x: Any, pred_type: str = "glm", *args: Any, **kwargs: Any):
+        """The native predictive with enum arguments accepted."""
+        if "link_approx" in kwargs:
+            kwargs["link_approx"] = plain(kwargs["link_approx"])
+        return super().__call__(x, plain(pred_type), *args, **kwargs)
+
+
+def _kron_options(damping: bool, options: dict[str, Any] | None) -> dict[str, Any]:
+    if damping:
+        raise ValueError(
+            "damping=True approximates log det by damped Kronecker factors; laplacetorch "
+            "computes the exact KFAC log-determinant (use damping=False)"
+        )
+    return {"joint_bias": False, **(options or {})}  # laplace-torch's separate W and b blocks
+
+
+def _mse(mean: Tensor, y: Tensor) -> float:
+    """laplace-torch's default grid-search loss for regression: the MSE of the mean."""
+    return float((mean - y.reshape(mean.shape)).square().mean())
+
+
+class ParametricLaplace(BaseLaplace):
+    """laplace-torch's ``ParametricLaplace`` (a weight-space posterior)."""
+
+
+class FullLaplace(ParametricLaplace):
+    """All weights, a dense posterior precision."""
+
+    _structure = "full"
+
+    @property
+    def posterior_precision(self) -> Tensor:
+        """Π as a dense ``[P, P]`` tensor (laplace-torch's type)."""
+        return super().posterior_precision.to_dense()
+
+    @property
+    def posterior_covariance(self) -> Tensor:
+        """Σ as a dense ``[P, P]`` tensor."""
+        return super().posterior_covariance.to_dense()
+
+    @property
+    def posterior_scale(self) -> Tensor:
+        """A square root L (L Lᵀ = Σ) as a dense ``[P, P]`` tensor."""
+        return super().posterior_scale.to_dense()
+
+    @property
+    def H(self) -> Tensor:
+        """G as a dense ``[P, P]`` tensor."""
+        return super().H.to_dense()
+
+
+class DiagLaplace(ParametricLaplace):
+    """All weights, a diagonal posterior precision."""
+
+    _structure = "diag"
+
+    @property
+    def posterior_precision(self) -> Tensor:
+        """diag Π, ``[P]`` (laplace-torch's type)."""
+        return super().posterior_precision.diagonal()
+
+    @property
+    def posterior_scale(self) -> Tensor:
+        """√diag Σ, ``[P]``."""
+        return self.posterior_variance.sqrt()
+
+    @property
+    def H(self) -> Tensor:
+        """diag G, ``[P]``."""
+        return self.structure.diagonal()
+
+
+class KronPosterior(PosteriorMatrix):
+    """A Kronecker-factored matrix with laplace-torch's ``KronDecomposed`` method names."""
+
+    def to_matrix(self) -> Tensor:
+        """The dense ``[P, P]`` matrix."""
+        return self.to_dense()
+
+    def diag(self) -> Tensor:
+        """The diagonal ``[P]``."""
+        return self.diagonal()
+
+
+class KronLaplace(ParametricLaplace):
+    """All weights, KFAC, with laplace-torch's layout (separate weight and bias blocks).
+
+    ``damping=True`` (laplace-torch's damped-factor approximation of the log-determinant)
+    is refused: the log-determinant here is the exact one of the KFAC matrix.
+    """
+
+    _structure = "kfac"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Any,
+        sigma_noise: Tensor | float = 1.0,
+        prior_precision: Tensor | float = 1.0,
+        prior_mean: Tensor | float = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: Any = None,
+        damping: bool = False,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **native: Any,
+    ) -> None:
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            enable_backprop,
+            dict_key_x,
+            dict_key_y,
+            backend,
+            backend_kwargs,
+            asdl_fisher_kwargs,
+            backend_options=_kron_options(damping, native.pop("backend_options", None)),
+            **native,
+        )
+
+    @property
+    def posterior_precision(self) -> KronPosterior:
+        """Π as a Kronecker-factored matrix (the structure's blocks)."""
+        return KronPosterior(self.structure, "precision", self._prior_precision, self.scale())
+
+    @property
+    def H(self) -> KronPosterior:
+        """G as a Kronecker-factored matrix."""
+        return KronPosterior(self.structure, "curvature", self._prior_precision, 1.0)
+
+
+class LowRankLaplace(ParametricLaplace):
+    """All weights, a low-rank plus diagonal posterior precision (laplacetorch's Lanczos)."""
+
+    _structure = "lanczos"
+
+
+class LLLaplace(ParametricLaplace):
+    """laplace-torch's last-layer Laplace: ``feature_reduction`` and ``last_layer_name``
+    come after ``enable_backprop``."""
+
+    _subset = "last_layer"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Any,
+        sigma_noise: Tensor | float = 1.0,
+        prior_precision: Tensor | float = 1.0,
+        prior_mean: Tensor | float = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        feature_reduction: Any = None,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: Any = None,
+        last_layer_name: str | None = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **native: Any,
+    ) -> None:
+        if asdl_fisher_kwargs is not None:
+            raise ValueError("Last-layer Laplace does not support asdl_fisher_kwargs.")
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            enable_backprop,
+            dict_key_x,
+            dict_key_y,
+            backend,
+            backend_kwargs,
+            last_layer_name=last_layer_name,
+            feature_reduction=plain(feature_reduction),
+            **native,
+        )
+
+
+class FullLLLaplace(LLLaplace):
+    """Last layer, dense."""
+
+    _structure = "full"
+    posterior_precision = FullLaplace.posterior_precision
+    posterior_covariance = FullLaplace.posterior_covariance
+    posterior_scale = FullLaplace.posterior_scale
+    H = FullLaplace.H
+
+
+class KronLLLaplace(LLLaplace):
+    """Last layer, KFAC (laplace-torch's layout: separate weight and bias blocks)."""
+
+    _structure = "kfac"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Any,
+        sigma_noise: Tensor | float = 1.0,
+        prior_precision: Tensor | float = 1.0,
+        prior_mean: Tensor | float = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        feature_reduction: Any = None,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: Any = None,
+        last_layer_name: str | None = None,
+        damping: bool = False,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **native: Any,
+    ) -> None:
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            enable_backprop,
+            feature_reduction,
+            dict_key_x,
+            dict_key_y,
+            backend,
+            last_layer_name,
+            backend_kwargs,
+            asdl_fisher_kwargs,
+            backend_options=_kron_options(damping, native.pop("backend_options", None)),
+            **native,
+        )
+
+    posterior_precision = KronLaplace.posterior_precision
+    H = KronLaplace.H
+
+
+class DiagLLLaplace(LLLaplace):
+    """Last layer, diagonal."""
+
+    _structure = "diag"
+    posterior_precision = DiagLaplace.posterior_precision
+    posterior_scale = DiagLaplace.posterior_scale
+    H = DiagLaplace.H
+
+
+class SubnetLaplace(ParametricLaplace):
+    """laplace-torch's subnetwork Laplace: ``subnetwork_indices`` (ascending integer indices
+    into ``parameters_to_vector(model.parameters())``) come third."""
+
+    _subset = "subnetwork"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Any,
+        subnetwork_indices: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        prior_precision: Tensor | float = 1.0,
+        prior_mean: Tensor | float = 0.0,
+        temperature: float = 1.0,
+        backend: Any = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **native: Any,
+    ) -> None:
+        if asdl_fisher_kwargs is not None:
+            raise ValueError("Subnetwork Laplace does not support asdl_fisher_kwargs.")
+        if not isinstance(subnetwork_indices, Tensor) or subnetwork_indices.dtype != torch.long:
+            raise ValueError("Subnetwork indices must be non-empty 1-dimensional torch.LongTensor.")
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            backend=backend,
+            backend_kwargs=backend_kwargs,
+            subnetwork=subnetwork_indices,
+            **native,
+        )
+
+    @property
+    def n_params_subnet(self) -> int:
+        """The number of Bayesian weights."""
+        return self.n_params
+
+
+class FullSubnetLaplace(SubnetLaplace):
+    """Subnetwork, dense."""
+
+    _structure = "full"
+    posterior_precision = FullLaplace.posterior_precision
+    posterior_covariance = FullLaplace.posterior_covariance
+    posterior_scale = FullLaplace.posterior_scale
+    H = FullLaplace.H
+
+
+class DiagSubnetLaplace(SubnetLaplace):
+    """Subnetwork, diagonal."""
+
+    _structure = "diag"
+    posterior_precision = DiagLaplace.posterior_precision
+    posterior_scale = DiagLaplace.posterior_scale
+    H = DiagLaplace.H
