@@ -45,17 +45,21 @@ def bridge_concentration(mean: Tensor, var_diag: Tensor) -> Tensor:
 
 
 def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
-    """Mean α / Σα of the Laplace-bridge Dirichlet after projecting (μ, Σ) onto Σ_c f_c = 0.
+    """Mean α / Σα of the Laplace-bridge Dirichlet of N(μ, Σ) conditioned on Σ_c f_c = 0
+    (Hobbhahn et al. 2022, as laplace-torch):
 
-    The bridge ignores correlations and is accurate only for near-isotropic projected
-    covariances; prefer ``probit`` or ``mc`` otherwise. ``normalise`` rescales μ and Σ by the
-    mean variance first (the "bridge_norm" variant). Variances below √tiny are clamped (the
-    bridge is singular at zero variance).
+        μ' = μ − Σ1 (1ᵀμ) / (1ᵀΣ1),   Σ' = Σ − Σ11ᵀΣ / (1ᵀΣ1).
+
+    The bridge ignores correlations and is accurate only for near-isotropic covariances;
+    prefer ``probit`` or ``mc`` otherwise. ``normalise`` rescales μ' and Σ' by the mean
+    variance first (the "bridge_norm" variant). Variances below √tiny are clamped (the bridge
+    is singular at zero variance); with 1ᵀΣ1 = 0 there is nothing to condition on.
     """
     c = mean.shape[-1]
-    proj = torch.eye(c, dtype=mean.dtype, device=mean.device) - 1.0 / c
-    mu = mean @ proj
-    v = (proj @ var @ proj).diagonal(dim1=-2, dim2=-1)
+    s1 = var.sum(-1)  # Σ1, [B, C]
+    total = s1.sum(-1, keepdim=True).clamp_min(torch.finfo(var.dtype).tiny)  # 1ᵀΣ1
+    mu = mean - s1 * mean.sum(-1, keepdim=True) / total
+    v = var.diagonal(dim1=-2, dim2=-1) - s1.square() / total
     v = v.clamp_min(torch.finfo(v.dtype).tiny ** 0.5)
     if normalise:
         vm = v.mean(-1, keepdim=True) / math.sqrt(c / 2)

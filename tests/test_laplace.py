@@ -147,7 +147,7 @@ def test_bridge_inverts_the_inverse_bridge():
     mu = alpha.log() - alpha.log().mean(-1, keepdim=True)
     v = (1 - 2 / c) / alpha + alpha.reciprocal().sum(-1, keepdim=True) / c**2
     torch.testing.assert_close(bridge_concentration(mu, v), alpha)
-    # the zero-sum projection leaves an already-projected Gaussian alone
+    # conditioning on Σ f = 0 leaves an already zero-sum Gaussian alone (1ᵀΣ1 = 0)
     proj = torch.eye(c, dtype=DT) - 1.0 / c
     var = proj @ torch.diag_embed(v) @ proj
     expected = bridge_concentration(mu, var.diagonal(dim1=-2, dim2=-1))

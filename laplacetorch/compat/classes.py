@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..laplace import Laplace as NativeLaplace
-from ..posterior import PosteriorMatrix
+from ..posterior import PosteriorMatrix, PosteriorViews
 from .curvature import fisher_type_of
 from .enums import plain
 
@@ -230,22 +230,22 @@ class FullLaplace(ParametricLaplace):
     @property
     def posterior_precision(self) -> Tensor:
         """Π as a dense ``[P, P]`` tensor (laplace-torch's type)."""
-        return super().posterior_precision.to_dense()
+        return PosteriorViews.posterior_precision.fget(self).to_dense()
 
     @property
     def posterior_covariance(self) -> Tensor:
         """Σ as a dense ``[P, P]`` tensor."""
-        return super().posterior_covariance.to_dense()
+        return PosteriorViews.posterior_covariance.fget(self).to_dense()
 
     @property
     def posterior_scale(self) -> Tensor:
         """A square root L (L Lᵀ = Σ) as a dense ``[P, P]`` tensor."""
-        return super().posterior_scale.to_dense()
+        return PosteriorViews.posterior_scale.fget(self).to_dense()
 
     @property
     def H(self) -> Tensor:
         """G as a dense ``[P, P]`` tensor."""
-        return super().H.to_dense()
+        return PosteriorViews.H.fget(self).to_dense()
 
 
 class DiagLaplace(ParametricLaplace):
@@ -256,7 +256,7 @@ class DiagLaplace(ParametricLaplace):
     @property
     def posterior_precision(self) -> Tensor:
         """diag Π, ``[P]`` (laplace-torch's type)."""
-        return super().posterior_precision.diagonal()
+        return PosteriorViews.posterior_precision.fget(self).diagonal()
 
     @property
     def posterior_scale(self) -> Tensor:
