@@ -10,6 +10,7 @@ from .likelihoods import (
     RegressionLikelihood,
     get_likelihood,
 )
+from .marglik_training import marglik_training
 from .params import ParameterSubset
 from .structures import Dense, Diagonal, Structure
 from .tuning import TuningResult
@@ -35,5 +36,6 @@ __all__ = [
     "fit_full",
     "get_backend",
     "get_likelihood",
+    "marglik_training",
     "set_reduction",
 ]

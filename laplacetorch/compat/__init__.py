@@ -32,6 +32,7 @@ from .enums import (
     TuningMethod,
 )
 from .factory import Laplace
+from .marglik import marglik_training
 
 __all__ = [
     "BaseLaplace",
@@ -57,4 +58,5 @@ __all__ = [
     "SubsetOfWeights",
     "TuningMethod",
     "curvature",
+    "marglik_training",
 ]

@@ -45,6 +45,7 @@ class WholeMappings:
 
     def __init__(self, loader: Iterable, dict_key_y: str) -> None:
         self.loader, self.dict_key_y = loader, dict_key_y
+        self.dataset = getattr(loader, "dataset", None)
 
     def __len__(self) -> int:
         return len(self.loader)
