@@ -128,15 +128,18 @@ class InputSpec:
         device: torch.device,
         dtype: torch.dtype,
         batch_size_fn: Callable[[Any], int] | None = None,
+        shape: tuple[int, ...] | str | None = "training",
     ) -> tuple[Any, int]:
-        """Prediction inputs like the training inputs, checked and moved; ``(x, B)``."""
+        """Prediction inputs like the training inputs, checked and moved; ``(x, B)``.
+        ``shape``: the per-example shape expected (default: the training inputs')."""
         if self.keyword and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
             x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
         x = prepare_inputs(x, device, dtype, "x")
-        if isinstance(x, Tensor) and self.shape is not None and tuple(x.shape[1:]) != self.shape:
+        shape = self.shape if shape == "training" else shape
+        if isinstance(x, Tensor) and shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            what = "like the training inputs" if shape == self.shape else "(single items)"
             raise ValueError(
-                f"x must have shape [B, {', '.join(map(str, self.shape))}] like the training "
-                f"inputs; got {list(x.shape)}"
+                f"x must have shape [B, {', '.join(map(str, shape))}] {what}; got {list(x.shape)}"
             )
         return x, batch_size(x, batch_size_fn)
 

@@ -50,6 +50,8 @@ class Likelihood(ABC):
     def __hash__(self) -> int:
         return id(self)
 
+    #: whether the predictive is a Gaussian (f_mu, f_var) rather than probabilities
+    gaussian_predictive: bool = False
     #: whether the likelihood has a Gaussian noise σ (tunable, part of the predictive)
     has_noise: bool = False
     #: the link approximations of the GLM predictive this likelihood accepts
@@ -134,6 +136,15 @@ class Likelihood(ABC):
         )
 
     # ----------------------------------------------------------------- predictive
+    def for_fitting(self) -> Likelihood:
+        """The likelihood whose predictive is that of the training data (``fitting=True``);
+        itself except for reward modelling (preferences of pairs)."""
+        return self
+
+    def predictive_input_shape(self, train_shape: tuple[int, ...] | None) -> tuple | None:
+        """The per-example shape of prediction inputs, from that of the training inputs."""
+        return train_shape
+
     def check_sigma_noise(self, sigma_noise: Tensor) -> None:
         """Refuse a noise σ ≠ 1 for a likelihood without noise."""
         if not self.has_noise and float(sigma_noise) != 1.0:
@@ -270,6 +281,7 @@ class RegressionLikelihood(Likelihood):
 
     name = "regression"
     has_noise = True  # every link is accepted and unused: y is Gaussian
+    gaussian_predictive = True
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         y = _per_output_targets(y, f_shape, "regression")
@@ -414,3 +426,13 @@ def get_likelihood(likelihood: str | Likelihood) -> Likelihood:
             f"unknown likelihood {likelihood!r}; expected one of {sorted(_LIKELIHOODS)}"
         )
     return _LIKELIHOODS[likelihood]()
+
+
+def _register_reward_modeling() -> None:
+    # its module builds on ClassificationLikelihood above, so it is imported last
+    from .reward_modeling import RewardModelingLikelihood
+
+    _LIKELIHOODS["reward_modeling"] = RewardModelingLikelihood
+
+
+_register_reward_modeling()

@@ -29,14 +29,15 @@ __all__ = ["marglik_training"]
 
 
 def _criterion(likelihood: str) -> Callable[[Tensor, Tensor], Tensor]:
-    if likelihood == "classification":
+    if likelihood in ("classification", "reward_modeling"):
         return nn.functional.cross_entropy
     if likelihood == "regression":
         return lambda f, y: nn.functional.mse_loss(f, y.reshape(f.shape))
     if likelihood == "binary":
         return lambda f, y: nn.functional.binary_cross_entropy_with_logits(f, y.reshape(f.shape))
     raise ValueError(
-        f"marglik_training trains 'classification', 'regression' or 'binary'; got {likelihood!r}"
+        "marglik_training trains 'classification', 'regression', 'binary' or "
+        f"'reward_modeling'; got {likelihood!r}"
     )
 
 

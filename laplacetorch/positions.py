@@ -85,6 +85,7 @@ class PositionwiseLikelihood(Likelihood):
             )
         self.base, self.layout, self.ignore_index = base, layout, ignore_index
         self.name, self.has_noise, self.links = base.name, base.has_noise, base.links
+        self.gaussian_predictive = base.gaussian_predictive
 
     # ----------------------------------------------------------------- shapes
     def _per_position(self, f: Tensor) -> Tensor:

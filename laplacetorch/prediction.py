@@ -34,18 +34,27 @@ def _check_pred_type(pred_type: str) -> None:
 class Prediction:
     """``__call__``, ``glm_moments``, ``functional_samples``, ``predictive_samples``."""
 
-    def _check_inputs(self, x: Any) -> tuple[Any, int]:
+    def _check_inputs(self, x: Any, fitting: bool = True) -> tuple[Any, int]:
         self._fitted()
         check_model_mode(self.model)
-        return self.inputs.prepare(x, self.subset.device, self.subset.dtype, self.batch_size_fn)
+        lik = self.likelihood
+        shape = self.inputs.shape if fitting else lik.predictive_input_shape(self.inputs.shape)
+        return self.inputs.prepare(
+            x, self.subset.device, self.subset.dtype, self.batch_size_fn, shape=shape
+        )
 
     def glm_moments(
-        self, x: Any, prior_precision: Tensor | float | None = None, joint: bool = False
+        self,
+        x: Any,
+        prior_precision: Tensor | float | None = None,
+        joint: bool = False,
+        fitting: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Mean ``[B, C]`` and covariance ``[B, C, C]`` of the linearised f(x), no noise (at
         another δ when given); ``joint=True``: mean ``[B·C]`` and the covariance of all
-        outputs of all inputs ``[B·C, B·C]`` (from dense Jacobian rows, B·C·P memory)."""
-        x, n = self._check_inputs(x)
+        outputs of all inputs ``[B·C, B·C]`` (from dense Jacobian rows, B·C·P memory).
+        ``fitting``: inputs like the training inputs (reward modelling: pairs)."""
+        x, n = self._check_inputs(x, fitting)
         delta = self.prior_precision if prior_precision is None else prior_precision
         structure, s = self.structure, self.scale()
         keep = self.enable_backprop
@@ -73,6 +82,7 @@ class Prediction:
         n_samples: int = 100,
         diagonal_output: bool = False,
         generator: torch.Generator | None = None,
+        fitting: bool = False,
     ) -> Tensor:
         """``[S, B, C]`` samples of f: of the linearised model (``glm``; with only the
         per-output variances when ``diagonal_output``), or of the network at weight draws
@@ -80,11 +90,11 @@ class Prediction:
         _check_pred_type(pred_type)
         _check_count("n_samples", n_samples)
         if pred_type == "glm":
-            mean, var = self.glm_moments(x)
+            mean, var = self.glm_moments(x, fitting=fitting)
             if diagonal_output:
                 var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
             return gaussian_samples(mean, var, n_samples, generator)
-        x, _ = self._check_inputs(x)
+        x, _ = self._check_inputs(x, fitting)
         thetas = self.sample(n_samples, generator)
         return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
 
@@ -95,11 +105,13 @@ class Prediction:
         n_samples: int = 100,
         diagonal_output: bool = False,
         generator: torch.Generator | None = None,
+        fitting: bool = False,
     ) -> Tensor:
         """``[S, B, C]`` samples of the predictive mean: probabilities (classification /
-        binary) or f (regression)."""
-        fs = self.functional_samples(x, pred_type, n_samples, diagonal_output, generator)
-        return self.likelihood.inverse_link(fs)
+        binary; reward modelling with ``fitting``) or f (regression, rewards)."""
+        fs = self.functional_samples(x, pred_type, n_samples, diagonal_output, generator, fitting)
+        lik = self.likelihood.for_fitting() if fitting else self.likelihood
+        return lik.inverse_link(fs)
 
     def __call__(
         self,
@@ -126,28 +138,28 @@ class Prediction:
             n_samples, generator: for ``mc`` and ``nn``.
             diagonal_output: drop the covariances between outputs (regression ``glm``;
                 the ``mc`` link).
-            fitting: accepted for laplace-torch's reward modelling (no effect otherwise).
+            fitting: reward modelling: the predictive of preference pairs (as when fitted)
+                rather than of single items' rewards (no effect for other likelihoods).
         """
         _check_pred_type(pred_type)
-        self.likelihood.check_link(link_approx)
+        lik = self.likelihood.for_fitting() if fitting else self.likelihood
+        lik.check_link(link_approx)
         _check_count("n_samples", n_samples)
-        if joint and not (self.likelihood.has_noise and pred_type == "glm"):
+        if joint and not (lik.gaussian_predictive and pred_type == "glm"):
             raise ValueError(
                 "joint=True is the regression glm predictive; for the joint covariance of f "
                 "under any likelihood use glm_moments(x, joint=True)"
             )
         if pred_type == "nn":
-            fs = self.functional_samples(x, "nn", n_samples, generator=generator)
-            return self.likelihood.nn_predictive(fs, self.sigma_noise)
+            fs = self.functional_samples(x, "nn", n_samples, generator=generator, fitting=fitting)
+            return lik.nn_predictive(fs, self.sigma_noise)
         if joint:
-            return self.glm_moments(x, joint=True)
-        mean, var = self.glm_moments(x)
-        if diagonal_output and (self.likelihood.has_noise or link_approx == "mc"):
+            return self.glm_moments(x, joint=True, fitting=fitting)
+        mean, var = self.glm_moments(x, fitting=fitting)
+        if diagonal_output and (lik.gaussian_predictive or link_approx == "mc"):
             var = var.diagonal(dim1=-2, dim2=-1)
-            if not self.likelihood.has_noise:
+            if not lik.gaussian_predictive:
                 var = torch.diag_embed(var)
-        return self.likelihood.glm_predictive(
-            mean, var, self.sigma_noise, link_approx, n_samples, generator
-        )
+        return lik.glm_predictive(mean, var, self.sigma_noise, link_approx, n_samples, generator)
 
     predict = __call__

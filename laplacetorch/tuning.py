@@ -312,7 +312,7 @@ def _gridsearch(
 def _predictives(la, x, n, grid, pred_type, link_approx, n_samples, generator):
     """The predictive at every δ of ``grid`` for one batch (a list over δ of chunk lists),
     and the shape of f."""
-    structure, s, lik = la.structure, la.scale(), la.likelihood
+    structure, s, lik = la.structure, la.scale(), la.likelihood.for_fitting()
     if pred_type == "nn":
         out = []
         for d in grid:
@@ -359,7 +359,7 @@ def _validation_scores(
 ) -> Tensor:
     """Validation loss of the predictive for each δ on ``grid``: the mean NLL, or ``loss``
     on all validation predictions at once."""
-    lik = la.likelihood
+    lik = la.likelihood.for_fitting()  # validation data are like the training data
     kw = {
         "device": la.subset.device,
         "dtype": la.subset.dtype,
