@@ -253,10 +253,10 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
                 self.prior_precision = prior_precision
             if sigma_noise is not None:
                 self.sigma_noise = sigma_noise
+            return self.evidence(prior_precision, sigma_noise)
         except (TypeError, ValueError):
             self._prior_precision, self._sigma_noise = old
             raise
-        return self.evidence(prior_precision, sigma_noise)
 
     def evidence(
         self,

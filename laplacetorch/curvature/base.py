@@ -17,12 +17,19 @@ from .per_example import output_dim
 
 __all__ = ["FISHER_TYPES", "CurvatureResult", "curvature_pass", "resolve_fisher_type"]
 
-#: accepted Fisher types -> the curvature they give ("ggn": Σ JᵀΛJ, "ef": Σ g gᵀ)
-FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "empirical": "ef", "ef": "ef"}
+#: accepted curvature types -> the curvature they give ("ggn": Σ JᵀΛJ, "ef": Σ g gᵀ, "hessian":
+#: ∇²θ Σ ℓ, for the backends that take it)
+FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "empirical": "ef", "ef": "ef", "hessian": "hessian"}
 
 
-def resolve_fisher_type(fisher_type: str, backend: str) -> str:
-    """Map a Fisher type name to ``"ggn"`` or ``"ef"``; refuses unknown names."""
+def resolve_fisher_type(fisher_type: str, backend: str, allow_hessian: bool = False) -> str:
+    """Map a curvature type name to ``"ggn"``, ``"ef"`` or ``"hessian"``; refuses unknown
+    names, and the Hessian for backends without it."""
+    if fisher_type == "hessian" and not allow_hessian:
+        raise ValueError(
+            "fisher_type='hessian' (the Hessian of the loss) is offered by 'full', 'diag', "
+            f"'hutchinson', 'lanczos' and 'operator', not by {backend!r}"
+        )
     if fisher_type not in FISHER_TYPES:
         raise ValueError(
             f"unknown fisher_type {fisher_type!r} for backend {backend!r}; expected one of "

@@ -11,6 +11,7 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
+from .hessian import hessian_rows
 from .kfac import output_columns
 from .last_layer import last_layer_curvature
 from .layer_blocks import block_diagonal, layer_blocks
@@ -42,10 +43,16 @@ def fit_diag(
     - The last layer: the closed form Σₙ Λₙ[c, c] φ̃ₙᵢ² from the features.
 
     Args:
-        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        fisher_type: ``"exact"`` (GGN), ``"empirical"`` or ``"hessian"`` (the exact diagonal
+            of the Hessian of the loss: P Hessian-vector products per batch, as costly as
+            ``full``; negative entries are kept).
         memory_budget: bytes a chunk of per-example rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "diag")
+    kind = resolve_fisher_type(fisher_type, "diag", allow_hessian=True)
+    if kind == "hessian" and subset.closed_form_head:
+        kind = "ggn"  # a linear head: its Hessian is its GGN
+    if kind == "hessian":
+        return _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size_fn)
     if subset.closed_form_head:
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
@@ -86,6 +93,26 @@ def fit_diag(
         batch_size_fn=batch_size_fn,
         announce=False,
     )
+
+
+def _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size_fn):
+    theta = subset.map_vector()
+
+    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget, diagonal_only=True)
+        return {"G": h, "loss": loss}
+
+    sums, n_data, n_out = curvature_pass(
+        subset,
+        likelihood,
+        loader,
+        step,
+        progress=progress,
+        desc="diag Hessian",
+        batch_size_fn=batch_size_fn,
+    )
+    structure = Diagonal(sums["G"], subset.group_index, psd=False)
+    return CurvatureResult(structure, n_data, n_out, sums["loss"], "hessian")
 
 
 def _per_example_fit(subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn):

@@ -11,6 +11,7 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, Dense, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
+from .hessian import hessian_rows
 from .last_layer import last_layer_curvature
 from .layer_blocks import layer_blocks
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
@@ -35,11 +36,13 @@ def fit_full(
     features is used instead. Memory: the ``[P, P]`` result plus one chunk.
 
     Args:
-        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        fisher_type: ``"exact"`` (GGN), ``"empirical"`` or ``"hessian"`` (the Hessian of the
+            loss from P Hessian-vector products per batch; indefinite in general).
         memory_budget: bytes a chunk of Jacobian rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "full")
-    if subset.closed_form_head:
+    kind = resolve_fisher_type(fisher_type, "full", allow_hessian=True)
+    if subset.closed_form_head:  # a linear head: its Hessian is its GGN
+        kind = "ggn" if kind == "hessian" else kind
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
             likelihood,
@@ -54,6 +57,10 @@ def fit_full(
 
     theta = subset.map_vector()
     p = subset.n_params
+
+    def hessian_step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget)
+        return {"G": h, "loss": loss}
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         g = None
@@ -79,12 +86,13 @@ def fit_full(
         subset,
         likelihood,
         loader,
-        step,
+        hessian_step if kind == "hessian" else step,
         progress=progress,
         desc="full curvature",
         batch_size_fn=batch_size_fn,
     )
-    return CurvatureResult(Dense(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind)
+    dense = Dense(sums["G"], subset.group_index, psd=kind != "hessian")
+    return CurvatureResult(dense, n_data, n_out, sums["loss"], kind)
 
 
 def _head_structure(subset: ParameterSubset, g: Tensor) -> Structure:

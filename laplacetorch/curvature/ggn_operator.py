@@ -3,7 +3,8 @@
 For a batch of vectors V ``[m, P]`` (rows), with ``torch.func``:
 
     GGN:  G vᵢ = Σₙ Jₙᵀ Λₙ (Jₙ vᵢ)       — jvp, then the output Hessian, then vjp;
-    EF:   F vᵢ = Σₙ gₙ (gₙᵀ vᵢ),  gₙ = Jₙᵀ rₙ — jvp, a dot with rₙ, then vjp.
+    EF:   F vᵢ = Σₙ gₙ (gₙᵀ vᵢ),  gₙ = Jₙᵀ rₙ — jvp, a dot with rₙ, then vjp;
+    Hessian: H vᵢ = ∇²θ Σₙ ℓₙ · vᵢ — a jvp of the gradient (forward-over-reverse).
 
 One product costs one forward, m jvps and m vjps per batch (vmap'd over the m vectors), and
 goes through the single data pass (progress bar, reduction across processes).
@@ -22,6 +23,7 @@ from ..datapass import accumulate, require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
+from .hessian import batch_hessian_matvec
 from .per_example import output_dim
 
 __all__ = ["GGNOperator"]
@@ -57,7 +59,7 @@ class GGNOperator:
         subset.check_weights()
         require_reiterable(loader, "a GGN-vector product operator (hutchinson, lanczos, operator)")
         self.subset, self.likelihood, self.loader = subset, likelihood, loader
-        self.kind = resolve_fisher_type(fisher_type, "ggn operator")
+        self.kind = resolve_fisher_type(fisher_type, "ggn operator", allow_hessian=True)
         self.progress, self.batch_size_fn = progress, batch_size_fn
         self.n_params = subset.n_params
         self.dtype, self.device = subset.dtype, subset.device
@@ -121,6 +123,8 @@ class GGNOperator:
     def _batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """(curvature of the batch applied to ``v``, Σ unit-scale NLL of the batch)."""
         lik, theta = self.likelihood, self.theta
+        if self.kind == "hessian":
+            return batch_hessian_matvec(self.subset, lik, x, y, theta, v)
 
         def f(th: Tensor) -> Tensor:
             return self.subset.forward(th, x)

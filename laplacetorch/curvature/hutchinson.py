@@ -67,5 +67,8 @@ def fit_hutchinson(
         device=subset.device,
         chunk_size=probe_chunk(subset, memory_budget),
     )
-    structure = Diagonal(diag.clamp_min(0), subset.group_index, variance=variance)
+    psd = op.kind != "hessian"  # the Hessian's diagonal may be negative: kept
+    structure = Diagonal(
+        diag.clamp_min(0) if psd else diag, subset.group_index, variance=variance, psd=psd
+    )
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

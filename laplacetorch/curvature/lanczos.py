@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -44,7 +45,9 @@ def fit_lanczos(
     pairs (relative residual ≤ ``tol``) are kept, so the rank may come out below ``rank``
     (with a warning) on a spectrum without a gap. With ``diag_correction`` the exact GGN
     diagonal (one more pass) supplies d = diag G − diag(U diag(λ) Uᵀ) ≥ 0, so the diagonal
-    of the curvature is exact too.
+    of the curvature is exact too. ``fisher_type="hessian"``: the top eigenpairs of the
+    Hessian of the loss (Hessian-vector products); negative ones among them are announced and
+    kept at 0 (the low rank is a PSD approximation).
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= subset.n_params:
         raise ValueError(f"rank must be an integer in [1, P = {subset.n_params}]; got {rank!r}")
@@ -73,6 +76,18 @@ def fit_lanczos(
         dtype=subset.dtype,
         device=subset.device,
     )
+    if op.kind == "hessian":
+        if diag_correction:
+            raise ValueError(
+                "diag_correction is for PSD curvatures; not with fisher_type='hessian'"
+            )
+        if bool((evals < 0).any()):
+            warnings.warn(
+                f"the Hessian's top {evals.numel()} eigenvalues include negative ones (the "
+                f"smallest {float(evals.min()):.3g}); the low-rank curvature keeps their "
+                "positive part",
+                stacklevel=3,
+            )
     d = None
     if diag_correction:
         exact = fit_diag(

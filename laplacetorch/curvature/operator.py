@@ -58,6 +58,7 @@ def fit_operator(
         solver=solver,
         neumann_terms=neumann_terms,
         seed=seed,
+        psd=op.kind != "hessian",
         probe_chunk=probe_chunk(subset, memory_budget),
     )
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

@@ -16,6 +16,7 @@ the block, as a 0-d tensor (constant on the block) or a vector of the block's le
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -30,6 +31,33 @@ __all__ = ["STRUCTURES", "Structure", "check_state", "structure_from_state_dict"
 
 #: every structure class by name, filled by subclassing (persistence looks classes up here)
 STRUCTURES: dict[str, type[Structure]] = {}
+
+
+def report_indefinite(eigenvalues: Tensor, what: str) -> None:
+    """Announce negative eigenvalues of an indefinite curvature (beyond round-off)."""
+    lam = eigenvalues.detach()
+    tol = 1e-10 * float(lam.abs().max()) if lam.numel() else 0.0
+    n_neg = int((lam < -tol).sum())
+    if n_neg:
+        warnings.warn(
+            f"{what} has {n_neg} negative eigenvalue(s), the smallest {float(lam.min()):.3g}: "
+            "the Laplace approximation needs a prior δ > −s·λ_min",
+            stacklevel=4,
+        )
+
+
+def require_positive(prec: Tensor, s: Tensor, d: Tensor) -> Tensor:
+    """``prec`` (the eigenvalues s·λ + δ of Π), refusing any that is not positive."""
+    pmin = prec.detach().min()
+    if bool(pmin <= 0):
+        dmin = float(d.detach().min())
+        raise ValueError(
+            "the posterior precision s·H + δ is not positive definite for this prior (the "
+            f"curvature is indefinite: s·λ_min = {float(pmin) - dmin:.3g}); take a prior "
+            f"precision δ > {dmin - float(pmin):.3g}, or a positive semi-definite curvature "
+            "(the GGN)"
+        )
+    return prec
 
 
 class Structure(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Structure
+from .base import Structure, report_indefinite, require_positive
 from .layout import LayerBlock
 
 __all__ = ["Dense"]
@@ -29,19 +29,24 @@ class Dense(Structure):
     float32, against the float64 answer). Only where s·λ + δ would fall below δ/2 is it
     held there, so that log det Π stays finite for any δ.
 
+    An indefinite curvature (``psd=False``: the Hessian of the loss) keeps its eigenvalues
+    with no floor: a prior with s·λ_min + δ ≤ 0 leaves Π without a Gaussian and is refused.
+
     Args:
-        curvature: symmetric PSD ``[P, P]`` unit-scale curvature.
+        curvature: symmetric ``[P, P]`` unit-scale curvature (PSD unless ``psd=False``).
         group_index: ``[P]`` group of each parameter (for a per-layer prior).
         layout: the layer block the coordinates belong to, if any.
+        psd: whether the curvature is PSD up to round-off (GGN, Fisher) or may be indefinite.
     """
 
-    _tensor_keys = ("eigenvalues", "eigenvectors")
+    _tensor_keys = ("eigenvalues", "eigenvectors", "psd")
 
     def __init__(
         self,
         curvature: Tensor,
         group_index: Tensor | None = None,
         layout: LayerBlock | None = None,
+        psd: bool = True,
     ) -> None:
         if curvature.dim() != 2 or curvature.shape[0] != curvature.shape[1]:
             raise ValueError(f"curvature must be square [P, P]; got {list(curvature.shape)}")
@@ -54,11 +59,21 @@ class Dense(Structure):
         wide = torch.promote_types(curvature.dtype, torch.float64)
         evals, evecs = torch.linalg.eigh(0.5 * (curvature + curvature.T).to(wide))
         self._set_tensors(
-            {"eigenvalues": evals.to(curvature.dtype), "eigenvectors": evecs.to(curvature.dtype)}
+            {
+                "eigenvalues": evals.to(curvature.dtype),
+                "eigenvectors": evecs.to(curvature.dtype),
+                "psd": torch.tensor(psd),
+            }
         )
+        if not psd:
+            report_indefinite(self.eigenvalues, "the Hessian")
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors}
+        return {
+            "eigenvalues": self.eigenvalues,
+            "eigenvectors": self.eigenvectors,
+            "psd": torch.tensor(self.psd),
+        }
 
     def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
         p = self.n_params
@@ -68,6 +83,7 @@ class Dense(Structure):
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.eigenvalues = tensors["eigenvalues"]
         self.eigenvectors = tensors["eigenvectors"]
+        self.psd = bool(tensors["psd"])
         self._chol_key: tuple | None = None
         self._chol: Tensor | None = None
 
@@ -81,7 +97,7 @@ class Dense(Structure):
     def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
         # G is a sum over examples
         g = self.curvature_dense() + other.curvature_dense()
-        return Dense(g, self.group_index, self.layout)
+        return Dense(g, self.group_index, self.layout, psd=self.psd and other.psd)
 
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         q = self.eigenvectors
@@ -96,8 +112,10 @@ class Dense(Structure):
             if key == self._chol_key:
                 return self._chol
         q = self.eigenvectors
-        floor = -0.5 * d.detach().min() / s.detach()
-        prec = s * ((q * self.eigenvalues.clamp_min(floor)) @ q.T) + torch.diag(d)
+        lam = self.eigenvalues
+        if self.psd:
+            lam = lam.clamp_min(-0.5 * d.detach().min() / s.detach())
+        prec = s * ((q * lam) @ q.T) + torch.diag(d)
         chol, info = torch.linalg.cholesky_ex(prec)
         if info.item() != 0:
             raise RuntimeError("posterior precision is not positive definite (Cholesky failed)")
@@ -106,6 +124,8 @@ class Dense(Structure):
         return chol
 
     def _eig_prec(self, d: Tensor, s: Tensor) -> Tensor:
+        if not self.psd:  # an indefinite curvature (the Hessian): Π must be PD as it is
+            return require_positive(s * self.eigenvalues + d, s, d)
         return torch.maximum(s * self.eigenvalues + d, 0.5 * d)
 
     # ----------------------------------------------------------------- block methods

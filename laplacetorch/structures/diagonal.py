@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Structure
+from .base import Structure, require_positive
 from .layer_variance import layer_variance
 from .layout import LayerBlock
 
@@ -20,13 +20,15 @@ class Diagonal(Structure):
     from the layer's inputs and output gradients (:func:`layer_variance`), without J.
 
     Args:
-        diagonal: ``[P]`` unit-scale curvature diagonal; negative round-off is clamped to 0.
+        diagonal: ``[P]`` unit-scale curvature diagonal; negative round-off is clamped to 0
+            unless ``psd=False`` (the Hessian's diagonal: kept, and a prior leaving some
+            s·gᵢ + δᵢ ≤ 0 refused).
         group_index: ``[P]`` group of each parameter (for a per-layer prior).
         variance: optional ``[P]`` estimator variance (for stochastic diagonals).
         layout: the layer block the coordinates belong to, if any.
     """
 
-    _tensor_keys = ("diagonal",)
+    _tensor_keys = ("diagonal", "psd")
 
     def __init__(
         self,
@@ -34,17 +36,19 @@ class Diagonal(Structure):
         group_index: Tensor | None = None,
         variance: Tensor | None = None,
         layout: LayerBlock | None = None,
+        psd: bool = True,
     ) -> None:
         if diagonal.dim() != 1:
             raise ValueError(f"diagonal must be a vector [P]; got {list(diagonal.shape)}")
         if not torch.isfinite(diagonal).all():
             raise ValueError("curvature diagonal contains NaN or Inf")
         super().__init__(diagonal.shape[0], group_index, diagonal.dtype, diagonal.device, layout)
-        self._set_tensors({"diagonal": diagonal.clamp_min(0)})
+        g = diagonal.clamp_min(0) if psd else diagonal
+        self._set_tensors({"diagonal": g, "psd": torch.tensor(psd)})
         self.variance = variance
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {"diagonal": self.g}
+        return {"diagonal": self.g, "psd": torch.tensor(self.psd)}
 
     def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
         if tensors["diagonal"].shape != (self.n_params,):
@@ -55,6 +59,7 @@ class Diagonal(Structure):
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.g = tensors["diagonal"]
+        self.psd = bool(tensors["psd"])
         self.variance = None
 
     def diagonal(self) -> Tensor:
@@ -66,7 +71,7 @@ class Diagonal(Structure):
     def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
         if self.variance is not None or other.variance is not None:
             return super()._merged(other, n_self, n_other)  # a Hutchinson estimate
-        return Diagonal(self.g + other.g, self.group_index, layout=self.layout)
+        return Diagonal(self.g + other.g, self.group_index, layout=self.layout, psd=self.psd)
 
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         return v * self.g
@@ -78,7 +83,8 @@ class Diagonal(Structure):
         return self._prec(self._block_prior(prior_precision), self._scale(scale))
 
     def _prec(self, d: Tensor, s: Tensor) -> Tensor:
-        return (s * self.g + d).expand(self.n_params)
+        prec = (s * self.g + d).expand(self.n_params)
+        return prec if self.psd else require_positive(prec, s, d)
 
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
         return self._prec(d, s).log().sum()

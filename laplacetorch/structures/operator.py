@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import cg, hutchinson_diagonal, neumann, slq_logdet, slq_quadrature
-from .base import Structure
+from .base import Structure, require_positive
 
 __all__ = ["Operator"]
 
@@ -62,8 +62,10 @@ class Operator(Structure):
         sample_steps: int = 60,
         seed: int = 0,
         probe_chunk: int | None = None,
+        psd: bool = True,
     ) -> None:
         super().__init__(n_params, group_index, dtype, device)
+        self.psd = psd
         for name, val in (
             ("n_probes", n_probes),
             ("n_steps", n_steps),
@@ -103,7 +105,7 @@ class Operator(Structure):
                 dtype=self.dtype,
                 device=self.device,
             )
-            self.nodes, self.weights = nodes.clamp_min(0), weights
+            self.nodes, self.weights = (nodes.clamp_min(0) if self.psd else nodes), weights
         return self.nodes, self.weights
 
     def _precision_matvec(self, d: Tensor, s: Tensor) -> Matvec:
@@ -118,7 +120,19 @@ class Operator(Structure):
     def _is_exact(self, d: Tensor) -> bool:
         return False
 
+    def _check_definite(self, d: Tensor, s: Tensor) -> None:
+        """An indefinite curvature (the Hessian): Π must be PD at its extreme Ritz values."""
+        if self.psd:
+            return
+        if d.dim() != 0:
+            raise ValueError(
+                "an operator of an indefinite curvature (the Hessian) takes a scalar prior "
+                "only: its positive definiteness is checked at the extreme Ritz values"
+            )
+        require_positive(s * self._quadrature()[0] + d, s, d)
+
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
+        self._check_definite(d, s)
         if d.dim() != 0:
             return _SLQLogdet.apply(d, s, self)
         nodes, weights = self._quadrature()
@@ -152,12 +166,14 @@ class Operator(Structure):
         )
 
     def _trace_inverse(self, d: Tensor, s: Tensor) -> Tensor:
+        self._check_definite(d, s)
         if d.dim() != 0:
             return self._inverse_diagonal(d, s).sum()
         nodes, weights = self._quadrature()
         return self.n_params * (weights / (s * nodes + d)).sum(-1).mean()
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        self._check_definite(d, s)
         return self._solve_rows(v.reshape(-1, self.n_params), d, s).reshape(v.shape)
 
     def _solve_rows(self, rows: Tensor, d: Tensor, s: Tensor) -> Tensor:
@@ -167,6 +183,7 @@ class Operator(Structure):
         return cg(prec, rows, tol=self.cg_tol)[0]
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
+        self._check_definite(d, s)
         est, _ = hutchinson_diagonal(
             lambda v: self._solve_rows(v, d, s),
             self.n_params,
@@ -179,9 +196,11 @@ class Operator(Structure):
         return est
 
     def _sample(self, z: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        self._check_definite(d, s)
         return lanczos_inverse_sqrt(self._precision_matvec(d, s), z, self.sample_steps)
 
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
+        self._check_definite(d, s)
         b, c, p = jac.shape
         x = self._solve(jac.reshape(b * c, p), d, s).reshape(b, c, p)
         return jac @ x.transpose(-1, -2)
