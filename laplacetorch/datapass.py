@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .model_call import KeywordInputs
+from .model_call import KeywordInputs, WithKeywords
 
 __all__ = [
     "BatchAdapter",
@@ -55,6 +55,8 @@ def batch_size(x: Any, batch_size_fn: Callable[[Any], int] | None = None) -> int
     first dimension of its first tensor unless ``batch_size_fn`` says otherwise."""
     if batch_size_fn is not None:
         return int(batch_size_fn(x))
+    if isinstance(x, WithKeywords):
+        return batch_size(x.inputs)
     if isinstance(x, Tensor):
         if x.dim() == 0:
             raise ValueError("inputs X must have a batch dimension; got a 0-d tensor")
@@ -72,6 +74,8 @@ def batch_size(x: Any, batch_size_fn: Callable[[Any], int] | None = None) -> int
 def prepare_inputs(x: Any, device: torch.device, dtype: torch.dtype, name: str = "X") -> Any:
     """Move inputs to the model's device and check them: finite, and floating inputs of the
     model's dtype (a mismatch is refused, not silently cast)."""
+    if isinstance(x, WithKeywords):
+        return WithKeywords(prepare_inputs(x.inputs, device, dtype, name), x.constants)
     if isinstance(x, Mapping):
         kind = KeywordInputs if isinstance(x, KeywordInputs) else dict
         return kind((k, prepare_inputs(v, device, dtype, f"{name}[{k!r}]")) for k, v in x.items())
@@ -132,6 +136,9 @@ class InputSpec:
     ) -> tuple[Any, int]:
         """Prediction inputs like the training inputs, checked and moved; ``(x, B)``.
         ``shape``: the per-example shape expected (default: the training inputs')."""
+        if isinstance(x, WithKeywords):  # constant keyword arguments ride along
+            inner, n = self.prepare(x.inputs, device, dtype, batch_size_fn, shape)
+            return WithKeywords(inner, x.constants), n
         if self.keyword and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
             x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
         x = prepare_inputs(x, device, dtype, "x")

@@ -14,7 +14,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import register_pytree_node
 
-__all__ = ["KeywordInputs", "call_model", "model_output", "module_calls"]
+__all__ = ["KeywordInputs", "WithKeywords", "call_model", "model_output", "module_calls"]
 
 
 class KeywordInputs(dict):
@@ -26,6 +26,32 @@ register_pytree_node(
     KeywordInputs,
     lambda d: (list(d.values()), list(d.keys())),
     lambda values, keys: KeywordInputs(zip(keys, values, strict=True)),
+)
+
+
+class WithKeywords:
+    """Inputs plus constant keyword arguments of every model call, ``model(x, **constants)``
+    (laplace-torch's ``**model_kwargs``). The constants are the pytree's context, not its
+    leaves, so chunking and vmap over examples leave them alone.
+
+    Raises:
+        TypeError: for tensor-valued constants (per-example tensors belong in a mapping x).
+    """
+
+    def __init__(self, inputs: Any, constants: dict[str, Any]) -> None:
+        for k, v in constants.items():
+            if isinstance(v, torch.Tensor):
+                raise TypeError(
+                    f"model keyword argument {k!r} is a tensor; pass per-example tensors in a "
+                    "mapping x (the model is then called as model(**x))"
+                )
+        self.inputs, self.constants = inputs, dict(constants)
+
+
+register_pytree_node(
+    WithKeywords,
+    lambda w: ([w.inputs], tuple(sorted(w.constants.items()))),
+    lambda children, ctx: WithKeywords(children[0], dict(ctx)),
 )
 
 
@@ -79,7 +105,11 @@ def model_output(out: Any) -> Tensor:
 def call_model(model: nn.Module, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
     """f(x): ``model(**x)`` for :class:`KeywordInputs`, else ``model(x)``; with ``params``
     through ``torch.func.functional_call``."""
+    constants = {}
+    if isinstance(x, WithKeywords):
+        x, constants = x.inputs, x.constants
     args, kwargs = ((), dict(x)) if isinstance(x, KeywordInputs) else ((x,), {})
+    kwargs.update(constants)
     with module_calls():
         if params is None:
             return model_output(model(*args, **kwargs))

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .links import gaussian_samples
+from .model_call import WithKeywords
 from .params import check_model_mode
 from .predictive import dense_jacobians, function_samples, jacobian_sources
 
@@ -123,6 +124,7 @@ class Prediction:
         diagonal_output: bool = False,
         generator: torch.Generator | None = None,
         fitting: bool = False,
+        **model_kwargs: Any,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """The posterior predictive at ``x`` (laplace-torch's signature and conventions).
 
@@ -140,7 +142,12 @@ class Prediction:
                 the ``mc`` link).
             fitting: reward modelling: the predictive of preference pairs (as when fitted)
                 rather than of single items' rewards (no effect for other likelihoods).
+            **model_kwargs: constant keyword arguments of every model call (flags such as
+                ``output_hidden_states=False``; per-example tensors go in a mapping x), for
+                both predictives.
         """
+        if model_kwargs:
+            x = WithKeywords(x, model_kwargs)
         _check_pred_type(pred_type)
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
         lik.check_link(link_approx)

@@ -180,8 +180,12 @@ def test_backends_select_the_curvature():
         backend_kwargs={"stochastic": True},
     )
     assert mc.fisher_type == "mc"
-    with pytest.raises(ValueError, match="Hessian of the loss is not a laplacetorch curvature"):
-        compat.FullLaplace(make_mlp(), "classification", backend=curvlinops.CurvlinopsHessian)
+    hess = compat.FullLaplace(make_mlp(), "classification", backend=curvlinops.CurvlinopsHessian)
+    assert hess.fisher_type == "hessian"
+    with pytest.raises(ValueError, match="hessian"):
+        compat.KronLaplace(make_mlp(), "classification", backend=curvlinops.CurvlinopsHessian).fit(
+            batches(x, y)
+        )
     with pytest.raises(TypeError, match="backend must be one of"):
         compat.FullLaplace(make_mlp(), "classification", backend=object)
     with pytest.raises(ValueError, match="unknown backend_kwargs"):

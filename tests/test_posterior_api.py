@@ -148,3 +148,34 @@ def test_functional_and_predictive_samples_follow_the_glm_moments():
     torch.testing.assert_close(ps.sum(-1), torch.ones(5, 3, dtype=DT))
     nn_fs = la.functional_samples(xs, pred_type="nn", n_samples=7, generator=g)
     assert nn_fs.shape == (7, 3, 3)
+
+
+class Scaled(torch.nn.Module):
+    """f(x; scale) = scale · net(x): a keyword argument of the forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_mlp()
+
+    def forward(self, x, scale=1.0):
+        return self.net(x) * scale
+
+
+@pytest.mark.parametrize("structure", ["full", "kfac", "diag"])
+def test_model_kwargs_reach_every_model_call(structure):
+    """With f_s = s·f, J_s = s·J: the glm predictive at scale s is probit(s·μ, s²·Σ_f)."""
+    from laplacetorch.links import probit
+
+    x, y = make_data("mlp", "classification", n=16)
+    la = Laplace(Scaled().eval(), "classification", "all", structure).fit(batches(x, y))
+    mean, var = la.glm_moments(x[:4])
+    torch.testing.assert_close(la(x[:4], scale=2.0), probit(2 * mean, 4 * var))
+    g = torch.Generator().manual_seed(0)
+    fs = la.functional_samples(x[:4], pred_type="nn", n_samples=5, generator=g)
+    g = torch.Generator().manual_seed(0)
+    nn_probs = la(x[:4], pred_type="nn", n_samples=5, generator=g, scale=2.0)
+    torch.testing.assert_close(nn_probs, torch.softmax(2 * fs, -1).mean(0))
+    with pytest.raises(
+        TypeError, match="'mask' is a tensor; pass per-example tensors in a mapping"
+    ):
+        la(x[:4], mask=torch.ones(4))

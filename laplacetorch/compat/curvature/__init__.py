@@ -101,7 +101,7 @@ def fisher_type_of(backend: Any, backend_kwargs: dict[str, Any]) -> tuple[str, d
 
     Raises:
         TypeError: for a backend that is not one of this module's classes.
-        ValueError: for the Hessian (not available) or unknown ``backend_kwargs``.
+        ValueError: for unknown ``backend_kwargs``.
     """
     if backend is None:
         backend = CurvlinopsGGN
@@ -118,10 +118,7 @@ def fisher_type_of(backend: Any, backend_kwargs: dict[str, Any]) -> tuple[str, d
             f"unknown backend_kwargs {sorted(kwargs)}; expected 'stochastic', 'num_samples'"
         )
     if backend.curvature == "hessian":
-        raise ValueError(
-            f"{backend.__name__}: the Hessian of the loss is not a laplacetorch curvature yet; "
-            "use a GGN or EF backend"
-        )
+        return "hessian", {}
     if backend.curvature == "ef":
         return "empirical", {}
     if stochastic:
