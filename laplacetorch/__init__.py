@@ -12,6 +12,7 @@ from .likelihoods import (
 )
 from .marglik_training import marglik_training
 from .params import ParameterSubset
+from .spectrum import Spectrum, curvature_spectrum
 from .structures import Dense, Diagonal, Structure
 from .tuning import TuningResult
 
@@ -30,8 +31,10 @@ __all__ = [
     "NotFittedError",
     "ParameterSubset",
     "RegressionLikelihood",
+    "Spectrum",
     "Structure",
     "TuningResult",
+    "curvature_spectrum",
     "fit_diag",
     "fit_full",
     "get_backend",
