@@ -69,8 +69,8 @@ def test_dtype_mismatch_and_bad_batches(fit):
         fit(sub, LIK, [(x, y[:5])])
     with pytest.raises(TypeError, match="DataLoader or an iterable"):
         fit(sub, LIK, x)
-    with pytest.raises(ValueError, match="unknown fisher_type 'mc'"):
-        fit(sub, LIK, batches(x, y), fisher_type="mc")
+    with pytest.raises(ValueError, match="unknown fisher_type 'fisher'"):
+        fit(sub, LIK, batches(x, y), fisher_type="fisher")
 
 
 @pytest.mark.parametrize("module", [nn.Dropout(0.5), nn.BatchNorm1d(4)])

@@ -19,12 +19,26 @@ __all__ = ["FISHER_TYPES", "CurvatureResult", "curvature_pass", "resolve_fisher_
 
 #: accepted curvature types -> the curvature they give ("ggn": Σ JᵀΛJ, "ef": Σ g gᵀ, "hessian":
 #: ∇²θ Σ ℓ, for the backends that take it)
-FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "empirical": "ef", "ef": "ef", "hessian": "hessian"}
+FISHER_TYPES = {
+    "exact": "ggn",
+    "ggn": "ggn",
+    "mc": "ggn",  # the Monte-Carlo Fisher estimates the GGN (and scales like it)
+    "empirical": "ef",
+    "ef": "ef",
+    "hessian": "hessian",
+}
 
 
-def resolve_fisher_type(fisher_type: str, backend: str, allow_hessian: bool = False) -> str:
+def resolve_fisher_type(
+    fisher_type: str, backend: str, allow_hessian: bool = False, allow_mc: bool = False
+) -> str:
     """Map a curvature type name to ``"ggn"``, ``"ef"`` or ``"hessian"``; refuses unknown
-    names, and the Hessian for backends without it."""
+    names, and the Hessian or the Monte-Carlo Fisher for backends without them."""
+    if fisher_type == "mc" and not allow_mc:
+        raise ValueError(
+            "fisher_type='mc' (the Monte-Carlo Fisher) is offered by 'full', 'diag', 'kfac' and "
+            f"'ekfac', not by {backend!r}"
+        )
     if fisher_type == "hessian" and not allow_hessian:
         raise ValueError(
             "fisher_type='hessian' (the Hessian of the loss) is offered by 'full', 'diag', "

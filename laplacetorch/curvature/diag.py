@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..likelihoods import Likelihood
@@ -12,7 +13,7 @@ from ..params import ParameterSubset
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .hessian import hessian_rows
-from .kfac import output_columns
+from .kfac import mc_columns, output_columns
 from .last_layer import last_layer_curvature
 from .layer_blocks import block_diagonal, layer_blocks
 from .layer_fit import fit_layer_blocks, square_sum
@@ -27,6 +28,9 @@ def fit_diag(
     loader: Iterable,
     *,
     fisher_type: str = "exact",
+    mc_samples: int = 1,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
@@ -43,17 +47,20 @@ def fit_diag(
     - The last layer: the closed form Σₙ Λₙ[c, c] φ̃ₙᵢ² from the features.
 
     Args:
-        fisher_type: ``"exact"`` (GGN), ``"empirical"`` or ``"hessian"`` (the exact diagonal
+        fisher_type: ``"exact"`` (GGN), ``"mc"`` (the Monte-Carlo Fisher, ``mc_samples``
+            sampled targets per example; ``generator`` or ``seed``), ``"empirical"`` or
+            ``"hessian"`` (the exact diagonal
             of the Hessian of the loss: P Hessian-vector products per batch, as costly as
             ``full``; negative entries are kept).
         memory_budget: bytes a chunk of per-example rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "diag", allow_hessian=True)
+    kind = resolve_fisher_type(fisher_type, "diag", allow_hessian=True, allow_mc=True)
+    mc = mc_columns(likelihood, fisher_type, mc_samples, generator, seed)
     if kind == "hessian" and subset.closed_form_head:
         kind = "ggn"  # a linear head: its Hessian is its GGN
     if kind == "hessian":
         return _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size_fn)
-    if subset.closed_form_head:
+    if subset.closed_form_head and mc is None:
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
             likelihood,
@@ -66,9 +73,10 @@ def fit_diag(
         )
         return CurvatureResult(per_layer_diagonal(subset, g), n_data, n_out, loss, kind)
 
-    if subset.index is not None:  # a mask splits layers: every entry per example
+    if subset.index is not None or (mc is not None and subset.closed_form_head):
+        # a mask splits layers (and a sampled head has no closed form): per example
         return _per_example_fit(
-            subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn
+            subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
         )
 
     def squares(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
@@ -78,6 +86,10 @@ def fit_diag(
         return Diagonal(sums[name].reshape(-1), gi, layout=layout)
 
     ggn_type = "exact" if kind == "ggn" else "empirical"
+    if mc is not None:
+        layer_columns = mc
+    else:
+        layer_columns = lambda f, y: output_columns(likelihood, ggn_type, f, y, 1, None)  # noqa: E731
     return fit_layer_blocks(
         "diag",
         subset,
@@ -85,13 +97,15 @@ def fit_diag(
         loader,
         joint_bias=True,
         kind=kind,
-        columns=lambda f, y: output_columns(likelihood, ggn_type, f, y, 1, None),
+        columns=layer_columns,
         block_sums=squares,
         make_block=diagonal,
         progress=progress,
         memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
         announce=False,
+        rest_columns=mc,
+        rest_n_columns=mc_samples,
     )
 
 
@@ -115,10 +129,20 @@ def _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size
     return CurvatureResult(structure, n_data, n_out, sums["loss"], "hessian")
 
 
-def _per_example_fit(subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn):
+def _per_example_fit(
+    subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc=None, n_mc=None
+):
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         g, loss = per_example_diagonal(
-            subset, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
+            subset,
+            likelihood,
+            x,
+            y,
+            kind=kind,
+            n_outputs=n_out,
+            memory_budget=memory_budget,
+            columns=mc,
+            n_columns=n_mc,
         )
         return {"G": g, "loss": loss}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..likelihoods import Likelihood
@@ -12,6 +13,7 @@ from ..params import ParameterSubset
 from ..structures import BlockDiagonal, Dense, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
 from .hessian import hessian_rows
+from .kfac import mc_columns
 from .last_layer import last_layer_curvature
 from .layer_blocks import layer_blocks
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
@@ -25,6 +27,9 @@ def fit_full(
     loader: Iterable,
     *,
     fisher_type: str = "exact",
+    mc_samples: int = 1,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
@@ -36,12 +41,15 @@ def fit_full(
     features is used instead. Memory: the ``[P, P]`` result plus one chunk.
 
     Args:
-        fisher_type: ``"exact"`` (GGN), ``"empirical"`` or ``"hessian"`` (the Hessian of the
-            loss from P Hessian-vector products per batch; indefinite in general).
+        fisher_type: ``"exact"`` (GGN), ``"mc"`` (the Monte-Carlo Fisher: ``mc_samples``
+            targets drawn per example from the model, with ``generator`` or ``seed``),
+            ``"empirical"`` or ``"hessian"`` (the Hessian of the loss from P
+            Hessian-vector products per batch; indefinite in general).
         memory_budget: bytes a chunk of Jacobian rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "full", allow_hessian=True)
-    if subset.closed_form_head:  # a linear head: its Hessian is its GGN
+    kind = resolve_fisher_type(fisher_type, "full", allow_hessian=True, allow_mc=True)
+    columns = mc_columns(likelihood, fisher_type, mc_samples, generator, seed)
+    if subset.closed_form_head and columns is None:  # a linear head: its Hessian is its GGN
         kind = "ggn" if kind == "hessian" else kind
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
@@ -75,6 +83,8 @@ def fit_full(
             n_outputs=n_out,
             n_examples=y.shape[0],
             memory_budget=memory_budget,
+            columns=columns,
+            n_columns=mc_samples,
         ):
             flat = rows.reshape(-1, p)
             g = flat.T @ flat if g is None else g.addmm_(flat.T, flat)

@@ -126,6 +126,29 @@ def check_kfac_options(
     return KFAC_FISHER_TYPES[fisher_type], generator
 
 
+def mc_columns(
+    likelihood: Likelihood,
+    fisher_type: str,
+    mc_samples: int,
+    generator: torch.Generator | None,
+    seed: int,
+) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """``(f, y) -> [M, B, C]`` sampled output gradients / √M for ``fisher_type="mc"`` (a
+    fresh generator seeded with ``seed`` unless one is given); ``None`` otherwise."""
+    if fisher_type != "mc":
+        return None
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive integer; got {mc_samples!r}")
+    box = [generator]
+
+    def columns(f: Tensor, y: Tensor) -> Tensor:
+        if box[0] is None:  # on the data's device, at the first batch
+            box[0] = torch.Generator(device=f.device).manual_seed(seed)
+        return output_columns(likelihood, "mc", f, y, mc_samples, box[0])
+
+    return columns
+
+
 def output_columns(
     likelihood: Likelihood,
     fisher_type: str,

@@ -97,6 +97,8 @@ def fit_layer_blocks(
     memory_budget: int,
     batch_size_fn: Callable[[Any], int] | None,
     announce: bool = True,
+    rest_columns: Callable[[Tensor, Tensor], Tensor] | None = None,
+    rest_n_columns: int | None = None,
 ) -> CurvatureResult:
     """Fit one block per layer block and an exact diagonal block per other parameter tensor.
 
@@ -106,6 +108,8 @@ def fit_layer_blocks(
             of a block for one batch, summed over batches.
         make_block: ``(name, sums, group_index, layout) -> block`` after the pass.
         announce: warn once which tensors get diagonal blocks (not for ``diag`` itself).
+        rest_columns, rest_n_columns: output vectors for the other tensors' exact diagonal
+            (default the columns of Sₙ, or the observed gradient for the empirical Fisher).
     """
     plan: dict[str, Any] = {}
 
@@ -124,7 +128,15 @@ def fit_layer_blocks(
                     out.update(block_sums(name, *layout.select(a, g)))
         if rest is not None:
             out["rest"], _ = per_example_diagonal(
-                rest, likelihood, x, y, kind=kind, n_outputs=n_out, memory_budget=memory_budget
+                rest,
+                likelihood,
+                x,
+                y,
+                kind=kind,
+                n_outputs=n_out,
+                memory_budget=memory_budget,
+                columns=rest_columns,
+                n_columns=rest_n_columns,
             )
         return out
 

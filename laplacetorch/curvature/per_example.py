@@ -62,11 +62,21 @@ def per_example_factors(
     n_outputs: int,
     n_examples: int,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    columns: Callable[[Tensor, Tensor], Tensor] | None = None,
+    n_columns: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Yield ``(M, nll)`` chunks: ``M`` is ``[b, k, P]``, ``nll`` the ``[b]`` unit-scale
     negative log-likelihoods of those examples (``None`` for later column chunks of the same
-    examples, so each example's loss is yielded exactly once)."""
+    examples, so each example's loss is yielded exactly once).
+
+    ``columns``: ``(f, y) -> [K, b, C]`` output-space vectors to pull back instead of the
+    columns of Sₙ (``n_columns`` = K; the Monte-Carlo Fisher's sampled output gradients)."""
     p = subset.n_params
+    if columns is not None:
+        yield from _given_columns(
+            subset, likelihood, x, y, theta, columns, n_examples, memory_budget, n_columns
+        )
+        return
     n_cols = n_outputs if kind == "ggn" else 1
     row_bytes = p * theta.element_size()
     cols_per_chunk = max(1, min(n_cols, memory_budget // max(row_bytes, 1)))
@@ -120,6 +130,33 @@ def per_example_factors(
             )
             nll = likelihood.nll_unit(out.detach(), ys) if k0 == 0 else None
             yield rows, nll
+
+
+def _given_columns(subset, likelihood, x, y, theta, columns, n_examples, memory_budget, k):
+    """Rows Jₙᵀ vₙₖ for given output vectors: f first (no graph), then vmap'd pullbacks."""
+    row_bytes = subset.n_params * theta.element_size() * max(k or 1, 1)
+    per_chunk = max(1, memory_budget // max(row_bytes, 1))
+
+    def rows_of(xn: Any, vn: Tensor) -> tuple[Tensor, Tensor]:
+        out, pullback = vjp(lambda th: subset.forward(th, _unsqueeze(xn)).squeeze(0), theta)
+        (rows,) = vmap(pullback)(vn)
+        return rows, out
+
+    for e0 in range(0, n_examples, per_chunk):
+        sl = slice(e0, min(e0 + per_chunk, n_examples))
+        xs, ys = _index(x, sl), y[sl]
+        with torch.no_grad():
+            f = subset.forward(theta, xs)
+        vs = columns(f, ys).permute(1, 0, 2).contiguous()  # [b, K, C]
+        rows, out = with_vmap_fallback(
+            subset,
+            lambda xs=xs, vs=vs: vmap(rows_of)(xs, vs),
+            xs,
+            ys.shape[0],
+            theta,
+            lambda out, n, vs=vs: vs[n].T,
+        )
+        yield rows, likelihood.nll_unit(out.detach(), ys)
 
 
 #: what vmap says when it cannot run an op (not when the model or the data is wrong)
@@ -206,8 +243,11 @@ def per_example_diagonal(
     kind: str,
     n_outputs: int,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    columns: Callable[[Tensor, Tensor], Tensor] | None = None,
+    n_columns: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(Σₙ Σₖ (Jₙᵀ sₙₖ)² ``[P]``, Σₙ nllₙ) for one batch, from :func:`per_example_factors`."""
+    """(Σₙ Σₖ (Jₙᵀ sₙₖ)² ``[P]``, Σₙ nllₙ) for one batch, from :func:`per_example_factors`
+    (``columns``: given output vectors instead of the columns of Sₙ)."""
     g = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
     loss = torch.zeros((), dtype=subset.dtype, device=subset.device)
     for rows, nll in per_example_factors(
@@ -220,6 +260,8 @@ def per_example_diagonal(
         n_outputs=n_outputs,
         n_examples=y.shape[0],
         memory_budget=memory_budget,
+        columns=columns,
+        n_columns=n_columns,
     ):
         g += rows.square().sum((0, 1))
         if nll is not None:
