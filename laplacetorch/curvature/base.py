@@ -36,8 +36,8 @@ def resolve_fisher_type(
     names, and the Hessian or the Monte-Carlo Fisher for backends without them."""
     if fisher_type == "mc" and not allow_mc:
         raise ValueError(
-            "fisher_type='mc' (the Monte-Carlo Fisher) is offered by 'full', 'diag', 'kfac' and "
-            f"'ekfac', not by {backend!r}"
+            "fisher_type='mc' (the Monte-Carlo Fisher) is offered by 'full', 'diag', 'kfac', "
+            f"'ekfac', 'hutchinson', 'lanczos' and 'operator', not by {backend!r}"
         )
     if fisher_type == "hessian" and not allow_hessian:
         raise ValueError(

@@ -24,6 +24,7 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
 from .hessian import batch_hessian_matvec
+from .kfac import output_columns
 from .per_example import output_dim
 
 __all__ = ["GGNOperator"]
@@ -36,7 +37,10 @@ class GGNOperator:
         subset: the Bayesian parameters (θ at its current values).
         likelihood: the likelihood giving Λₙ (or rₙ for the empirical Fisher).
         loader: the data; iterated once per product.
-        fisher_type: ``"exact"`` (GGN) or ``"empirical"``.
+        fisher_type: ``"exact"`` (GGN), ``"mc"`` (the Monte-Carlo Fisher: ``mc_samples``
+            targets per example, the same at every product — drawn afresh from ``mc_seed`` at
+            the start of each data pass, so the loader must yield its batches in the same
+            order every pass), ``"empirical"`` or ``"hessian"``.
         progress: tqdm bar per data pass.
 
     Attributes:
@@ -54,12 +58,21 @@ class GGNOperator:
         fisher_type: str = "exact",
         progress: bool = False,
         batch_size_fn: Callable[[Any], int] | None = None,
+        mc_samples: int = 1,
+        mc_seed: int = 0,
     ) -> None:
         check_model_mode(subset.model)
         subset.check_weights()
         require_reiterable(loader, "a GGN-vector product operator (hutchinson, lanczos, operator)")
         self.subset, self.likelihood, self.loader = subset, likelihood, loader
-        self.kind = resolve_fisher_type(fisher_type, "ggn operator", allow_hessian=True)
+        self.kind = resolve_fisher_type(
+            fisher_type, "ggn operator", allow_hessian=True, allow_mc=True
+        )
+        self.mc = fisher_type == "mc"
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"mc_samples must be a positive integer; got {mc_samples!r}")
+        self.mc_samples, self.mc_seed = mc_samples, mc_seed
+        self._mc_gen: torch.Generator | None = None
         self.progress, self.batch_size_fn = progress, batch_size_fn
         self.n_params = subset.n_params
         self.dtype, self.device = subset.dtype, subset.device
@@ -118,6 +131,8 @@ class GGNOperator:
 
     def batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> Tensor:
         """The curvature of one batch ``(x, y)`` applied to the rows of ``v`` ``[m, P]``."""
+        if self.mc and self._mc_gen is None:
+            self._mc_gen = torch.Generator(device=self.device).manual_seed(self.mc_seed)
         return self._batch_matvec(x, y, v)[0]
 
     def _batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,7 +147,10 @@ class GGNOperator:
         out, pullback = vjp(f, theta)
         out = out.detach()
         jv = vmap(lambda t: jvp(f, (theta,), (t,))[1])(v)  # [m, B, C]
-        if self.kind == "ggn":
+        if self.mc:  # Σₘ rₘ rₘᵀ / M with the pass's sampled output gradients rₘ
+            r = output_columns(lik, "mc", out, y, self.mc_samples, self._mc_gen)  # [M, B, C]
+            cot = torch.einsum("kbc,kbd,mbd->mbc", r, r, jv)
+        elif self.kind == "ggn":
             cot = torch.einsum("bcd,mbd->mbc", lik.output_hessian(out, y), jv)
         else:
             r = lik.output_grad(out, y)  # [B, C]
@@ -155,6 +173,8 @@ class GGNOperator:
             return {"gv": gv, "loss": loss}
 
         self.n_matvecs += 1
+        if self.mc:  # the same samples at every product: a fixed operator
+            self._mc_gen = torch.Generator(device=self.device).manual_seed(self.mc_seed)
         sums = self._pass(step, "ggn-vector product")
         if self._stats is None:
             self._stats = (int(sums["n_data"]), sums["loss"])

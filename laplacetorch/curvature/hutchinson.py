@@ -29,6 +29,7 @@ def fit_hutchinson(
     loader: Iterable,
     *,
     fisher_type: str = "exact",
+    mc_samples: int = 1,
     n_probes: int = 32,
     generator: torch.Generator | None = None,
     seed: int = 0,
@@ -53,6 +54,8 @@ def fit_hutchinson(
         likelihood,
         loader,
         fisher_type=fisher_type,
+        mc_samples=mc_samples,
+        mc_seed=seed + 7919,
         progress=progress,
         batch_size_fn=batch_size_fn,
     )

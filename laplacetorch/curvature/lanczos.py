@@ -26,6 +26,7 @@ def fit_lanczos(
     loader: Iterable,
     *,
     fisher_type: str = "exact",
+    mc_samples: int = 1,
     rank: int = 20,
     oversample: int = 10,
     max_iter: int | None = None,
@@ -58,6 +59,8 @@ def fit_lanczos(
         likelihood,
         loader,
         fisher_type=fisher_type,
+        mc_samples=mc_samples,
+        mc_seed=seed + 7919,
         progress=progress,
         batch_size_fn=batch_size_fn,
     )

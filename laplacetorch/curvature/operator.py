@@ -22,6 +22,7 @@ def fit_operator(
     loader: Iterable,
     *,
     fisher_type: str = "exact",
+    mc_samples: int = 1,
     n_probes: int = 30,
     n_steps: int = 40,
     cg_tol: float | None = None,
@@ -43,6 +44,8 @@ def fit_operator(
         likelihood,
         loader,
         fisher_type=fisher_type,
+        mc_samples=mc_samples,
+        mc_seed=seed + 7919,
         progress=progress,
         batch_size_fn=batch_size_fn,
     )
