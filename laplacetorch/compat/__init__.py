@@ -9,17 +9,10 @@ from . import curvature
 from .classes import (
     BaseLaplace,
     DiagLaplace,
-    DiagLLLaplace,
-    DiagSubnetLaplace,
     FullLaplace,
-    FullLLLaplace,
-    FullSubnetLaplace,
     KronLaplace,
-    KronLLLaplace,
-    LLLaplace,
     LowRankLaplace,
     ParametricLaplace,
-    SubnetLaplace,
 )
 from .enums import (
     FeatureReduction,
@@ -32,7 +25,9 @@ from .enums import (
     TuningMethod,
 )
 from .factory import Laplace
+from .last_layer import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from .marglik import marglik_training
+from .subnetwork import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
 
 __all__ = [
     "BaseLaplace",

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..laplace import Laplace as NativeLaplace
@@ -24,18 +23,14 @@ from .enums import plain
 
 __all__ = [
     "BaseLaplace",
-    "DiagLLLaplace",
     "DiagLaplace",
-    "DiagSubnetLaplace",
-    "FullLLLaplace",
     "FullLaplace",
-    "FullSubnetLaplace",
-    "KronLLLaplace",
     "KronLaplace",
-    "LLLaplace",
+    "KronPosterior",
     "LowRankLaplace",
     "ParametricLaplace",
-    "SubnetLaplace",
+    "WholeMappings",
+    "kron_options",
 ]
 
 
@@ -205,7 +200,7 @@ class BaseLaplace(NativeLaplace):
         return super().__call__(x, plain(pred_type), *args, **kwargs)
 
 
-def _kron_options(damping: bool, options: dict[str, Any] | None) -> dict[str, Any]:
+def kron_options(damping: bool, options: dict[str, Any] | None) -> dict[str, Any]:
     if damping:
         raise ValueError(
             "damping=True approximates log det by damped Kronecker factors; laplacetorch "
@@ -321,7 +316,7 @@ class KronLaplace(ParametricLaplace):
             backend,
             backend_kwargs,
             asdl_fisher_kwargs,
-            backend_options=_kron_options(damping, native.pop("backend_options", None)),
+            backend_options=kron_options(damping, native.pop("backend_options", None)),
             **native,
         )
 
@@ -340,175 +335,3 @@ class LowRankLaplace(ParametricLaplace):
     """All weights, a low-rank plus diagonal posterior precision (laplacetorch's Lanczos)."""
 
     _structure = "lanczos"
-
-
-class LLLaplace(ParametricLaplace):
-    """laplace-torch's last-layer Laplace: ``feature_reduction`` and ``last_layer_name``
-    come after ``enable_backprop``."""
-
-    _subset = "last_layer"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: Any,
-        sigma_noise: Tensor | float = 1.0,
-        prior_precision: Tensor | float = 1.0,
-        prior_mean: Tensor | float = 0.0,
-        temperature: float = 1.0,
-        enable_backprop: bool = False,
-        feature_reduction: Any = None,
-        dict_key_x: str = "input_ids",
-        dict_key_y: str = "labels",
-        backend: Any = None,
-        last_layer_name: str | None = None,
-        backend_kwargs: dict[str, Any] | None = None,
-        asdl_fisher_kwargs: dict[str, Any] | None = None,
-        **native: Any,
-    ) -> None:
-        if asdl_fisher_kwargs is not None:
-            raise ValueError("Last-layer Laplace does not support asdl_fisher_kwargs.")
-        super().__init__(
-            model,
-            likelihood,
-            sigma_noise,
-            prior_precision,
-            prior_mean,
-            temperature,
-            enable_backprop,
-            dict_key_x,
-            dict_key_y,
-            backend,
-            backend_kwargs,
-            last_layer_name=last_layer_name,
-            feature_reduction=plain(feature_reduction),
-            **native,
-        )
-
-
-class FullLLLaplace(LLLaplace):
-    """Last layer, dense."""
-
-    _structure = "full"
-    posterior_precision = FullLaplace.posterior_precision
-    posterior_covariance = FullLaplace.posterior_covariance
-    posterior_scale = FullLaplace.posterior_scale
-    H = FullLaplace.H
-
-
-class KronLLLaplace(LLLaplace):
-    """Last layer, KFAC (laplace-torch's layout: separate weight and bias blocks)."""
-
-    _structure = "kfac"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: Any,
-        sigma_noise: Tensor | float = 1.0,
-        prior_precision: Tensor | float = 1.0,
-        prior_mean: Tensor | float = 0.0,
-        temperature: float = 1.0,
-        enable_backprop: bool = False,
-        feature_reduction: Any = None,
-        dict_key_x: str = "input_ids",
-        dict_key_y: str = "labels",
-        backend: Any = None,
-        last_layer_name: str | None = None,
-        damping: bool = False,
-        backend_kwargs: dict[str, Any] | None = None,
-        asdl_fisher_kwargs: dict[str, Any] | None = None,
-        **native: Any,
-    ) -> None:
-        super().__init__(
-            model,
-            likelihood,
-            sigma_noise,
-            prior_precision,
-            prior_mean,
-            temperature,
-            enable_backprop,
-            feature_reduction,
-            dict_key_x,
-            dict_key_y,
-            backend,
-            last_layer_name,
-            backend_kwargs,
-            asdl_fisher_kwargs,
-            backend_options=_kron_options(damping, native.pop("backend_options", None)),
-            **native,
-        )
-
-    posterior_precision = KronLaplace.posterior_precision
-    H = KronLaplace.H
-
-
-class DiagLLLaplace(LLLaplace):
-    """Last layer, diagonal."""
-
-    _structure = "diag"
-    posterior_precision = DiagLaplace.posterior_precision
-    posterior_scale = DiagLaplace.posterior_scale
-    H = DiagLaplace.H
-
-
-class SubnetLaplace(ParametricLaplace):
-    """laplace-torch's subnetwork Laplace: ``subnetwork_indices`` (ascending integer indices
-    into ``parameters_to_vector(model.parameters())``) come third."""
-
-    _subset = "subnetwork"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: Any,
-        subnetwork_indices: Tensor,
-        sigma_noise: Tensor | float = 1.0,
-        prior_precision: Tensor | float = 1.0,
-        prior_mean: Tensor | float = 0.0,
-        temperature: float = 1.0,
-        backend: Any = None,
-        backend_kwargs: dict[str, Any] | None = None,
-        asdl_fisher_kwargs: dict[str, Any] | None = None,
-        **native: Any,
-    ) -> None:
-        if asdl_fisher_kwargs is not None:
-            raise ValueError("Subnetwork Laplace does not support asdl_fisher_kwargs.")
-        if not isinstance(subnetwork_indices, Tensor) or subnetwork_indices.dtype != torch.long:
-            raise ValueError("Subnetwork indices must be non-empty 1-dimensional torch.LongTensor.")
-        super().__init__(
-            model,
-            likelihood,
-            sigma_noise,
-            prior_precision,
-            prior_mean,
-            temperature,
-            backend=backend,
-            backend_kwargs=backend_kwargs,
-            subnetwork=subnetwork_indices,
-            **native,
-        )
-
-    @property
-    def n_params_subnet(self) -> int:
-        """The number of Bayesian weights."""
-        return self.n_params
-
-
-class FullSubnetLaplace(SubnetLaplace):
-    """Subnetwork, dense."""
-
-    _structure = "full"
-    posterior_precision = FullLaplace.posterior_precision
-    posterior_covariance = FullLaplace.posterior_covariance
-    posterior_scale = FullLaplace.posterior_scale
-    H = FullLaplace.H
-
-
-class DiagSubnetLaplace(SubnetLaplace):
-    """Subnetwork, diagonal."""
-
-    _structure = "diag"
-    posterior_precision = DiagLaplace.posterior_precision
-    posterior_scale = DiagLaplace.posterior_scale
-    H = DiagLaplace.H

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from . import classes
+from . import classes, last_layer, subnetwork
 from .enums import plain
 
 __all__ = ["CLASSES", "Laplace"]
@@ -17,11 +17,11 @@ CLASSES = {
     ("all", "kron"): classes.KronLaplace,
     ("all", "diag"): classes.DiagLaplace,
     ("all", "lowrank"): classes.LowRankLaplace,
-    ("last_layer", "full"): classes.FullLLLaplace,
-    ("last_layer", "kron"): classes.KronLLLaplace,
-    ("last_layer", "diag"): classes.DiagLLLaplace,
-    ("subnetwork", "full"): classes.FullSubnetLaplace,
-    ("subnetwork", "diag"): classes.DiagSubnetLaplace,
+    ("last_layer", "full"): last_layer.FullLLLaplace,
+    ("last_layer", "kron"): last_layer.KronLLLaplace,
+    ("last_layer", "diag"): last_layer.DiagLLLaplace,
+    ("subnetwork", "full"): subnetwork.FullSubnetLaplace,
+    ("subnetwork", "diag"): subnetwork.DiagSubnetLaplace,
 }
 
 
