@@ -18,6 +18,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .model_call import call_model
+from .subset_inputs import (
+    FEATURE_REDUCTIONS,
+    FeaturesReached,
+    indices_to_mask,
+    reduce_features,
+)
 
 __all__ = [
     "ParameterSubset",
@@ -95,52 +101,6 @@ def _trainable(names: list[str], named: dict[str, nn.Parameter], what: str) -> l
     if not kept:
         raise ValueError(f"every parameter of {what} has requires_grad=False: {frozen}")
     return kept
-
-
-FEATURE_REDUCTIONS = ("pick_first", "pick_last", "average")
-
-
-class _FeaturesReached(Exception):
-    """Stops a forward pass at the last layer's input (feature reduction)."""
-
-
-def reduce_features(phi: Tensor, how: str) -> Tensor:
-    """``[B, T, D]`` sequence features to ``[B, D]``: the first or last position, or the
-    mean over positions."""
-    if phi.dim() != 3:
-        raise ValueError(
-            f"feature_reduction={how!r} needs last-layer inputs [B, T, D]; got {list(phi.shape)}"
-        )
-    if how == "pick_first":
-        return phi[:, 0]
-    if how == "pick_last":
-        return phi[:, -1]
-    return phi.mean(1)
-
-
-def _indices_to_mask(indices: Tensor, total: int) -> Tensor:
-    """A boolean mask over the flat parameter vector from laplace-torch's integer
-    ``subnetwork_indices`` (non-empty, 1-D, unique, ascending: θ keeps the flat order)."""
-    if indices.dim() != 1 or indices.numel() == 0:
-        raise ValueError(
-            f"subnetwork indices must be a non-empty 1-D integer tensor; got shape "
-            f"{list(indices.shape)}"
-        )
-    idx = indices.to(torch.long).cpu()
-    if bool((idx < 0).any()) or bool((idx >= total).any()):
-        raise ValueError(
-            f"subnetwork indices must lie in [0, {total}); got {idx.min()}…{idx.max()}"
-        )
-    if idx.unique().numel() != idx.numel():
-        raise ValueError("subnetwork indices must not contain duplicates")
-    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-        raise ValueError(
-            "subnetwork indices must be ascending: θ follows the flat parameter order "
-            "(pass indices.sort().values)"
-        )
-    mask = torch.zeros(total, dtype=torch.bool)
-    mask[idx] = True
-    return mask
 
 
 class ParameterSubset:
@@ -239,7 +199,7 @@ class ParameterSubset:
             and not subnetwork.dtype.is_floating_point
             and (subnetwork.dtype != torch.bool)
         ):
-            subnetwork = _indices_to_mask(subnetwork, sum(p.numel() for p in named.values()))
+            subnetwork = indices_to_mask(subnetwork, sum(p.numel() for p in named.values()))
         if isinstance(subnetwork, Tensor):
             total = sum(p.numel() for p in named.values())
             if subnetwork.dtype != torch.bool:
@@ -359,12 +319,12 @@ class ParameterSubset:
 
         def stop(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
             seen["phi"] = inputs[0]
-            raise _FeaturesReached
+            raise FeaturesReached
 
         handle = self.last_layer.register_forward_pre_hook(stop)
         try:
             call_model(self.model, x, params)
-        except _FeaturesReached:
+        except FeaturesReached:
             pass
         finally:
             handle.remove()

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ...model_call import call_model, model_output
-from ...params import FEATURE_REDUCTIONS, find_last_linear, reduce_features
+from ...params import find_last_linear
+from ...subset_inputs import FEATURE_REDUCTIONS, reduce_features
 from ..enums import plain
 
 __all__ = ["FeatureExtractor"]
