@@ -112,8 +112,8 @@ def test_readme_regression_loop_matches_laplace_torch(dtype):
     """The README's hyperparameter loop, same data and model: δ, σ and the predictive.
 
     In float32 this evidence is round-off limited (P = 151 > N = 150: G is singular and
-    s/δ ≈ 120): each library's log evidence is within 0.02 nats of the float64 one, which
-    moves δ by ~1.5%; in float64 the two agree to 1e-5."""
+    s/δ ≈ 120): σ and δ agree to 1e-3 (each 3e-3 from the float64 answer), the variance far
+    from the data to 3e-2; in float64 all agree to 1e-5."""
     torch.manual_seed(711)
     x = (torch.rand(150) * 8).unsqueeze(-1).to(dtype)
     y = torch.sin(x) + torch.randn_like(x) * 0.3
@@ -149,7 +149,7 @@ def test_readme_regression_loop_matches_laplace_torch(dtype):
     (s1, d1, m1, v1), (s2, d2, m2, v2) = found["ours"], found["theirs"]
     tol = 1e-5 if dtype == torch.float64 else 1e-3
     assert s1 == pytest.approx(s2, rel=tol)
-    assert d1 == pytest.approx(d2, rel=tol if dtype == torch.float64 else 3e-2)
+    assert d1 == pytest.approx(d2, rel=tol)
     torch.testing.assert_close(m1, m2.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(
         v1, v2.detach(), rtol=tol if dtype == torch.float64 else 3e-2, atol=1e-6

@@ -196,12 +196,15 @@ def test_readme_regression_example(dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = example(laplace, TheirGGN)
-    # float32: both libraries' evidence is round-off limited here (P = 151 > N = 150)
-    rel = 1e-5 if dtype == torch.float64 else 3e-2
-    assert ours[0] == pytest.approx(theirs[0], rel=1e-3 if dtype == torch.float32 else 1e-5)
+    # float32: σ and δ to 1e-3 (each 3e-3 from the float64 answer); the variance far from the
+    # data lives in G's near-null space (P = 151 > N = 150), where float32 round-off of G
+    # (~1e-3 · s/δ relative per eigenvalue) moves it by ~2% in either library
+    rel = 1e-5 if dtype == torch.float64 else 1e-3
+    assert ours[0] == pytest.approx(theirs[0], rel=rel)
     assert ours[1] == pytest.approx(theirs[1], rel=rel)
     torch.testing.assert_close(ours[2], theirs[2].detach(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(ours[3], theirs[3].detach(), rtol=rel, atol=1e-6)
+    var_rel = 1e-5 if dtype == torch.float64 else 3e-2
+    torch.testing.assert_close(ours[3], theirs[3].detach(), rtol=var_rel, atol=1e-6)
 
 
 def test_marglik_training_example_matches_laplace_torch():
