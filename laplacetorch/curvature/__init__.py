@@ -11,6 +11,7 @@ from .block_full import fit_block_full
 from .diag import fit_diag
 from .ekfac import fit_ekfac
 from .full import fit_full
+from .gp import fit_gp
 from .hutchinson import fit_hutchinson
 from .kfac import fit_kfac
 from .lanczos import fit_lanczos
@@ -25,6 +26,7 @@ BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
     "hutchinson": fit_hutchinson,
     "lanczos": fit_lanczos,
     "operator": fit_operator,
+    "gp": fit_gp,
 }
 
 

@@ -1,0 +1,115 @@
+"""hessian_structure="gp": the GP view on a subset of data, against the weight-space full
+Laplace (Sylvester, Woodbury) in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DT, batches, make_data, make_mlp
+from torch.func import jacrev
+
+from laplacetorch import Laplace
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_all_points_equal_the_full_laplace(likelihood, subset):
+    x, y = make_data("mlp", likelihood, n=14)
+    kw = {"sigma_noise": 0.7} if likelihood == "regression" else {}
+    gp = Laplace(make_mlp(), likelihood, subset, "gp", prior_precision=0.8, **kw).fit(batches(x, y))
+    full = Laplace(make_mlp(), likelihood, subset, "full", prior_precision=0.8, **kw).fit(
+        batches(x, y)
+    )
+    assert gp.structure.rank <= 14 * 3 < gp.n_params or subset == "last_layer"
+    torch.testing.assert_close(
+        gp.log_marginal_likelihood(), full.log_marginal_likelihood(), rtol=1e-10, atol=1e-8
+    )
+    d = torch.tensor(0.8, dtype=DT, requires_grad=True)
+    s = torch.tensor(0.7, dtype=DT, requires_grad=True)
+    sig = s if likelihood == "regression" else None
+    g1 = torch.autograd.grad(gp.evidence(d, sig), [d] + ([s] if sig is not None else []))
+    g2 = torch.autograd.grad(full.evidence(d, sig), [d] + ([s] if sig is not None else []))
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    xs = torch.randn(5, 4, generator=torch.Generator().manual_seed(3), dtype=DT)
+    torch.testing.assert_close(
+        gp.glm_moments(xs)[1], full.glm_moments(xs)[1], rtol=1e-8, atol=1e-10
+    )
+    if likelihood == "classification":
+        torch.testing.assert_close(gp(xs), full(xs), rtol=1e-8, atol=1e-10)
+    r1 = gp.optimize_prior_precision(method="marglik", tune_sigma=likelihood == "regression")
+    r2 = full.optimize_prior_precision(method="marglik", tune_sigma=likelihood == "regression")
+    torch.testing.assert_close(r1.prior_precision, r2.prior_precision, rtol=1e-6, atol=0)
+    torch.testing.assert_close(r1.sigma_noise, r2.sigma_noise, rtol=1e-6, atol=0)
+    layer = torch.linspace(0.5, 2.0, gp.subset.n_groups, dtype=DT)  # exact for any prior
+    torch.testing.assert_close(gp.evidence(layer), full.evidence(layer), rtol=1e-10, atol=1e-8)
+
+
+def test_a_subset_is_the_curvature_of_its_points_and_the_fit_of_all():
+    x, y = make_data("mlp", "classification", n=20)
+    gp = Laplace(
+        make_mlp(), "classification", "all", "gp", backend_options={"n_subset": 7, "seed": 3}
+    )
+    gp.fit(batches(x, y))
+    assert gp.n_data == 20
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:7].sort().values
+    on_subset = Laplace(make_mlp(), "classification", "all", "full").fit(batches(x[idx], y[idx]))
+    torch.testing.assert_close(
+        gp.structure.curvature_dense(), on_subset.structure.curvature_dense()
+    )
+    everything = Laplace(make_mlp(), "classification", "all", "full").fit(batches(x, y))
+    torch.testing.assert_close(gp.log_likelihood, everything.log_likelihood)  # all N points
+    again = Laplace(
+        make_mlp(), "classification", "all", "gp", backend_options={"n_subset": 7, "seed": 3}
+    )
+    torch.testing.assert_close(
+        again.fit(batches(x, y)).structure.curvature_dense(), gp.structure.curvature_dense()
+    )
+    scaled = Laplace(
+        make_mlp(),
+        "classification",
+        "all",
+        "gp",
+        backend_options={"n_subset": 7, "seed": 3, "subset_scaling": True},
+    ).fit(batches(x, y))
+    torch.testing.assert_close(
+        scaled.structure.curvature_dense(), gp.structure.curvature_dense() * 20 / 7
+    )
+
+
+def test_diagonal_softmax_hessian_option():
+    x, y = make_data("mlp", "classification", n=10)
+    gp = Laplace(
+        make_mlp(), "classification", "all", "gp", backend_options={"diagonal_hessian": True}
+    )
+    gp.fit(batches(x, y))
+    jac = jacrev(lambda t: gp.subset.forward(t, x))(gp.mean)  # [N, C, P]
+    p = torch.softmax(gp.subset.forward(gp.mean, x), -1)
+    expected = torch.einsum("ncp,nc,ncq->pq", jac, p * (1 - p), jac)
+    torch.testing.assert_close(gp.structure.curvature_dense(), expected)
+
+
+def test_bad_gp_options_are_refused():
+    x, y = make_data("mlp", "classification", n=10)
+    for m in (0, 11, 2.5):
+        with pytest.raises(ValueError, match=r"n_subset must be an integer in \[1, N = 10\]"):
+            Laplace(make_mlp(), "classification", "all", "gp", backend_options={"n_subset": m}).fit(
+                batches(x, y)
+            )
+    with pytest.raises(ValueError, match="passes over the data more than once|one-shot"):
+        Laplace(make_mlp(), "classification", "all", "gp", backend_options={"n_subset": 5}).fit(
+            iter(batches(x, y))
+        )
+    with pytest.raises(TypeError, match="unexpected keyword argument 'independent_outputs'"):
+        Laplace(
+            make_mlp(), "classification", "all", "gp", backend_options={"independent_outputs": True}
+        ).fit(batches(x, y))
+    with pytest.raises(ValueError, match="diagonal_hessian approximates the GGN"):
+        Laplace(
+            make_mlp(),
+            "classification",
+            "all",
+            "gp",
+            fisher_type="empirical",
+            backend_options={"diagonal_hessian": True},
+        ).fit(batches(x, y))
