@@ -113,3 +113,20 @@ def test_bad_gp_options_are_refused():
             fisher_type="empirical",
             backend_options={"diagonal_hessian": True},
         ).fit(batches(x, y))
+
+
+def test_the_kernel_is_built_in_chunks_and_rows_are_never_all_held():
+    """A budget of a few rows gives many chunks of W and the same answers."""
+    x, y = make_data("mlp", "classification", n=14)
+    small = Laplace(make_mlp(), "classification", "all", "gp", memory_budget=4 * 3 * 83 * 8)
+    small.fit(batches(x, y))
+    big = Laplace(make_mlp(), "classification", "all", "gp").fit(batches(x, y))
+    chunks = [w.shape[0] for w in small.structure.rows()]
+    assert len(chunks) > 3 and max(chunks) <= 2 * 3  # two examples (K = 3 rows each) a chunk
+    torch.testing.assert_close(small.log_marginal_likelihood(), big.log_marginal_likelihood())
+    xs = x[:4]
+    torch.testing.assert_close(small(xs), big(xs))
+    torch.testing.assert_close(small.posterior_variance, big.posterior_variance)
+    again = Laplace(make_mlp(), "classification", "all", "gp")
+    again.load_state_dict(big.state_dict())
+    torch.testing.assert_close(again.log_marginal_likelihood(), big.log_marginal_likelihood())

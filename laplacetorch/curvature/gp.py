@@ -1,11 +1,11 @@
 """``gp``: the linearised Laplace as a Gaussian process on a subset of M training points.
 
 The GGN of M points is G = Wᵀ W with W = Λ^½ J ``[M·K, P]`` (the rows Sₘᵀ Jₘ of each point),
-and the GP's kernel matrix on them is K = W Wᵀ = Λ^½ J Jᵀ Λ^½ ``[M·K, M·K]``. One eigh of K,
-K = V diag(λ) Vᵀ, gives G's nonzero eigenpairs exactly: G = U diag(λ) Uᵀ with
-U = Wᵀ V diag(λ^-½). So the function-space posterior is the weight-space posterior with that
-low-rank curvature (a :class:`~laplacetorch.structures.LowRank`, exact: no truncation), and
-by Sylvester's identity and Woodbury
+and the GP's kernel matrix on them is K = W Wᵀ = Λ^½ J Jᵀ Λ^½ ``[M·K, M·K]``, built block by
+block from two chunks of rows at a time (never all of W). One eigh of K, K = V diag(λ) Vᵀ,
+is all the structure keeps (a :class:`~laplacetorch.structures.Kernel`, with the M points to
+recompute rows chunk by chunk): the function-space posterior is the weight-space posterior of
+those points, exactly, and by Sylvester's identity and Woodbury
 
     log det Π − P log δ = log det(I + (s/δ) K),
     J* Π⁻¹ J*ᵀ = (J* J*ᵀ − J* Wᵀ (δ/s I + K)⁻¹ W J*ᵀ) / δ,
@@ -22,17 +22,17 @@ curvature by N/M.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import LowRank
+from ..structures import Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
@@ -71,9 +71,11 @@ def fit_gp(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
-    """The GP on ``n_subset`` seeded training points (default all N) as an exact low-rank
-    curvature (see the module docstring). Two data passes when M < N (N first, then the
-    subset's rows), one when M = N; memory M·K·P for the rows plus (M·K)² for the kernel.
+    """The GP on ``n_subset`` seeded training points (default all N) as a :class:`Kernel`
+    structure (see the module docstring). Two data passes when M < N (N first, then the
+    points), one when M = N; memory: the M inputs, two chunks of rows within
+    ``memory_budget``, and the (M·K)² kernel. The kernel's blocks recompute rows, about
+    (#chunks + 1)/2 row passes over the M points.
 
     Args:
         fisher_type: ``"exact"`` (the GGN's Λ) or ``"empirical"``.
@@ -86,14 +88,14 @@ def fit_gp(
     columns = _diagonal_columns(likelihood) if diagonal_hessian else None
     if diagonal_hessian and kind != "ggn":
         raise ValueError("diagonal_hessian approximates the GGN's Λ; use fisher_type='exact'")
-    state: dict[str, Any] = {}
+    theta = subset.map_vector()
 
     def count(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         with torch.no_grad():
-            f = subset.forward(state["theta"], x)
+            f = subset.forward(theta, x)
         return {"loss": likelihood.nll_unit(f, y).sum()}
 
-    state["theta"] = subset.map_vector()
+    chosen = None
     if n_subset is not None:
         require_reiterable(loader, "hessian_structure='gp' on a subset (N, then the subset)")
         sums, n_data, n_out = curvature_pass(
@@ -106,74 +108,100 @@ def fit_gp(
             batch_size_fn=batch_size_fn,
         )
         chosen = subset_indices(n_data, n_subset, seed)
-    else:
-        chosen = None
-    rows: list[Tensor] = []
+    kept: list[tuple[Any, Tensor]] = []
     offset = {"n": 0}
 
-    def collect(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        b = y.shape[0]
-        lo = offset["n"]
+    def keep(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        b, lo = y.shape[0], offset["n"]
         offset["n"] += b
-        if chosen is None:
-            local = None
-        else:
+        if chosen is not None:
             local = chosen[(chosen >= lo) & (chosen < lo + b)] - lo
-        xs = x if local is None else tree_map(lambda t: t[local] if isinstance(t, Tensor) else t, x)
-        ys = y if local is None else y[local]
-        loss = torch.zeros((), dtype=subset.dtype, device=subset.device)
-        if ys.shape[0]:
-            for r, nll in per_example_factors(
-                subset,
-                likelihood,
-                xs,
-                ys,
-                state["theta"],
-                kind=kind,
-                n_outputs=n_out,
-                n_examples=ys.shape[0],
-                memory_budget=memory_budget,
-                columns=columns,
-                n_columns=n_out,
-            ):
-                rows.append(r.reshape(-1, subset.n_params))
-                if nll is not None:
-                    loss = loss + nll.sum()
-        return {"subset_loss": loss}
+            x = tree_map(lambda t: t[local] if isinstance(t, Tensor) else t, x)
+            y = y[local]
+        if y.shape[0]:
+            kept.append((x, y))
+        return count(x, y, n_out) if chosen is None else {}
 
     got, n_seen, n_out = curvature_pass(
         subset,
         likelihood,
         loader,
-        collect,
+        keep,
         progress=progress,
-        desc="gp: kernel rows",
+        desc="gp: the points",
         batch_size_fn=batch_size_fn,
     )
     if chosen is None:
-        n_data, loss_sum = n_seen, got["subset_loss"]
+        n_data, loss_sum = n_seen, got["loss"]
     else:
         if n_seen != n_data:
             raise ValueError(
                 f"the loader gave {n_seen} examples on its second pass, {n_data} on its first"
             )
         loss_sum = sums["loss"]
-    w = torch.cat(rows)  # [M·K, P]
-    m = n_data if chosen is None else chosen.numel()
-    if subset_scaling:
-        w = w * math.sqrt(n_data / m)
-    structure = _low_rank(w, subset.group_index)
+    xs, ys = _concat([x for x, _ in kept]), torch.cat([y for _, y in kept])
+    m = ys.shape[0]
+    scale = math.sqrt(n_data / m) if subset_scaling else 1.0
+    k_cols = n_out if kind == "ggn" else 1
+    row_bytes = k_cols * subset.n_params * theta.element_size()
+    per_chunk = max(1, memory_budget // max(2 * row_bytes, 1))  # two chunks at a time
+    spans = [(i, min(i + per_chunk, m)) for i in range(0, m, per_chunk)]
+
+    def chunk_rows(lo: int, hi: int) -> Tensor:
+        x = tree_map(lambda t: t[lo:hi] if isinstance(t, Tensor) else t, xs)
+        parts = [
+            r.reshape(-1, subset.n_params)
+            for r, _ in per_example_factors(
+                subset,
+                likelihood,
+                x,
+                ys[lo:hi],
+                theta,
+                kind=kind,
+                n_outputs=n_out,
+                n_examples=hi - lo,
+                memory_budget=memory_budget,
+                columns=columns,
+                n_columns=n_out,
+            )
+        ]
+        return torch.cat(parts) * scale
+
+    def rows() -> Iterator[Tensor]:
+        for lo, hi in spans:
+            yield chunk_rows(lo, hi)
+
+    structure = _kernel(rows, spans, chunk_rows, k_cols, subset)
     return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
 
 
-def _low_rank(w: Tensor, group_index: Tensor) -> LowRank:
-    """G = Wᵀ W as U diag(λ) Uᵀ from the kernel K = W Wᵀ (eigh in float64)."""
-    k = w.double() @ w.double().T
-    lam, v = torch.linalg.eigh(0.5 * (k + k.T))
-    keep = lam > lam.max().clamp_min(0) * w.shape[0] * torch.finfo(w.dtype).eps
-    lam, v = lam[keep], v[:, keep]
-    u = (w.double().T @ v) / lam.sqrt()
-    return LowRank(u.to(w.dtype), lam.to(w.dtype), None, group_index)
+def _concat(parts: list[Any]) -> Any:
+    """Concatenate input pytrees (tensors, mappings) along the batch dimension."""
+    leaves, spec = tree_flatten(parts[0])
+    columns = [tree_flatten(p)[0] for p in parts]
+    cat = [
+        torch.cat([c[i] for c in columns]) if isinstance(leaves[i], Tensor) else leaves[i]
+        for i in range(len(leaves))
+    ]
+    return tree_unflatten(cat, spec)
+
+
+def _kernel(rows, spans, chunk_rows, k_cols: int, subset: ParameterSubset) -> Kernel:
+    """K = W Wᵀ block by block (two chunks of rows at a time), eigendecomposed in float64;
+    only eigenvalues above round-off are kept (Wᵀ vanishes on K's null space)."""
+    n = spans[-1][1] * k_cols
+    big = torch.zeros(n, n, dtype=torch.float64, device=subset.device)
+    for i, (lo_i, hi_i) in enumerate(spans):
+        wi = chunk_rows(lo_i, hi_i)
+        for lo_j, hi_j in spans[i:]:
+            wj = wi if lo_j == lo_i else chunk_rows(lo_j, hi_j)
+            block = (wi @ wj.T).double()
+            big[lo_i * k_cols : hi_i * k_cols, lo_j * k_cols : hi_j * k_cols] = block
+            big[lo_j * k_cols : hi_j * k_cols, lo_i * k_cols : hi_i * k_cols] = block.T
+    lam, v = torch.linalg.eigh(big)
+    keep = lam > lam.max().clamp_min(0) * n * torch.finfo(subset.dtype).eps
+    lam, v = lam[keep].to(subset.dtype), v[:, keep].to(subset.dtype)
+    return Kernel(rows, lam, v, subset.n_params, subset.dtype, subset.device, subset.group_index)
 
 
 def _diagonal_columns(likelihood: Likelihood) -> Callable[[Tensor, Tensor], Tensor]:

@@ -8,6 +8,7 @@ from .base import STRUCTURES, Structure, structure_from_state_dict
 from .block_diagonal import BlockDiagonal
 from .dense import Dense
 from .diagonal import Diagonal
+from .kernel import Kernel
 from .kron import EKron, Kron
 from .layout import LayerBlock
 from .lowrank import LowRank
@@ -24,6 +25,7 @@ __all__ = [
     "Diagonal",
     "EKron",
     "JacobianSource",
+    "Kernel",
     "Kron",
     "LayerBlock",
     "LowRank",
