@@ -70,10 +70,16 @@ def test_a_subset_is_the_curvature_of_its_points_and_the_fit_of_all():
         "classification",
         "all",
         "gp",
-        backend_options={"n_subset": 7, "seed": 3, "subset_scaling": True},
+        backend_options={"subset_indices": idx, "prior_subset_scaling": True},
     ).fit(batches(x, y))
+    torch.testing.assert_close(scaled.structure.curvature_dense(), gp.structure.curvature_dense())
+    # the GP prior covariance times M/N: the weight-space posterior of the points at δ·N/M
+    delta = torch.tensor(0.6, dtype=DT)
     torch.testing.assert_close(
-        scaled.structure.curvature_dense(), gp.structure.curvature_dense() * 20 / 7
+        scaled.structure.logdet(delta, 1.0), on_subset.structure.logdet(delta * 20 / 7, 1.0)
+    )
+    torch.testing.assert_close(
+        scaled.glm_moments(x[:3], delta)[1], on_subset.glm_moments(x[:3], delta * 20 / 7)[1]
     )
 
 

@@ -15,13 +15,13 @@ one. With M = N it is the ``full`` Laplace exactly. The data-fit term stays the 
 points at θ*.
 
 Options (laplace-torch's ``FunctionalLaplace`` conventions, for ``compat``): ``diagonal_hessian``
-replaces each softmax Hessian by its diagonal, ``subset_scaling`` multiplies the subset's
-curvature by N/M.
+replaces each softmax Hessian by its diagonal; ``prior_subset_scaling`` scales the GP's prior
+covariance by M/N (δ by N/M inside Π; the prior terms of the evidence keep δ);
+``subset_indices`` gives the M points explicitly.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -36,10 +36,10 @@ from ..structures import Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
-__all__ = ["fit_gp", "subset_indices"]
+__all__ = ["fit_gp"]
 
 
-def subset_indices(n_data: int, n_subset: int | None, seed: int) -> Tensor:
+def _draw(n_data: int, n_subset: int | None, seed: int) -> Tensor:
     """M of the N example indices, ascending, drawn without replacement from ``seed`` (all of
     them when ``n_subset`` is None or N).
 
@@ -66,7 +66,8 @@ def fit_gp(
     n_subset: int | None = None,
     seed: int = 0,
     diagonal_hessian: bool = False,
-    subset_scaling: bool = False,
+    prior_subset_scaling: bool = False,
+    subset_indices: Tensor | None = None,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
@@ -82,7 +83,9 @@ def fit_gp(
         n_subset: M, the GP's training points (``None``: all).
         seed: the subset's draw.
         diagonal_hessian: each softmax Hessian replaced by its diagonal (laplace-torch's).
-        subset_scaling: the subset's curvature times N/M (laplace-torch's).
+        prior_subset_scaling: the GP's prior covariance times M/N (laplace-torch's).
+        subset_indices: the M points (ascending indices into the loader's examples) instead
+            of a seeded draw.
     """
     kind = resolve_fisher_type(fisher_type, "gp")
     columns = _diagonal_columns(likelihood) if diagonal_hessian else None
@@ -96,6 +99,8 @@ def fit_gp(
         return {"loss": likelihood.nll_unit(f, y).sum()}
 
     chosen = None
+    if subset_indices is not None:
+        n_subset = int(torch.as_tensor(subset_indices).numel())
     if n_subset is not None:
         require_reiterable(loader, "hessian_structure='gp' on a subset (N, then the subset)")
         sums, n_data, n_out = curvature_pass(
@@ -107,7 +112,10 @@ def fit_gp(
             desc="gp: N",
             batch_size_fn=batch_size_fn,
         )
-        chosen = subset_indices(n_data, n_subset, seed)
+        if subset_indices is None:
+            chosen = _draw(n_data, n_subset, seed)
+        else:
+            chosen = _given(subset_indices, n_data)
     kept: list[tuple[Any, Tensor]] = []
     offset = {"n": 0}
 
@@ -141,7 +149,7 @@ def fit_gp(
         loss_sum = sums["loss"]
     xs, ys = _concat([x for x, _ in kept]), torch.cat([y for _, y in kept])
     m = ys.shape[0]
-    scale = math.sqrt(n_data / m) if subset_scaling else 1.0
+    factor = n_data / m if prior_subset_scaling else 1.0
     k_cols = n_out if kind == "ggn" else 1
     row_bytes = k_cols * subset.n_params * theta.element_size()
     per_chunk = max(1, memory_budget // max(2 * row_bytes, 1))  # two chunks at a time
@@ -165,14 +173,23 @@ def fit_gp(
                 n_columns=n_out,
             )
         ]
-        return torch.cat(parts) * scale
+        return torch.cat(parts)
 
     def rows() -> Iterator[Tensor]:
         for lo, hi in spans:
             yield chunk_rows(lo, hi)
 
-    structure = _kernel(rows, spans, chunk_rows, k_cols, subset)
+    structure = _kernel(rows, spans, chunk_rows, k_cols, subset, factor)
     return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
+
+
+def _given(indices: Tensor, n_data: int) -> Tensor:
+    idx = torch.as_tensor(indices).to(torch.long).reshape(-1).cpu()
+    if idx.numel() == 0 or bool((idx < 0).any()) or bool((idx >= n_data).any()):
+        raise ValueError(f"subset_indices must lie in [0, N = {n_data}); got {idx.tolist()[:8]}")
+    if idx.unique().numel() != idx.numel() or not bool((idx[1:] > idx[:-1]).all()):
+        raise ValueError("subset_indices must be ascending without duplicates")
+    return idx
 
 
 def _concat(parts: list[Any]) -> Any:
@@ -186,7 +203,7 @@ def _concat(parts: list[Any]) -> Any:
     return tree_unflatten(cat, spec)
 
 
-def _kernel(rows, spans, chunk_rows, k_cols: int, subset: ParameterSubset) -> Kernel:
+def _kernel(rows, spans, chunk_rows, k_cols: int, subset: ParameterSubset, factor: float) -> Kernel:
     """K = W Wᵀ block by block (two chunks of rows at a time), eigendecomposed in float64;
     only eigenvalues above round-off are kept (Wᵀ vanishes on K's null space)."""
     n = spans[-1][1] * k_cols
@@ -201,7 +218,9 @@ def _kernel(rows, spans, chunk_rows, k_cols: int, subset: ParameterSubset) -> Ke
     lam, v = torch.linalg.eigh(big)
     keep = lam > lam.max().clamp_min(0) * n * torch.finfo(subset.dtype).eps
     lam, v = lam[keep].to(subset.dtype), v[:, keep].to(subset.dtype)
-    return Kernel(rows, lam, v, subset.n_params, subset.dtype, subset.device, subset.group_index)
+    return Kernel(
+        rows, lam, v, subset.n_params, subset.dtype, subset.device, subset.group_index, factor
+    )
 
 
 def _diagonal_columns(likelihood: Likelihood) -> Callable[[Tensor, Tensor], Tensor]:
