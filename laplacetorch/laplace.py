@@ -271,6 +271,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         delta = self.prior_precision if prior_precision is None else prior_precision
         d, scalar = self._expand_prior(delta)
+        d = d * c.structure.prior_factor  # the prior the structure's posterior has
         scatter = (d * (self.mean - self.prior_mean).square()).sum()
         logdet_prior = self.n_params * d.log() if scalar else d.log().sum()
         # δ as given: a per-layer δ stays constant on each layer's blocks (exact, no Cholesky)

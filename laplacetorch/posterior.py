@@ -137,18 +137,21 @@ class PosteriorViews:
     def prior_precision_diag(self) -> Tensor:
         """δ expanded to ``[P]``."""
         delta, _ = self._expand_prior(self.prior_precision)
+        delta = delta * self.structure.prior_factor
         return delta.expand(self.n_params)
 
     @property
     def scatter(self) -> Tensor:
         """(θ* − μ₀)ᵀ P₀ (θ* − μ₀)."""
         delta, _ = self._expand_prior(self.prior_precision)
+        delta = delta * self.structure.prior_factor
         return (delta * (self.mean - self.prior_mean).square()).sum()
 
     @property
     def log_det_prior_precision(self) -> Tensor:
         """log det P₀."""
         delta, scalar = self._expand_prior(self.prior_precision)
+        delta = delta * self.structure.prior_factor
         return self.n_params * delta.log() if scalar else delta.log().sum()
 
     @property

@@ -197,9 +197,39 @@ def test_what_is_not_offered_is_refused_loudly():
         compat.KronLaplace(make_mlp(), "classification", damping=True)
     with pytest.raises(ValueError, match="asdl_fisher_kwargs"):
         compat.FullLaplace(make_mlp(), "classification", asdl_fisher_kwargs={})
-    with pytest.raises(ValueError, match="'gp'"):
-        compat.Laplace(make_mlp(), "classification", "all", "gp")
+    with pytest.raises(ValueError, match="only 'sod'"):
+        compat.Laplace(
+            make_mlp(), "classification", "all", "gp", 5, functional_approximation="nystrom"
+        )
+    with pytest.raises(ValueError, match="independent_outputs=True"):
+        compat.FunctionalLaplace(make_mlp(), "classification", 5, independent_outputs=True)
+    with pytest.raises(ValueError, match="Only isotropic priors"):
+        compat.FunctionalLaplace(make_mlp(), "classification", 5, prior_precision=torch.ones(6))
     with pytest.raises(
         ValueError, match="no Laplace for subset_of_weights='all' and hessian_structure='ekfac'"
     ):
         compat.Laplace(make_mlp(), "classification", "all", "ekfac")
+
+
+def test_functional_laplace_is_the_gp_structure_with_laplace_torchs_conventions():
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    la = compat.Laplace(make_mlp(), "classification", "all", "gp", 6, prior_precision=2.0)
+    assert type(la).__name__ == "FunctionalLaplace"
+    la.fit(loader)
+    import numpy as np
+
+    idx = np.sort(np.random.default_rng(0).choice(np.arange(16), 6, replace=False))
+    sub = x[idx]
+    ref = Native(
+        make_mlp(), "classification", "all", "full", prior_precision=2.0 * 16 / 6
+    )  # the points' posterior at δ·N/M with the diagonal softmax Hessian
+    p = torch.softmax(make_mlp()(sub), -1)
+    jac = torch.func.jacrev(lambda t: ref.subset.forward(t, sub))(ref.subset.map_vector())
+    g = torch.einsum("ncp,nc,ncq->pq", jac, p * (1 - p), jac).detach()
+    torch.testing.assert_close(la.structure.curvature_dense(), g)
+    ll = compat.FunctionalLLLaplace(make_mlp(), "classification", 6)
+    ll.fit(loader)
+    assert ll.n_params == 18
+    with pytest.raises(ValueError, match=r"n_subset must be in \[1, N = 16\]"):
+        compat.FunctionalLaplace(make_mlp(), "classification", 17).fit(loader)

@@ -270,3 +270,33 @@ def test_marglik_training_classification_kron_matches_laplace_torch(digits):
     torch.testing.assert_close(d1, d2.to(DT), rtol=1e-5, atol=0)  # one δ per tensor
     torch.testing.assert_close(p1, p2.to(DT), rtol=1e-5, atol=1e-7)
     assert m1 == pytest.approx(m2, rel=1e-6) and l1 == pytest.approx(l2, rel=1e-6)
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_functional_laplace_predictive_matches_laplace_torch(likelihood, subset):
+    torch.manual_seed(0)
+    x = torch.randn(40, 4, dtype=DT)
+    y = (
+        torch.randint(0, 3, (40,))
+        if likelihood == "classification"
+        else torch.randn(40, 3, dtype=DT)
+    )
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT).eval()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)
+    xs = torch.randn(5, 4, dtype=DT)
+    kw = {"sigma_noise": 0.7} if likelihood == "regression" else {}
+
+    def run(lib, m, backend):
+        la = lib.Laplace(
+            m, likelihood, subset, "gp", n_subset=15, prior_precision=2.0, backend=backend, **kw
+        )
+        la.fit(loader)
+        return la(xs)
+
+    ours, theirs = _both(model, run)
+    if likelihood == "regression":
+        torch.testing.assert_close(ours[0], theirs[0].detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours[1], theirs[1].detach(), rtol=1e-8, atol=1e-12)
+    else:
+        torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-12)

@@ -81,6 +81,9 @@ def test_a_subset_is_the_curvature_of_its_points_and_the_fit_of_all():
     torch.testing.assert_close(
         scaled.glm_moments(x[:3], delta)[1], on_subset.glm_moments(x[:3], delta * 20 / 7)[1]
     )
+    # its evidence: that of the points' posterior at δ·N/M, with the data fit of all N
+    shift = everything.log_likelihood - on_subset.log_likelihood
+    torch.testing.assert_close(scaled.evidence(delta), on_subset.evidence(delta * 20 / 7) + shift)
 
 
 def test_diagonal_softmax_hessian_option():

@@ -25,6 +25,7 @@ from .enums import (
     TuningMethod,
 )
 from .factory import Laplace
+from .functional import FunctionalLaplace, FunctionalLLLaplace
 from .last_layer import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from .marglik import marglik_training
 from .subnetwork import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
@@ -38,6 +39,8 @@ __all__ = [
     "FullLLLaplace",
     "FullLaplace",
     "FullSubnetLaplace",
+    "FunctionalLLLaplace",
+    "FunctionalLaplace",
     "HessianStructure",
     "KronLLLaplace",
     "KronLaplace",

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from . import classes, last_layer, subnetwork
+from . import classes, functional, last_layer, subnetwork
 from .enums import plain
 
 __all__ = ["CLASSES", "Laplace"]
@@ -43,9 +43,15 @@ def Laplace(
     if subset == "subnetwork" and structure not in ("full", "diag"):
         raise ValueError("Subnetwork Laplace requires a full or diagonal Hessian approximation!")
     if structure == "gp":
-        raise ValueError(
-            "hessian_structure='gp' (function-space Laplace) is not in laplacetorch yet"
-        )
+        if kwargs.pop("functional_approximation", "sod") != "sod":
+            raise ValueError(
+                "functional_approximation: only 'sod' (FunctionalLaplace) is offered; Nyström "
+                "(ELLA) and variational (VaLLA) are not"
+            )
+        gp = {"all": functional.FunctionalLaplace, "last_layer": functional.FunctionalLLLaplace}
+        if subset not in gp:
+            raise ValueError("hessian_structure='gp' takes subset_of_weights 'all' or 'last_layer'")
+        return gp[subset](model, likelihood, *args, **kwargs)
     cls = CLASSES.get((subset, structure))
     if cls is None:
         raise ValueError(

@@ -77,6 +77,9 @@ class Structure(ABC):
 
     #: names of the tensors returned by ``_tensors`` (persistence)
     _tensor_keys: ClassVar[tuple[str, ...]] = ()
+    #: c in the prior c·diag(δ) the structure's posterior uses (1 but for a subset-of-data
+    #: GP with laplace-torch's prior scaling); the evidence's prior terms use the same
+    prior_factor: float = 1.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
