@@ -76,6 +76,8 @@ def fit_bytes(structure: str, subset: ParameterSubset, options: dict[str, Any]) 
             p, 3 * (options.get("rank", 20) + options.get("oversample", 10))
         )
         return 2 * p * m * e
+    if structure == "nystrom":  # U [P, k] and its float64 accumulator
+        return 3 * options.get("n_eigenvalues", 20) * p * e
     if structure == "gp":  # the subset's rows M·C·P and its kernel (C: one per output)
         return 3 * (options.get("n_subset") or 0) * p * e
     if structure == "operator":

@@ -15,6 +15,7 @@ from .gp import fit_gp
 from .hutchinson import fit_hutchinson
 from .kfac import fit_kfac
 from .lanczos import fit_lanczos
+from .nystrom import fit_nystrom
 from .operator import fit_operator
 
 BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
@@ -27,6 +28,7 @@ BACKENDS: dict[str, Callable[..., CurvatureResult]] = {
     "lanczos": fit_lanczos,
     "operator": fit_operator,
     "gp": fit_gp,
+    "nystrom": fit_nystrom,
 }
 
 

@@ -36,10 +36,83 @@ from ..structures import Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
-__all__ = ["fit_gp"]
+__all__ = ["fit_gp", "subset_points"]
 
 
-def _draw(n_data: int, n_subset: int | None, seed: int) -> Tensor:
+def subset_points(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    n_subset: int | None,
+    seed: int,
+    subset_indices: Tensor | None,
+    progress: bool,
+    batch_size_fn: Callable[[Any], int] | None,
+    what: str = "n_subset",
+) -> tuple[Any, Tensor, int, int, Tensor]:
+    """The M chosen examples' inputs and targets (all N when ``n_subset`` is None), with N,
+    C and the summed unit-scale NLL of all N at θ*: one pass over the data, two when M < N."""
+    theta = subset.map_vector()
+
+    def count(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        with torch.no_grad():
+            f = subset.forward(theta, x)
+        return {"loss": likelihood.nll_unit(f, y).sum()}
+
+    chosen = None
+    if subset_indices is not None:
+        n_subset = int(torch.as_tensor(subset_indices).numel())
+    if n_subset is not None:
+        require_reiterable(loader, "a subset of the data (N, then the subset)")
+        sums, n_data, n_out = curvature_pass(
+            subset,
+            likelihood,
+            loader,
+            count,
+            progress=progress,
+            desc="subset: N",
+            batch_size_fn=batch_size_fn,
+        )
+        if subset_indices is None:
+            chosen = _draw(n_data, n_subset, seed, what)
+        else:
+            chosen = _given(subset_indices, n_data)
+    kept: list[tuple[Any, Tensor]] = []
+    offset = {"n": 0}
+
+    def keep(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        b, lo = y.shape[0], offset["n"]
+        offset["n"] += b
+        if chosen is not None:
+            local = chosen[(chosen >= lo) & (chosen < lo + b)] - lo
+            x = tree_map(lambda t: t[local] if isinstance(t, Tensor) else t, x)
+            y = y[local]
+        if y.shape[0]:
+            kept.append((x, y))
+        return count(x, y, n_out) if chosen is None else {}
+
+    got, n_seen, n_out = curvature_pass(
+        subset,
+        likelihood,
+        loader,
+        keep,
+        progress=progress,
+        desc="subset: the points",
+        batch_size_fn=batch_size_fn,
+    )
+    if chosen is None:
+        n_data, loss_sum = n_seen, got["loss"]
+    else:
+        if n_seen != n_data:
+            raise ValueError(
+                f"the loader gave {n_seen} examples on its second pass, {n_data} on its first"
+            )
+        loss_sum = sums["loss"]
+    xs, ys = _concat([x for x, _ in kept]), torch.cat([y for _, y in kept])
+    return xs, ys, n_data, n_out, loss_sum
+
+
+def _draw(n_data: int, n_subset: int | None, seed: int, what: str = "n_subset") -> Tensor:
     """M of the N example indices, ascending, drawn without replacement from ``seed`` (all of
     them when ``n_subset`` is None or N).
 
@@ -50,7 +123,7 @@ def _draw(n_data: int, n_subset: int | None, seed: int) -> Tensor:
         return torch.arange(n_data)
     if isinstance(n_subset, bool) or not isinstance(n_subset, int) or not 1 <= n_subset <= n_data:
         raise ValueError(
-            f"n_subset must be an integer in [1, N = {n_data}] (the GP's training points); "
+            f"{what} must be an integer in [1, N = {n_data}] (the points of the kernel); "
             f"got {n_subset!r}"
         )
     gen = torch.Generator().manual_seed(seed)
@@ -92,62 +165,9 @@ def fit_gp(
     if diagonal_hessian and kind != "ggn":
         raise ValueError("diagonal_hessian approximates the GGN's Λ; use fisher_type='exact'")
     theta = subset.map_vector()
-
-    def count(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        with torch.no_grad():
-            f = subset.forward(theta, x)
-        return {"loss": likelihood.nll_unit(f, y).sum()}
-
-    chosen = None
-    if subset_indices is not None:
-        n_subset = int(torch.as_tensor(subset_indices).numel())
-    if n_subset is not None:
-        require_reiterable(loader, "hessian_structure='gp' on a subset (N, then the subset)")
-        sums, n_data, n_out = curvature_pass(
-            subset,
-            likelihood,
-            loader,
-            count,
-            progress=progress,
-            desc="gp: N",
-            batch_size_fn=batch_size_fn,
-        )
-        if subset_indices is None:
-            chosen = _draw(n_data, n_subset, seed)
-        else:
-            chosen = _given(subset_indices, n_data)
-    kept: list[tuple[Any, Tensor]] = []
-    offset = {"n": 0}
-
-    def keep(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        b, lo = y.shape[0], offset["n"]
-        offset["n"] += b
-        if chosen is not None:
-            local = chosen[(chosen >= lo) & (chosen < lo + b)] - lo
-            x = tree_map(lambda t: t[local] if isinstance(t, Tensor) else t, x)
-            y = y[local]
-        if y.shape[0]:
-            kept.append((x, y))
-        return count(x, y, n_out) if chosen is None else {}
-
-    got, n_seen, n_out = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        keep,
-        progress=progress,
-        desc="gp: the points",
-        batch_size_fn=batch_size_fn,
+    xs, ys, n_data, n_out, loss_sum = subset_points(
+        subset, likelihood, loader, n_subset, seed, subset_indices, progress, batch_size_fn
     )
-    if chosen is None:
-        n_data, loss_sum = n_seen, got["loss"]
-    else:
-        if n_seen != n_data:
-            raise ValueError(
-                f"the loader gave {n_seen} examples on its second pass, {n_data} on its first"
-            )
-        loss_sum = sums["loss"]
-    xs, ys = _concat([x for x, _ in kept]), torch.cat([y for _, y in kept])
     m = ys.shape[0]
     factor = n_data / m if prior_subset_scaling else 1.0
     k_cols = n_out if kind == "ggn" else 1
