@@ -11,6 +11,7 @@ modules, or the last layer.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class SubnetMask:
+class SubnetMask(ABC):
     """A choice of Bayesian weights over ``parameters_to_vector(model.parameters())``."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -68,9 +69,9 @@ class SubnetMask:
         self._indices = mask.nonzero().squeeze(-1).cpu()
         return self._indices
 
+    @abstractmethod
     def get_subnet_mask(self, train_loader: Iterable | None) -> Tensor:
         """A boolean ``[P]`` mask of the chosen weights."""
-        raise NotImplementedError("a SubnetMask subclass chooses the weights")
 
 
 class ScoreBasedSubnetMask(SubnetMask):
@@ -89,9 +90,9 @@ class ScoreBasedSubnetMask(SubnetMask):
             )
         self._n_select = n_params_subnet
 
+    @abstractmethod
     def compute_param_scores(self, train_loader: Iterable | None) -> Tensor:
         """One score per weight, ``[P]``."""
-        raise NotImplementedError("a ScoreBasedSubnetMask subclass scores the weights")
 
     def get_subnet_mask(self, train_loader: Iterable | None) -> Tensor:
         scores = self.compute_param_scores(train_loader)
