@@ -201,8 +201,6 @@ def test_what_is_not_offered_is_refused_loudly():
         compat.Laplace(
             make_mlp(), "classification", "all", "gp", 5, functional_approximation="nystrom"
         )
-    with pytest.raises(ValueError, match="independent_outputs=True"):
-        compat.FunctionalLaplace(make_mlp(), "classification", 5, independent_outputs=True)
     with pytest.raises(ValueError, match="Only isotropic priors"):
         compat.FunctionalLaplace(make_mlp(), "classification", 5, prior_precision=torch.ones(6))
     with pytest.raises(

@@ -272,9 +272,10 @@ def test_marglik_training_classification_kron_matches_laplace_torch(digits):
     assert m1 == pytest.approx(m2, rel=1e-6) and l1 == pytest.approx(l2, rel=1e-6)
 
 
+@pytest.mark.parametrize("independent", [False, True])
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
-def test_functional_laplace_predictive_matches_laplace_torch(likelihood, subset):
+def test_functional_laplace_predictive_matches_laplace_torch(likelihood, subset, independent):
     torch.manual_seed(0)
     x = torch.randn(40, 4, dtype=DT)
     y = (
@@ -289,7 +290,15 @@ def test_functional_laplace_predictive_matches_laplace_torch(likelihood, subset)
 
     def run(lib, m, backend):
         la = lib.Laplace(
-            m, likelihood, subset, "gp", n_subset=15, prior_precision=2.0, backend=backend, **kw
+            m,
+            likelihood,
+            subset,
+            "gp",
+            n_subset=15,
+            prior_precision=2.0,
+            backend=backend,
+            independent_outputs=independent,
+            **kw,
         )
         la.fit(loader)
         return la(xs)

@@ -109,9 +109,9 @@ def test_bad_gp_options_are_refused():
         Laplace(make_mlp(), "classification", "all", "gp", backend_options={"n_subset": 5}).fit(
             iter(batches(x, y))
         )
-    with pytest.raises(TypeError, match="unexpected keyword argument 'independent_outputs'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'inducing_points'"):
         Laplace(
-            make_mlp(), "classification", "all", "gp", backend_options={"independent_outputs": True}
+            make_mlp(), "classification", "all", "gp", backend_options={"inducing_points": 4}
         ).fit(batches(x, y))
     with pytest.raises(ValueError, match="diagonal_hessian approximates the GGN"):
         Laplace(
@@ -139,3 +139,49 @@ def test_the_kernel_is_built_in_chunks_and_rows_are_never_all_held():
     again = Laplace(make_mlp(), "classification", "all", "gp")
     again.load_state_dict(big.state_dict())
     torch.testing.assert_close(again.log_marginal_likelihood(), big.log_marginal_likelihood())
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_independent_outputs_are_one_gp_per_output(likelihood):
+    """Output c: Π_c = s Σₙ λₙ꜀ Jₙ꜀ᵀ Jₙ꜀ + δ I; the evidence's log-det ratio sums over outputs and
+    the predictive has no covariance between outputs."""
+    x, y = make_data("mlp", likelihood, n=10)
+    kw = {"sigma_noise": 0.7} if likelihood == "regression" else {}
+    la = Laplace(
+        make_mlp(),
+        likelihood,
+        "all",
+        "gp",
+        prior_precision=0.8,
+        backend_options={"independent_outputs": True},
+        **kw,
+    ).fit(batches(x, y))
+    jac = jacrev(lambda t: la.subset.forward(t, x))(la.mean)  # [N, C, P]
+    f = la.subset.forward(la.mean, x)
+    lam = la.likelihood.output_hessian(f, None).diagonal(dim1=-2, dim2=-1)  # [N, C]
+    s, p = float(la.scale()), la.n_params
+    precs = [
+        s * torch.einsum("np,n,nq->pq", jac[:, c], lam[:, c], jac[:, c])
+        + 0.8 * torch.eye(p, dtype=DT)
+        for c in range(3)
+    ]
+    ratio = sum(torch.logdet(pc) - p * torch.log(torch.tensor(0.8, dtype=DT)) for pc in precs)
+    expected = la.log_likelihood - 0.5 * (0.8 * la.mean.square().sum() + ratio)
+    torch.testing.assert_close(la.log_marginal_likelihood(), expected)
+    xs = torch.randn(4, 4, generator=torch.Generator().manual_seed(1), dtype=DT)
+    js = jacrev(lambda t: la.subset.forward(t, xs))(la.mean)
+    var = torch.stack(
+        [
+            torch.einsum("bp,pq,bq->b", js[:, c], torch.linalg.inv(precs[c]), js[:, c])
+            for c in range(3)
+        ],
+        -1,
+    )
+    torch.testing.assert_close(la.glm_moments(xs)[1], torch.diag_embed(var))
+    la.optimize_prior_precision(method="marglik")  # the evidence is differentiable in δ
+    with pytest.raises(ValueError, match="not defined for independent outputs"):
+        la(xs, pred_type="nn")
+    with pytest.raises(ValueError, match="one scalar prior precision"):
+        la.log_marginal_likelihood(torch.ones(la.subset.n_groups, dtype=DT))
+    with pytest.raises(ValueError, match="a saved state is not defined"):
+        la.state_dict()

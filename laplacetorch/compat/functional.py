@@ -18,14 +18,13 @@ __all__ = ["FunctionalLLLaplace", "FunctionalLaplace"]
 
 
 def _options(independent_outputs: bool, prior_precision: Any) -> dict[str, Any]:
-    if independent_outputs:
-        raise ValueError(
-            "independent_outputs=True (one GP per output, no weight-space counterpart) is not "
-            "offered; the joint kernel over outputs is used"
-        )
     if isinstance(prior_precision, Tensor) and prior_precision.numel() != 1:
         raise ValueError("Only isotropic priors supported in FunctionalLaplace")
-    return {"diagonal_hessian": True, "prior_subset_scaling": True}
+    return {
+        "diagonal_hessian": True,
+        "prior_subset_scaling": True,
+        "independent_outputs": bool(independent_outputs),
+    }
 
 
 class _Functional(BaseLaplace):

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import Kernel
+from ..structures import IndependentOutputs, Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
@@ -141,6 +141,7 @@ def fit_gp(
     diagonal_hessian: bool = False,
     prior_subset_scaling: bool = False,
     subset_indices: Tensor | None = None,
+    independent_outputs: bool = False,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
@@ -159,10 +160,12 @@ def fit_gp(
         prior_subset_scaling: the GP's prior covariance times M/N (laplace-torch's).
         subset_indices: the M points (ascending indices into the loader's examples) instead
             of a seeded draw.
+        independent_outputs: one GP per output with the diagonal of each Λ (laplace-torch's):
+            no covariance between outputs; an :class:`IndependentOutputs` structure.
     """
     kind = resolve_fisher_type(fisher_type, "gp")
-    columns = _diagonal_columns(likelihood) if diagonal_hessian else None
-    if diagonal_hessian and kind != "ggn":
+    columns = _diagonal_columns(likelihood) if diagonal_hessian or independent_outputs else None
+    if (diagonal_hessian or independent_outputs) and kind != "ggn":
         raise ValueError("diagonal_hessian approximates the GGN's Λ; use fisher_type='exact'")
     theta = subset.map_vector()
     xs, ys, n_data, n_out, loss_sum = subset_points(
@@ -199,8 +202,32 @@ def fit_gp(
         for lo, hi in spans:
             yield chunk_rows(lo, hi)
 
-    structure = _kernel(rows, spans, chunk_rows, k_cols, subset, factor)
+    if independent_outputs:
+        kernels = [
+            _kernel(
+                _output_rows(chunk_rows, spans, c, n_out),
+                spans,
+                lambda lo, hi, c=c: chunk_rows(lo, hi)[c::n_out],
+                1,
+                subset,
+                factor,
+            )
+            for c in range(n_out)
+        ]
+        structure = IndependentOutputs(kernels, subset.group_index)
+    else:
+        structure = _kernel(rows, spans, chunk_rows, k_cols, subset, factor)
     return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
+
+
+def _output_rows(chunk_rows, spans, c: int, n_out: int) -> Callable[[], Iterator[Tensor]]:
+    """The rows of output c (every n_out-th row of a chunk of the diagonal columns)."""
+
+    def rows() -> Iterator[Tensor]:
+        for lo, hi in spans:
+            yield chunk_rows(lo, hi)[c::n_out]
+
+    return rows
 
 
 def _given(indices: Tensor, n_data: int) -> Tensor:

@@ -8,6 +8,7 @@ from .base import STRUCTURES, Structure, structure_from_state_dict
 from .block_diagonal import BlockDiagonal
 from .dense import Dense
 from .diagonal import Diagonal
+from .independent import IndependentOutputs
 from .kernel import Kernel
 from .kron import EKron, Kron
 from .layout import LayerBlock
@@ -24,6 +25,7 @@ __all__ = [
     "DenseJacobian",
     "Diagonal",
     "EKron",
+    "IndependentOutputs",
     "JacobianSource",
     "Kernel",
     "Kron",
