@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .distributed import reduce_sums
 from .model_call import KeywordInputs, WithKeywords
 
 __all__ = [
@@ -285,13 +286,18 @@ def accumulate(
     """
     sums: dict[str, Tensor] = {}
     n_data = 0
-    for x, y, b in _batches(loader, device, dtype, progress, desc, batch_size_fn):
-        for k, v in step(x, y).items():
-            if k in sums:
-                sums[k] += v  # in place: steps return fresh tensors
-            else:
-                sums[k] = v
-        n_data += b
+    error = None
+    try:
+        for x, y, b in _batches(loader, device, dtype, progress, desc, batch_size_fn):
+            for k, v in step(x, y).items():
+                if k in sums:
+                    sums[k] += v  # in place: steps return fresh tensors
+                else:
+                    sums[k] = v
+            n_data += b
+    except Exception as err:  # reported to every rank before any collective
+        error = err
+    sums, n_data = reduce_sums(sums, n_data, error, device)
     if n_data == 0:
         raise ValueError("the loader yielded no data (empty loader)")
     sums["n_data"] = torch.tensor(n_data, device=device)

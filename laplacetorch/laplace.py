@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import persistence, tuning
+from . import distributed, persistence, tuning
 from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure, get_backend
 from .datapass import BatchAdapter, InputSpec
 from .hyperparameters import Hyperparameters
@@ -68,6 +68,9 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         enable_backprop: keep the autograd graph of the predictive to the inputs (and the
             model), for gradients of the predictive mean and variance with respect to x
             (Bayesian optimisation); the glm predictive then uses dense Jacobian rows.
+        process_group: the torch.distributed group the data passes reduce over (default:
+            the default group when torch.distributed is initialised; ``False``: none). Each
+            rank fits on its shard and ends with the fit of all the data.
         feature_reduction: last layer on sequence features ``[B, T, D]``: ``"pick_first"``,
             ``"pick_last"`` or ``"average"`` reduces them to ``[B, D]`` before the head, so
             f(x) = head(reduce(φ(x))) (laplace-torch's ``feature_reduction``).
@@ -96,11 +99,13 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         ignore_index: int = -100,
         enable_backprop: bool = False,
         feature_reduction: str | None = None,
+        process_group: Any = None,
     ) -> None:
         self.likelihood = get_likelihood(likelihood)
         if not isinstance(enable_backprop, bool):
             raise TypeError(f"enable_backprop must be a bool; got {type(enable_backprop).__name__}")
         self.enable_backprop = enable_backprop
+        self.process_group = process_group
         self.subset = ParameterSubset(
             model,
             subset_of_weights,
@@ -172,16 +177,17 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             self.hessian_structure, self.subset, self.backend_options, self.memory_limit
         )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
-        new = get_backend(self.hessian_structure)(
-            self.subset,
-            self.likelihood,
-            recorder,
-            fisher_type=self.fisher_type,
-            progress=progress,
-            memory_budget=self.memory_budget,
-            batch_size_fn=self.batch_size_fn,
-            **self.backend_options,
-        )
+        with distributed.over(self.process_group):
+            new = get_backend(self.hessian_structure)(
+                self.subset,
+                self.likelihood,
+                recorder,
+                fisher_type=self.fisher_type,
+                progress=progress,
+                memory_budget=self.memory_budget,
+                batch_size_fn=self.batch_size_fn,
+                **self.backend_options,
+            )
         if old is not None:
             if new.n_outputs != old.n_outputs or new.kind != old.kind:
                 raise ValueError(

@@ -94,7 +94,10 @@ def curvature_pass(
             state["C"] = output_dim(subset, x)
         b = y.shape[0]
         y = likelihood.check_targets(y, (b, state["C"]))
-        return step(x, y, state["C"])
+        out = step(x, y, state["C"])
+        # C·b summed: C on every rank, also one whose shard is empty
+        out["_outputs_times_n"] = torch.tensor(float(state["C"] * b), device=subset.device)
+        return out
 
     sums = accumulate(
         loader,
@@ -106,7 +109,8 @@ def curvature_pass(
         batch_size_fn=batch_size_fn,
     )
     n_data = int(sums.pop("n_data"))
-    return sums, n_data, state["C"]
+    n_out = round(float(sums.pop("_outputs_times_n")) / n_data)
+    return sums, n_data, state.get("C", n_out)
 
 
 def zeros_like_theta(subset: ParameterSubset, *shape: int) -> Tensor:

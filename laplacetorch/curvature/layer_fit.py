@@ -50,6 +50,20 @@ def blocked_layers(
     return layers, [n for n in subset.names if n not in covered]
 
 
+def _plan_from_sums(
+    subset: ParameterSubset, joint_bias: bool, sums: dict[str, Tensor]
+) -> tuple[list[LayerBlocks], list[str]]:
+    """The layers whose blocks have statistics in ``sums`` (no batch to probe with)."""
+
+    def has(name: str) -> bool:
+        return any(k == name or k.startswith(name + ".") for k in sums)
+
+    layers, _ = blocked_layers(subset, joint_bias, None)
+    layers = [la for la in layers if all(has(name) for name, _, _ in la.blocks)]
+    covered = {n for la in layers for n in la.params}
+    return layers, [n for n in subset.names if n not in covered]
+
+
 def layer_passes(
     subset: ParameterSubset, layers: list[LayerBlocks], x: Any, cols_fn: Callable[[Tensor], Tensor]
 ):
@@ -149,6 +163,8 @@ def fit_layer_blocks(
         desc=f"{backend} curvature",
         batch_size_fn=batch_size_fn,
     )
+    if not plan:  # an empty shard of a data-parallel fit: the others' sums say which layers
+        plan["layers"], plan["rest"] = _plan_from_sums(subset, joint_bias, sums)
     layers, rest_names = plan["layers"], plan["rest"]
     rest_diag = torch.zeros(subset.n_params, dtype=subset.dtype, device=subset.device)
     if rest_names:

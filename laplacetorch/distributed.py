@@ -1,0 +1,91 @@
+"""The data pass's reduction over a torch.distributed process group.
+
+When torch.distributed is initialised, every accumulated quantity of a data pass (curvature
+sums, factor numerators, losses, counts, GGN-vector products) is summed over the ranks, so
+each rank ends with the result of one process on all the data. The group is chosen per call:
+``Laplace(..., process_group=...)`` scopes it around its own passes (:func:`over`); the
+default is the default group when torch.distributed is initialised, and no communication
+otherwise. Before any tensor is reduced the ranks exchange what they computed and whether
+they failed, so a rank whose data fails validation stops every rank with its error instead of
+leaving the others waiting in a collective; a rank with an empty shard joins with zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["active_group", "over", "reduce_sums"]
+
+_GROUP: ContextVar[Any] = ContextVar("laplacetorch_process_group", default=None)
+
+
+@contextmanager
+def over(group: Any) -> Iterator[None]:
+    """Reduce the data passes inside over ``group`` (``None``: the default group when
+    torch.distributed is initialised; ``False``: no communication)."""
+    token = _GROUP.set(group)
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+
+
+def active_group() -> Any:
+    """The process group the current data pass reduces over, or ``None``."""
+    group = _GROUP.get()
+    if group is False:
+        return None
+    if group is None:
+        if dist.is_available() and dist.is_initialized():
+            return dist.group.WORLD
+        return None
+    return group
+
+
+def reduce_sums(
+    sums: dict[str, Tensor], n_data: int, error: BaseException | None, device: torch.device
+) -> tuple[dict[str, Tensor], int]:
+    """``(sums, N)`` summed over the active group (as they are without one).
+
+    Raises:
+        the local error, or a ``ValueError`` naming another rank's, on every rank;
+        ``ValueError`` when the ranks computed different statistics.
+    """
+    group = active_group()
+    if group is None:
+        if error is not None:
+            raise error
+        return sums, n_data
+    spec = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sums.items()}
+    status = (None if error is None else f"{type(error).__name__}: {error}", spec, n_data)
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, status, group=group)
+    failed = [(r, s[0]) for r, s in enumerate(gathered) if s[0] is not None]
+    if failed:
+        if error is not None:
+            raise error
+        rank, message = failed[0]
+        raise ValueError(f"rank {rank} of the data-parallel pass failed: {message}")
+    specs = [s[1] for s in gathered if s[1]]
+    if not specs:
+        return sums, 0
+    if any(s != specs[0] for s in specs):
+        raise ValueError(
+            "the ranks computed different statistics in one data pass (a rank-dependent model "
+            f"or options?): {specs[0]} vs {next(s for s in specs if s != specs[0])}"
+        )
+    if not sums:  # an empty shard: zeros of the shapes the others computed
+        sums = {
+            k: torch.zeros(shape, dtype=getattr(torch, dt), device=device)
+            for k, (shape, dt) in specs[0].items()
+        }
+    for k in sorted(sums):
+        dist.all_reduce(sums[k], group=group)
+    return sums, sum(s[2] for s in gathered)

@@ -1,0 +1,118 @@
+"""Data-parallel fits over gloo processes on loopback equal the one-process fit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import DT, batches, make_data, make_mlp
+
+from laplacetorch import Laplace
+
+STRUCTURES = ["full", "diag", "kfac", "ekfac", "block_full", "hutchinson", "lanczos", "operator"]
+SHARDS = {2: [(0, 9), (9, 20)], 3: [(0, 4), (4, 4), (4, 20)]}  # uneven; an empty one
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fit(structure, loader, subset="all"):
+    opts = {
+        "operator": {"n_probes": 8, "n_steps": 12, "seed": 3},
+        "hutchinson": {"n_probes": 16, "seed": 3},
+        "lanczos": {"rank": 5, "seed": 3},
+    }.get(structure)
+    return Laplace(make_mlp(), "classification", subset, structure, backend_options=opts).fit(
+        loader
+    )
+
+
+def _answers(la, xs):
+    return torch.stack([la.evidence(0.5), la.evidence(2.0)]), la(xs)
+
+
+def _worker(rank, world, port, out, structures, bad_rank):
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        x, y = make_data("mlp", "classification", n=20)
+        lo, hi = SHARDS[world][rank]
+        results = {}
+        for structure in structures:
+            for subset in ("all", "last_layer") if structure == "full" else ("all",):
+                shard = batches(x[lo:hi], y[lo:hi], 4) if hi > lo else []
+                la = _fit(structure, shard, subset)
+                results[f"{structure}/{subset}"] = _answers(la, x[:5])
+        if bad_rank is not None:
+            yb = y.clone()
+            if rank == bad_rank:
+                yb[lo] = 7  # a label out of range on one rank only
+            try:
+                _fit("diag", batches(x[lo:hi], yb[lo:hi], 4))
+                results["error"] = None
+            except ValueError as err:
+                results["error"] = str(err)
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(world, structures, bad_rank=None):
+    with tempfile.TemporaryDirectory() as out:
+        ctx = mp.start_processes(
+            _worker,
+            args=(world, _port(), out, structures, bad_rank),
+            nprocs=world,
+            join=False,
+            start_method="spawn",
+        )
+        while not ctx.join(timeout=120):
+            pass
+        return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_ends_with_the_one_process_fit(world):
+    x, y = make_data("mlp", "classification", n=20)
+    per_rank = _run(world, STRUCTURES)
+    for key in per_rank[0]:
+        structure, subset = key.split("/")
+        ev, pred = _answers(_fit(structure, batches(x, y, 4), subset), x[:5])
+        for r, res in enumerate(per_rank):
+            if key not in res:
+                continue
+            rel = 1e-4 if structure in ("operator", "hutchinson", "lanczos") else 1e-6
+            torch.testing.assert_close(res[key][0], ev, rtol=rel, atol=0, msg=f"{key} rank {r}")
+            torch.testing.assert_close(res[key][1], pred, rtol=rel, atol=1e-9)
+
+
+def test_a_failing_rank_stops_every_rank_with_its_error():
+    per_rank = _run(2, [], bad_rank=1)
+    assert "lie in [0, 2]" in per_rank[1]["error"]
+    assert per_rank[0]["error"].startswith("rank 1 of the data-parallel pass failed")
+    assert "lie in [0, 2]" in per_rank[0]["error"]
+
+
+def test_without_torch_distributed_nothing_changes():
+    assert not dist.is_initialized()
+    x, y = make_data("mlp", "classification", n=20)
+    a = _fit("diag", batches(x, y, 4))
+    b = Laplace(make_mlp(), "classification", "all", "diag", process_group=False).fit(
+        batches(x, y, 4)
+    )
+    torch.testing.assert_close(a.evidence(0.5), b.evidence(0.5))
+    assert DT == torch.float64
