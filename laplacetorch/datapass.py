@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .distributed import reduce_sums
+from .distributed import gather_rows, reduce_sums
 from .model_call import KeywordInputs, WithKeywords
 
 __all__ = [
@@ -243,18 +243,24 @@ def collect(
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> dict[str, Tensor]:
     """Run ``step(X, y)`` on every batch and concatenate what it returns along dimension 0
-    (predictions, labels), with the same checks and bar as :func:`accumulate`.
+    (predictions, labels), with the same checks and bar as :func:`accumulate`; under
+    torch.distributed every rank gets the rows of all ranks, in rank order.
 
     Raises:
         ValueError: for an empty loader, NaN/Inf inputs or malformed batches.
     """
     parts: dict[str, list[Tensor]] = {}
-    for x, y, _ in _batches(loader, device, dtype, progress, desc, batch_size_fn):
-        for k, v in step(x, y).items():
-            parts.setdefault(k, []).append(v)
-    if not parts:
+    error = None
+    try:
+        for x, y, _ in _batches(loader, device, dtype, progress, desc, batch_size_fn):
+            for k, v in step(x, y).items():
+                parts.setdefault(k, []).append(v)
+    except Exception as err:  # reported to every rank before any collective
+        error = err
+    rows = gather_rows({k: torch.cat(v) for k, v in parts.items()}, error, device)
+    if not rows:
         raise ValueError("the loader yielded no data (empty loader)")
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return rows
 
 
 def accumulate(

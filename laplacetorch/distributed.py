@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["active_group", "over", "reduce_sums"]
+__all__ = ["active_group", "gather_rows", "over", "reduce_sums"]
 
 _GROUP: ContextVar[Any] = ContextVar("laplacetorch_process_group", default=None)
 
@@ -89,3 +89,41 @@ def reduce_sums(
     for k in sorted(sums):
         dist.all_reduce(sums[k], group=group)
     return sums, sum(s[2] for s in gathered)
+
+
+def gather_rows(
+    parts: dict[str, Tensor], error: BaseException | None, device: torch.device
+) -> dict[str, Tensor]:
+    """Every rank's rows of ``parts`` (predictions, labels) concatenated in rank order, on
+    every rank (as they are without a group); errors as in :func:`reduce_sums`."""
+    group = active_group()
+    if group is None:
+        if error is not None:
+            raise error
+        return parts
+    spec = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in parts.items()}
+    status = (None if error is None else f"{type(error).__name__}: {error}", spec)
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, status, group=group)
+    failed = [(r, s[0]) for r, s in enumerate(gathered) if s[0] is not None]
+    if failed:
+        if error is not None:
+            raise error
+        rank, message = failed[0]
+        raise ValueError(f"rank {rank} of the data-parallel pass failed: {message}")
+    specs = [s[1] for s in gathered]
+    ref = next((s for s in specs if s), None)
+    if ref is None:
+        return parts
+    out = {}
+    for k in sorted(ref):
+        shapes = [s[k][0] if s else (0, *ref[k][0][1:]) for s in specs]
+        longest = max(sh[0] for sh in shapes)
+        dtype = getattr(torch, ref[k][1])
+        mine = parts.get(k, torch.zeros((0, *ref[k][0][1:]), dtype=dtype, device=device))
+        pad = torch.zeros((longest, *ref[k][0][1:]), dtype=dtype, device=device)
+        pad[: mine.shape[0]] = mine
+        bufs = [torch.empty_like(pad) for _ in specs]
+        dist.all_gather(bufs, pad, group=group)
+        out[k] = torch.cat([b[: sh[0]] for b, sh in zip(bufs, shapes, strict=True)])
+    return out

@@ -40,6 +40,18 @@ def _answers(la, xs):
     return torch.stack([la.evidence(0.5), la.evidence(2.0)]), la(xs)
 
 
+def _brier(probs, y):
+    return ((probs - torch.nn.functional.one_hot(y, probs.shape[-1])) ** 2).sum(-1).mean()
+
+
+def _grids(la, val):
+    nll = la.optimize_prior_precision(method="gridsearch", val_loader=val, grid_size=5)
+    brier = la.optimize_prior_precision(
+        method="gridsearch", val_loader=val, grid_size=5, loss=_brier
+    )
+    return torch.tensor(nll.history), torch.tensor(brier.history)
+
+
 def _worker(rank, world, port, out, structures, bad_rank):
     dist.init_process_group(
         "gloo",
@@ -57,6 +69,8 @@ def _worker(rank, world, port, out, structures, bad_rank):
                 shard = batches(x[lo:hi], y[lo:hi], 4) if hi > lo else []
                 la = _fit(structure, shard, subset)
                 results[f"{structure}/{subset}"] = _answers(la, x[:5])
+                if structure == "diag":  # the validation pass, sharded alike
+                    results["grid"] = _grids(la, shard)
         if bad_rank is not None:
             yb = y.clone()
             if rank == bad_rank:
@@ -89,15 +103,20 @@ def _run(world, structures, bad_rank=None):
 def test_every_rank_ends_with_the_one_process_fit(world):
     x, y = make_data("mlp", "classification", n=20)
     per_rank = _run(world, STRUCTURES)
-    for key in per_rank[0]:
+    for key in [k for k in per_rank[0] if k != "grid"]:
         structure, subset = key.split("/")
-        ev, pred = _answers(_fit(structure, batches(x, y, 4), subset), x[:5])
+        la = _fit(structure, batches(x, y, 4), subset)
+        ev, pred = _answers(la, x[:5])
         for r, res in enumerate(per_rank):
             if key not in res:
                 continue
             rel = 1e-4 if structure in ("operator", "hutchinson", "lanczos") else 1e-6
             torch.testing.assert_close(res[key][0], ev, rtol=rel, atol=0, msg=f"{key} rank {r}")
             torch.testing.assert_close(res[key][1], pred, rtol=rel, atol=1e-9)
+    grids = _grids(_fit("diag", batches(x, y, 4)), batches(x, y, 4))
+    for res in per_rank:  # the validation metrics of all shards, on every rank
+        torch.testing.assert_close(res["grid"][0], grids[0], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(res["grid"][1], grids[1], rtol=1e-9, atol=1e-12)
 
 
 def test_a_failing_rank_stops_every_rank_with_its_error():
