@@ -4,6 +4,7 @@ laplacetorch``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -183,8 +184,24 @@ def _evaluation_data(dataset: str, ood: str, seed: int, n_train: int):
     return train, val, test, ood_x
 
 
+def _ranks() -> tuple[int, int]:
+    """``(rank, world)``; under torchrun the default group is initialised here (gloo on CPU,
+    NCCL when CUDA is there)."""
+
+    import torch.distributed as dist
+
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
-    """``laplacetorch evaluate``: train, fit each variant, write the table and diagrams."""
+    """``laplacetorch evaluate``: train, fit each variant, write the table and diagrams.
+
+    Under torchrun every rank trains the same model, then fits and evaluates on its stride of
+    each data set (the data passes reduce over the ranks), and rank 0 reports."""
     from .curvature import ALIASES, HESSIAN_STRUCTURES
     from .evaluation import Variant, evaluate
 
@@ -214,8 +231,13 @@ def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
     )
     print(f"trained on {args.dataset} in {time.perf_counter() - t0:.1f} s", file=out)
 
+    rank, world = _ranks()
+    if rank != 0:
+        out, out_dir = open(os.devnull, "w"), None
+
     def batches(pair, size=256):
-        return list(zip(pair[0].split(size), pair[1].split(size), strict=True))
+        x, y = pair[0][rank::world], pair[1][rank::world]  # this rank's shard
+        return list(zip(x.split(size), y.split(size), strict=True))
 
     ood_loader = None if ood_x is None else batches((ood_x, torch.zeros(len(ood_x))))
     variants = [Variant(sub, st) for sub in subsets for st in structures]
