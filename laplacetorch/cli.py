@@ -276,7 +276,7 @@ def run_evaluate(args: argparse.Namespace, out=sys.stdout) -> dict:
 
 def run_select(args: argparse.Namespace, out=sys.stdout) -> list:
     """``laplacetorch select``: choose an MLP width by the evidence, against held-out NLL."""
-    from .metrics import gaussian_nll, nll
+    from .metrics import nll
     from .selection import select_model
 
     widths = [int(w) for w in args.widths.split(",")]
@@ -315,8 +315,12 @@ def run_select(args: argparse.Namespace, out=sys.stdout) -> list:
     print(f"\n{'model':<24}{'held-out NLL':>14}", file=out)
     rows = []
     for c in res.ranking:
-        pred = c.laplace(xte)
-        held = gaussian_nll(pred[0], pred[1], yte) if likelihood == "regression" else nll(pred, yte)
+        la = c.laplace
+        pred = la(xte)  # regression: of f; the predictive of y adds σ²
+        if likelihood == "regression":
+            held = la.likelihood.predictive_nll(pred, yte, la.sigma_noise) / len(yte)
+        else:
+            held = nll(pred, yte)
         rows.append((c.name, c.log_marginal_likelihood, float(held)))
         print(f"{c.name:<24}{float(held):>14.4f}", file=out)
     best_held = min(rows, key=lambda r: r[2])[0]

@@ -84,6 +84,8 @@ def test_select_command_runs():
     args = argparse.Namespace(task="regression", widths="2,16", steps=200, seed=0)
     rows = cli.run_select(args, out=out)
     assert len(rows) == 2 and "evidence picks" in out.getvalue()
+    # the held-out NLL of y includes σ² (the predictive of f alone gave 5.2 here, overconfident)
+    assert min(r[2] for r in rows) < 0.5
 
 
 @pytest.mark.parametrize(
