@@ -42,8 +42,13 @@ class _Functional(BaseLaplace):
             raise ValueError(f"n_subset must be in [1, N = {n}]; got {self.n_subset}")
         rng = np.random.default_rng(self.seed)
         idx = np.sort(rng.choice(np.arange(n), self.n_subset, replace=False))
+        before = dict(self.backend_options)
         self.backend_options["subset_indices"] = torch.as_tensor(idx)
-        super().fit(train_loader, override, progress_bar)
+        try:
+            super().fit(train_loader, override, progress_bar)
+        except Exception:
+            self.backend_options = before  # a failed call changes nothing
+            raise
 
 
 class FunctionalLaplace(_Functional):

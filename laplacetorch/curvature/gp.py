@@ -36,7 +36,7 @@ from ..structures import IndependentOutputs, Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
-__all__ = ["fit_gp", "subset_points"]
+__all__ = ["fit_gp", "kernel_matrices", "subset_points", "top_eigen"]
 
 
 def subset_points(
@@ -198,36 +198,22 @@ def fit_gp(
         ]
         return torch.cat(parts)
 
-    def rows() -> Iterator[Tensor]:
-        for lo, hi in spans:
-            yield chunk_rows(lo, hi)
+    def rows_of(sel: slice) -> Callable[[], Iterator[Tensor]]:
+        def rows() -> Iterator[Tensor]:
+            for lo, hi in spans:
+                yield chunk_rows(lo, hi)[sel]
 
-    if independent_outputs:
-        kernels = [
-            _kernel(
-                _output_rows(chunk_rows, spans, c, n_out),
-                spans,
-                lambda lo, hi, c=c: chunk_rows(lo, hi)[c::n_out],
-                1,
-                subset,
-                factor,
-            )
-            for c in range(n_out)
-        ]
-        structure = IndependentOutputs(kernels, subset.group_index)
-    else:
-        structure = _kernel(rows, spans, chunk_rows, k_cols, subset, factor)
+        return rows
+
+    # one GP per output: every n_out-th row of a chunk of the diagonal columns is output c's
+    selections = (
+        [slice(c, None, n_out) for c in range(n_out)] if independent_outputs else [slice(None)]
+    )
+    kernels = _kernels(rows_of, spans, chunk_rows, k_cols, selections, subset, factor)
+    structure = (
+        IndependentOutputs(kernels, subset.group_index) if independent_outputs else kernels[0]
+    )
     return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
-
-
-def _output_rows(chunk_rows, spans, c: int, n_out: int) -> Callable[[], Iterator[Tensor]]:
-    """The rows of output c (every n_out-th row of a chunk of the diagonal columns)."""
-
-    def rows() -> Iterator[Tensor]:
-        for lo, hi in spans:
-            yield chunk_rows(lo, hi)[c::n_out]
-
-    return rows
 
 
 def _given(indices: Tensor, n_data: int) -> Tensor:
@@ -250,24 +236,68 @@ def _concat(parts: list[Any]) -> Any:
     return tree_unflatten(cat, spec)
 
 
-def _kernel(rows, spans, chunk_rows, k_cols: int, subset: ParameterSubset, factor: float) -> Kernel:
-    """K = W Wᵀ block by block (two chunks of rows at a time), eigendecomposed in float64;
-    only eigenvalues above round-off are kept (Wᵀ vanishes on K's null space)."""
-    n = spans[-1][1] * k_cols
-    big = torch.zeros(n, n, dtype=torch.float64, device=subset.device)
+def kernel_matrices(
+    spans: list[tuple[int, int]],
+    chunk_rows: Callable[[int, int], Tensor],
+    per_example: int,
+    selections: list[slice],
+    device: torch.device,
+) -> list[Tensor]:
+    """K = W Wᵀ in float64, block by block from two chunks of rows at a time (each chunk's
+    rows computed once per pair), for every selection of a chunk's rows (all of them, or
+    every C-th for one output); ``per_example``: the rows an example has in a selection."""
+    n = spans[-1][1] * per_example
+    bigs = [torch.zeros(n, n, dtype=torch.float64, device=device) for _ in selections]
     for i, (lo_i, hi_i) in enumerate(spans):
         wi = chunk_rows(lo_i, hi_i)
+        ri = slice(lo_i * per_example, hi_i * per_example)
         for lo_j, hi_j in spans[i:]:
             wj = wi if lo_j == lo_i else chunk_rows(lo_j, hi_j)
-            block = (wi @ wj.T).double()
-            big[lo_i * k_cols : hi_i * k_cols, lo_j * k_cols : hi_j * k_cols] = block
-            big[lo_j * k_cols : hi_j * k_cols, lo_i * k_cols : hi_i * k_cols] = block.T
+            rj = slice(lo_j * per_example, hi_j * per_example)
+            for big, sel in zip(bigs, selections, strict=True):
+                block = (wi[sel] @ wj[sel].T).double()
+                big[ri, rj] = block
+                big[rj, ri] = block.T
+    return bigs
+
+
+def top_eigen(big: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """K's eigenpairs above round-off (Wᵀ vanishes on the rest), largest first."""
     lam, v = torch.linalg.eigh(big)
-    keep = lam > lam.max().clamp_min(0) * n * torch.finfo(subset.dtype).eps
-    lam, v = lam[keep].to(subset.dtype), v[:, keep].to(subset.dtype)
-    return Kernel(
-        rows, lam, v, subset.n_params, subset.dtype, subset.device, subset.group_index, factor
-    )
+    keep = lam > lam.max().clamp_min(0) * big.shape[0] * torch.finfo(dtype).eps
+    return lam[keep].flip(0), v[:, keep].flip(1)
+
+
+def _kernels(
+    rows_of: Callable[[slice], Callable[[], Iterator[Tensor]]],
+    spans: list[tuple[int, int]],
+    chunk_rows: Callable[[int, int], Tensor],
+    k_cols: int,
+    selections: list[slice],
+    subset: ParameterSubset,
+    factor: float,
+) -> list[Kernel]:
+    per_example = k_cols if selections == [slice(None)] else 1
+    out = []
+    for sel, big in zip(
+        selections,
+        kernel_matrices(spans, chunk_rows, per_example, selections, subset.device),
+        strict=True,
+    ):
+        lam, v = top_eigen(big, subset.dtype)
+        out.append(
+            Kernel(
+                rows_of(sel),
+                lam.to(subset.dtype),
+                v.to(subset.dtype),
+                subset.n_params,
+                subset.dtype,
+                subset.device,
+                subset.group_index,
+                factor,
+            )
+        )
+    return out
 
 
 def _diagonal_columns(likelihood: Likelihood) -> Callable[[Tensor, Tensor], Tensor]:

@@ -30,7 +30,7 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
-from .gp import subset_points
+from .gp import kernel_matrices, subset_points, top_eigen
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
 __all__ = ["fit_nystrom"]
@@ -139,18 +139,9 @@ def _features(subset, likelihood, xs, ys, theta, n_out, k, memory_budget) -> Ten
         ]
         return torch.cat(parts)
 
-    n = m * n_out
-    kern = torch.zeros(n, n, dtype=torch.float64, device=theta.device)
-    for i, (li, hi) in enumerate(spans):
-        wi = rows(li, hi)
-        for lj, hj in spans[i:]:
-            wj = wi if lj == li else rows(lj, hj)
-            block = (wi @ wj.T).double()
-            kern[li * n_out : hi * n_out, lj * n_out : hj * n_out] = block
-            kern[lj * n_out : hj * n_out, li * n_out : hi * n_out] = block.T
-    lam, v = torch.linalg.eigh(kern)
-    keep = lam > lam.max().clamp_min(0) * n * torch.finfo(theta.dtype).eps
-    lam, v = lam[keep].flip(0)[:k], v[:, keep].flip(1)[:, :k]
+    (kern,) = kernel_matrices(spans, rows, n_out, [slice(None)], theta.device)
+    lam, v = top_eigen(kern, theta.dtype)
+    lam, v = lam[:k], v[:, :k]
     u = torch.zeros(subset.n_params, lam.numel(), dtype=torch.float64, device=theta.device)
     for li, hi in spans:
         u += rows(li, hi).double().T @ v[li * n_out : hi * n_out]
