@@ -126,6 +126,8 @@ class InputSpec:
     dict_key_y: str = "labels"
     shape: tuple[int, ...] | None = None
     keyword: bool = False
+    #: whether tensor inputs were floating point (None: not seen, or not tensors)
+    floating: bool | None = None
 
     def prepare(
         self,
@@ -143,6 +145,11 @@ class InputSpec:
         if self.keyword and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
             x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
         x = prepare_inputs(x, device, dtype, "x")
+        if isinstance(x, Tensor) and self.floating and not x.is_floating_point():
+            raise TypeError(
+                f"x has dtype {x.dtype} but the training inputs were floating point; pass "
+                f"x.to({dtype})"
+            )
         shape = self.shape if shape == "training" else shape
         if isinstance(x, Tensor) and shape is not None and tuple(x.shape[1:]) != tuple(shape):
             what = "like the training inputs" if shape == self.shape else "(single items)"
@@ -173,7 +180,7 @@ class BatchAdapter:
             x, y = as_pair(batch, spec.dict_key_y)
             spec.keyword = spec.keyword or isinstance(x, KeywordInputs)
             if spec.shape is None and isinstance(x, Tensor):
-                spec.shape = tuple(x.shape[1:])
+                spec.shape, spec.floating = tuple(x.shape[1:]), x.is_floating_point()
             yield x, y
 
 

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from .structures import expand_prior
 
-__all__ = ["Hyperparameters"]
+__all__ = ["Hyperparameters", "check_sigma", "check_temperature"]
 
 
 class Hyperparameters:
@@ -70,3 +73,30 @@ class Hyperparameters:
             raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
         self.likelihood.check_sigma_noise(t)
         self._sigma_noise = t
+
+    @property
+    def temperature(self) -> float:
+        """T; the likelihood is tempered as p(D | θ)^{1/T}."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_temperature(value)
+
+
+def check_temperature(value: Any) -> float:
+    """T as a float, refusing anything but one positive finite number."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"temperature must be a positive finite number; got {value!r}")
+    return float(value)
+
+
+def check_sigma(value: Tensor | float) -> None:
+    """Refuse a σ (a method argument, possibly with a graph) that is not positive and finite."""
+    if isinstance(value, bool) or not isinstance(value, Tensor | int | float):
+        raise TypeError(f"sigma_noise must be a number or a tensor; got {type(value).__name__}")
+    t = torch.as_tensor(value).detach()
+    if t.numel() != 1 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")

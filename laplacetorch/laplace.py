@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from . import distributed, persistence, tuning
 from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure, get_backend
+from .curvature.options import check_backend_options
 from .datapass import BatchAdapter, InputSpec
-from .hyperparameters import Hyperparameters
+from .hyperparameters import Hyperparameters, check_sigma
 from .likelihoods import Likelihood, get_likelihood
 from .memory import check_fit_memory
 from .params import ParameterSubset
@@ -123,13 +124,17 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         self.model = model
         self.hessian_structure = canonical_structure(hessian_structure, subset_of_weights)
         self.fisher_type = fisher_type
+        check_backend_options(
+            self.hessian_structure,
+            get_backend(self.hessian_structure),
+            {} if backend_options is None else backend_options,
+            fisher_type,
+        )
         self.backend_options = dict(backend_options or {})
         self.memory_budget = memory_budget
         self.batch_size_fn = batch_size_fn
         self.dict_key_y, self.memory_limit = dict_key_y, memory_limit
-        if not isinstance(temperature, int | float) or not temperature > 0:
-            raise ValueError(f"temperature must be a positive number; got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.prior_precision = prior_precision
         self.prior_mean = prior_mean
         self.sigma_noise = sigma_noise
@@ -139,6 +144,8 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
 
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""
+        if sigma_noise is not None:
+            check_sigma(sigma_noise)
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         return self.likelihood.curvature_scale(sigma, self.temperature, self._fitted().kind)
 
@@ -233,6 +240,8 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
     def log_likelihood_at(self, sigma_noise: Tensor | float | None = None) -> Tensor:
         """log p(D | θ*) of the tempered likelihood, differentiable in σ."""
         c = self._fitted()
+        if sigma_noise is not None:
+            check_sigma(sigma_noise)
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         return self.likelihood.log_likelihood_from_loss(
             c.loss_sum, c.n_data, c.n_outputs, sigma, self.temperature
@@ -376,6 +385,17 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         """Everything needed to predict without refitting (see :mod:`laplacetorch.persistence`)."""
         return persistence.laplace_state(self)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a fitted state; refuses a state of another model, subset or likelihood."""
-        persistence.load_laplace_state(self, state)
+    def load_state_dict(self, state: dict[str, Any], *, restore_weights: bool = False) -> None:
+        """Restore a fitted state, all or nothing; refuses a state of another model, subset,
+        likelihood or format, and a corrupt or truncated one.
+
+        Args:
+            restore_weights: write the state's θ* into the model (a freshly built model);
+                otherwise predicting is refused while the model's weights differ from θ*.
+        """
+        persistence.load_laplace_state(self, state, restore_weights)
+
+    def restore_weights(self) -> None:
+        """Write θ* of the fit back into the model's Bayesian weights."""
+        self._fitted()
+        self.subset.assign(self.mean)

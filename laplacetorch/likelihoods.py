@@ -65,6 +65,14 @@ class Likelihood(ABC):
             ValueError: on a wrong shape, labels out of range or non-finite values.
         """
 
+    def check_outputs(self, f: Tensor) -> None:
+        """Refuse model outputs ``[B, C]`` this likelihood cannot take (the first batch's).
+
+        Raises:
+            ValueError: naming what was seen and the fix.
+        """
+        return None
+
     @abstractmethod
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         """Per-example negative log-likelihood at unit scale (σ = 1, T = 1), shape ``[B]``.
@@ -238,12 +246,12 @@ class ClassificationLikelihood(Likelihood):
                 f"classification targets y must be class indices of shape [{batch}]; "
                 f"got shape {list(y.shape)}"
             )
-        if y.is_floating_point():
-            _check_finite(y)
-            if not torch.equal(y, y.round()):
-                raise ValueError("classification targets y must be integer class indices")
-        elif y.dtype == torch.bool or y.is_complex():
-            raise ValueError(f"classification targets y must be integers; got dtype {y.dtype}")
+        if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+            raise ValueError(
+                f"classification targets y must be integer class indices; got dtype {y.dtype} "
+                "(a float label is often a regression target, or one-hot probabilities): "
+                "pass y.long()"
+            )
         y = y.long()
         if batch and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(
@@ -251,6 +259,21 @@ class ClassificationLikelihood(Likelihood):
                 f"got values in [{int(y.min())}, {int(y.max())}]"
             )
         return y
+
+    def check_outputs(self, f: Tensor) -> None:
+        if f.shape[-1] < 2:
+            raise ValueError(
+                f"classification needs one logit per class, at least 2 outputs; the model "
+                f"gives {f.shape[-1]}. For one logit of a binary outcome use "
+                "likelihood='binary'"
+            )
+        tol = 1e3 * torch.finfo(f.dtype).eps
+        if f.shape[0] and bool((f >= 0).all()) and bool(((f.sum(-1) - 1).abs() <= tol).all()):
+            raise ValueError(
+                "the model's outputs look like probabilities (every row is non-negative and "
+                "sums to 1); the classification likelihood takes logits. Remove the final "
+                "Softmax (log-probabilities, a final LogSoftmax, are fine)"
+            )
 
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(f, y, reduction="none")
@@ -313,7 +336,12 @@ class RegressionLikelihood(Likelihood):
     def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
         """The samples' mean and elementwise variance (denominator S − 1), ``[B, C]`` each,
         without σ² (laplace-torch's ``nn`` regression predictive)."""
-        return fs.mean(0), fs.var(0) if fs.shape[0] > 1 else torch.zeros_like(fs[0])
+        if fs.shape[0] < 2:  # one sample has no spread: its variance would read as certainty
+            raise ValueError(
+                f"the nn regression predictive estimates a variance: n_samples must be at "
+                f"least 2; got {fs.shape[0]}"
+            )
+        return fs.mean(0), fs.var(0)
 
     def predictive_nll(
         self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0

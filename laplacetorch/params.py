@@ -54,6 +54,27 @@ def check_model_mode(model: nn.Module) -> None:
         )
 
 
+def _check_dtypes_and_devices(params: dict[str, nn.Parameter]) -> None:
+    """Bayesian weights in one float32 or float64 dtype, on one real device."""
+    dtypes = {p.dtype for p in params.values()}
+    devices = {p.device for p in params.values()}
+    if len(dtypes) > 1 or len(devices) > 1:
+        seen = sorted({f"{p.dtype} on {p.device}" for p in params.values()})
+        raise ValueError(
+            f"the Bayesian weights must share one dtype and one device; got {seen}: move the "
+            "model with model.to(device, dtype) first"
+        )
+    (dtype,), (device,) = dtypes, devices
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the Bayesian weights have dtype {dtype}; laplacetorch computes curvature in "
+            "float32 or float64 (half precision would lose the evidence to round-off): fit "
+            "a float32 copy of the model, e.g. copy.deepcopy(model).float()"
+        )
+    if device.type == "meta":
+        raise ValueError("the model's weights are on the meta device: load its weights first")
+
+
 def find_last_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
     """The named ``nn.Linear`` module, or the last one in ``model.named_modules()`` order.
 
@@ -151,13 +172,19 @@ class ParameterSubset:
         if not named:
             raise ValueError("model has no parameters")
         index = None
+        if subnetwork is not None and subset != "subnetwork":
+            raise ValueError(
+                f"subnetwork is only used with subset_of_weights='subnetwork'; got {subset!r}"
+            )
+        if last_layer_name is not None and subset != "last_layer":
+            raise ValueError(
+                f"last_layer_name is only used with subset_of_weights='last_layer'; got {subset!r}"
+            )
         if subset == "all":
             names = [n for n, p in named.items() if p.requires_grad]
             if not names:
                 raise ValueError("model has no parameters with requires_grad=True")
         elif subset == "last_layer":
-            if subnetwork is not None:
-                raise ValueError("subnetwork is only used with subset_of_weights='subnetwork'")
             self.last_layer_name, self.last_layer = find_last_linear(model, last_layer_name)
             # by identity: a head tied to an embedding is named after its first owner
             canonical = {id(p): n for n, p in named.items()}
@@ -181,6 +208,7 @@ class ParameterSubset:
         self.shapes = [named[n].shape for n in names]
         self.numels = [named[n].numel() for n in names]
         self.index = index
+        _check_dtypes_and_devices({n: named[n] for n in names})
         self.n_params = int(index.numel()) if index is not None else sum(self.numels)
         self._build_groups()
         self.check_weights()

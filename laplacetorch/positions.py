@@ -117,6 +117,9 @@ class PositionwiseLikelihood(Likelihood):
         checked = self.base.check_targets(flat[keep], (int(keep.sum()), c))
         return flat.long().masked_scatter(keep, checked)
 
+    def check_outputs(self, f: Tensor) -> None:
+        self.base.check_outputs(self._per_position(f).reshape(-1, self.layout.n_classes))
+
     # ----------------------------------------------------------------- curvature
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         if self.name == "regression":

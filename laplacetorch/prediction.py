@@ -15,6 +15,7 @@ from torch import Tensor
 from .links import gaussian_samples
 from .model_call import WithKeywords
 from .params import check_model_mode
+from .persistence import check_weights_at_mean
 from .predictive import dense_jacobians, function_samples, jacobian_sources
 
 __all__ = ["PRED_TYPES", "Prediction"]
@@ -38,6 +39,7 @@ class Prediction:
     def _check_inputs(self, x: Any, fitting: bool = True) -> tuple[Any, int]:
         self._fitted()
         check_model_mode(self.model)
+        check_weights_at_mean(self)
         lik = self.likelihood
         shape = self.inputs.shape if fitting else lik.predictive_input_shape(self.inputs.shape)
         return self.inputs.prepare(
@@ -59,6 +61,11 @@ class Prediction:
         delta = self.prior_precision if prior_precision is None else prior_precision
         structure, s = self.structure, self.scale()
         keep = self.enable_backprop
+        if n == 0:  # no Jacobian rows to compute: the shapes of the outputs, empty
+            with torch.set_grad_enabled(keep):
+                f = self.subset.call(x)
+            var = f.new_zeros(*f.shape, f.shape[-1])
+            return (f.reshape(-1), var.reshape(0, 0)) if joint else (f, var)
         if joint:
             parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, keep))
             jac = torch.cat([p.jac for p in parts])

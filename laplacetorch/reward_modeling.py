@@ -18,6 +18,14 @@ from .likelihoods import ClassificationLikelihood, Likelihood
 __all__ = ["RewardModelingLikelihood"]
 
 
+def _check_pairs(f_shape: tuple[int, ...]) -> None:
+    if len(f_shape) != 2 or f_shape[1] != 2:
+        raise ValueError(
+            "reward_modeling fits preference pairs: the model must map inputs [B, 2, ...] "
+            f"to the two rewards [B, 2]; got outputs of shape {list(f_shape)}"
+        )
+
+
 class RewardModelingLikelihood(ClassificationLikelihood):
     """Bradley-Terry preferences for fitting, a Gaussian over rewards for prediction."""
 
@@ -25,12 +33,11 @@ class RewardModelingLikelihood(ClassificationLikelihood):
     gaussian_predictive = True  # the predictive of single items is over rewards
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
-        if len(f_shape) != 2 or f_shape[1] != 2:
-            raise ValueError(
-                "reward_modeling fits preference pairs: the model must map inputs [B, 2, ...] "
-                f"to the two rewards [B, 2]; got outputs of shape {list(f_shape)}"
-            )
+        _check_pairs(f_shape)
         return super().check_targets(y, f_shape)
+
+    def check_outputs(self, f: Tensor) -> None:
+        _check_pairs(tuple(f.shape))  # rewards, not logits of classes: any two reals
 
     def for_fitting(self) -> Likelihood:
         """Classification over the pair's two rewards (the predictive of preferences)."""

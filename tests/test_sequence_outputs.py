@@ -200,7 +200,7 @@ def test_bad_sequence_inputs_are_refused():
         Laplace(model, "binary", "all", "full", outputs="sequence")
     flat = nn.Sequential(nn.Linear(4, 3)).to(DT).eval()
     with pytest.raises(
-        ValueError, match=r"expects model outputs with positions.*got shape \[1, 3\]"
+        ValueError, match=r"expects model outputs with positions.*got shape \[\d+, 3\]"
     ):
         _fit(flat, torch.randn(8, 4, dtype=DT), y[:, 0], "full", outputs="sequence")
     with pytest.raises(ValueError, match="one class index per position, 4 per example"):

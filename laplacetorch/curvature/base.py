@@ -13,7 +13,7 @@ from ..datapass import accumulate
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from ..structures import Structure
-from .per_example import output_dim
+from .first_batch import check_first_batch
 
 __all__ = ["FISHER_TYPES", "CurvatureResult", "curvature_pass", "resolve_fisher_type"]
 
@@ -90,9 +90,9 @@ def curvature_pass(
     state: dict[str, int] = {}
 
     def checked_step(x: Any, y: Tensor) -> dict[str, Tensor]:
-        if "C" not in state:
-            state["C"] = output_dim(subset, x)
         b = y.shape[0]
+        if "C" not in state:
+            state["C"] = check_first_batch(subset, likelihood, x, b)
         y = likelihood.check_targets(y, (b, state["C"]))
         out = step(x, y, state["C"])
         # C·b summed: C on every rank, also one whose shard is empty

@@ -23,9 +23,9 @@ from ..datapass import accumulate, require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
+from .first_batch import check_first_batch
 from .hessian import batch_hessian_matvec
 from .kfac import output_columns
-from .per_example import output_dim
 
 __all__ = ["GGNOperator"]
 
@@ -115,7 +115,7 @@ class GGNOperator:
 
     def _targets(self, x: Any, y: Tensor) -> Tensor:
         if self._n_out is None:
-            self._n_out = output_dim(self.subset, x)
+            self._n_out = check_first_batch(self.subset, self.likelihood, x, y.shape[0])
         return self.likelihood.check_targets(y, (y.shape[0], self._n_out))
 
     def _pass(self, step: Callable, desc: str) -> dict[str, Tensor]:

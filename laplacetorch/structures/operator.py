@@ -240,7 +240,8 @@ class Operator(Structure):
         """Restore the SLQ nodes (log det and tr Π⁻¹ work); other answers need a refit."""
         dtype = dtype or state["slq_nodes"].dtype
         obj = cls(None, state["n_params"], dtype, torch.device(device), state["group_index"])
-        obj._set_tensors({k: state[k].to(obj.device, dtype) for k in cls._tensor_keys})
+        # the nodes keep their own dtype (float64 quadrature) so a round trip is bit-identical
+        obj._set_tensors({k: state[k].to(obj.device) for k in cls._tensor_keys})
         return obj
 
 
