@@ -219,7 +219,8 @@ def _batches(
         total = None
     # one iterator: tqdm.auto would call iter() on the loader twice (DataLoader workers twice)
     batches = iter(loader)
-    for batch in tqdm(batches, total=total, disable=not progress, desc=desc, leave=False):
+    bar = tqdm(batches, total=total, disable=bar_disabled(progress), desc=desc, leave=False)
+    for batch in bar:
         x, y = as_pair(batch)
         b = batch_size(x, batch_size_fn)
         if b == 0:
@@ -234,9 +235,20 @@ def _batches(
         yield x, y.to(device), b
 
 
-def progress_range(n: int, progress: bool, desc: str) -> Iterable[int]:
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` setting: ``None`` (the default everywhere) shows
+    the bar only on a terminal, so CI logs and redirected output stay clean."""
+    return None if progress is None else not progress
+
+
+def progress_range(n: int, progress: bool | None, desc: str) -> Iterable[int]:
     """``range(n)`` under the project's tqdm bar (tuning steps, training epochs)."""
-    return tqdm(range(n), disable=not progress, desc=desc, leave=False)
+    return tqdm(range(n), disable=bar_disabled(progress), desc=desc, leave=False)
+
+
+def progress_bar(total: int | None, progress: bool | None, desc: str) -> tqdm:
+    """A tqdm bar updated by hand (iterations that may stop early: MacKay, L-BFGS)."""
+    return tqdm(total=total, disable=bar_disabled(progress), desc=desc, leave=False)
 
 
 def collect(

@@ -154,7 +154,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         self,
         train_loader: Iterable,
         override: bool = True,
-        progress_bar: bool = False,
+        progress_bar: bool | None = None,
         *,
         progress: bool | None = None,
     ) -> Laplace:
@@ -167,13 +167,14 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
                 ``block_full``, ``kfac``'s factors with the global N) and refused where it is
                 not (``ekfac``, ``hutchinson``, ``lanczos``, ``operator``), or when the
                 weights have changed since the first fit.
-            progress_bar: a tqdm bar (alias ``progress``).
+            progress_bar: a tqdm bar per data pass (alias ``progress``); default: shown on a
+                terminal, not in logs (``False``: never).
 
         Raises:
             MemoryBudgetError: when the fit would exceed ``memory_limit``.
             TypeError, ValueError: a fit that cannot be added to. Nothing is changed.
         """
-        progress = progress_bar if progress is None else progress
+        progress = progress_bar if progress is None else progress  # None: on a terminal
         old = None if override else self.curvature
         if old is not None and not torch.equal(self.subset.map_vector(), self.mean):
             raise ValueError(
@@ -311,7 +312,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         link_approx: str = "probit",
         n_samples: int = 100,
         verbose: bool = False,
-        progress_bar: bool = False,
+        progress_bar: bool | None = None,
         tune_sigma: bool = False,
         optimizer: str | None = None,
         tol: float | None = None,
@@ -342,7 +343,8 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             log_prior_prec_min, log_prior_prec_max, grid_size, log_prior_prec_base: the grid
                 base^linspace(min, max, grid_size), unless ``grid`` gives the values.
             link_approx, n_samples, generator: the validated predictive.
-            verbose: print the tuned δ. progress_bar (alias ``progress``): a tqdm bar.
+            verbose: print the tuned δ. progress_bar (alias ``progress``): a tqdm bar over
+                the steps (default: shown on a terminal, not in logs; ``False``: never).
             tune_sigma: also tune σ (regression; ``marglik`` and ``mackay``).
         """
         self._fitted()

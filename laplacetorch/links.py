@@ -21,6 +21,7 @@ __all__ = [
     "bridge_concentration",
     "gaussian_samples",
     "link_samples",
+    "log_bridge_concentration",
     "mc_link",
     "probit",
     "psd_sqrt",
@@ -44,6 +45,15 @@ def bridge_concentration(mean: Tensor, var_diag: Tensor) -> Tensor:
     return (1 - 2 / c + log_term.exp()) / var_diag
 
 
+def log_bridge_concentration(mean: Tensor, var_diag: Tensor) -> Tensor:
+    """log α of :func:`bridge_concentration`, finite for any finite μ (α itself overflows
+    once μ_c − min μ exceeds ~700 in float64, ~88 in float32)."""
+    c = mean.shape[-1]
+    log_term = mean + torch.logsumexp(-mean, dim=-1, keepdim=True) - 2 * math.log(c)
+    log_a = math.log(1 - 2 / c) if c > 2 else -math.inf  # C = 2: the constant vanishes
+    return torch.logaddexp(torch.full_like(log_term, log_a), log_term) - var_diag.log()
+
+
 def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
     """Mean α / Σα of the Laplace-bridge Dirichlet of N(μ, Σ) conditioned on Σ_c f_c = 0
     (Hobbhahn et al. 2022, as laplace-torch):
@@ -64,8 +74,7 @@ def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
     if normalise:
         vm = v.mean(-1, keepdim=True) / math.sqrt(c / 2)
         mu, v = mu / vm.sqrt(), v / vm
-    alpha = bridge_concentration(mu, v)
-    return alpha / alpha.sum(-1, keepdim=True)
+    return torch.softmax(log_bridge_concentration(mu, v), dim=-1)  # α / Σα, without overflow
 
 
 def psd_sqrt(var: Tensor) -> Tensor:

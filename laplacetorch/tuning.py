@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .datapass import BatchAdapter, accumulate, collect, progress_range
+from .datapass import BatchAdapter, accumulate, collect, progress_bar, progress_range
 from .predictive import function_samples, jacobian_sources
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def optimize(
     link_approx: str = "probit",
     n_samples: int = 100,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> TuningResult:
     """Tune δ (and σ when ``tune_sigma``) as :meth:`Laplace.optimize_prior_precision` says."""
     if method not in METHODS:
@@ -135,7 +135,7 @@ def optimize(
         if n_steps is None:
             n_steps = 100 if optimizer == "adam" else 500
         return _marglik(la, delta0, tune_sigma, n_steps, optimizer, lr, tol or 1e-9, progress)
-    return _mackay(la, delta0, ps, tune_sigma, max_iter, tol)
+    return _mackay(la, delta0, ps, tune_sigma, max_iter, tol, progress)
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -163,7 +163,7 @@ def _marglik(
     optimizer: str,
     lr: float | None,
     tol: float,
-    progress: bool,
+    progress: bool | None,
 ) -> TuningResult:
     """Maximise the evidence over log δ (and log σ) with L-BFGS (strong Wolfe) or Adam
     (``n_steps`` steps at ``lr``, laplace-torch's way)."""
@@ -192,14 +192,18 @@ def _marglik(
             line_search_fn="strong_wolfe",
         )
 
+        bar = progress_bar(None, progress, "marglik (L-BFGS evaluations)")
+
         def closure() -> Tensor:
             opt.zero_grad()
             loss = objective()
             loss.backward()
             history.append(-loss.item())
+            bar.update()
             return loss
 
-        opt.step(closure)
+        with bar:
+            opt.step(closure)
         n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
     else:
         opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
@@ -265,6 +269,7 @@ def _mackay(
     tune_sigma: bool,
     max_iter: int | None = None,
     tol: float | None = None,
+    progress: bool | None = None,
 ) -> TuningResult:
     """MacKay's fixed point: γ = n − δ·tr Π⁻¹ per prior block, δ ← γ / ‖θ* − μ₀‖², and for
     regression σ² ← (2·loss + k·T·γ_total·σ²) / (N·C), k = 1 for a curvature that scales as
@@ -290,7 +295,9 @@ def _mackay(
     delta, sigma = delta0.clone(), la.sigma_noise.clone()
     history, converged, it, change = [], False, 0, float("inf")
     bound = float(torch.tensor(_LOG_BOUND).exp())
+    bar = progress_bar(max_iter, progress, "MacKay")
     for it in range(1, max_iter + 1):  # noqa: B007
+        bar.update()
         if prior_structure == "scalar":  # needs only tr Π⁻¹ (cheap for every structure)
             gamma_parts = counts - delta * c.structure.trace_inverse(delta, la.scale(sigma))
         else:
@@ -313,9 +320,11 @@ def _mackay(
         )
         delta, sigma = new_delta, new_sigma
         history.append(change)
+        bar.set_postfix(change=f"{change:.2g}")
         if change < tol:
             converged = True
             break
+    bar.close()
     converged = _interior(delta.log(), sigma.log() if tune_sigma else None) and converged
     if not converged and change >= tol:
         _warn_not_converged("MacKay", it, f"last relative change {change:.3g}, tol {tol:.3g}")
@@ -344,7 +353,8 @@ def _gridsearch(
         if loss is not None or pred_type != "glm":
             raise ValueError("gridsearch with a loss or pred_type='nn' needs a val_loader")
         with torch.no_grad():
-            scores = torch.stack([la.evidence(d) for d in grid])
+            it = progress_range(grid.numel(), progress, "grid search (evidence)")
+            scores = torch.stack([la.evidence(grid[i]) for i in it])
         best = int(scores.argmax())
     else:
         la.likelihood.check_link(link_approx)

@@ -31,6 +31,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
+from ..linalg.eigh import symmetric_eigh
 from ..params import ParameterSubset
 from ..structures import IndependentOutputs, Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
@@ -263,7 +264,7 @@ def kernel_matrices(
 
 def top_eigen(big: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """K's eigenpairs above round-off (Wᵀ vanishes on the rest), largest first."""
-    lam, v = torch.linalg.eigh(big)
+    lam, v = symmetric_eigh(big, "the GP kernel")
     keep = lam > lam.max().clamp_min(0) * big.shape[0] * torch.finfo(dtype).eps
     return lam[keep].flip(0), v[:, keep].flip(1)
 

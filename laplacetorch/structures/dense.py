@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..linalg.eigh import symmetric_eigh
 from .base import Structure, report_indefinite, require_positive
 from .layout import LayerBlock
 
@@ -57,7 +58,7 @@ class Dense(Structure):
         # in float64 for lower precisions: eigh's own error (~ε·‖G‖·P on the small
         # eigenvalues) would otherwise dominate log det Π
         wide = torch.promote_types(curvature.dtype, torch.float64)
-        evals, evecs = torch.linalg.eigh(0.5 * (curvature + curvature.T).to(wide))
+        evals, evecs = symmetric_eigh(curvature.to(wide), "the dense curvature")
         self._set_tensors(
             {
                 "eigenvalues": evals.to(curvature.dtype),

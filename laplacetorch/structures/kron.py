@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..linalg.eigh import symmetric_eigh
 from .base import Structure
 from .layer_variance import layer_variance
 from .layout import LayerBlock
@@ -54,8 +55,8 @@ class Kron(Structure):
             if f.dim() != 2 or f.shape[0] != f.shape[1] or not torch.isfinite(f).all():
                 raise ValueError(f"Kronecker factor {name} must be a finite square matrix")
         super().__init__(b.shape[0] * a.shape[0], group_index, b.dtype, b.device, layout)
-        lb, qb = torch.linalg.eigh(0.5 * (b + b.T))
-        la, qa = torch.linalg.eigh(0.5 * (a + a.T))
+        lb, qb = symmetric_eigh(b, "a Kronecker factor B (output side)")
+        la, qa = symmetric_eigh(a, "a Kronecker factor A (input side)")
         self._set_tensors({"qb": qb, "lb": lb.clamp_min(0), "qa": qa, "la": la.clamp_min(0)})
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:

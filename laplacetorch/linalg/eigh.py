@@ -1,0 +1,61 @@
+"""Symmetric eigendecomposition that survives what float32 LAPACK does not.
+
+``torch.linalg.eigh`` can fail to converge on a finite float32 matrix with eigenvalues
+spread over many orders of magnitude (a saturated net's GGN); the same matrix decomposes in
+float64. The retry is announced, never silent.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["symmetric_eigh"]
+
+
+def symmetric_eigh(a: Tensor, what: str = "the curvature") -> tuple[Tensor, Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of ½(A + Aᵀ), in A's dtype.
+
+    Tried in A's dtype; when that fails to converge, in float64 (with a warning); when that
+    fails too, in float64 with a jitter of 1e-12·‖A‖ on the diagonal (with a warning).
+
+    Raises:
+        ValueError: A is not finite, or no attempt converged.
+    """
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"{what} contains NaN or Inf; its eigendecomposition is undefined")
+    sym = 0.5 * (a + a.mT)
+    try:
+        return torch.linalg.eigh(sym)
+    except torch.linalg.LinAlgError:
+        if sym.dtype == torch.float64:
+            return _with_jitter(sym, what)
+    warnings.warn(
+        f"the eigendecomposition of {what} failed to converge in {sym.dtype}; it was "
+        "computed in float64 instead",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    try:
+        evals, evecs = torch.linalg.eigh(sym.double())
+    except torch.linalg.LinAlgError:
+        evals, evecs = _with_jitter(sym.double(), what)
+    return evals.to(sym.dtype), evecs.to(sym.dtype)
+
+
+def _with_jitter(sym: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    jitter = 1e-12 * float(sym.abs().max().clamp_min(torch.finfo(sym.dtype).tiny))
+    warnings.warn(
+        f"the eigendecomposition of {what} failed to converge in float64; it was computed "
+        f"with a jitter {jitter:.3g} added to the diagonal (eigenvalues shifted by it)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    eye = torch.eye(sym.shape[-1], dtype=sym.dtype, device=sym.device)
+    try:
+        evals, evecs = torch.linalg.eigh(sym + jitter * eye)
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(f"the eigendecomposition of {what} failed to converge: {err}") from err
+    return evals - jitter, evecs
