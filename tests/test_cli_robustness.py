@@ -45,7 +45,7 @@ def test_errors_print_one_line_and_set_the_exit_status(monkeypatch, capsys, exc,
     def fail(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(cli, "run_evaluate", fail)
+    monkeypatch.setattr(cli.entry_point, "run_evaluate", fail)  # what main() calls
     assert cli.main(["evaluate"]) == status
     err = _one_line_error(capsys.readouterr().err)
     assert str(exc).splitlines()[0] in err
@@ -57,7 +57,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
     def interrupted(**kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_demo", interrupted)
+    monkeypatch.setattr(cli.entry_point, "run_demo", interrupted)  # what main() calls
     assert cli.main(["demo"]) == 130
     assert capsys.readouterr().err == "laplacetorch: interrupted\n"
 
@@ -67,7 +67,7 @@ def test_debug_shows_the_traceback(monkeypatch, argv):
     def fail(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "run_evaluate", fail)
+    monkeypatch.setattr(cli.entry_point, "run_evaluate", fail)  # what main() calls
     with pytest.raises(RuntimeError, match="boom"):
         cli.main(argv)
 
