@@ -198,3 +198,50 @@ def test_sigma_and_temperature_are_checked_everywhere(bad):
     assert la.log_marginal_likelihood().item() == before
     with pytest.raises(TypeError, match="sigma_noise must be a number or a tensor"):
         la.evidence(sigma_noise="0.5")
+
+
+def test_boundary_cases_of_arguments_and_inputs():
+    net = make_mlp()
+    with pytest.raises(ValueError, match="on the meta device: load its weights first"):
+        Laplace(make_mlp().to("meta"), "classification", "all", "diag")
+    with pytest.raises(ValueError, match="prior_mean must be finite"):
+        Laplace(net, "classification", "all", "diag", prior_mean=float("nan"))
+    x, y = _data()
+    la = Laplace(net, "classification", "all", "diag")
+    with pytest.raises(ValueError, match="inputs X must have a batch dimension"):
+        la.fit([(torch.tensor(1.0, dtype=DT), y[:1])])
+    with pytest.raises(TypeError, match="inputs X must be a tensor or a dict of tensors"):
+        la.fit([(x.tolist(), y)])
+    la.fit(batches(x, y))
+    with pytest.raises(ValueError, match="val_loader is only used by method='gridsearch'"):
+        la.optimize_prior_precision(method="marglik", val_loader=batches(x, y))
+    with pytest.raises(ValueError, match="feature_reduction gives one output per example"):
+        Laplace(
+            net,
+            "classification",
+            "last_layer",
+            "full",
+            outputs="sequence",
+            feature_reduction="average",
+        )
+
+
+def test_an_interrupt_in_the_middle_of_a_fit_changes_nothing():
+    x, y = _data()
+    la = Laplace(make_mlp(), "classification", "all", "kfac").fit(batches(x, y))
+    before = la.state_dict()
+
+    def interrupted():
+        yield from batches(x, y)[:1]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        la.fit(interrupted())
+    after = la.state_dict()
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            [after["mean"], after["loss_sum"]], [before["mean"], before["loss_sum"]], strict=True
+        )
+    )
+    assert after["n_data"] == before["n_data"]

@@ -217,3 +217,21 @@ def _interrupting(method, calls):
         return method(self, *args, **kwargs)
 
     return wrapped
+
+
+def test_a_state_with_a_malformed_shape_or_another_size_is_refused():
+    la, model, _, _ = _fitted()
+    state = copy.deepcopy(la.state_dict())
+    state["input_shape"] = "four"
+    other = Laplace(model, "classification", "all", "diag")
+    with pytest.raises(ValueError, match="'input_shape' must be a tuple of ints"):
+        other.load_state_dict(state)
+    small, _, _, _ = _fitted()
+    state = copy.deepcopy(la.state_dict())
+    blocks = state["structure"]["blocks"]
+    state["structure"]["blocks"] = blocks[:1]  # a well-formed structure of 30 parameters
+    state["structure"]["n_params"] = 30
+    state["structure"]["group_index"] = state["structure"]["group_index"][:30]
+    with pytest.raises(ValueError, match="structure has 30 parameters; expected 83"):
+        other.load_state_dict(state)
+    assert other.curvature is None and small.curvature is not None

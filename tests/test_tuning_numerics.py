@@ -94,3 +94,32 @@ def test_a_bound_is_not_an_optimum():
         with pytest.warns(RuntimeWarning, match="sigma_noise σ reached the bound"):
             res = la.optimize_prior_precision(method=method, tune_sigma=True)
         assert not res.converged
+
+
+@pytest.mark.parametrize("prior", ["layerwise", "diag"])
+def test_operator_per_layer_gradient_is_its_values_derivative(prior):
+    from conftest import batches, make_data, make_mlp
+
+    x, y = make_data("mlp", "classification", n=20)
+    la = Laplace(make_mlp(), "classification", "all", "operator").fit(batches(x, y))
+    n = la.subset.n_groups if prior == "layerwise" else la.n_params
+    g = torch.Generator().manual_seed(1)
+    delta = (torch.rand(n, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    s = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    value = la.structure.logdet(delta, s)
+    g_delta, g_s = torch.autograd.grad(value, (delta, s))
+    h = 1e-6
+    with torch.no_grad():
+        for i in (0, n // 2, n - 1):
+            e = torch.zeros_like(delta)
+            e[i] = h
+            fd = (la.structure.logdet(delta + e, s) - la.structure.logdet(delta - e, s)) / (2 * h)
+            assert float(g_delta[i]) == pytest.approx(float(fd), rel=1e-6, abs=1e-8)
+        fd_s = (la.structure.logdet(delta, s + h) - la.structure.logdet(delta, s - h)) / (2 * h)
+    assert float(g_s) == pytest.approx(float(fd_s), rel=1e-6)
+    # and the value is an SLQ estimate of the exact log-determinant
+    dense = Laplace(make_mlp(), "classification", "all", "full").fit(batches(x, y))
+    exact = dense.structure.logdet(delta.detach(), s.detach())
+    est, se = la.structure.logdet_with_error(delta.detach(), s.detach())
+    assert float(est) == pytest.approx(float(value))
+    assert abs(float(est - exact)) < 4 * float(se) + 1e-6 * abs(float(exact))

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..linalg import cg, hutchinson_diagonal, neumann, slq_logdet, slq_quadrature
+from ..linalg import cg, hutchinson_diagonal, neumann, slq_quadrature
+from ..linalg.slq_gradient import slq_logdet_graph
 from .base import Structure, require_positive
 
 __all__ = ["Operator"]
@@ -133,8 +134,8 @@ class Operator(Structure):
 
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
         self._check_definite(d, s)
-        if d.dim() != 0:
-            return _SLQLogdet.apply(d, s, self)
+        if d.dim() != 0:  # SLQ on Π; its gradient is the estimate's own (same probes)
+            return self._slq_precision(d, s)[0]
         nodes, weights = self._quadrature()
         quad = (weights * torch.log(s * nodes + d)).sum(-1)  # per probe
         return self.n_params * quad.mean()
@@ -145,7 +146,8 @@ class Operator(Structure):
         """The SLQ estimate of log det Π and its standard error across probes."""
         d, s = self._block_prior(prior_precision), self._scale(scale)
         if d.dim() != 0:
-            est, se = self._slq_precision(d.detach(), s.detach())
+            with torch.no_grad():
+                est, se = self._slq_precision(d, s)
             return est.to(self.dtype), se.to(self.dtype)
         nodes, weights = self._quadrature()
         per_probe = self.n_params * (weights * torch.log(s * nodes + d)).sum(-1)
@@ -154,15 +156,18 @@ class Operator(Structure):
         )
 
     def _slq_precision(self, d: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        """SLQ on Π itself (a varying δ is not a function of G's spectrum)."""
-        return slq_logdet(
-            self._precision_matvec(d, s),
+        """SLQ on Π itself (a varying δ is not a function of G's spectrum), differentiable
+        in δ and s (see :mod:`~laplacetorch.linalg.slq_gradient`)."""
+        d = d.expand(self.n_params) if d.dim() == 0 else d
+        return slq_logdet_graph(
+            self._require_matvec(),
+            d,
+            s,
             self.n_params,
             self.n_probes,
             self.n_steps,
             generator=self._generator(4),
             dtype=self.dtype,
-            device=self.device,
         )
 
     def _trace_inverse(self, d: Tensor, s: Tensor) -> Tensor:
@@ -176,16 +181,22 @@ class Operator(Structure):
         self._check_definite(d, s)
         return self._solve_rows(v.reshape(-1, self.n_params), d, s).reshape(v.shape)
 
-    def _solve_rows(self, rows: Tensor, d: Tensor, s: Tensor) -> Tensor:
+    def _solve_rows(self, rows: Tensor, d: Tensor, s: Tensor, for_estimate: bool = False) -> Tensor:
+        """Π⁻¹ rows. ``for_estimate``: the solves feed a Hutchinson estimate whose probe
+        noise is ~1/√n_probes, so CG stops at a relative residual of 1e-4 (unless ``cg_tol``
+        says otherwise) and after 5·n_steps products: each estimate is bounded in cost."""
         prec = self._precision_matvec(d, s)
         if self.solver == "neumann":
             return neumann(prec, rows, n_terms=self.neumann_terms, generator=self._generator(3))
+        if for_estimate:
+            tol = self.cg_tol if self.cg_tol is not None else max(1e-4, _float_tol(self.dtype))
+            return cg(prec, rows, tol=tol, max_iter=5 * self.n_steps)[0]
         return cg(prec, rows, tol=self.cg_tol)[0]
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
         self._check_definite(d, s)
         est, _ = hutchinson_diagonal(
-            lambda v: self._solve_rows(v, d, s),
+            lambda v: self._solve_rows(v, d, s, for_estimate=True),
             self.n_params,
             self.n_probes,
             generator=self._generator(1),
@@ -245,6 +256,10 @@ class Operator(Structure):
         return obj
 
 
+def _float_tol(dtype: torch.dtype) -> float:
+    return 1e3 * torch.finfo(dtype).eps
+
+
 def lanczos_inverse_sqrt(matvec: Matvec, z: Tensor, n_steps: int) -> Tensor:
     """A^{-1/2} zᵢ ≈ ‖zᵢ‖ Vᵢ T_i^{-1/2} e₁ for each row of ``z`` ``[m, P]``: independent Lanczos
     runs, vectorised over rows, full reorthogonalisation, recurrence in float64."""
@@ -285,22 +300,3 @@ def lanczos_inverse_sqrt(matvec: Matvec, z: Tensor, n_steps: int) -> Tensor:
     coef = evecs @ (evals.clamp_min(1e-300).rsqrt().unsqueeze(-1) * evecs[:, 0, :].unsqueeze(-1))
     x = torch.einsum("jm,jmp->mp", coef.squeeze(-1).T, basis[:used]) * norm
     return x.to(dt)
-
-
-class _SLQLogdet(torch.autograd.Function):
-    """log det(s·G + diag(δ)) by SLQ, with the Hutchinson + CG estimate of its gradient."""
-
-    @staticmethod
-    def forward(ctx, delta: Tensor, s: Tensor, structure: Operator) -> Tensor:
-        ctx.structure = structure
-        ctx.save_for_backward(delta, s)
-        est, _ = structure._slq_precision(delta.detach(), s.detach())
-        return est.to(delta.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
-        delta, s = ctx.saved_tensors
-        dinv = ctx.structure._inverse_diagonal(delta.detach(), s.detach())  # diag Π⁻¹
-        g_delta = grad * dinv
-        g_s = grad * (ctx.structure.n_params - (delta * dinv).sum()) / s
-        return g_delta, g_s, None
