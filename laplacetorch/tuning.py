@@ -365,6 +365,15 @@ def _gridsearch(
             la, grid, val_loader, pred_type, loss, link_approx, n_samples, generator, progress
         )
         best = int(scores.argmin())
+    if grid.numel() > 1 and best in (0, grid.numel() - 1):
+        end = "smallest" if float(grid[best]) == float(grid.min()) else "largest"
+        warnings.warn(
+            f"the grid search picked δ = {float(grid[best]):.3g}, the {end} value of its grid "
+            f"[{float(grid.min()):.3g}, {float(grid.max()):.3g}]: the best δ may lie outside "
+            "it; widen log_prior_prec_min / log_prior_prec_max (or pass another grid)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return _finish(
         la, "gridsearch", grid[best], la.sigma_noise, grid.numel(), True, scores.tolist()
     )

@@ -110,3 +110,21 @@ def test_a_float64_eigh_failure_gets_a_jitter_then_a_clear_error(monkeypatch):
         symmetric_eigh(a)
     with pytest.raises(ValueError, match="contains NaN or Inf"):
         symmetric_eigh(torch.full((2, 2), float("nan")))
+
+
+def test_slq_error_covers_its_quadrature_bias_at_small_priors():
+    x, y = make_data("mlp", "classification", n=40)
+    model = make_mlp()
+    op = Laplace(model, "classification", "all", "operator").fit(batches(x, y))
+    full = Laplace(model, "classification", "all", "full").fit(batches(x, y))
+    for delta in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
+        est, err = op.structure.logdet_with_error(delta)
+        exact = full.structure.logdet(delta)
+        # at δ = 1e-4 the bias (7 nats) exceeds the probes' standard error (6.8) alone
+        assert abs(float(est - exact)) <= float(err), delta
+    state = op.state_dict()  # the half-step rule persists with the nodes
+    again = Laplace(model, "classification", "all", "operator")
+    again.load_state_dict(state)
+    assert torch.equal(
+        again.structure.logdet_with_error(1e-4)[1], op.structure.logdet_with_error(1e-4)[1]
+    )

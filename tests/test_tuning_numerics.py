@@ -123,3 +123,18 @@ def test_operator_per_layer_gradient_is_its_values_derivative(prior):
     est, se = la.structure.logdet_with_error(delta.detach(), s.detach())
     assert float(est) == pytest.approx(float(value))
     assert abs(float(est - exact)) < 4 * float(se) + 1e-6 * abs(float(exact))
+
+
+def test_a_grid_search_at_the_edge_of_its_grid_warns(problem64):
+    net, data = problem64
+    la = Laplace(net, "regression", "all", "kfac").fit(data)
+    with pytest.warns(RuntimeWarning, match="the largest value of its grid"):
+        la.optimize_prior_precision(method="gridsearch", grid=torch.tensor([1e-6, 1e-5, 1e-4]))
+    with pytest.warns(RuntimeWarning, match="value of its grid \\[1e\\+04, 1e\\+05\\]"):
+        la.optimize_prior_precision(
+            method="gridsearch", grid=torch.tensor([1e4, 1e5]), val_loader=data
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = la.optimize_prior_precision(method="gridsearch", grid_size=21)
+    assert 1e-4 < res.prior_precision.item() < 1e4

@@ -25,7 +25,8 @@ def slq_quadrature(
     dtype: torch.dtype,
     device: torch.device | str | None,
     chunk_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
+    coarse: bool = False,
+) -> tuple[Tensor, ...]:
     """Gauss quadrature nodes and weights of A's spectral measure, one rule per probe.
 
     For each Rademacher probe z (‖z‖² = n), j steps of Lanczos from z/√n give T = V diag(θ) Vᵀ
@@ -51,8 +52,12 @@ def slq_quadrature(
         dtype, device: of the vectors handed to ``matvec``.
         chunk_size: probes run together (one batched matvec a step); all when None.
 
+        coarse: also return the rules of the first ⌈steps/2⌉ Lanczos steps of the same runs
+            (the leading block of each T), for an estimate of the quadrature bias.
+
     Returns:
-        ``(nodes, weights)``, both ``[S, min(n_steps, n)]`` float64; each weight row sums to 1.
+        ``(nodes, weights)``, both ``[S, min(n_steps, n)]`` float64; each weight row sums to 1;
+        with ``coarse``, ``(nodes, weights, coarse_nodes, coarse_weights)``.
     """
     _check_count("n", n)
     _check_count("n_probes", n_probes)
@@ -61,7 +66,8 @@ def slq_quadrature(
     chunk = n_probes if chunk_size is None else _check_count("chunk_size", chunk_size)
     steps = min(n_steps, n)
     Z = _draw((n_probes, n), "rademacher", generator, torch.float64, device)
-    nodes, weights = [], []
+    nodes, weights, c_nodes, c_weights = [], [], [], []
+    half = (steps + 1) // 2
     for Zc in Z.split(chunk):
         alpha, beta, _, length = _lanczos_batch(matvec, Zc / math.sqrt(n), steps, dtype)
         alpha = F.pad(alpha, (0, steps - alpha.shape[1]))
@@ -73,6 +79,12 @@ def slq_quadrature(
         theta, V = torch.linalg.eigh(_tridiagonal(alpha, beta))
         nodes.append(theta)
         weights.append(V[:, 0, :].square())
+        if coarse:
+            theta, V = torch.linalg.eigh(_tridiagonal(alpha[:, :half], beta[:, :half]))
+            c_nodes.append(theta)
+            c_weights.append(V[:, 0, :].square())
+    if coarse:
+        return torch.cat(nodes), torch.cat(weights), torch.cat(c_nodes), torch.cat(c_weights)
     return torch.cat(nodes), torch.cat(weights)
 
 
@@ -88,7 +100,8 @@ def slq_estimate(
     Returns:
         ``(estimate, standard_error)``: the mean of the per-probe estimates
         n Σⱼ wₛⱼ f(θₛⱼ) and their standard deviation / √S (``inf`` for S = 1). The standard
-        error covers the probe noise, not the quadrature bias (small once the steps suffice).
+        error covers the probe noise, not the quadrature bias (see ``coarse`` of
+        :func:`slq_quadrature` for an estimate of it).
     """
     if nodes.dim() != 2 or nodes.shape != weights.shape:
         raise ValueError(
