@@ -81,6 +81,7 @@ def _worker(rank, world, port, out, structures, bad_rank):
             except ValueError as err:
                 results["error"] = str(err)
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
