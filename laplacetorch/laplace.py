@@ -176,7 +176,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         """
         progress = progress_bar if progress is None else progress  # None: on a terminal
         old = None if override else self.curvature
-        if old is not None and not torch.equal(self.subset.map_vector(), self.mean):
+        if old is not None and not self.subset.weights_equal(self.mean):
             raise ValueError(
                 "fit(override=False) adds data at the same weights θ*, but the model's weights "
                 "have changed since the first fit; use override=True"

@@ -310,6 +310,19 @@ class ParameterSubset:
         flat = self._concat([p.detach() for p in self._params])
         return flat if self.index is None else flat[self.index]
 
+    def weights_equal(self, theta: Tensor) -> bool:
+        """Whether the model's Bayesian weights are exactly ``theta`` ``[P]``, compared
+        tensor by tensor against views of θ (no P-sized copy; a masked subnetwork, small
+        by construction, is gathered)."""
+        if self.index is not None:
+            return torch.equal(self.map_vector(), theta)
+        if theta.shape != (self.n_params,):
+            return False
+        views = torch.split(theta, self.numels)
+        return all(
+            torch.equal(p.detach().reshape(-1), v) for p, v in zip(self._params, views, strict=True)
+        )
+
     def from_named(self, tensors: dict[str, Tensor]) -> Tensor:
         """Flatten named tensors (e.g. gradients) into the θ layout, ``[P]``."""
         flat = self._concat([tensors[n] for n in self.names])
