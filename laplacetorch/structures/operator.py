@@ -83,6 +83,7 @@ class Operator(Structure):
         self.solver, self.neumann_terms = solver, neumann_terms
         self.matvec_g = matvec
         self.n_probes, self.n_steps, self.cg_tol = n_probes, n_steps, cg_tol
+        self._steps = n_steps  # of G's quadrature; raised where a δ needs more
         self.sample_steps, self.seed, self.probe_chunk = sample_steps, seed, probe_chunk
         self.nodes: Tensor | None = None
         self.weights: Tensor | None = None
@@ -105,7 +106,7 @@ class Operator(Structure):
                 self._require_matvec(),
                 self.n_params,
                 self.n_probes,
-                self.n_steps,
+                self._steps,
                 generator=self._generator(),
                 dtype=self.dtype,
                 device=self.device,
@@ -154,19 +155,28 @@ class Operator(Structure):
     ) -> tuple[Tensor, Tensor]:
         """The SLQ estimate of log det Π and its error: for a scalar δ, the probes' standard
         error combined (in quadrature) with an estimate of the quadrature bias, the change
-        from the rule of half the Lanczos steps on the same probes (an overestimate: the
-        Gauss rule's error falls geometrically in the steps); for a varying δ, the probes'
+        from the rule of half the Lanczos steps on the same probes. While that bias exceeds
+        the probe noise, G's quadrature is recomputed with twice the steps (up to 8·n_steps
+        or P; the later log-determinants use the finer rule). For a varying δ, the probes'
         standard error."""
         d, s = self._block_prior(prior_precision), self._scale(scale)
         if d.dim() != 0:
             with torch.no_grad():
                 est, se = self._slq_precision(d, s)
             return est.to(self.dtype), se.to(self.dtype)
-        nodes, weights, c_nodes, c_weights = self._quadrature(coarse=True)
-        per_probe = self.n_params * (weights * torch.log(s * nodes + d)).sum(-1)
-        coarse = self.n_params * (c_weights * torch.log(s * c_nodes + d)).sum(-1)
-        probe_se = per_probe.std() / per_probe.numel() ** 0.5
-        bias = (per_probe - coarse).mean().abs()  # same probes: the probe noise cancels
+        while True:
+            nodes, weights, c_nodes, c_weights = self._quadrature(coarse=True)
+            per_probe = self.n_params * (weights * torch.log(s * nodes + d)).sum(-1)
+            coarse = self.n_params * (c_weights * torch.log(s * c_nodes + d)).sum(-1)
+            probe_se = per_probe.std() / per_probe.numel() ** 0.5
+            bias = (per_probe - coarse).mean().abs()  # same probes: the probe noise cancels
+            steps = nodes.shape[-1]
+            if bias <= probe_se or steps >= min(self.n_params, 8 * self.n_steps):
+                break
+            if self.matvec_g is None:  # a loaded state: report what the nodes give
+                break
+            # the spectrum needs more steps at this δ: double them (the probes stay)
+            self._steps, self.nodes = min(2 * steps, self.n_params), None
         return per_probe.mean().to(self.dtype), probe_se.hypot(bias).to(self.dtype)
 
     def _slq_precision(self, d: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
