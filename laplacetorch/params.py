@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .model_call import call_model
+from .model_checks import check_dtypes_and_devices, check_model_mode
 from .subset_inputs import (
     FEATURE_REDUCTIONS,
     FeaturesReached,
@@ -31,48 +32,6 @@ __all__ = [
     "find_last_linear",
     "head_index",
 ]
-
-_STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-def check_model_mode(model: nn.Module) -> None:
-    """Refuse a model whose output depends on training mode while it is in training mode.
-
-    Raises:
-        ValueError: if a Dropout or BatchNorm module is in training mode.
-    """
-    offenders = [
-        name or type(model).__name__
-        for name, m in model.named_modules()
-        if m.training and isinstance(m, _STOCHASTIC_IN_TRAINING)
-    ]
-    if offenders:
-        raise ValueError(
-            "model is in training mode with Dropout/BatchNorm modules "
-            f"({', '.join(offenders[:5])}); the curvature would be random or use batch "
-            "statistics. Call model.eval() first."
-        )
-
-
-def _check_dtypes_and_devices(params: dict[str, nn.Parameter]) -> None:
-    """Bayesian weights in one float32 or float64 dtype, on one real device."""
-    dtypes = {p.dtype for p in params.values()}
-    devices = {p.device for p in params.values()}
-    if len(dtypes) > 1 or len(devices) > 1:
-        seen = sorted({f"{p.dtype} on {p.device}" for p in params.values()})
-        raise ValueError(
-            f"the Bayesian weights must share one dtype and one device; got {seen}: move the "
-            "model with model.to(device, dtype) first"
-        )
-    (dtype,), (device,) = dtypes, devices
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"the Bayesian weights have dtype {dtype}; laplacetorch computes curvature in "
-            "float32 or float64 (half precision would lose the evidence to round-off): fit "
-            "a float32 copy of the model, e.g. copy.deepcopy(model).float()"
-        )
-    if device.type == "meta":
-        raise ValueError("the model's weights are on the meta device: load its weights first")
 
 
 def find_last_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
@@ -208,7 +167,7 @@ class ParameterSubset:
         self.shapes = [named[n].shape for n in names]
         self.numels = [named[n].numel() for n in names]
         self.index = index
-        _check_dtypes_and_devices({n: named[n] for n in names})
+        check_dtypes_and_devices({n: named[n] for n in names})
         self.n_params = int(index.numel()) if index is not None else sum(self.numels)
         self._build_groups()
         self.check_weights()

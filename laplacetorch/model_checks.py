@@ -1,0 +1,55 @@
+"""Checks of the user's model that come before any curvature: its mode and its weights.
+
+The behaviour of the model on data (deterministic, batch-independent, outputs the
+likelihood can take) is checked on the first batch of a fit, in
+:mod:`laplacetorch.curvature.first_batch`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["check_dtypes_and_devices", "check_model_mode"]
+
+_STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def check_model_mode(model: nn.Module) -> None:
+    """Refuse a model whose output depends on training mode while it is in training mode.
+
+    Raises:
+        ValueError: if a Dropout or BatchNorm module is in training mode.
+    """
+    offenders = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _STOCHASTIC_IN_TRAINING)
+    ]
+    if offenders:
+        raise ValueError(
+            "model is in training mode with Dropout/BatchNorm modules "
+            f"({', '.join(offenders[:5])}); the curvature would be random or use batch "
+            "statistics. Call model.eval() first."
+        )
+
+
+def check_dtypes_and_devices(params: dict[str, nn.Parameter]) -> None:
+    """Bayesian weights in one float32 or float64 dtype, on one real device."""
+    dtypes = {p.dtype for p in params.values()}
+    devices = {p.device for p in params.values()}
+    if len(dtypes) > 1 or len(devices) > 1:
+        seen = sorted({f"{p.dtype} on {p.device}" for p in params.values()})
+        raise ValueError(
+            f"the Bayesian weights must share one dtype and one device; got {seen}: move the "
+            "model with model.to(device, dtype) first"
+        )
+    (dtype,), (device,) = dtypes, devices
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the Bayesian weights have dtype {dtype}; laplacetorch computes curvature in "
+            "float32 or float64 (half precision would lose the evidence to round-off): fit "
+            "a float32 copy of the model, e.g. copy.deepcopy(model).float()"
+        )
+    if device.type == "meta":
+        raise ValueError("the model's weights are on the meta device: load its weights first")
