@@ -24,9 +24,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fit.py
 
-# Optional peer for the comparison tests and benchmarks (never a runtime dependency).
+# Optional peers for the comparison tests and benchmarks (never runtime dependencies):
+# laplace-torch, and curvlinops (benchmarks/bench_curvlinops.py).
 peer: $(STAMP)
-	$(PIP) laplace-torch==0.3
+	$(PIP) laplace-torch==0.3 curvlinops-for-pytorch==3.0.1
 	$(PY) -m pip uninstall -y -q torchvision
 
 clean:

@@ -1,0 +1,92 @@
+"""MacKay's fixed-point tuning: δ per prior block (and σ for regression) updated from the
+effective number of parameters γ until the relative change is below ``tol``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..datapass import progress_bar
+from .common import (
+    _LOG_BOUND,
+    TuningResult,
+    _check_count,
+    _finish,
+    _group_sum,
+    _interior,
+    _warn_not_converged,
+)
+
+if TYPE_CHECKING:
+    from ..laplace import Laplace
+
+
+def _mackay(
+    la: Laplace,
+    delta0: Tensor,
+    prior_structure: str,
+    tune_sigma: bool,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    progress: bool | None = None,
+) -> TuningResult:
+    """MacKay's fixed point: γ = n − δ·tr Π⁻¹ per prior block, δ ← γ / ‖θ* − μ₀‖², and for
+    regression σ² ← (2·loss + k·T·γ_total·σ²) / (N·C), k = 1 for a curvature that scales as
+    (σ²T)⁻¹ (GGN, Hessian) and k = 2 for the empirical Fisher, which scales as (σ²T)⁻²
+    (docs/math.md §10). Its fixed point is a stationary point of the Laplace evidence.
+
+    ``tol`` (relative change) defaults to what the dtype can meet (1e-10 in float64, 1e-5
+    in float32; 1e-3 where traces are estimates); ``max_iter`` to 1000 (50 where traces
+    are estimates, each a set of solves). Hitting the cap or a bound warns and reports
+    ``converged=False``.
+    """
+    c = la.curvature
+    estimated = not c.structure.is_exact(delta0)
+    if max_iter is None:
+        max_iter = 50 if estimated else 1000
+    _check_count("max_iter", max_iter)
+    if tol is None:
+        tol = 1e-3 if estimated else max(1e-10, 100 * torch.finfo(la.subset.dtype).eps)
+    k = 2.0 if c.kind == "ef" else 1.0
+    diff2 = (la.mean - la.prior_mean).square()
+    counts = _group_sum(la, torch.ones_like(diff2), prior_structure)
+    scatter = _group_sum(la, diff2, prior_structure).clamp_min(torch.finfo(diff2.dtype).tiny)
+    delta, sigma = delta0.clone(), la.sigma_noise.clone()
+    history, converged, it, change = [], False, 0, float("inf")
+    bound = float(torch.tensor(_LOG_BOUND).exp())
+    bar = progress_bar(max_iter, progress, "MacKay")
+    for it in range(1, max_iter + 1):  # noqa: B007
+        bar.update()
+        if prior_structure == "scalar":  # needs only tr Π⁻¹ (cheap for every structure)
+            gamma_parts = counts - delta * c.structure.trace_inverse(delta, la.scale(sigma))
+        else:
+            dinv = c.structure.inverse_diagonal(delta, la.scale(sigma))
+            gi = la.subset.group_index.to(delta.device)
+            d_full = delta[gi] if prior_structure == "layerwise" else delta
+            gamma_parts = counts - _group_sum(la, d_full * dinv, prior_structure)
+        new_delta = (gamma_parts.clamp_min(0) / scatter).clamp(1 / bound, bound)
+        new_sigma = sigma
+        if tune_sigma:
+            # the stationarity 2·loss − N·C·σ² + k·T·γ·σ² = 0 as σ² = (2·loss + kTγσ²)/(N·C):
+            # the same fixed point as σ² = 2·loss/(N·C − kTγ), but positive and contracting
+            # where N·C − kTγ is small (that form oscillates or has no residual dof there)
+            ktg = k * la.temperature * gamma_parts.sum()
+            new_sigma = (2 * c.loss_sum + ktg * sigma.square()) / (c.n_data * c.n_outputs)
+            new_sigma = new_sigma.sqrt().reshape(()).clamp(1 / bound, bound)
+        change = max(
+            float(((new_delta - delta).abs() / delta).max()),
+            float((new_sigma - sigma).abs() / sigma),
+        )
+        delta, sigma = new_delta, new_sigma
+        history.append(change)
+        bar.set_postfix(change=f"{change:.2g}")
+        if change < tol:
+            converged = True
+            break
+    bar.close()
+    converged = _interior(delta.log(), sigma.log() if tune_sigma else None) and converged
+    if not converged and change >= tol:
+        _warn_not_converged("MacKay", it, f"last relative change {change:.3g}, tol {tol:.3g}")
+    return _finish(la, "mackay", delta, sigma, it, converged, history)
