@@ -29,7 +29,7 @@ _APPLIES: dict[str, dict[str, tuple[Callable[[str, dict[str, Any]], bool], str]]
     },
     **{
         name: {"mc_samples": (lambda f, o: f == "mc", _MC_ONLY)}
-        for name in ("hutchinson", "lanczos", "operator")
+        for name in ("hutchinson", "lanczos")  # operator: below
     },
     "operator": {
         "mc_samples": (lambda f, o: f == "mc", _MC_ONLY),
