@@ -27,6 +27,7 @@ __all__ = [
     "batch_size",
     "collect",
     "prepare_inputs",
+    "reduce_local",
     "require_reiterable",
     "set_reduction",
 ]
@@ -326,4 +327,13 @@ def accumulate(
     if n_data == 0:
         raise ValueError("the loader yielded no data (empty loader)")
     sums["n_data"] = torch.tensor(n_data, device=device)
+    return _reduction(sums)
+
+
+def reduce_local(sums: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Sums computed on this process without a data pass (e.g. from statistics kept from an
+    earlier pass), reduced as a data pass's are: over the active process group, then the
+    installed reduction. Every rank must call it with the same keys (an empty dict on a rank
+    with no data)."""
+    sums, _ = reduce_sums(sums, 0, None, device)
     return _reduction(sums)

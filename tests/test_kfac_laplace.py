@@ -25,11 +25,12 @@ def _block_errors(structure, g):
     return errs
 
 
+@pytest.mark.parametrize("cache_budget", [None, 0], ids=["kept", "second_pass"])
 @pytest.mark.parametrize(
     ("net", "likelihood"),
     [("mlp", "classification"), ("cnn", "regression"), ("seq", "classification")],
 )
-def test_ekfac_is_never_further_from_the_exact_blocks_than_kfac(net, likelihood):
+def test_ekfac_is_never_further_from_the_exact_blocks_than_kfac(net, likelihood, cache_budget):
     from laplacetorch.curvature import fit_ekfac
 
     g_ = torch.Generator().manual_seed(8)
@@ -60,7 +61,8 @@ def test_ekfac_is_never_further_from_the_exact_blocks_than_kfac(net, likelihood)
     lik = get_likelihood(likelihood)
     g = dense_ggn(sub, x, y, likelihood)
     kf = fit_kfac(sub, lik, batches(x, y, 4)).structure
-    ek = fit_ekfac(sub, lik, batches(x, y, 4)).structure
+    options = {} if cache_budget is None else {"cache_budget": cache_budget}
+    ek = fit_ekfac(sub, lik, batches(x, y, 4), **options).structure
     for e_k, e_e in zip(_block_errors(kf, g), _block_errors(ek, g), strict=True):
         assert e_e <= e_k + 1e-10
     assert sum(_block_errors(ek, g)) < sum(_block_errors(kf, g))  # strictly better overall
@@ -70,6 +72,57 @@ def test_ekfac_is_never_further_from_the_exact_blocks_than_kfac(net, likelihood)
         torch.testing.assert_close(
             blk.eig.reshape(-1), (q.T @ g[index[:, None], index[None]] @ q).diagonal()
         )
+
+
+class _CountingLoader:
+    """A re-iterable list of batches that counts the passes over it."""
+
+    def __init__(self, items):
+        self.items, self.passes = items, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("fisher_type", ["exact", "empirical"])
+def test_ekfac_refit_from_the_kept_pass_is_the_second_pass_bit_for_bit(net, fisher_type):
+    from laplacetorch.curvature import fit_ekfac
+
+    g_ = torch.Generator().manual_seed(4)
+    if net == "mlp":
+        model = make_mlp()
+        x, y = make_data("mlp", "classification", n=21)
+    else:
+        model = make_cnn()
+        x = torch.randn(13, 1, 6, 6, generator=g_, dtype=DT)
+        y = torch.randint(0, 3, (13,), generator=g_)
+    sub, lik = ParameterSubset(model, "all"), get_likelihood("classification")
+    ekfac = {}
+    for budget in (10**9, 0, 2000):  # all kept; never; overflowing after a batch or two
+        loader = _CountingLoader(batches(x, y, 5))
+        res = fit_ekfac(sub, lik, loader, fisher_type=fisher_type, cache_budget=budget)
+        ekfac[budget] = (res.structure.curvature_dense(), loader.passes)
+    assert ekfac[10**9][1] == 1 and ekfac[0][1] == 2 and ekfac[2000][1] == 2
+    assert torch.equal(ekfac[10**9][0], ekfac[0][0])
+    assert torch.equal(ekfac[2000][0], ekfac[0][0])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1MB"])
+def test_ekfac_refuses_a_bad_cache_budget(bad):
+    from laplacetorch.curvature import fit_ekfac
+
+    x, y = make_data("mlp", "classification", n=6)
+    loader = _CountingLoader(batches(x, y, 3))
+    with pytest.raises(ValueError, match="cache_budget must be a non-negative integer"):
+        fit_ekfac(
+            ParameterSubset(make_mlp(), "all"),
+            get_likelihood("classification"),
+            loader,
+            cache_budget=bad,
+        )
+    assert loader.passes == 0
 
 
 @pytest.mark.parametrize("joint_bias", [True, False])

@@ -10,6 +10,12 @@ sharing (S = 1) this is one matrix product, (Σₖ (Q_Bᵀgₙₖ)²)ᵀ over n 
 per-example gradient is formed; with S > 1 each layer takes the cheaper of two exact forms,
 the rotated per-example gradients or the Gramian form over position pairs (see
 ``layer_fit.square_sum``), in chunks of examples under the memory budget.
+
+The second pass recomputes what the first one saw: each block's inputs ãₙ and output
+gradients gₙₖ. When they fit in ``cache_budget`` bytes (an MLP on a few thousand examples:
+tens of MB) the KFAC pass keeps them and the refit is GEMMs over the kept batches with no
+second data pass; the eigenvalues are the same numbers (for ``fisher_type="mc"`` they then
+use the KFAC pass's samples instead of fresh ones).
 """
 
 from __future__ import annotations
@@ -20,16 +26,41 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..datapass import require_reiterable
+from ..datapass import reduce_local, require_reiterable
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
-from .kfac import check_kfac_options, fit_kfac, output_columns
+from .kfac import check_kfac_options, kfac_pass, output_columns
 from .layer_fit import blocked_layers, layer_passes, square_sum
 from .per_example import DEFAULT_MEMORY_BUDGET
 
-__all__ = ["fit_ekfac"]
+__all__ = ["DEFAULT_CACHE_BUDGET", "fit_ekfac"]
+
+#: bytes of per-example block statistics EKFAC keeps from its KFAC pass by default
+DEFAULT_CACHE_BUDGET = 128 * 2**20
+
+
+class _Cache:
+    """Each block's ``(a, g)`` of every batch, until they would pass ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used, self.overflow = budget, 0, False
+        self.items: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def keep(self, name: str, a: Tensor, g: Tensor) -> None:
+        if self.overflow:
+            return
+        a, g = a.contiguous(), g.contiguous()  # not views that pin the whole batch's tensors
+        self.used += a.numel() * a.element_size() + g.numel() * g.element_size()
+        if self.used > self.budget:
+            self.overflow = True
+            self.items.clear()
+            return
+        self.items.setdefault(name, []).append((a, g))
+
+    def overflow_flag(self, subset: ParameterSubset) -> Tensor:
+        return torch.tensor(float(self.overflow), dtype=subset.dtype, device=subset.device)
 
 
 def fit_ekfac(
@@ -46,21 +77,30 @@ def fit_ekfac(
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
+    cache_budget: int = DEFAULT_CACHE_BUDGET,
 ) -> CurvatureResult:
     """EKFAC curvature: the KFAC BlockDiagonal with each Kron block replaced by an
-    :class:`~laplacetorch.structures.EKron` block (two passes over the data).
+    :class:`~laplacetorch.structures.EKron` block (one data pass, or two).
 
     Options as for :func:`~laplacetorch.curvature.kfac.fit_kfac`; ``approximation`` only
     affects the eigenbases (the refit uses the exact per-example gradients).
+    ``cache_budget``: bytes the blocks' inputs and output gradients over the whole data may
+    take to be kept from the KFAC pass for the refit (0: always a second pass).
     """
-    _, generator = check_kfac_options(
+    kind, generator = check_kfac_options(
         subset, fisher_type, approximation, mc_samples, generator, seed
     )
+    if isinstance(cache_budget, bool) or not isinstance(cache_budget, int) or cache_budget < 0:
+        raise ValueError(
+            f"cache_budget must be a non-negative integer (bytes); got {cache_budget!r}"
+        )
     require_reiterable(loader, "ekfac (KFAC, then the eigenvalue refit)")
-    kfac = fit_kfac(
+    cache = _Cache(cache_budget)
+    kfac = kfac_pass(
         subset,
         likelihood,
         loader,
+        kind=kind,
         fisher_type=fisher_type,
         approximation=approximation,
         joint_bias=joint_bias,
@@ -69,6 +109,7 @@ def fit_ekfac(
         progress=progress,
         memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
+        keep=cache.keep,
     )
     krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
     layers = [
@@ -79,6 +120,24 @@ def fit_ekfac(
     if not layers:
         return kfac  # no Kronecker block to refit: every block is an exact diagonal
 
+    def refit(name: str, a: Tensor, g: Tensor) -> Tensor:
+        kron = krons[name]
+        return square_sum(g @ kron.qb, a @ kron.qa, memory_budget)
+
+    # every rank takes the same branch: a collective follows either way
+    overflow = reduce_local({"ekfac.cache_overflow": cache.overflow_flag(subset)}, subset.device)
+    if float(overflow["ekfac.cache_overflow"]) == 0:
+        sums: dict[str, Tensor] = {}
+        for name, kept in cache.items.items():
+            if name in krons:
+                for a, g in kept:
+                    e = refit(name, a, g)
+                    sums[name] = sums[name] + e if name in sums else e
+        cache.items.clear()
+        sums = reduce_local(sums, subset.device)
+        return _with_eigenvalues(subset, kfac, krons, sums)
+    cache.items.clear()
+
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         cols = lambda f: output_columns(likelihood, fisher_type, f, y, mc_samples, generator)  # noqa: E731
         _, per_layer = layer_passes(subset, layers, x, cols)
@@ -86,9 +145,7 @@ def fit_ekfac(
         with torch.no_grad():
             for layer, a, g in per_layer:
                 for name, _, layout in layer.blocks:
-                    ab, gb = layout.select(a, g)
-                    kron = krons[name]
-                    out[name] = square_sum(gb @ kron.qb, ab @ kron.qa, memory_budget)
+                    out[name] = refit(name, *layout.select(a, g))
         return out
 
     sums, _, _ = curvature_pass(
@@ -100,6 +157,16 @@ def fit_ekfac(
         desc="ekfac eigenvalues",
         batch_size_fn=batch_size_fn,
     )
+    return _with_eigenvalues(subset, kfac, krons, sums)
+
+
+def _with_eigenvalues(
+    subset: ParameterSubset,
+    kfac: CurvatureResult,
+    krons: dict[str, Kron],
+    sums: dict[str, Tensor],
+) -> CurvatureResult:
+    """The KFAC result with each Kron block replaced by its EKron with eigenvalues ``sums``."""
     blocks = [
         (name, index, EKron(sums[name], blk.qb, blk.qa, blk.group_index, blk.layout))
         if name in krons

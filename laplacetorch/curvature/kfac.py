@@ -35,7 +35,7 @@ from .base import CurvatureResult
 from .layer_fit import fit_layer_blocks
 from .per_example import DEFAULT_MEMORY_BUDGET
 
-__all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac", "output_columns"]
+__all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac", "kfac_pass", "output_columns"]
 
 APPROXIMATIONS = ("expand", "reduce")
 KFAC_FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "mc": "ggn", "empirical": "ef", "ef": "ef"}
@@ -71,6 +71,39 @@ def fit_kfac(
     kind, generator = check_kfac_options(
         subset, fisher_type, approximation, mc_samples, generator, seed
     )
+    return kfac_pass(
+        subset,
+        likelihood,
+        loader,
+        kind=kind,
+        fisher_type=fisher_type,
+        approximation=approximation,
+        joint_bias=joint_bias,
+        mc_samples=mc_samples,
+        generator=generator,
+        progress=progress,
+        memory_budget=memory_budget,
+        batch_size_fn=batch_size_fn,
+    )
+
+
+def kfac_pass(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    *,
+    kind: str,
+    fisher_type: str,
+    approximation: str,
+    joint_bias: bool,
+    mc_samples: int,
+    generator: torch.Generator | None,
+    progress: bool,
+    memory_budget: int,
+    batch_size_fn: Callable[[Any], int] | None,
+    keep: Callable[[str, Tensor, Tensor], None] | None = None,
+) -> CurvatureResult:
+    """The KFAC data pass with checked options (``keep`` as in ``fit_layer_blocks``)."""
     if subset.index is not None:
         raise ValueError("kfac needs whole layers; a subnetwork given by a mask is not supported")
 
@@ -98,6 +131,7 @@ def fit_kfac(
         progress=progress,
         memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
+        keep=keep,
     )
 
 

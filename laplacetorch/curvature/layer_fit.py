@@ -113,6 +113,7 @@ def fit_layer_blocks(
     announce: bool = True,
     rest_columns: Callable[[Tensor, Tensor], Tensor] | None = None,
     rest_n_columns: int | None = None,
+    keep: Callable[[str, Tensor, Tensor], None] | None = None,
 ) -> CurvatureResult:
     """Fit one block per layer block and an exact diagonal block per other parameter tensor.
 
@@ -124,6 +125,8 @@ def fit_layer_blocks(
         announce: warn once which tensors get diagonal blocks (not for ``diag`` itself).
         rest_columns, rest_n_columns: output vectors for the other tensors' exact diagonal
             (default the columns of Sₙ, or the observed gradient for the empirical Fisher).
+        keep: called as ``keep(name, a, g)`` with each block's inputs and output gradients
+            of every batch (EKFAC keeps them for its eigenvalue refit).
     """
     plan: dict[str, Any] = {}
 
@@ -139,7 +142,10 @@ def fit_layer_blocks(
         with torch.no_grad():
             for layer, a, g in per_layer:
                 for name, _, layout in layer.blocks:
-                    out.update(block_sums(name, *layout.select(a, g)))
+                    ab, gb = layout.select(a, g)
+                    out.update(block_sums(name, ab, gb))
+                    if keep is not None:
+                        keep(name, ab, gb)
         if rest is not None:
             out["rest"], _ = per_example_diagonal(
                 rest,
