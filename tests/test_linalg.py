@@ -11,6 +11,7 @@ import torch
 from laplacetorch.linalg import (
     CGNotConvergedError,
     CGNotConvergedWarning,
+    block_lanczos,
     cg,
     hutchinson_diagonal,
     hutchinson_trace,
@@ -229,6 +230,93 @@ def test_lanczos_bad_input():
         lanczos(lambda V: V[:, 1:], P, 5, **KW)
 
 
+# --------------------------------------------------------------------------- block Lanczos
+def _calls(A: torch.Tensor):
+    """The operator V ↦ V A and a list recording the block width of each call."""
+    widths: list[int] = []
+
+    def matvec(V: torch.Tensor) -> torch.Tensor:
+        widths.append(V.shape[0])
+        return V @ A.to(V.dtype)
+
+    return matvec, widths
+
+
+@pytest.mark.parametrize("b", [1, 3, 8])
+def test_block_lanczos_top_k_eigenpairs(b):
+    matvec, widths = _calls(A_GAP)
+    ctx = no_warnings()
+    vals, vecs, calls = block_lanczos(matvec, P, 5, block_size=b, max_iter=P, generator=gen(), **KW)
+    ctx.__exit__(None, None, None)
+    evals, evecs = torch.linalg.eigh(A_GAP)
+    assert calls == len(widths) and set(widths) <= set(range(1, b + 1))
+    assert vals.shape == (5,) and vecs.shape == (P, 5)
+    assert torch.allclose(vals, evals.flip(0)[:5], rtol=1e-10, atol=0)
+    assert 1 - subspace_cos(vecs, evecs[:, -5:]) < 1e-10
+    assert torch.allclose(vecs.T @ vecs, torch.eye(5, dtype=DT), atol=1e-12)
+    for i in range(5):
+        assert (A_GAP @ vecs[:, i] - vals[i] * vecs[:, i]).norm() < 1e-6 * vals[0]
+
+
+def test_block_lanczos_needs_fewer_calls_than_lanczos_needs_products():
+    m1, w1 = _calls(A_WIDE)
+    m8, w8 = _calls(A_WIDE)
+    v1, _, _ = block_lanczos(m1, P, 5, block_size=1, max_iter=P, generator=gen(), **KW)
+    v8, _, _ = block_lanczos(m8, P, 5, block_size=8, max_iter=P, generator=gen(), **KW)
+    top = torch.linalg.eigvalsh(A_WIDE).flip(0)[:5]
+    assert torch.allclose(v1, top, rtol=1e-10, atol=0)
+    assert torch.allclose(v8, top, rtol=1e-10, atol=0)
+    assert len(w8) < len(w1) / 2
+
+
+@pytest.mark.parametrize("b", [2, 8])
+def test_block_lanczos_low_rank_deflates_to_exactly_the_nonzero_pairs(b):
+    U, _ = torch.linalg.qr(torch.randn(P, 4, generator=gen(3), dtype=DT))
+    lam = torch.tensor([5.0, 3.0, 2.0, 0.5], dtype=DT)
+    ctx = no_warnings()
+    vals, vecs, _ = block_lanczos(op((U * lam) @ U.T), P, 10, block_size=b, generator=gen(), **KW)
+    ctx.__exit__(None, None, None)
+    assert vals.shape == (4,) and torch.allclose(vals, lam, rtol=1e-10, atol=0)
+    assert 1 - subspace_cos(vecs, U) < 1e-10
+
+
+def test_block_lanczos_indefinite_and_the_full_space():
+    # largest algebraic eigenvalues of an indefinite A; n = 10 with b = 4 ends on a block of 2
+    lam = torch.tensor([9.0, 7.0, 4.0, 1.0, 0.5, -0.5, -3.0, -8.0, -9.5, -12.0], dtype=DT)
+    A = spd(lam, seed=5)
+    widths = []
+    vals, vecs, calls = block_lanczos(
+        lambda V: widths.append(V.shape[0]) or V @ A, 10, 3, block_size=4, max_iter=10,
+        generator=gen(), **KW,
+    )  # fmt: skip
+    assert calls <= 3 and torch.allclose(vals, lam[:3], rtol=1e-10, atol=0)
+    assert torch.allclose(A @ vecs, vecs * vals, atol=1e-10)
+
+
+def test_block_lanczos_at_its_cap_returns_only_converged_pairs():
+    # the residual is measured, not assumed zero, when the basis stops short of n
+    with pytest.warns(UserWarning, match="Ritz pairs converged"):
+        vals, vecs, _ = block_lanczos(op(A_WIDE), P, 5, block_size=8, generator=gen(), **KW)
+    top = torch.linalg.eigvalsh(A_WIDE).flip(0)
+    assert vals.numel() < 5 and vecs.shape == (P, vals.numel())
+    for i, v in enumerate(vals):
+        assert (top - v).abs().min() < 1e-6 * top[0]
+        assert (A_WIDE @ vecs[:, i] - v * vecs[:, i]).norm() < 1e-6 * top[0]
+
+
+def test_block_lanczos_bad_input():
+    with pytest.raises(ValueError, match="block_size must be an integer >= 1; got 0"):
+        block_lanczos(op(A_GAP), P, 5, block_size=0, **KW)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, n = 80\]; got 81"):
+        block_lanczos(op(A_GAP), P, 81, **KW)
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 5; got 3"):
+        block_lanczos(op(A_GAP), P, 5, max_iter=3, **KW)
+    with pytest.raises(ValueError, match=r"matvec must map .* got \[8, 79\]"):
+        block_lanczos(lambda V: V[:, 1:], P, 5, **KW)
+    with pytest.raises(ValueError, match="matvec returned NaN or Inf"):
+        block_lanczos(lambda V: V * float("nan"), P, 5, **KW)
+
+
 # --------------------------------------------------------------------------- Hutchinson
 def test_hutchinson_diagonal_error_falls_like_inverse_sqrt():
     A = A_GAP
@@ -372,6 +460,7 @@ def test_slq_bad_input():
 CALLS = {
     "largest_eigenvalue": lambda g: largest_eigenvalue(op(A_GAP), P, generator=g, **KW),
     "lanczos": lambda g: lanczos(op(A_GAP), P, 3, generator=g, **KW)[1],
+    "block_lanczos": lambda g: block_lanczos(op(A_GAP), P, 3, max_iter=P, generator=g, **KW)[1],
     "hutchinson_trace": lambda g: hutchinson_trace(op(A_GAP), P, 5, generator=g, **KW)[0],
     "hutchinson_diagonal": lambda g: hutchinson_diagonal(op(A_GAP), P, 5, generator=g, **KW)[0],
     "hutchpp_trace": lambda g: hutchpp_trace(op(A_GAP), P, 6, generator=g, **KW),

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..likelihoods import Likelihood
-from ..linalg import lanczos
+from ..linalg.block_lanczos import block_lanczos
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult
@@ -29,6 +29,7 @@ def fit_lanczos(
     mc_samples: int = 1,
     rank: int = 20,
     oversample: int = 10,
+    block_size: int = 8,
     max_iter: int | None = None,
     tol: float = 1e-6,
     diag_correction: bool = False,
@@ -38,17 +39,18 @@ def fit_lanczos(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
-    """G ≈ U diag(λ) Uᵀ (+ diag(d)) from Lanczos with full reorthogonalisation.
+    """G ≈ U diag(λ) Uᵀ (+ diag(d)) from block Lanczos with full reorthogonalisation.
 
-    At least ``rank + oversample`` GGN-vector products (one data pass each, about 2.5
-    gradient epochs per eigenpair), continuing up to ``max_iter`` (default
-    min(P, 3·(rank + oversample))) until the top ``rank`` pairs converge; only converged Ritz
-    pairs (relative residual ≤ ``tol``) are kept, so the rank may come out below ``rank``
-    (with a warning) on a spectrum without a gap. With ``diag_correction`` the exact GGN
-    diagonal (one more pass) supplies d = diag G − diag(U diag(λ) Uᵀ) ≥ 0, so the diagonal
-    of the curvature is exact too. ``fisher_type="hessian"``: the top eigenpairs of the
-    Hessian of the loss (Hessian-vector products); negative ones among them are announced and
-    kept at 0 (the low rank is a PSD approximation).
+    At least ``rank + oversample`` GGN-vector products, ``block_size`` of them per data pass
+    (one forward, b jvps and b vjps a batch), continuing up to ``max_iter`` products
+    (default min(P, max(3, b)·(rank + oversample))) until the top ``rank`` pairs converge;
+    only converged Ritz pairs (relative residual ≤ ``tol``) are kept, so the rank may come
+    out below ``rank`` (with a warning) on a spectrum without a gap. With
+    ``diag_correction`` the exact GGN diagonal (one more pass) supplies
+    d = diag G − diag(U diag(λ) Uᵀ) ≥ 0, so the diagonal of the curvature is exact too.
+    ``fisher_type="hessian"``: the top eigenpairs of the Hessian of the loss
+    (Hessian-vector products); negative ones among them are announced and kept at 0 (the
+    low rank is a PSD approximation).
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= subset.n_params:
         raise ValueError(f"rank must be an integer in [1, P = {subset.n_params}]; got {rank!r}")
@@ -66,12 +68,13 @@ def fit_lanczos(
     )
     if generator is None:
         generator = torch.Generator(device=subset.device).manual_seed(seed)
-    if max_iter is None:
-        max_iter = min(subset.n_params, 3 * (rank + oversample))
-    evals, evecs = lanczos(
+    if max_iter is None:  # a block basis needs more vectors, in fewer passes
+        max_iter = min(subset.n_params, max(3, block_size) * (rank + oversample))
+    evals, evecs, _ = block_lanczos(
         op.matvec,
         subset.n_params,
         rank,
+        block_size=block_size,
         oversample=oversample,
         max_iter=max_iter,
         tol=tol,

@@ -5,6 +5,7 @@ and returning ``[m, P]`` (A applied to each row). Randomness comes only from a
 ``generator`` argument; nothing touches the global RNG or default dtype.
 """
 
+from .block_lanczos import block_lanczos
 from .cg import CGInfo, CGNotConvergedError, CGNotConvergedWarning, cg
 from .hutchinson import hutchinson_diagonal, hutchinson_trace, hutchpp_trace, rademacher
 from .lanczos import lanczos
@@ -15,6 +16,7 @@ __all__ = [
     "CGInfo",
     "CGNotConvergedError",
     "CGNotConvergedWarning",
+    "block_lanczos",
     "cg",
     "hutchinson_diagonal",
     "hutchinson_trace",
