@@ -9,7 +9,11 @@ sampler while it runs (short spikes can slip between samples). On CUDA the devic
 ``malloc_trim`` hands freed memory back, so the second run's allocations show. Printed
 beside each row: the case's peak in MB, the size of its structure (the fitted curvature's
 tensors) and, for predictives, the size of three forward passes' activations of the
-predicted batch (the target: the predictive's peak at most about that plus the structure).
+predicted batch (the target: the predictive's peak at most about that plus the structure),
+and the second run's wall time. A case ``ours:<structure>:predict:<MiB>`` predicts with
+``Laplace(..., memory_budget=MiB·2²⁰)``: the predictive works in chunks of rows whose
+recorded layer inputs and C output-gradient columns fit that budget, so the budget, not the
+batch, sets its peak.
 
 laplace-torch (``make peer``) and curvlinops-for-pytorch are optional peers.
 
@@ -94,13 +98,14 @@ def _case(name: str, path: str, queue) -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     model, loader, xp = _setup(path)
-    side, structure, what = name.split(":")
+    side, structure, what, *budget = name.split(":")
+    options = {"memory_budget": int(budget[0]) * 2**20} if budget else {}
     fitted = None
     if side == "ours":
         from laplacetorch import Laplace
 
         def fit():
-            return Laplace(model, "classification", "all", structure).fit(loader)
+            return Laplace(model, "classification", "all", structure, **options).fit(loader)
     elif side == "laplace-torch":
         from common import theirs_laplace
 
@@ -125,14 +130,16 @@ def _case(name: str, path: str, queue) -> None:
         fitted(xp) if side == "ours" else fitted(xp, link_approx="probit")
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory leaves the resident set
+    t0 = time.perf_counter()
     if what == "fit":
         out, peak = _sampled_peak(fit)
     elif side == "ours":
         out, peak = _sampled_peak(lambda: fitted(xp))
     else:
         out, peak = _sampled_peak(lambda: fitted(xp, link_approx="probit"))
+    seconds = time.perf_counter() - t0
     extra = _structure_mb(out if what == "fit" else fitted) if side == "ours" else float("nan")
-    queue.put((name, peak, extra))
+    queue.put((name, peak, extra, seconds))
 
 
 def _activations_mb(model, xp) -> float:
@@ -169,6 +176,10 @@ def main() -> None:
     except ImportError:
         cl = False
     cases = [f"ours:{s}:{w}" for s in ("diag", "kfac", "ekfac") for w in ("fit", "predict")]
+    # the predictive's peak is set by its chunks (memory_budget): C output-gradient columns
+    # of every layer per row; a small budget trades speed for memory
+    cases += ["ours:lanczos:fit", "ours:lanczos:predict"]
+    cases += [f"ours:{s}:predict:1" for s in ("diag", "kfac", "ekfac", "lanczos")]
     if peer:
         cases += [f"laplace-torch:{s}:{w}" for s in ("diag", "kron") for w in ("fit", "predict")]
     if cl:
@@ -185,16 +196,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mlp.pt")
         torch.save(model.state_dict(), path)
-        print(f"{'case':<28} {'peak MB':>8} {'structure MB':>13} {'3 fwd acts MB':>14}")
+        print(
+            f"{'case (:memory_budget MiB)':<28} {'peak MB':>8} {'structure MB':>13} "
+            f"{'3 fwd acts MB':>14} {'seconds':>8}"
+        )
         for name in cases:
             q = ctx.Queue()
             p = ctx.Process(target=_case, args=(name, path, q))
             p.start()
             got = q.get(timeout=600)
             p.join()
-            _, peak, extra = got
-            acts = f"{act:14.2f}" if name.endswith("predict") else " " * 14
-            print(f"{name:<28} {peak:8.1f} {extra:13.2f} {acts}")
+            _, peak, extra, seconds = got
+            acts = f"{act:14.2f}" if ":predict" in name else " " * 14
+            print(f"{name:<28} {peak:8.1f} {extra:13.2f} {acts} {seconds:8.3f}")
 
 
 if __name__ == "__main__":
