@@ -182,6 +182,18 @@ def test_lanczos_keeps_iterating_until_the_top_pairs_converge(problem):
         fit_lanczos(sub, lik, batches(x, y), rank=20, oversample=2, max_iter=22)
 
 
+def test_lanczos_says_when_the_curvature_has_fewer_eigenvalues_than_the_rank():
+    # 4 examples, 3 classes: G has rank ≤ 4·(3 − 1) = 8 < the 12 pairs asked for
+    model = make_mlp()
+    x, y = make_data("mlp", "classification", n=4)
+    sub = make_subset(model, "all")
+    lik = get_likelihood("classification")
+    rank_g = int(torch.linalg.matrix_rank(dense_ggn(sub, x, y, "classification")))
+    with pytest.warns(UserWarning, match=rf"rank {rank_g} instead of 12"):
+        res = fit_lanczos(sub, lik, batches(x, y), rank=12, max_iter=sub.n_params)
+    assert res.structure.rank == rank_g < 12
+
+
 def test_operator_logdet_for_a_per_layer_prior_and_its_gradient(problem):
     _, x, y, sub, g = problem
     st = fit_operator(

@@ -94,6 +94,15 @@ def fit_lanczos(
                 "positive part",
                 stacklevel=3,
             )
+    if 0 < evals.numel() < rank:
+        warnings.warn(
+            f"lanczos: rank {evals.numel()} instead of {rank}: the other eigenvalues of the "
+            f"curvature are below tol·λ₁ = {max(tol, 100 * torch.finfo(subset.dtype).eps):.1e}"
+            f"·{float(evals[0]):.3g} or did not converge (see any warning above); raise "
+            "max_iter, or fit in float64 for a smaller tol",
+            UserWarning,
+            stacklevel=3,
+        )
     d = None
     if diag_correction:
         exact = fit_diag(
