@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gzip
 import json
 import os
 import statistics
@@ -64,9 +63,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from bench_matrix_free import MatvecCounter
 from bench_real_models import BATCH as LORA_BATCH
 from bench_real_models import N as LORA_N
@@ -88,6 +85,7 @@ from common import (
     timed,
     train,
 )
+from images import load_images, make_lenet
 from torch import Tensor, nn
 
 from laplacetorch import Laplace, ParameterSubset, get_likelihood
@@ -104,78 +102,11 @@ MATVEC_FLOOR = 2.0  # per vector
 SLQ_PROBES, SLQ_STEPS, SLQ_DELTA = 30, 40, 1.0
 N_IMAGES = 2048
 MLP_EPOCHS, LENET_EPOCHS, CNN_EPOCHS, LORA_STEPS = 10, 2, 1, 30
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def exact_floor(n_classes: int) -> float:
     """The exact-Fisher KFAC floor: one forward and a backward of C columns, (1 + 2C)/3."""
     return (1 + 2 * n_classes) / 3
-
-
-# ----------------------------------------------------------------------------- images
-# The loader of bench_kfac.py, copied: that script calls load_peer() at import, which imports
-# laplace-torch (and BackPACK) when installed.
-def _read_idx(path: Path) -> np.ndarray:
-    """Returns an IDX file (ubyte data), gzipped or not, as a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def _find_idx(folder: Path, stem: str) -> Path | None:
-    """Returns the IDX file ``stem`` in ``folder`` under any of its usual names, if any."""
-    dotted = stem.replace("-idx", ".idx")
-    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    hits = sorted(folder.rglob("-".join(stem.split("-")[:2]) + "*"))  # train-images*, ...
-    return hits[0] if hits else None
-
-
-def load_images(n: int, seed: int = SEED) -> tuple[Tensor, Tensor, str]:
-    """Returns ``(x [n, 1, 28, 28] float32, y [n], source)``.
-
-    The first ``n`` Fashion-MNIST training images when the Debian files are there, else
-    synthetic class-conditional images (a smooth random template per class plus noise).
-    """
-    if FMNIST_DIR.is_dir():
-        xi = _find_idx(FMNIST_DIR, "train-images-idx3-ubyte")
-        yi = _find_idx(FMNIST_DIR, "train-labels-idx1-ubyte")
-        if xi is not None and yi is not None:
-            x = torch.as_tensor(_read_idx(xi)[:n].copy(), dtype=torch.float32) / 255.0
-            y = torch.as_tensor(_read_idx(yi)[:n].copy(), dtype=torch.long)
-            x = ((x - x.mean()) / x.std()).unsqueeze(1).contiguous()
-            return x, y, f"Fashion-MNIST ({xi})"
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(10, 1, 7, 7, generator=gen)
-    templates = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    x = templates[y] + 4.0 * torch.randn(n, 1, 28, 28, generator=gen)
-    x = (x - x.mean()) / x.std()
-    why = f"{FMNIST_DIR} not found" if not FMNIST_DIR.is_dir() else "no IDX files found"
-    return x.contiguous(), y, f"SYNTHETIC class-conditional images ({why})"
-
-
-def make_lenet(seed: int) -> nn.Sequential:
-    """Returns a float32 LeNet-5-sized CNN for [N, 1, 28, 28] inputs (P = 61,706)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(400, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, 10),
-    ).to(torch.float32)
 
 
 def make_cnn(seed: int) -> nn.Sequential:

@@ -32,19 +32,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from common import (
     BATCH_SIZE,
     NO_PEER,
@@ -66,6 +62,7 @@ from common import (
     timed,
     train,
 )
+from images import load_images, make_lenet
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -77,73 +74,7 @@ N_CLASSES = 10
 MC_TARGET = 3.0
 EXACT_TARGET = (1 + 2 * N_CLASSES) / 3 + 2  # 9 for C = 10
 PRED_TARGET = 20.0
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 peer = load_peer()
-
-
-# ----------------------------------------------------------------------------- data and nets
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (ubyte data), gzipped or not, as a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for name in (
-        stem,
-        stem + ".gz",
-        stem.replace("-idx", ".idx"),
-        stem.replace("-idx", ".idx") + ".gz",
-    ):
-        if (folder / name).is_file():
-            return folder / name
-    hits = sorted(folder.rglob("-".join(stem.split("-")[:2]) + "*"))  # train-images*, ...
-    return hits[0] if hits else None
-
-
-def load_images(n: int, seed: int = SEED) -> tuple[Tensor, Tensor, str]:
-    """``(x [n, 1, 28, 28] float32, y [n], source)``: the first n Fashion-MNIST training images
-    when the Debian files are there, else synthetic class-conditional images (a smooth random
-    template per class plus noise; a net can learn them)."""
-    if FMNIST_DIR.is_dir():
-        xi = _find(FMNIST_DIR, "train-images-idx3-ubyte")
-        yi = _find(FMNIST_DIR, "train-labels-idx1-ubyte")
-        if xi is not None and yi is not None:
-            x = torch.as_tensor(_read_idx(xi)[:n].copy(), dtype=torch.float32) / 255.0
-            y = torch.as_tensor(_read_idx(yi)[:n].copy(), dtype=torch.long)
-            x = ((x - x.mean()) / x.std()).unsqueeze(1).contiguous()
-            return x, y, f"Fashion-MNIST ({xi})"
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(N_CLASSES, 1, 7, 7, generator=gen)
-    templates = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
-    y = torch.randint(0, N_CLASSES, (n,), generator=gen)
-    x = templates[y] + 4.0 * torch.randn(n, 1, 28, 28, generator=gen)
-    x = (x - x.mean()) / x.std()
-    why = f"{FMNIST_DIR} not found" if not FMNIST_DIR.is_dir() else "no IDX files found"
-    return x.contiguous(), y, f"SYNTHETIC class-conditional images ({why})"
-
-
-def make_lenet(seed: int) -> nn.Sequential:
-    """A float32 LeNet-5-sized CNN for [N, 1, 28, 28] inputs."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(400, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, 10),
-    ).to(torch.float32)
 
 
 def ours_kfac(model: nn.Module, fisher_type: str, structure: str = "kfac", **options) -> Laplace:
