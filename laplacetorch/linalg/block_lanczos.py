@@ -13,7 +13,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from .hutchinson import MatVec, _apply, _check_count, _check_dtype, _draw
+from .hutchinson import MatVec, _apply, _check_count, _draw
+from .lanczos import basis_bounds
 
 __all__ = ["block_lanczos"]
 
@@ -94,18 +95,8 @@ def block_lanczos(
         ``(eigvals [r], eigvecs [n, r], calls)``: r ≤ k eigenvalues descending, orthonormal
         eigenvectors as columns, and the number of ``matvec`` calls made.
     """
-    _check_count("n", n)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, n = {n}]; got {k!r}")
+    tol, m_min, m_max = basis_bounds(n, k, oversample, max_iter, tol, dtype)
     b = min(_check_count("block_size", block_size), n)
-    _check_count("oversample", oversample, minimum=0)
-    _check_dtype(dtype)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0; got {tol!r}")
-    tol = max(tol, 100 * torch.finfo(dtype).eps)
-    m_min = min(n, k + oversample)
-    m_max = m_min if max_iter is None else min(n, _check_count("max_iter", max_iter, minimum=k))
-    m_min = min(m_min, m_max)
     max_steps = math.ceil(m_max / b)
 
     rows = min(n, max_steps * b)

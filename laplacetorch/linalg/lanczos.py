@@ -81,6 +81,28 @@ def _ritz(alpha: Tensor, beta: Tensor, k: int, tol: float):
     return theta, S, top, bound[top] <= thr
 
 
+def basis_bounds(
+    n: int, k: int, oversample: int, max_iter: int | None, tol: float, dtype: torch.dtype
+) -> tuple[float, int, int]:
+    """Checks the arguments of a top-k eigensolver; returns ``(tol, fewest, most)`` basis
+    vectors: tol raised to 100·eps(dtype), at least min(n, k + oversample) vectors, at most
+    ``max_iter`` (default that minimum), both capped at n.
+
+    Raises:
+        ValueError: naming the argument out of its domain.
+    """
+    _check_count("n", n)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, n = {n}]; got {k!r}")
+    _check_count("oversample", oversample, minimum=0)
+    _check_dtype(dtype)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0; got {tol!r}")
+    m_min = min(n, k + oversample)
+    m_max = m_min if max_iter is None else min(n, _check_count("max_iter", max_iter, minimum=k))
+    return max(tol, 100 * torch.finfo(dtype).eps), min(m_min, m_max), m_max
+
+
 def lanczos(
     matvec: MatVec,
     n: int,
@@ -122,17 +144,7 @@ def lanczos(
         ``(eigvals [r], eigvecs [n, r])``, r ≤ k, eigenvalues descending (float64 → ``dtype``),
         orthonormal eigenvectors as columns.
     """
-    _check_count("n", n)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, n = {n}]; got {k!r}")
-    _check_count("oversample", oversample, minimum=0)
-    _check_dtype(dtype)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0; got {tol!r}")
-    tol = max(tol, 100 * torch.finfo(dtype).eps)
-    m_min = min(n, k + oversample)
-    m_max = m_min if max_iter is None else min(n, _check_count("max_iter", max_iter, minimum=k))
-    m_min = min(m_min, m_max)
+    tol, m_min, m_max = basis_bounds(n, k, oversample, max_iter, tol, dtype)
 
     def stop(alpha: Tensor, beta: Tensor) -> bool:
         return alpha.shape[1] >= m_min and bool(_ritz(alpha[0], beta[0], k, tol)[3].all())
