@@ -19,7 +19,7 @@ laplace-torch (``make peer``) and curvlinops-for-pytorch are optional peers.
 
 Usage::
 
-    python benchmarks/bench_memory.py [--n-predict 400]
+    python benchmarks/bench_memory.py [--n-predict 400] [--only ours:lanczos:predict ...]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _sampled_peak(fn):
     return out, peak - base
 
 
-def _setup(path: str):
+def _setup(path: str, n_predict: int):
     from common import load_digits_split, make_mlp, prediction_inputs
 
     x, y, xt, _ = load_digits_split()
@@ -76,7 +76,7 @@ def _setup(path: str):
     model.load_state_dict(torch.load(path, weights_only=True))
     model.eval()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=128)
-    return model, loader, prediction_inputs(x, xt, N_PREDICT)
+    return model, loader, prediction_inputs(x, xt, n_predict)
 
 
 def _structure_mb(la) -> float:
@@ -94,18 +94,21 @@ def _structure_mb(la) -> float:
     return size(state) / 2**20
 
 
-def _case(name: str, path: str, queue) -> None:
+def _case(name: str, path: str, n_predict: int, queue) -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    model, loader, xp = _setup(path)
+    model, loader, xp = _setup(path, n_predict)
     side, structure, what, *budget = name.split(":")
     options = {"memory_budget": int(budget[0]) * 2**20} if budget else {}
+    subset = "all"
+    if structure.startswith("last_layer-"):  # the last layer's structure (full: P_ll²)
+        subset, structure = "last_layer", structure.removeprefix("last_layer-")
     fitted = None
     if side == "ours":
         from laplacetorch import Laplace
 
         def fit():
-            return Laplace(model, "classification", "all", structure, **options).fit(loader)
+            return Laplace(model, "classification", subset, structure, **options).fit(loader)
     elif side == "laplace-torch":
         from common import theirs_laplace
 
@@ -157,6 +160,7 @@ def _activations_mb(model, xp) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-predict", type=int, default=N_PREDICT)
+    parser.add_argument("--only", nargs="*", help="run only these cases")
     args = parser.parse_args()
     from common import SEED, load_digits_split, make_mlp, train
 
@@ -178,12 +182,15 @@ def main() -> None:
     cases = [f"ours:{s}:{w}" for s in ("diag", "kfac", "ekfac") for w in ("fit", "predict")]
     # the predictive's peak is set by its chunks (memory_budget): C output-gradient columns
     # of every layer per row; a small budget trades speed for memory
-    cases += ["ours:lanczos:fit", "ours:lanczos:predict"]
+    cases += ["ours:lanczos:fit", "ours:lanczos:predict", "ours:hutchinson:predict"]
+    cases += ["ours:last_layer-full:predict"]
     cases += [f"ours:{s}:predict:1" for s in ("diag", "kfac", "ekfac", "lanczos")]
     if peer:
         cases += [f"laplace-torch:{s}:{w}" for s in ("diag", "kron") for w in ("fit", "predict")]
     if cl:
         cases += ["curvlinops:kfac:fit"]
+    if args.only:
+        cases = args.only
     print(
         f"load average {os.getloadavg()[0]:.2f}; 64-256-256-10 MLP, 1500 digits, "
         f"{args.n_predict} predicted; peaks above the loaded process, MB"
@@ -202,7 +209,7 @@ def main() -> None:
         )
         for name in cases:
             q = ctx.Queue()
-            p = ctx.Process(target=_case, args=(name, path, q))
+            p = ctx.Process(target=_case, args=(name, path, args.n_predict, q))
             p.start()
             got = q.get(timeout=600)
             p.join()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 import torch
@@ -57,7 +58,14 @@ def test_estimates_count_the_structures_tensors():
 
 @pytest.mark.parametrize(
     ("subset", "structure"),
-    [("last_layer", "full"), ("last_layer", "kfac"), ("all", "diag"), ("all", "kfac")],
+    [
+        ("last_layer", "full"),
+        ("last_layer", "kfac"),
+        ("all", "diag"),
+        ("all", "kfac"),
+        ("all", "hutchinson"),
+        ("all", "lanczos"),
+    ],
 )
 def test_predictive_of_a_large_batch_comes_in_chunks_within_the_budget(
     subset, structure, monkeypatch
@@ -69,7 +77,9 @@ def test_predictive_of_a_large_batch_comes_in_chunks_within_the_budget(
     x, y = make_data("mlp", "classification", n=20)
     budget = 2**20
     la = Laplace(model, "classification", subset, structure, memory_budget=budget)
-    la.fit(batches(x.float(), y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lanczos: fewer pairs than the rank on this tiny net
+        la.fit(batches(x.float(), y))
     sizes = []
     real = pred.LayerJacobian.__init__
 

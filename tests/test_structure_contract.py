@@ -448,3 +448,91 @@ def test_kernel_state_keeps_the_evidence_and_needs_its_points_for_the_rest():
     torch.testing.assert_close(again.logdet(0.7, 2.0), st.logdet(0.7, 2.0))
     with pytest.raises(RuntimeError, match="loaded without its data points; refit it"):
         again.solve(torch.ones(7, dtype=DT), 0.7)
+
+
+def _over_layers(kind: str, st: BlockDiagonal, perm: torch.Tensor | None = None):
+    """A structure on all 25 coordinates of the composite, with its layer blocks as layer
+    parts (in the block's own order ``perm`` of θ when given): a low rank (+ diagonal), a
+    diagonal, or a dense block through the default (J formed) part variance."""
+    where = torch.arange(25) if perm is None else torch.argsort(perm)  # θ position → local
+    parts = [(blk.layout, where[index]) for _, index, blk in st.blocks if blk.layout is not None]
+    group = st.group_index if perm is None else st.group_index[perm]
+    if kind == "diagonal":
+        return Diagonal(torch.rand(25, generator=_gen(53), dtype=DT), group, layer_parts=parts)
+    if kind == "dense":
+        dense = Dense(_psd(25, 54), group)
+        dense._set_layer_parts(parts)
+        return dense
+    u, _ = torch.linalg.qr(torch.randn(25, 4, generator=_gen(50), dtype=DT))
+    lam = torch.tensor([6.0, 2.0, 0.5, 0.1], dtype=DT)
+    d = torch.rand(25, generator=_gen(51), dtype=DT) if kind == "lowrank+diag" else None
+    return LowRank(u, lam, d, group, parts)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "lowrank+diag", "diagonal", "dense"])
+@pytest.mark.parametrize("prior", PRIOR_KINDS)
+@pytest.mark.parametrize("n_pos", [1, 3])
+def test_variance_from_layer_parts(kind, prior, n_pos):
+    """J Π⁻¹ Jᵀ of a structure over several layers (joint and separate biases, S > 1) and
+    other coordinates, from the layer factors and the dense rest, equals the dense one."""
+    composite = _composite()
+    source, jac = _layer_source(composite, n_pos)
+    st = _over_layers(kind, composite)
+    assert sorted({lay.layer for lay in st.layouts()}) == ["l1", "l2", "l3"]
+    delta = _prior(st, prior)
+    cov = torch.linalg.inv(st.precision_dense(delta, 0.8))
+    expected = jac @ cov @ jac.transpose(1, 2)
+    torch.testing.assert_close(st.functional_variance(source, delta, 0.8), expected)
+    torch.testing.assert_close(st.functional_variance(jac, delta, 0.8), expected)
+    source.memory_budget = 16  # one column of U and one example at a time
+    torch.testing.assert_close(st.functional_variance(source, delta, 0.8), expected)
+    # a source without l2's factors (a layer not called once) has its dense columns instead
+    l2 = torch.cat([i for _, i, blk in composite.blocks if blk.layout == L2])
+    lookup = torch.full((25,), -1, dtype=torch.long)
+    rest = (source.rest[0] >= 0).nonzero().squeeze(1)
+    dense = torch.cat([rest, l2])
+    lookup[dense] = torch.arange(dense.numel())
+    raw = {k: v for k, v in source.layers.items() if k != "l2"}
+    partial = LayerJacobian(source.f, raw, (lookup, jac[..., dense].clone()), 1 << 20)
+    torch.testing.assert_close(st.functional_variance(partial, delta, 0.8), expected)
+    # the same low rank as a block on a permutation of θ: its rest columns are looked up
+    perm = torch.randperm(25, generator=_gen(52))
+    local = _over_layers(kind, composite, perm)
+    outer = BlockDiagonal([("all", perm, local)], 25, composite.group_index)
+    torch.testing.assert_close(
+        outer.functional_variance(source, 0.7, 0.8),
+        jac[..., perm] @ torch.linalg.inv(local.precision_dense(0.7, 0.8)) @ jac[..., perm].mT,
+    )
+
+
+@pytest.mark.parametrize("kind", ["lowrank+diag", "diagonal"])
+def test_layer_parts_persist_and_bad_parts_are_refused(kind):
+    composite = _composite()
+    st = _over_layers(kind, composite)
+    again = structure_from_state_dict(st.state_dict())
+    assert again.layouts() == st.layouts()
+    source, _ = _layer_source(composite)
+    torch.testing.assert_close(
+        again.functional_variance(source, 0.7, 1.0), st.functional_variance(source, 0.7, 1.0)
+    )
+    old = st.state_dict()
+    del old["layer_parts"]  # a state saved before layer parts: dense J in the predictive
+    assert structure_from_state_dict(old).layouts() == []
+    bad = st.state_dict()
+    bad["layer_parts"] = [{"index": torch.arange(6)}]
+    with pytest.raises(ValueError, match="layer_parts"):
+        structure_from_state_dict(bad)
+    before = st.layouts()
+    with pytest.raises(ValueError, match="layer_parts"):
+        st.load_state_dict(bad)
+    assert st.layouts() == before
+    g = torch.ones(25, dtype=DT)
+    with pytest.raises(ValueError, match="needs 6 positions; got 5"):
+        Diagonal(g, layer_parts=[(L1, torch.arange(5))])
+    with pytest.raises(ValueError, match="overlaps"):
+        LowRank(torch.eye(25, 2, dtype=DT), g[:2], None, None,
+                [(L1, torch.arange(6)), (L2, torch.arange(4, 6))])  # fmt: skip
+    with pytest.raises(ValueError, match="outside"):
+        Diagonal(g, layer_parts=[(L2, torch.tensor([0, 1]) + 24)])
+    with pytest.raises(ValueError, match="layout cannot have layer parts"):
+        Diagonal(torch.ones(6, dtype=DT), layout=L1, layer_parts=[(L1, torch.arange(6))])

@@ -15,7 +15,7 @@ from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .hessian import hessian_rows
 from .kfac import mc_columns, output_columns
 from .last_layer import last_layer_curvature
-from .layer_blocks import block_diagonal, layer_blocks
+from .layer_blocks import block_diagonal, layer_blocks, layer_parts
 from .layer_fit import fit_layer_blocks, square_sum
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
 
@@ -125,7 +125,7 @@ def _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size
         desc="diag Hessian",
         batch_size_fn=batch_size_fn,
     )
-    structure = Diagonal(sums["G"], subset.group_index, psd=False)
+    structure = Diagonal(sums["G"], subset.group_index, psd=False, layer_parts=layer_parts(subset))
     return CurvatureResult(structure, n_data, n_out, sums["loss"], "hessian")
 
 
@@ -156,7 +156,11 @@ def _per_example_fit(
         batch_size_fn=batch_size_fn,
     )
     return CurvatureResult(
-        Diagonal(sums["G"], subset.group_index), n_data, n_out, sums["loss"], kind
+        Diagonal(sums["G"], subset.group_index, layer_parts=layer_parts(subset)),
+        n_data,
+        n_out,
+        sums["loss"],
+        kind,
     )
 
 

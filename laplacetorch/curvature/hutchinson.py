@@ -13,6 +13,7 @@ from ..params import ParameterSubset
 from ..structures import Diagonal
 from .base import CurvatureResult
 from .ggn_operator import GGNOperator
+from .layer_blocks import layer_parts
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_hutchinson", "probe_chunk"]
@@ -72,6 +73,10 @@ def fit_hutchinson(
     )
     psd = op.kind != "hessian"  # the Hessian's diagonal may be negative: kept
     structure = Diagonal(
-        diag.clamp_min(0) if psd else diag, subset.group_index, variance=variance, psd=psd
+        diag.clamp_min(0) if psd else diag,
+        subset.group_index,
+        variance=variance,
+        psd=psd,
+        layer_parts=layer_parts(subset),
     )
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

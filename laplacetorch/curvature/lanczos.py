@@ -15,6 +15,7 @@ from ..structures import LowRank
 from .base import CurvatureResult
 from .diag import fit_diag
 from .ggn_operator import GGNOperator
+from .layer_blocks import layer_parts
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_lanczos"]
@@ -115,5 +116,5 @@ def fit_lanczos(
             batch_size_fn=batch_size_fn,
         )
         d = exact.structure.diagonal() - (evecs.square() * evals).sum(1)
-    structure = LowRank(evecs, evals, d, subset.group_index)
+    structure = LowRank(evecs, evals, d, subset.group_index, layer_parts(subset))
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

@@ -24,6 +24,7 @@ __all__ = [
     "LayerBlocks",
     "block_diagonal",
     "layer_blocks",
+    "layer_parts",
     "layer_positions",
     "param_offsets",
     "rest_positions",
@@ -110,6 +111,15 @@ def layer_blocks(
         layers.append(LayerBlocks(name, m, blocks, params))
         covered.update(params)
     return layers, [n for n in subset.names if n not in covered]
+
+
+def layer_parts(subset: ParameterSubset) -> list[tuple[LayerBlock, Tensor]]:
+    """``(layout, θ index)`` of every layer block, for a structure over all of θ that can
+    use the layers' factors in its predictive (none for a subnetwork given by a mask)."""
+    if subset.index is not None:
+        return []
+    layers, _ = layer_blocks(subset)
+    return [(layout, index) for layer in layers for _, index, layout in layer.blocks]
 
 
 def layer_positions(module: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:

@@ -31,6 +31,7 @@ from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
 from .gp import kernel_matrices, subset_points, top_eigen
+from .layer_blocks import layer_parts
 from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
 
 __all__ = ["fit_nystrom"]
@@ -101,7 +102,11 @@ def fit_nystrom(
         raise ValueError(f"the loader gave {n_seen} examples, {n_data} before")
     a, q = torch.linalg.eigh(0.5 * (sums["A"] + sums["A"].T).double())
     structure = LowRank(
-        (u.double() @ q).to(u.dtype), a.clamp_min(0).to(u.dtype), None, subset.group_index
+        (u.double() @ q).to(u.dtype),
+        a.clamp_min(0).to(u.dtype),
+        None,
+        subset.group_index,
+        layer_parts(subset),
     )
     return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .layer_parts import LayerParts, PartFactors
 from .layout import LayerBlock
 from .prior import check_scale, expand_prior, parse_prior, prior_on_block, single_group
 from .sources import DenseJacobian, JacobianSource
@@ -73,6 +74,10 @@ class Structure(ABC):
         n_params: P. group_index: ``[P]`` group of each parameter (default: one group).
         layout: where the block's coordinates come from in a layer (see
             :class:`~laplacetorch.structures.layout.LayerBlock`), for Jacobian-free predictives.
+
+    A structure over several layers may carry ``layer_parts`` instead
+    (:class:`~laplacetorch.structures.layer_parts.LayerParts`, set by :meth:`_set_layer_parts`):
+    its predictive then uses each part's layer factors (:meth:`_fvar_parts`).
     """
 
     #: names of the tensors returned by ``_tensors`` (persistence)
@@ -108,6 +113,14 @@ class Structure(ABC):
                 f"layout {layout} covers {layout.numel} parameters; the block has {n_params}"
             )
         self.layout = layout
+        self.layer_parts: LayerParts | None = None
+
+    def _set_layer_parts(self, parts: list[tuple[LayerBlock, Tensor]] | None) -> None:
+        """Install ``(layout, index)`` layer parts (see :mod:`.layer_parts`); refuses them on a
+        block that already has a layout."""
+        if parts and self.layout is not None:
+            raise ValueError("a block with a layout cannot have layer parts too")
+        self.layer_parts = LayerParts(parts, self.n_params, self.device) if parts else None
 
     @property
     def n_groups(self) -> int:
@@ -223,6 +236,8 @@ class Structure(ABC):
 
     def layouts(self) -> list[LayerBlock]:
         """The layer layouts whose factors the predictive can use instead of dense J."""
+        if self.layer_parts is not None:
+            return self.layer_parts.layouts()
         return [self.layout] if self.layout is not None else []
 
     def precision_dense(
@@ -266,6 +281,10 @@ class Structure(ABC):
 
     def _fvar(self, source: JacobianSource, positions: Tensor | None, d: Tensor, s: Tensor):
         """J_b Π_b⁻¹ J_bᵀ with J_b the columns of ``source`` at ``positions`` of θ."""
+        if self.layer_parts is not None:
+            split = self.layer_parts.split(source, positions)
+            if split is not None:
+                return self._fvar_parts(split, d, s, source.memory_budget)
         factors = source.factors(self.layout) if self.layout is not None else None
         if factors is not None:
             return self._fvar_factors(*factors, d, s, source.memory_budget)
@@ -284,6 +303,17 @@ class Structure(ABC):
             jac = torch.einsum("cbsi,bsj->bcij", g[:, b0 : b0 + chunk], a[b0 : b0 + chunk])
             parts.append(self._fvar_dense(jac.flatten(2), d, s))
         return torch.cat(parts)
+
+    def _fvar_parts(self, split: PartFactors, d: Tensor, s: Tensor, memory_budget: int) -> Tensor:
+        """J Π⁻¹ Jᵀ from layer parts' factors and the rest's dense columns; by default J is
+        formed (structures with layer parts override this)."""
+        b, c = split.shape
+        jac = torch.zeros(b, c, self.n_params, dtype=self.dtype, device=self.device)
+        for _, index, a, g in split.parts:
+            jac[..., index] = torch.einsum("cbsi,bsj->bcij", g, a).flatten(2)
+        if split.cols is not None:
+            jac[..., split.rest] = split.cols
+        return self._fvar_dense(jac, d, s)
 
     def merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
         """The curvature of the union of the data this structure and ``other`` (fitted the
@@ -326,6 +356,7 @@ class Structure(ABC):
             "n_params": self.n_params,
             "group_index": self.group_index.cpu(),
             "layout": None if self.layout is None else self.layout.to_dict(),
+            **({} if self.layer_parts is None else {"layer_parts": self.layer_parts.state()}),
             **{k: v.cpu() for k, v in self._tensors().items()},
         }
 
@@ -339,6 +370,7 @@ class Structure(ABC):
             )
         other = type(self).from_state_dict(state, self.device, self.dtype)
         self.group_index, self.layout = other.group_index, other.layout
+        self.layer_parts = other.layer_parts
         self._set_tensors(other._tensors())
 
     @classmethod
@@ -364,6 +396,7 @@ class Structure(ABC):
         tensors = {k: state[k].to(obj.device, dtype) for k in cls._tensor_keys}
         obj._check_tensor_shapes(tensors)
         obj._set_tensors(tensors)
+        obj.layer_parts = LayerParts.from_state(state.get("layer_parts"), obj.n_params, obj.device)
         return obj
 
     @abstractmethod

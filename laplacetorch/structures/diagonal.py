@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Structure, require_positive
+from .layer_parts import PartFactors
 from .layer_variance import layer_variance
 from .layout import LayerBlock
 
@@ -26,6 +27,8 @@ class Diagonal(Structure):
         group_index: ``[P]`` group of each parameter (for a per-layer prior).
         variance: optional ``[P]`` estimator variance (for stochastic diagonals).
         layout: the layer block the coordinates belong to, if any.
+        layer_parts: for a diagonal over several layers, ``(layout, index)`` of each layer
+            block's coordinates (see :mod:`~laplacetorch.structures.layer_parts`).
     """
 
     _tensor_keys = ("diagonal", "psd")
@@ -37,6 +40,7 @@ class Diagonal(Structure):
         variance: Tensor | None = None,
         layout: LayerBlock | None = None,
         psd: bool = True,
+        layer_parts: list[tuple[LayerBlock, Tensor]] | None = None,
     ) -> None:
         if diagonal.dim() != 1:
             raise ValueError(f"diagonal must be a vector [P]; got {list(diagonal.shape)}")
@@ -46,6 +50,7 @@ class Diagonal(Structure):
         g = diagonal.clamp_min(0) if psd else diagonal
         self._set_tensors({"diagonal": g, "psd": torch.tensor(psd)})
         self.variance = variance
+        self._set_layer_parts(layer_parts)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {"diagonal": self.g, "psd": torch.tensor(self.psd)}
@@ -71,7 +76,12 @@ class Diagonal(Structure):
     def _merged(self, other: Structure, n_self: int, n_other: int) -> Structure:
         if self.variance is not None or other.variance is not None:
             return super()._merged(other, n_self, n_other)  # a Hutchinson estimate
-        return Diagonal(self.g + other.g, self.group_index, layout=self.layout, psd=self.psd)
+        parts = None if self.layer_parts is None else self.layer_parts.parts
+        if other.layouts() != self.layouts():
+            raise TypeError("cannot add a diagonal with other layer parts")
+        return Diagonal(
+            self.g + other.g, self.group_index, layout=self.layout, psd=self.psd, layer_parts=parts
+        )
 
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         return v * self.g
@@ -106,3 +116,13 @@ class Diagonal(Structure):
     ) -> Tensor:
         w = self._prec(d, s).reciprocal().view(self.layout.shape)
         return layer_variance(g, a, w, memory_budget)
+
+    def _fvar_parts(self, split: PartFactors, d: Tensor, s: Tensor, memory_budget: int) -> Tensor:
+        w = self._prec(d, s).reciprocal()
+        var = sum(
+            layer_variance(g, a, w[index].view(layout.shape), memory_budget)
+            for layout, index, a, g in split.parts
+        )
+        if split.cols is not None:
+            var = var + torch.einsum("bcp,p,bdp->bcd", split.cols, w[split.rest], split.cols)
+        return var

@@ -6,6 +6,9 @@ import torch
 from torch import Tensor
 
 from .base import Structure
+from .layer_parts import PartFactors
+from .layer_variance import layer_variance
+from .layout import LayerBlock
 
 __all__ = ["LowRank"]
 
@@ -23,10 +26,18 @@ class LowRank(Structure):
 
     Everything is exact for the matrix it represents; a new δ or s costs O(P r²) at most.
 
+    With ``layer_parts`` (where coordinates of θ sit in which layer) the predictive needs no
+    dense Jacobian: J Π⁻¹ Jᵀ = J D⁻¹ Jᵀ − (J D⁻¹W) K⁻¹ (J D⁻¹W)ᵀ, where J D⁻¹ Jᵀ is a diagonal
+    layer variance and J M (M = D⁻¹W ``[P, r]``) is, for a layer part,
+    (J M)[b, c, k] = Σₛ Σᵢⱼ g[c, b, s, i] M[(i, j), k] ã[b, s, j]; the coordinates outside
+    the parts use the source's dense columns.
+
     Args:
         eigenvectors: U ``[P, r]`` with orthonormal columns.
         eigenvalues: λ ``[r]``.
         diag_correction: d ``[P]`` or ``None``.
+        layer_parts: ``(layout, index)`` pairs: the coordinates ``index`` ``[numel]`` of the
+            block are layout's [rows, cols (+ bias)] in row-major order; disjoint.
     """
 
     _tensor_keys = ("eigenvectors", "eigenvalues", "diag_correction")
@@ -37,6 +48,7 @@ class LowRank(Structure):
         eigenvalues: Tensor,
         diag_correction: Tensor | None = None,
         group_index: Tensor | None = None,
+        layer_parts: list[tuple[LayerBlock, Tensor]] | None = None,
     ) -> None:
         if eigenvectors.dim() != 2 or eigenvalues.shape != (eigenvectors.shape[1],):
             raise ValueError(
@@ -58,6 +70,7 @@ class LowRank(Structure):
                 "diag_correction": d,
             }
         )
+        self._set_layer_parts(layer_parts)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {"eigenvectors": self.U, "eigenvalues": self.lam, "diag_correction": self.d}
@@ -136,6 +149,37 @@ class LowRank(Structure):
         m = torch.linalg.solve_triangular(chol, (jac @ dw).transpose(-1, -2), upper=False)
         return base - m.transpose(-1, -2) @ m
 
+    def _fvar_parts(self, split: PartFactors, d: Tensor, s: Tensor, memory_budget: int) -> Tensor:
+        # J Π⁻¹ Jᵀ = J D⁻¹ Jᵀ − (J D⁻¹ U) diag(w) K⁻¹ diag(w) (J D⁻¹ U)ᵀ, w = √(sλ),
+        # K = I + diag(w) Uᵀ D⁻¹ U diag(w); no [P, r] temporary under a scalar prior.
+        inv_d = (s * self.d + d).expand(self.n_params).reciprocal()
+        iso, w = self._isotropic(d), (s * self.lam).sqrt()
+        b, c = split.shape
+        jdu = torch.zeros(b, c, self.rank, dtype=self.dtype, device=self.device)
+        base = 0.0
+        for layout, index, a, g in split.parts:
+            base = base + layer_variance(g, a, inv_d[index].view(layout.shape), memory_budget)
+            # U's rows of the layer in chunks of columns: its copies stay within the budget
+            step = max(1, memory_budget // max(2 * index.numel() * self.U.element_size(), 1))
+            for k0 in range(0, self.rank, step):
+                u = self.U[index, k0 : k0 + step]
+                u = u if iso else u * inv_d[index].unsqueeze(1)
+                t = _layer_times(a, g, u.view(*layout.shape, -1), memory_budget)
+                jdu[..., k0 : k0 + step] += t
+        if split.cols is not None:
+            rest, cols = split.rest, split.cols
+            u = self.U[rest] if iso else self.U[rest] * inv_d[rest].unsqueeze(1)
+            base = base + torch.einsum("bcp,p,bdp->bcd", cols, inv_d[rest], cols)
+            jdu += cols @ u
+        if iso:  # UᵀU = I: K is diagonal
+            m = jdu * (w / d / (1 + w.square() / d).sqrt())
+            return base - m @ m.transpose(-1, -2)
+        eye = torch.eye(self.rank, dtype=self.dtype, device=self.device)
+        k = eye + w.unsqueeze(1) * (self.U.T @ (self.U * inv_d.unsqueeze(1))) * w
+        chol = torch.linalg.cholesky(k)
+        m = torch.linalg.solve_triangular(chol, (jdu * w).transpose(-1, -2), upper=False)
+        return base - m.transpose(-1, -2) @ m
+
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         return ((v @ self.U) * self.lam) @ self.U.T + v * self.d
 
@@ -144,3 +188,16 @@ class LowRank(Structure):
 
     def diagonal(self) -> Tensor:
         return (self.U.square() * self.lam).sum(1) + self.d
+
+
+def _layer_times(a: Tensor, g: Tensor, m: Tensor, memory_budget: int) -> Tensor:
+    """(J M)[b, c, k] = Σₛ Σᵢⱼ g[c, b, s, i] m[i, j, k] a[b, s, j] ``[B, C, r]`` for ``a``
+    ``[B, S, in']``, ``g`` ``[C, B, S, out]``, ``m`` ``[out, in', r]``, through
+    t = a·m ``[b, S, out, r]`` in chunks of examples under ``memory_budget``."""
+    per_example = a.shape[1] * m.shape[0] * m.shape[2] * a.element_size()
+    chunk = max(1, memory_budget // max(per_example, 1))
+    parts = []
+    for b0 in range(0, a.shape[0], chunk):
+        t = torch.einsum("bsj,ijk->bsik", a[b0 : b0 + chunk], m)
+        parts.append(torch.einsum("cbsi,bsik->bck", g[:, b0 : b0 + chunk], t))
+    return torch.cat(parts)
