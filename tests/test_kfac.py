@@ -356,3 +356,20 @@ def test_layers_kfac_cannot_represent_get_exact_diagonal_blocks(net):
     assert kron == {"norm_only": set(), "tied": {"4"}, "twice": {"head"}}[net]
     g = dense_ggn(sub, x, x, "regression")
     torch.testing.assert_close(res.structure.curvature_dense(), _block_diag_of(g, res.structure))
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 40])
+def test_output_gram_of_conv_gradients_without_the_copy(budget):
+    """A conv layer's g is a transposed view of [K, B, out, S]: its Gram, summed in batched
+    chunks, equals the flat [K·B·S, out] product; other layouts take the flat path."""
+    from laplacetorch.curvature.kfac import output_gram
+
+    g0 = torch.randn(3, 4, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = g0.transpose(2, 3)  # [K, B, S = 7, out = 5], as layer_positions gives a conv's
+    flat = g.reshape(-1, 5)
+    torch.testing.assert_close(output_gram(g, budget), flat.T @ flat)
+    dense = g.contiguous()
+    torch.testing.assert_close(output_gram(dense, budget), flat.T @ flat)
+    rows = g[..., 1:4]  # a conv group's rows of the output channels
+    rf = rows.reshape(-1, 3)
+    torch.testing.assert_close(output_gram(rows, budget), rf.T @ rf)

@@ -477,3 +477,16 @@ def test_seeded_and_global_rng_untouched(name):
     assert torch.equal(a, b)
     if name not in ("largest_eigenvalue", "neumann"):  # converged answers need not differ
         assert not torch.equal(a, c)
+
+
+def test_all_finite_is_exact_where_the_sum_is_not():
+    from laplacetorch.linalg.eigh import all_finite
+
+    big = torch.full((4, 4), 3e38)  # finite entries whose float32 sum overflows
+    assert all_finite(big) and all_finite(torch.zeros(0))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        a = torch.ones(3, 3)
+        a[1, 2] = bad
+        assert not all_finite(a)
+    cancel = torch.tensor([float("inf"), -float("inf")])  # the sum is NaN, the test catches it
+    assert not all_finite(cancel)

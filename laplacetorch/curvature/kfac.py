@@ -87,6 +87,26 @@ def fit_kfac(
     )
 
 
+def output_gram(g: Tensor, memory_budget: int) -> Tensor:
+    """Σₖ Σₙ Σₛ gₖₙₛ gₖₙₛᵀ ``[out, out]`` for ``g`` ``[K, B, S, out]``.
+
+    A conv layer's g is a transposed view of its ``[K, B, out, S]`` gradients: flattening it
+    to ``[K·B·S, out]`` would copy all of it (slower than the product), so its Gram is summed
+    from batched ``[out, S]`` products, in chunks whose results fit ``memory_budget``.
+    """
+    k, b, n_pos, n_out = g.shape
+    if n_pos == 1 or g.stride(-2) != 1:
+        gf = g.reshape(-1, n_out)
+        return gf.T @ gf
+    gt = g.transpose(-1, -2).reshape(k * b, n_out, n_pos)  # a view for a conv's gradients
+    step = max(1, memory_budget // max(n_out * n_out * g.element_size(), 1))
+    total = g.new_zeros(n_out, n_out)
+    for i in range(0, k * b, step):
+        c = gt[i : i + step]
+        total += torch.bmm(c, c.transpose(1, 2)).sum(0)
+    return total
+
+
 def kfac_pass(
     subset: ParameterSubset,
     likelihood: Likelihood,
@@ -110,9 +130,9 @@ def kfac_pass(
     def factor_sums(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
         if approximation == "reduce":
             a, g = a.mean(1, keepdim=True), g.sum(2, keepdim=True)
-        af, gf = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+        af = a.reshape(-1, a.shape[-1])
         r = af.new_tensor(float(a.shape[0] * a.shape[1]))
-        return {f"{name}.A": af.T @ af, f"{name}.B": gf.T @ gf, f"{name}.R": r}
+        return {f"{name}.A": af.T @ af, f"{name}.B": output_gram(g, memory_budget), f"{name}.R": r}
 
     def kron(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock) -> Kron:
         a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]

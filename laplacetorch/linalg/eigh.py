@@ -12,7 +12,13 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["symmetric_eigh"]
+__all__ = ["all_finite", "symmetric_eigh"]
+
+
+def all_finite(a: Tensor) -> bool:
+    """Whether every entry of ``a`` is finite: one sum (NaN and ±Inf carry into it), and the
+    entrywise test only when the sum is not finite (a NaN, an Inf, or an overflowing sum)."""
+    return bool(torch.isfinite(a.sum())) or bool(torch.isfinite(a).all())
 
 
 def symmetric_eigh(a: Tensor, what: str = "the curvature") -> tuple[Tensor, Tensor]:
@@ -24,7 +30,7 @@ def symmetric_eigh(a: Tensor, what: str = "the curvature") -> tuple[Tensor, Tens
     Raises:
         ValueError: A is not finite, or no attempt converged.
     """
-    if not bool(torch.isfinite(a).all()):
+    if not all_finite(a):
         raise ValueError(f"{what} contains NaN or Inf; its eigendecomposition is undefined")
     sym = 0.5 * (a + a.mT)
     try:

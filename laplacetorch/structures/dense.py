@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..linalg.eigh import symmetric_eigh
+from ..linalg.eigh import all_finite, symmetric_eigh
 from .base import Structure, report_indefinite, require_positive
 from .layout import LayerBlock
 
@@ -51,7 +51,7 @@ class Dense(Structure):
     ) -> None:
         if curvature.dim() != 2 or curvature.shape[0] != curvature.shape[1]:
             raise ValueError(f"curvature must be square [P, P]; got {list(curvature.shape)}")
-        if not torch.isfinite(curvature).all():
+        if not all_finite(curvature):
             raise ValueError("curvature contains NaN or Inf")
         p = curvature.shape[0]
         super().__init__(p, group_index, curvature.dtype, curvature.device, layout)

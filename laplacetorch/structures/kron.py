@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..linalg.eigh import symmetric_eigh
+from ..linalg.eigh import all_finite, symmetric_eigh
 from .base import Structure
 from .layer_variance import layer_variance
 from .layout import LayerBlock
@@ -52,7 +52,7 @@ class Kron(Structure):
         layout: LayerBlock | None = None,
     ) -> None:
         for name, f in (("b", b), ("a", a)):
-            if f.dim() != 2 or f.shape[0] != f.shape[1] or not torch.isfinite(f).all():
+            if f.dim() != 2 or f.shape[0] != f.shape[1] or not all_finite(f):
                 raise ValueError(f"Kronecker factor {name} must be a finite square matrix")
         super().__init__(b.shape[0] * a.shape[0], group_index, b.dtype, b.device, layout)
         lb, qb = symmetric_eigh(b, "a Kronecker factor B (output side)")
