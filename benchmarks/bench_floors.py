@@ -18,7 +18,9 @@ design aims at (docs/performance.md):
 Verdict: PASS when ratio <= 1.25 × floor, else MISS; ratio / floor is printed either way.
 Under the kfac exact row, the eigendecompositions of its Kronecker factors (timed once more on
 the fitted factors) show how much of that fit they take: on a net with a wide layer they,
-not the data pass, set the cost.
+not the data pass, set the cost. Two more rows judge both KFAC fits against a floor that
+also counts the factor GEMMs (B·S·in'² and K·B·S·out² per batch, from the layer sizes) and
+that eigh time (:func:`gemm_rows`).
 The nets, all float32, trained briefly with Adam and in eval mode, all weights Bayesian:
 
 1. ``mlp``: the 64-256-256-10 ReLU MLP on sklearn's digits (1500 train), batch 128;
@@ -439,9 +441,14 @@ def bench_net(net: Net, repeats: int, skip_lanczos: bool, slq: bool) -> NetResul
     c_floor = exact_floor(net.n_classes)
     kfac = fit_row("kfac exact", "kfac exact (type-2)", c_floor, f"(1+2C)/3 = {c_floor:.3g}")
     res.rows.append(kfac)
+    eigh = None
     if "kfac exact" in times:
-        res.rows.append(eigh_row(las["kfac exact"], grad, kfac))
-    res.rows.append(fit_row("kfac mc", "kfac mc (1 sample)", MC_FLOOR, f"{MC_FLOOR:g} (≈ 1-2)"))
+        eigh = eigh_row(las["kfac exact"], grad, kfac)
+        res.rows.append(eigh)
+    mc = fit_row("kfac mc", "kfac mc (1 sample)", MC_FLOOR, f"{MC_FLOOR:g} (≈ 1-2)")
+    res.rows.append(mc)
+    if eigh is not None and net.key != "lora":  # LoRA: a frozen base dominates the epoch
+        res.rows.extend(gemm_rows(net, kfac, mc, eigh))
     e_floor = None if kfac.ratio is None else kfac.ratio + 1
     e_text = "-" if e_floor is None else f"kfac + 1 = {e_floor:.3g}"
     res.rows.append(fit_row("ekfac exact", "ekfac exact", e_floor, e_text))
@@ -514,6 +521,64 @@ def eigh_row(la: Laplace, grad: list[float], kfac: Row) -> Row:
         sec / statistics.median(grad),
         note=f"{len(factors)} factors, the widest {widest}; {share}",
     )
+
+
+def layer_counts(net: Net) -> tuple[float, float, float]:
+    """Multiply-adds per example of the Linear / Conv layers: the forward GEMMs
+    F = Σ S·in'·out, the input factors Σ S·in'² and the output factors Σ S·out² (one
+    column), from one forward on the first batch (S: positions, in' = in·kernel + bias)."""
+    sizes: list[tuple[int, int, int]] = []
+
+    def hook(m: nn.Module, inputs: Any, out: Tensor) -> None:
+        n_out = m.weight.shape[0]
+        n_in = m.weight[0].numel() + (m.bias is not None)
+        positions = out[0].numel() // n_out  # sequence positions or conv output pixels
+        sizes.append((positions, n_in, n_out))
+
+    mods = [m for m in net.model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    mods = [m for m in mods if m.weight.requires_grad]
+    handles = [m.register_forward_hook(hook) for m in mods]
+    x, _ = next(iter(BatchAdapter(net.fit_loader)))
+    with torch.no_grad():
+        net.model(**x) if isinstance(x, dict) else net.model(x)
+    for h in handles:
+        h.remove()
+    forward = sum(s * i * o for s, i, o in sizes)
+    return forward, sum(s * i * i for s, i, _ in sizes), sum(s * o * o for s, _, o in sizes)
+
+
+def gemm_rows(net: Net, kfac: Row, mc: Row, eigh: Row) -> list[Row]:
+    """The KFAC floors once its factor GEMMs and eigendecompositions are counted.
+
+    The issue's floors count the forward and the backward columns; the factors add
+    B·S·in'² (input side) and K·B·S·out² (output side, K = C columns or 1 sample) per batch,
+    which on square or wide layers is more than the forward itself, and the eigh of the
+    factors is a cost per fit that does not grow with N (the "of which eigh" row). In units
+    of an epoch ≈ 3F (forward and two backward GEMMs):
+    exact ≈ (F + C·F + A + C·G) / 3F + eigh, mc ≈ (2F + A + G) / 3F + eigh.
+    """
+    try:
+        f, a, g = layer_counts(net)
+    except Exception:
+        return [Row("  GEMM-count floors", verdict="ERROR", note=traceback.format_exc())]
+    c, e = net.n_classes, eigh.ratio or 0.0
+    rows = []
+    for base, label, count in (
+        (kfac, "kfac exact", (f + c * f + a + c * g) / (3 * f)),
+        (mc, "kfac mc", (2 * f + a + g) / (3 * f)),
+    ):
+        floor = count + e
+        row = Row(
+            f"  {label}, GEMM count + eigh",
+            base.seconds,
+            base.ratio,
+            base.best_ratio,
+            floor,
+            f"{count:.3g} + {e:.3g} = {floor:.3g}",
+            note=f"factors {(a + (c if label == 'kfac exact' else 1) * g) / f:.2g} F",
+        )
+        rows.append(row.judge() if base.ratio is not None else row)
+    return rows
 
 
 def slq_row(
