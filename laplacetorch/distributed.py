@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["active_group", "gather_rows", "over", "reduce_sums"]
+__all__ = ["active_group", "gather_rows", "over", "rank_seed", "reduce_sums"]
 
 _GROUP: ContextVar[Any] = ContextVar("laplacetorch_process_group", default=None)
 
@@ -47,6 +47,18 @@ def active_group() -> Any:
             return dist.group.WORLD
         return None
     return group
+
+
+#: rank r's Monte-Carlo stream is seeded seed + r·RANK_SEED_STRIDE
+RANK_SEED_STRIDE = 1_000_000_007
+
+
+def rank_seed(seed: int) -> int:
+    """The seed of this rank's Monte-Carlo targets: ``seed`` on rank 0 (and without a
+    group), ``seed + rank·RANK_SEED_STRIDE`` on the others, so that the ranks' shards get
+    independent draws instead of one stream repeated on every rank."""
+    group = active_group()
+    return seed if group is None else seed + dist.get_rank(group) * RANK_SEED_STRIDE
 
 
 def reduce_sums(

@@ -89,10 +89,36 @@ def _worker(rank, world, port, out, structures, bad_rank):
     os._exit(0)
 
 
-def _run(world, structures, bad_rank=None):
+def _mc_worker(rank, world, port, out, structures, bad_rank):
+    """Every rank fits MC KFAC and MC diag on the same examples (identical shards)."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        x, y = make_data("mlp", "classification", n=20)
+        results = {}
+        for structure in ("kfac", "diag"):
+            la = Laplace(
+                make_mlp(), "classification", "all", structure, fisher_type="mc",
+                backend_options={"seed": 5},
+            )  # fmt: skip
+            la.fit(batches(x[:10], y[:10], 4))
+            results[structure] = la.structure.diagonal()
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)
+
+
+def _run(world, structures, bad_rank=None, worker=_worker):
     with tempfile.TemporaryDirectory() as out:
         ctx = mp.start_processes(
-            _worker,
+            worker,
             args=(world, _port(), out, structures, bad_rank),
             nprocs=world,
             join=False,
@@ -139,3 +165,22 @@ def test_without_torch_distributed_nothing_changes():
     )
     torch.testing.assert_close(a.evidence(0.5), b.evidence(0.5))
     assert DT == torch.float64
+
+
+def test_mc_fits_draw_independent_samples_on_each_rank():
+    """Two ranks holding the same examples: rank 0 draws what one process draws (its seed),
+    rank 1 its own stream, so the reduced curvature is not twice one rank's (it would be,
+    exactly, with one stream repeated on every rank) and is the same on both ranks."""
+    x, y = make_data("mlp", "classification", n=20)
+    per_rank = _run(2, [], worker=_mc_worker)
+    for structure in ("kfac", "diag"):
+        la = Laplace(
+            make_mlp(), "classification", "all", structure, fisher_type="mc",
+            backend_options={"seed": 5},
+        )  # fmt: skip
+        one = la.fit(batches(x[:10], y[:10], 4)).structure.diagonal()
+        both = per_rank[0][structure]
+        torch.testing.assert_close(per_rank[1][structure], both, rtol=1e-12, atol=0)
+        assert not torch.allclose(both, 2 * one, rtol=1e-6)
+        rank1 = both - one  # rank 1's own draws: a curvature of the same order
+        assert bool((rank1 >= -1e-9).all()) and 0.3 < float(rank1.sum() / one.sum()) < 3

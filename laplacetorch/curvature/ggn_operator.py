@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
 from ..datapass import accumulate, require_reiterable
+from ..distributed import rank_seed
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
@@ -132,7 +133,7 @@ class GGNOperator:
     def batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> Tensor:
         """The curvature of one batch ``(x, y)`` applied to the rows of ``v`` ``[m, P]``."""
         if self.mc and self._mc_gen is None:
-            self._mc_gen = torch.Generator(device=self.device).manual_seed(self.mc_seed)
+            self._mc_gen = torch.Generator(device=self.device).manual_seed(rank_seed(self.mc_seed))
         return self._batch_matvec(x, y, v)[0]
 
     def _batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,7 +175,7 @@ class GGNOperator:
 
         self.n_matvecs += 1
         if self.mc:  # the same samples at every product: a fixed operator
-            self._mc_gen = torch.Generator(device=self.device).manual_seed(self.mc_seed)
+            self._mc_gen = torch.Generator(device=self.device).manual_seed(rank_seed(self.mc_seed))
         sums = self._pass(step, "ggn-vector product")
         if self._stats is None:
             self._stats = (int(sums["n_data"]), sums["loss"])

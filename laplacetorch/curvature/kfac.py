@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..distributed import rank_seed
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Kron, LayerBlock
@@ -176,7 +177,7 @@ def check_kfac_options(
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
         raise ValueError(f"mc_samples must be an integer >= 1; got {mc_samples!r}")
     if generator is None and fisher_type == "mc":
-        generator = torch.Generator(device=subset.device).manual_seed(seed)
+        generator = torch.Generator(device=subset.device).manual_seed(rank_seed(seed))
     return KFAC_FISHER_TYPES[fisher_type], generator
 
 
@@ -197,7 +198,7 @@ def mc_columns(
 
     def columns(f: Tensor, y: Tensor) -> Tensor:
         if box[0] is None:  # on the data's device, at the first batch
-            box[0] = torch.Generator(device=f.device).manual_seed(seed)
+            box[0] = torch.Generator(device=f.device).manual_seed(rank_seed(seed))
         return output_columns(likelihood, "mc", f, y, mc_samples, box[0])
 
     return columns
