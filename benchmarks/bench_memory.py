@@ -183,8 +183,10 @@ def main() -> None:
     # the predictive's peak is set by its chunks (memory_budget): C output-gradient columns
     # of every layer per row; a small budget trades speed for memory
     cases += ["ours:lanczos:fit", "ours:lanczos:predict", "ours:hutchinson:predict"]
-    cases += ["ours:last_layer-full:predict"]
-    cases += [f"ours:{s}:predict:1" for s in ("diag", "kfac", "ekfac", "lanczos")]
+    cases += ["ours:last_layer-full:predict", "ours:hutchinson:predict:1"]
+    cases += [
+        f"ours:{s}:predict:1" for s in ("diag", "kfac", "ekfac", "lanczos", "last_layer-full")
+    ]
     if peer:
         cases += [f"laplace-torch:{s}:{w}" for s in ("diag", "kron") for w in ("fit", "predict")]
     if cl:

@@ -181,6 +181,8 @@ class Dense(Structure):
         # (J Q)[b, c, :] = Σᵢ g[c, b, i] Σⱼ ã[b, j] Q[(i, j), :]: B·P² + B·C·out·P flops
         # instead of B·C·P²; the intermediate [B, out, P] is no larger than J Q while
         # out ≤ C (a linear head: out = C).
-        t = torch.einsum("bj,ijp->bip", a[:, 0], self.eigenvectors.view(out, cols, -1))
-        m = torch.einsum("cbi,bip->bcp", g[:, :, 0], t) * self._eig_prec(d, s).rsqrt()
+        # batched matmuls over views: einsum would copy the [out, in', P] eigenvectors
+        t = torch.matmul(a[:, 0].unsqueeze(0), self.eigenvectors.view(out, cols, -1))  # [out, B, P]
+        m = torch.matmul(g[:, :, 0].permute(1, 0, 2), t.transpose(0, 1))
+        m = m * self._eig_prec(d, s).rsqrt()
         return m @ m.transpose(-1, -2)
