@@ -131,7 +131,7 @@ def jacobian_sources(
         # a block's products are at most [b, C, P] per chunk (a dense head's J Q)
         row = subset.n_params * _bytes(subset)
         n_out = n_out_of(subset, x)
-        chunk = max(1, memory_budget // max(row * n_out, 1))
+        chunk = min(max(1, memory_budget // max(row * n_out, 1)), batch_rows(n_examples, n_out))
         for s in range(0, n_examples, chunk):
             phi, f = subset.features(_index(x, slice(s, s + chunk)))
             eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
@@ -139,11 +139,11 @@ def jacobian_sources(
             yield LayerJacobian(f, {names[0]: (phi.unsqueeze(1), g)}, None, memory_budget)
         return
     modules = dict(subset.model.named_modules())
-    layers, per_example = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
+    layers, per_example, n_out = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
     rest = _rest_subset(subset, layers)
     if rest is not None:  # the rest's dense columns [C, R] per example
-        per_example += n_out_of(subset, x) * int((rest[1] >= 0).sum()) * _bytes(subset)
-    chunk = max(1, memory_budget // max(per_example, 1))
+        per_example += n_out * int((rest[1] >= 0).sum()) * _bytes(subset)
+    chunk = min(max(1, memory_budget // max(per_example, 1)), batch_rows(n_examples, n_out))
     for s in range(0, n_examples, chunk):
         xc = _index(x, slice(s, s + chunk))
         with torch.enable_grad(), capture_layers(layers) as record:
@@ -187,6 +187,17 @@ def function_samples(
         return torch.stack([subset.forward(t, x) for t in thetas])
 
 
+def batch_rows(n_examples: int, n_out: int) -> int:
+    """The most rows of a layer-factor chunk for a batch of ``n_examples``: ⌈3B / (2(C + 1))⌉.
+
+    A row of a chunk holds each layer's input and C output-gradient columns (about C + 1
+    activations of the layer) and the batched backward about as much again, so chunks of
+    this size keep the predictive within about three forward passes of the whole batch's
+    activations, whatever ``memory_budget`` allows.
+    """
+    return max(1, -(-3 * n_examples // (2 * (n_out + 1))))
+
+
 def n_out_of(subset: ParameterSubset, x: Any) -> int:
     """C, from the outputs of the first example."""
     with torch.no_grad():
@@ -199,9 +210,9 @@ def _bytes(subset: ParameterSubset) -> int:
 
 def _callable_once(
     subset: ParameterSubset, layers: list[_Layer], x: Any
-) -> tuple[list[_Layer], int]:
-    """The layers called exactly once by a forward pass (a probe on one example), and the
-    bytes per example of their recorded inputs and C output-gradient columns."""
+) -> tuple[list[_Layer], int, int]:
+    """The layers called exactly once by a forward pass (a probe on one example), the
+    bytes per example of their recorded inputs and C output-gradient columns, and C."""
     with torch.no_grad(), capture_layers(layers) as record:
         out = subset.call(_index(x, slice(0, 1)))
     kept = [la for la in layers if record["calls"].get(la.name) == 1]
@@ -211,7 +222,7 @@ def _callable_once(
         + n_out * record["outputs"][la.name].numel()
         for la in kept
     )
-    return kept, size * out.element_size()
+    return kept, size * out.element_size(), n_out
 
 
 def _patch_factor(module: nn.Module) -> int:

@@ -126,3 +126,31 @@ def test_dense_layer_blocks_form_their_jacobian_in_chunks(monkeypatch):
     assert 0 < largest[0] <= budget
     _, ref = la.glm_moments(big[:7])
     torch.testing.assert_close(var[:7], ref)
+
+
+@pytest.mark.parametrize("structure", ["kfac", "lanczos"])
+def test_layer_chunks_stay_within_a_few_forward_passes_of_the_batch(structure, monkeypatch):
+    """Under the default budget a batch of B rows comes in chunks of at most
+    ⌈3B / (2(C + 1))⌉ rows (C + 1 activations a row, and the backward as much again), with
+    the same variances as one chunk."""
+    import laplacetorch.predictive as pred
+
+    model = make_mlp().float()
+    x, y = make_data("mlp", "classification", n=20)
+    la = Laplace(model, "classification", "all", structure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la.fit(batches(x.float(), y))
+    sizes, real = [], pred.LayerJacobian.__init__
+
+    def spy(self, f, *args, **kwargs):
+        sizes.append(f.shape[0])
+        real(self, f, *args, **kwargs)
+
+    monkeypatch.setattr(pred.LayerJacobian, "__init__", spy)
+    big = torch.randn(400, 4, generator=torch.Generator().manual_seed(2))
+    _, var = la.glm_moments(big)
+    assert pred.batch_rows(400, 3) == 150 and sizes == [150, 150, 100]
+    monkeypatch.setattr(pred, "batch_rows", lambda n, c: n)  # one chunk
+    _, whole = la.glm_moments(big)
+    torch.testing.assert_close(var, whole)

@@ -83,6 +83,7 @@ class LowRank(Structure):
             raise ValueError(f"state entry 'diag_correction' must have shape [{self.n_params}]")
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self._by_input: dict[LayerBlock, Tensor] = {}
         self.U, self.lam, self.d = (
             tensors["eigenvectors"],
             tensors["eigenvalues"],
@@ -149,6 +150,17 @@ class LowRank(Structure):
         m = torch.linalg.solve_triangular(chol, (jac @ dw).transpose(-1, -2), upper=False)
         return base - m.transpose(-1, -2) @ m
 
+    def _input_major(self, layout: LayerBlock, index: Tensor) -> Tensor:
+        """U's rows of a layer part as ``[in', out·r]`` (kept: the predictive's every chunk
+        needs them; as large as those rows of U)."""
+        cached = self._by_input.get(layout)
+        if cached is None:
+            out, cols = layout.shape
+            u = self.U[index].view(out, cols, self.rank)
+            cached = u.transpose(0, 1).reshape(cols, out * self.rank)
+            self._by_input[layout] = cached
+        return cached
+
     def _fvar_parts(self, split: PartFactors, d: Tensor, s: Tensor, memory_budget: int) -> Tensor:
         # J Π⁻¹ Jᵀ = J D⁻¹ Jᵀ − (J D⁻¹ U) diag(w) K⁻¹ diag(w) (J D⁻¹ U)ᵀ, w = √(sλ),
         # K = I + diag(w) Uᵀ D⁻¹ U diag(w); no [P, r] temporary under a scalar prior.
@@ -159,13 +171,17 @@ class LowRank(Structure):
         base = 0.0
         for layout, index, a, g in split.parts:
             base = base + layer_variance(g, a, inv_d[index].view(layout.shape), memory_budget)
-            # U's rows of the layer in chunks of columns: its copies stay within the budget
-            step = max(1, memory_budget // max(2 * index.numel() * self.U.element_size(), 1))
+            if iso:  # U's rows of the layer, laid out [in', out·r] once (cached)
+                jdu += _layer_times(a, g, self._input_major(layout, index), memory_budget)
+                continue
+            # D⁻¹U's rows in chunks of columns: each copy stays within the budget and
+            # within the size of the layer's factors for this chunk of inputs
+            room = min(memory_budget, (a.numel() + g.numel()) * a.element_size())
+            step = max(1, room // max(2 * index.numel() * self.U.element_size(), 1))
             for k0 in range(0, self.rank, step):
-                u = self.U[index, k0 : k0 + step]
-                u = u if iso else u * inv_d[index].unsqueeze(1)
-                t = _layer_times(a, g, u.view(*layout.shape, -1), memory_budget)
-                jdu[..., k0 : k0 + step] += t
+                u = self.U[index, k0 : k0 + step] * inv_d[index].unsqueeze(1)
+                u = u.view(*layout.shape, -1).transpose(0, 1).reshape(layout.shape[1], -1)
+                jdu[..., k0 : k0 + step] += _layer_times(a, g, u, memory_budget)
         if split.cols is not None:
             rest, cols = split.rest, split.cols
             u = self.U[rest] if iso else self.U[rest] * inv_d[rest].unsqueeze(1)
@@ -191,13 +207,20 @@ class LowRank(Structure):
 
 
 def _layer_times(a: Tensor, g: Tensor, m: Tensor, memory_budget: int) -> Tensor:
-    """(J M)[b, c, k] = Σₛ Σᵢⱼ g[c, b, s, i] m[i, j, k] a[b, s, j] ``[B, C, r]`` for ``a``
-    ``[B, S, in']``, ``g`` ``[C, B, S, out]``, ``m`` ``[out, in', r]``, through
-    t = a·m ``[b, S, out, r]`` in chunks of examples under ``memory_budget``."""
-    per_example = a.shape[1] * m.shape[0] * m.shape[2] * a.element_size()
-    chunk = max(1, memory_budget // max(per_example, 1))
+    """(J M)[b, c, k] = Σₛ Σᵢⱼ g[c, b, s, i] M[(i, j), k] a[b, s, j] ``[B, C, r]`` for ``a``
+    ``[B, S, in']``, ``g`` ``[C, B, S, out]`` and M's rows laid out input-major, ``m``
+    ``[in', out·r]``: t = a·m ``[b, S, out, r]`` is one GEMM, in chunks of examples under
+    ``memory_budget``."""
+    n_b, n_pos, n_in = a.shape
+    n_out = g.shape[-1]
+    r = m.shape[1] // n_out
+    chunk = max(1, memory_budget // max(n_pos * m.shape[1] * a.element_size(), 1))
     parts = []
-    for b0 in range(0, a.shape[0], chunk):
-        t = torch.einsum("bsj,ijk->bsik", a[b0 : b0 + chunk], m)
-        parts.append(torch.einsum("cbsi,bsik->bck", g[:, b0 : b0 + chunk], t))
+    for b0 in range(0, n_b, chunk):
+        ac, gc = a[b0 : b0 + chunk], g[:, b0 : b0 + chunk]
+        t = (ac.reshape(-1, n_in) @ m).view(ac.shape[0], n_pos, n_out, r)
+        if n_pos == 1:
+            parts.append(torch.matmul(gc[:, :, 0].transpose(0, 1), t[:, 0]))
+        else:
+            parts.append(torch.einsum("cbsi,bsik->bck", gc, t))
     return torch.cat(parts)
