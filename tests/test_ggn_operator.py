@@ -25,6 +25,7 @@ def test_ggn_and_ef_vector_products_equal_dense(net, likelihood, subset):
     torch.testing.assert_close(op(v[0]), v[0] @ g)
     ef = GGNOperator(sub, lik, batches(x, y), fisher_type="empirical")
     torch.testing.assert_close(ef.matvec(v), v @ dense_ef(sub, x, y, likelihood))
+    torch.testing.assert_close(ef.matvec(v[1:2]), v[1:2] @ dense_ef(sub, x, y, likelihood))
     assert op.n_data == len(x) and op.n_outputs == 3 and op.n_matvecs == 2
 
 

@@ -145,9 +145,17 @@ class GGNOperator:
         def f(th: Tensor) -> Tensor:
             return self.subset.forward(th, x)
 
-        out, pullback = vjp(f, theta)
+        if v.shape[0] == 1:  # one primal forward serves the jvp and the vjp
+
+            def with_tangent(th: Tensor) -> tuple[Tensor, Tensor]:
+                out, jv = jvp(f, (th,), (v[0],))
+                return out, jv.unsqueeze(0).detach()
+
+            out, pullback, jv = vjp(with_tangent, theta, has_aux=True)
+        else:  # two primal forwards: one vjp through m vmapped jvps was slower (LoRA 3.9 vs 3.1 s)
+            out, pullback = vjp(f, theta)
+            jv = vmap(lambda t: jvp(f, (theta,), (t,))[1])(v)  # [m, B, C]
         out = out.detach()
-        jv = vmap(lambda t: jvp(f, (theta,), (t,))[1])(v)  # [m, B, C]
         if self.mc:  # Σₘ rₘ rₘᵀ / M with the pass's sampled output gradients rₘ
             r = output_columns(lik, "mc", out, y, self.mc_samples, self._mc_gen)  # [M, B, C]
             cot = torch.einsum("kbc,kbd,mbd->mbc", r, r, jv)
@@ -156,7 +164,7 @@ class GGNOperator:
         else:
             r = lik.output_grad(out, y)  # [B, C]
             cot = r.unsqueeze(0) * (jv * r.unsqueeze(0)).sum(-1, keepdim=True)
-        (gv,) = vmap(pullback)(cot)
+        gv = pullback(cot[0])[0].unsqueeze(0) if cot.shape[0] == 1 else vmap(pullback)(cot)[0]
         return gv.detach(), lik.nll_unit(out, y).sum()
 
     def matvec(self, v: Tensor) -> Tensor:
