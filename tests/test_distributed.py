@@ -52,7 +52,8 @@ def _grids(la, val):
     return torch.tensor(nll.history), torch.tensor(brier.history)
 
 
-def _worker(rank, world, port, out, structures, bad_rank):
+def _join(rank, world, port):
+    """Join the gloo group on loopback; a missing collective times out after 60 s."""
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -60,6 +61,10 @@ def _worker(rank, world, port, out, structures, bad_rank):
         world_size=world,
         timeout=timedelta(seconds=60),
     )
+
+
+def _worker(rank, world, port, out, structures, bad_rank):
+    _join(rank, world, port)
     try:
         x, y = make_data("mlp", "classification", n=20)
         lo, hi = SHARDS[world][rank]
@@ -91,13 +96,7 @@ def _worker(rank, world, port, out, structures, bad_rank):
 
 def _mc_worker(rank, world, port, out, structures, bad_rank):
     """Every rank fits MC KFAC and MC diag on the same examples (identical shards)."""
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
+    _join(rank, world, port)
     try:
         x, y = make_data("mlp", "classification", n=20)
         results = {}
