@@ -163,7 +163,9 @@ class LowRank(Structure):
 
     def _fvar_parts(self, split: PartFactors, d: Tensor, s: Tensor, memory_budget: int) -> Tensor:
         # J Π⁻¹ Jᵀ = J D⁻¹ Jᵀ − (J D⁻¹ U) diag(w) K⁻¹ diag(w) (J D⁻¹ U)ᵀ, w = √(sλ),
-        # K = I + diag(w) Uᵀ D⁻¹ U diag(w); no [P, r] temporary under a scalar prior.
+        # K = I + diag(w) Uᵀ D⁻¹ U diag(w). Under a scalar prior K is diagonal and each
+        # chunk is one GEMM a layer with U's rows kept input-major; otherwise D⁻¹U's rows
+        # are gathered per chunk in column blocks.
         inv_d = (s * self.d + d).expand(self.n_params).reciprocal()
         iso, w = self._isotropic(d), (s * self.lam).sqrt()
         b, c = split.shape
