@@ -180,8 +180,9 @@ class LowRank(Structure):
             # within the size of the layer's factors for this chunk of inputs
             room = min(memory_budget, (a.numel() + g.numel()) * a.element_size())
             step = max(1, room // max(2 * index.numel() * self.U.element_size(), 1))
+            inv_rows = inv_d[index].unsqueeze(1)
             for k0 in range(0, self.rank, step):
-                u = self.U[index, k0 : k0 + step] * inv_d[index].unsqueeze(1)
+                u = self.U[index, k0 : k0 + step] * inv_rows
                 u = u.view(*layout.shape, -1).transpose(0, 1).reshape(layout.shape[1], -1)
                 jdu[..., k0 : k0 + step] += _layer_times(a, g, u, memory_budget)
         if split.cols is not None:
