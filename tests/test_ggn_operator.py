@@ -7,6 +7,7 @@ import torch
 from conftest import batches, dense_ef, dense_ggn, make_cnn, make_data, make_mlp, make_subset
 
 from laplacetorch import get_likelihood
+from laplacetorch.curvature import ggn_operator, hessian
 from laplacetorch.curvature.ggn_operator import GGNOperator
 
 
@@ -27,6 +28,33 @@ def test_ggn_and_ef_vector_products_equal_dense(net, likelihood, subset):
     torch.testing.assert_close(ef.matvec(v), v @ dense_ef(sub, x, y, likelihood))
     torch.testing.assert_close(ef.matvec(v[1:2]), v[1:2] @ dense_ef(sub, x, y, likelihood))
     assert op.n_data == len(x) and op.n_outputs == 3 and op.n_matvecs == 2
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("fisher_type", ["exact", "empirical", "mc", "hessian"])
+def test_looped_and_vmapped_blocks_are_the_same_operator(net, fisher_type, monkeypatch):
+    """A block of vectors looped over inside each batch gives the vmapped products (with the
+    same Monte-Carlo draws for every vector); convolutional nets loop by default."""
+    model = make_mlp() if net == "mlp" else make_cnn()
+    x, y = make_data(net, "classification")
+    sub = make_subset(model, "all")
+    lik = get_likelihood("classification")
+    v = torch.randn(4, sub.n_params, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    ops = {
+        loop: GGNOperator(sub, lik, batches(x, y), fisher_type=fisher_type, vector_loop=loop)
+        for loop in (False, True)
+    }
+    products = {False: ops[False].matvec(v)}
+    with monkeypatch.context() as m:  # the loop never vmaps over the vectors
+        for module in (ggn_operator, hessian):
+            m.setattr(module, "vmap", lambda *a, **k: pytest.fail("vmap in the vector loop"))
+        products[True] = ops[True].matvec(v)
+    torch.testing.assert_close(products[True], products[False])
+    # each looped row is the single-vector product (one MC draw per batch, shared)
+    torch.testing.assert_close(products[True][2], ops[True].matvec(v[2]))
+    assert GGNOperator(sub, lik, batches(x, y)).vector_loop is (net == "cnn")
+    with pytest.raises(TypeError, match="vector_loop must be True, False or None; got 'yes'"):
+        GGNOperator(sub, lik, batches(x, y), vector_loop="yes")
 
 
 def test_minibatch_product_and_bad_vectors():

@@ -28,15 +28,20 @@ def batch_hessian_matvec(
     y: Tensor,
     theta: Tensor,
     v: Tensor,
+    *,
+    loop: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(H V, Σ ℓ)`` for one batch: H of the summed unit-scale NLL applied to the rows of
-    ``v`` ``[m, P]``, and the summed NLL."""
+    ``v`` ``[m, P]`` (vmapped over them, or with ``loop`` one at a time), and the summed NLL."""
 
     def loss(th: Tensor) -> Tensor:
         return likelihood.nll_unit(subset.forward(th, x), y).sum()
 
     g = grad(loss)
-    hv = vmap(lambda t: jvp(g, (theta,), (t,))[1])(v)
+    if loop:
+        hv = torch.stack([jvp(g, (theta,), (t,))[1] for t in v])
+    else:
+        hv = vmap(lambda t: jvp(g, (theta,), (t,))[1])(v)
     with torch.no_grad():
         value = loss(theta)
     return hv.detach(), value

@@ -37,6 +37,7 @@ def fit_hutchinson(
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
+    vector_loop: bool | None = None,
 ) -> CurvatureResult:
     """diag G ≈ (1/S) Σₛ zₛ ⊙ G zₛ with S Rademacher probes, clamped at 0.
 
@@ -59,6 +60,7 @@ def fit_hutchinson(
         mc_seed=seed + 7919,
         progress=progress,
         batch_size_fn=batch_size_fn,
+        vector_loop=vector_loop,
     )
     if generator is None:
         generator = torch.Generator(device=subset.device).manual_seed(seed)

@@ -39,6 +39,7 @@ def fit_lanczos(
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
+    vector_loop: bool | None = None,
 ) -> CurvatureResult:
     """G ≈ U diag(λ) Uᵀ (+ diag(d)) from block Lanczos with full reorthogonalisation.
 
@@ -66,6 +67,7 @@ def fit_lanczos(
         mc_seed=seed + 7919,
         progress=progress,
         batch_size_fn=batch_size_fn,
+        vector_loop=vector_loop,
     )
     if generator is None:
         generator = torch.Generator(device=subset.device).manual_seed(seed)

@@ -32,6 +32,7 @@ def fit_operator(
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
+    vector_loop: bool | None = None,
 ) -> CurvatureResult:
     """A matrix-free :class:`~laplacetorch.structures.Operator`; every later answer is an
     estimate from GGN-vector products over ``loader`` (kept by reference, so the data must
@@ -48,6 +49,7 @@ def fit_operator(
         mc_seed=seed + 7919,
         progress=progress,
         batch_size_fn=batch_size_fn,
+        vector_loop=vector_loop,
     )
     structure = Operator(
         op.matvec,
