@@ -250,8 +250,11 @@ def peer_line(peer: ModuleType | None) -> str:
     return f"peer: laplace-torch {importlib.metadata.version('laplace-torch')} with BackPackGGN"
 
 
-def theirs_laplace(model: nn.Module, structure: str, prior_precision: float = 1.0) -> Any:
-    """Returns laplace-torch's unfitted classification Laplace over all weights.
+def theirs_laplace(
+    model: nn.Module, structure: str, prior_precision: float = 1.0, subset: str = "all"
+) -> Any:
+    """Returns laplace-torch's unfitted classification Laplace over ``subset`` (its
+    ``subset_of_weights``: all weights by default).
 
     It runs with the BackPackGGN backend on a deep copy of ``model``; the peer must be
     installed (see ``load_peer``).
@@ -262,7 +265,7 @@ def theirs_laplace(model: nn.Module, structure: str, prior_precision: float = 1.
     return laplace.Laplace(
         copy.deepcopy(model),
         "classification",
-        subset_of_weights="all",
+        subset_of_weights=subset,
         hessian_structure=structure,
         prior_precision=prior_precision,
         backend=BackPackGGN,

@@ -68,7 +68,6 @@ def fit_diag(
             kind=kind,
             diagonal=True,
             progress=progress,
-            memory_budget=memory_budget,
             batch_size_fn=batch_size_fn,
         )
         return CurvatureResult(per_layer_diagonal(subset, g), n_data, n_out, loss, kind)

@@ -58,7 +58,6 @@ def fit_full(
             kind=kind,
             diagonal=False,
             progress=progress,
-            memory_budget=memory_budget,
             batch_size_fn=batch_size_fn,
         )
         return CurvatureResult(_head_structure(subset, g), n_data, n_out, loss, kind)

@@ -21,7 +21,6 @@ from torch import Tensor
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, head_index
 from .base import curvature_pass
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["last_layer_curvature"]
 
@@ -51,7 +50,6 @@ def last_layer_curvature(
     kind: str,
     diagonal: bool,
     progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
 ) -> tuple[Tensor, int, int, Tensor]:
     """Closed-form last-layer curvature ``(G [P, P] or diag [P], N, C, Σ nll)``."""
@@ -65,15 +63,13 @@ def last_layer_curvature(
         if diagonal:
             out["G"] = lam_diag.T @ phi_aug.square()  # [C, D̃]
             return out
+        # G[c, :, e, :] = Σₙ Λₙ[c, e] φₙ φₙᵀ, one GEMM per class c: no [B, D̃²] products
         b, d = phi_aug.shape
-        chunk = max(1, memory_budget // max(d * d * phi.element_size(), 1))
-        acc = 0
-        for s in range(0, b, chunk):
-            p2 = (phi_aug[s : s + chunk, :, None] * phi_aug[s : s + chunk, None, :]).reshape(
-                -1, d * d
-            )
-            acc = acc + lam[s : s + chunk].reshape(-1, n_out * n_out).T @ p2  # [C², D̃²]
-        out["G"] = acc
+        rows = []
+        for c in range(n_out):
+            weighted = (lam[:, c, :, None] * phi_aug[:, None, :]).reshape(b, n_out * d)
+            rows.append(phi_aug.T @ weighted)  # [D̃, C·D̃]
+        out["G"] = torch.stack(rows)  # [C, D̃, C·D̃]
         return out
 
     sums, n_data, n_out = curvature_pass(
@@ -92,6 +88,5 @@ def last_layer_curvature(
     if diagonal:
         g = sums["G"].reshape(-1)[perm]
     else:
-        g = sums["G"].view(n_out, n_out, d, d).permute(0, 2, 1, 3).reshape(n_out * d, n_out * d)
-        g = g[perm][:, perm]
+        g = sums["G"].view(n_out * d, n_out * d)[perm][:, perm]
     return g, n_data, n_out, sums["loss"]
