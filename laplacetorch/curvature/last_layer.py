@@ -63,7 +63,8 @@ def last_layer_curvature(
         if diagonal:
             out["G"] = lam_diag.T @ phi_aug.square()  # [C, D̃]
             return out
-        # G[c, :, e, :] = Σₙ Λₙ[c, e] φₙ φₙᵀ, one GEMM per class c: no [B, D̃²] products
+        # G[c, :, e, :] = Σₙ Λₙ[c, e] φₙ φₙᵀ, one GEMM per class c: the temporary stays
+        # [B, C·D̃] (one GEMM over all (c, e) would need [B, C²·D̃]; the old form [B, D̃²])
         b, d = phi_aug.shape
         rows = []
         for c in range(n_out):
