@@ -56,7 +56,7 @@ def load_digits_split(
 
 def prediction_inputs(x_train: Tensor, x_test: Tensor, n: int) -> Tensor:
     """Returns the ``n`` predictive inputs: every test input, then the first training ones."""
-    return torch.cat([x_test, x_train[: n - len(x_test)]]).contiguous()
+    return torch.cat([x_test, x_train])[:n].contiguous()
 
 
 def data_loader(x: Tensor, y: Tensor, batch_size: int = BATCH_SIZE) -> DataLoader:

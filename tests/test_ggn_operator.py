@@ -57,6 +57,30 @@ def test_looped_and_vmapped_blocks_are_the_same_operator(net, fisher_type, monke
         GGNOperator(sub, lik, batches(x, y), vector_loop="yes")
 
 
+@pytest.mark.parametrize("fisher_type", ["exact", "mc"])
+def test_blocks_past_vmap_block_are_split_inside_each_batch(fisher_type, monkeypatch):
+    """More than ``VMAP_BLOCK`` vmapped vectors go through a batch in blocks (sharing one MC
+    draw): the same products as one block, with no block larger than ``VMAP_BLOCK``."""
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "all")
+    lik = get_likelihood("classification")
+    v = torch.randn(7, sub.n_params, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    op = GGNOperator(sub, lik, batches(x, y), fisher_type=fisher_type, vector_loop=False)
+    whole = op.matvec(v)
+    sizes = []
+    products = GGNOperator._products
+
+    def recorded(self, x, y, v, weights):
+        sizes.append(v.shape[0])
+        return products(self, x, y, v, weights)
+
+    monkeypatch.setattr(ggn_operator, "VMAP_BLOCK", 3)
+    monkeypatch.setattr(GGNOperator, "_products", recorded)
+    torch.testing.assert_close(op.matvec(v), whole)
+    assert sizes and max(sizes) == 3 and sum(sizes) == 7 * sizes.count(1)
+
+
 def test_minibatch_product_and_bad_vectors():
     model = make_mlp()
     x, y = make_data("mlp", "classification")

@@ -11,6 +11,7 @@ from conftest import batches, dense_ggn, make_data, make_mlp, make_subset
 
 from laplacetorch import Laplace, get_likelihood
 from laplacetorch.curvature import fit_hutchinson, fit_lanczos, fit_operator
+from laplacetorch.structures import operator as operator_structure
 from laplacetorch.structures.operator import lanczos_inverse_sqrt
 
 DT = torch.float64
@@ -62,7 +63,7 @@ def test_lanczos_top_eigenpairs_and_diagonal_correction(problem):
     torch.testing.assert_close(st.diagonal(), g.diagonal())  # exact with the correction
 
 
-def test_operator_estimates_against_dense(problem):
+def test_operator_estimates_against_dense(problem, monkeypatch):
     _, x, y, sub, g = problem
     p = g.shape[0]
     res = fit_operator(
@@ -85,6 +86,17 @@ def test_operator_estimates_against_dense(problem):
     )
     est_tr = float(st.trace_inverse(0.7, 2.0))
     assert est_tr == pytest.approx(float(cov.trace()), rel=0.05)
+    # more rows than SOLVE_BLOCK: solved in blocks of it, the same answer
+    solved = []
+    cg_of = operator_structure.cg
+    monkeypatch.setattr(operator_structure, "SOLVE_BLOCK", 4)
+    monkeypatch.setattr(
+        operator_structure, "cg", lambda a, b, **k: solved.append(len(b)) or cg_of(a, b, **k)
+    )
+    torch.testing.assert_close(
+        st.functional_variance(jac, 0.7, 2.0), jac @ cov @ jac.transpose(1, 2), rtol=1e-7, atol=1e-9
+    )
+    assert solved == [4, 2]
 
 
 def test_lanczos_inverse_sqrt_is_exact_with_a_full_krylov_space():

@@ -16,6 +16,10 @@ __all__ = ["Operator"]
 
 Matvec = Callable[[Tensor], Tensor]
 
+# rows per CG solve: each row holds ~6 P-vectors of CG state plus its share of a product's
+# working set, while a product's time a row stops falling past about 30 rows (docs/performance.md)
+SOLVE_BLOCK = 32
+
 
 class Operator(Structure):
     """Π(δ, s) = s·G + diag(δ) with G known only through ``matvec`` (rows: ``[m, P]``).
@@ -215,7 +219,11 @@ class Operator(Structure):
         if for_estimate:
             tol = self.cg_tol if self.cg_tol is not None else max(1e-4, _float_tol(self.dtype))
             return cg(prec, rows, tol=tol, max_iter=5 * self.n_steps)[0]
-        return cg(prec, rows, tol=self.cg_tol)[0]
+        if len(rows) <= SOLVE_BLOCK:
+            return cg(prec, rows, tol=self.cg_tol)[0]
+        # the rows' Krylov iterations are independent: blocks of them give the same solves
+        blocks = rows.split(SOLVE_BLOCK)
+        return torch.cat([cg(prec, b, tol=self.cg_tol)[0] for b in blocks])
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
         self._check_definite(d, s)
