@@ -219,11 +219,8 @@ class Operator(Structure):
         if for_estimate:
             tol = self.cg_tol if self.cg_tol is not None else max(1e-4, _float_tol(self.dtype))
             return cg(prec, rows, tol=tol, max_iter=5 * self.n_steps)[0]
-        if len(rows) <= SOLVE_BLOCK:
-            return cg(prec, rows, tol=self.cg_tol)[0]
         # the rows' Krylov iterations are independent: blocks of them give the same solves
-        blocks = rows.split(SOLVE_BLOCK)
-        return torch.cat([cg(prec, b, tol=self.cg_tol)[0] for b in blocks])
+        return torch.cat([cg(prec, b, tol=self.cg_tol)[0] for b in rows.split(SOLVE_BLOCK)])
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
         self._check_definite(d, s)
