@@ -81,6 +81,28 @@ def test_blocks_past_vmap_block_are_split_inside_each_batch(fisher_type, monkeyp
     assert sizes and max(sizes) == 3 and sum(sizes) == 7 * sizes.count(1)
 
 
+def test_hessian_blocks_past_vmap_block_are_split_inside_each_batch(monkeypatch):
+    """The Hessian kind vmaps at most ``VMAP_BLOCK`` vectors through a batch too."""
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "all")
+    lik = get_likelihood("classification")
+    v = torch.randn(7, sub.n_params, generator=torch.Generator().manual_seed(6), dtype=x.dtype)
+    op = GGNOperator(sub, lik, batches(x, y), fisher_type="hessian", vector_loop=False)
+    whole = op.matvec(v)
+    sizes = []
+    hvp = ggn_operator.batch_hessian_matvec
+
+    def recorded(*args, **kwargs):
+        sizes.append(args[5].shape[0])
+        return hvp(*args, **kwargs)
+
+    monkeypatch.setattr(ggn_operator, "VMAP_BLOCK", 3)
+    monkeypatch.setattr(ggn_operator, "batch_hessian_matvec", recorded)
+    torch.testing.assert_close(op.matvec(v), whole)
+    assert sizes and max(sizes) == 3 and sum(sizes) == 7 * sizes.count(1)
+
+
 def test_minibatch_product_and_bad_vectors():
     model = make_mlp()
     x, y = make_data("mlp", "classification")

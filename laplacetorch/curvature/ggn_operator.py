@@ -169,10 +169,21 @@ class GGNOperator:
 
     def _batch_matvec(self, x: Any, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """(curvature of the batch applied to ``v``, Σ unit-scale NLL of the batch)."""
-        if self.kind == "hessian":
-            return batch_hessian_matvec(
-                self.subset, self.likelihood, x, y, self.theta, v, loop=self.vector_loop
-            )
+        if self.kind == "hessian":  # no output-side factor to share: blocks are independent
+            step = len(v) if self.vector_loop else VMAP_BLOCK
+            rows = [
+                batch_hessian_matvec(
+                    self.subset,
+                    self.likelihood,
+                    x,
+                    y,
+                    self.theta,
+                    v[i : i + step],
+                    loop=self.vector_loop,
+                )
+                for i in range(0, len(v), step)
+            ]
+            return torch.cat([r[0] for r in rows]), rows[0][1]
         if v.shape[0] <= (1 if self.vector_loop else VMAP_BLOCK):
             return self._products(x, y, v, {})
         weights: dict[str, Tensor] = {}  # Λₙ or the MC draws, once for all m vectors
