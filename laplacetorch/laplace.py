@@ -56,7 +56,8 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         fisher_type: ``"exact"`` (GGN; type-2 for KFAC), ``"empirical"``, or ``"mc"`` (KFAC).
         backend_options: further options of the curvature backend, e.g. for ``"kfac"``
             ``{"approximation": "reduce", "joint_bias": False, "mc_samples": 4, "seed": 1}``.
-        memory_budget: bytes a chunk of Jacobian rows may take (fit and predict).
+        memory_budget: bytes a chunk of Jacobian rows may take (fit and predict; for
+            ``"operator"``, also what sizes its predictive's CG runs).
         batch_size_fn: counts the examples of non-tensor inputs.
         dict_key_y: the label's key in mapping (HF-style) batches; the other entries are the
             model's keyword inputs, ``model(**inputs)``, at fit and at prediction.

@@ -13,6 +13,7 @@ from laplacetorch import Laplace, get_likelihood
 from laplacetorch.curvature import fit_hutchinson, fit_lanczos, fit_operator
 from laplacetorch.structures import operator as operator_structure
 from laplacetorch.structures.operator import lanczos_inverse_sqrt
+from laplacetorch.structures.sources import DenseJacobian
 
 DT = torch.float64
 
@@ -97,6 +98,18 @@ def test_operator_estimates_against_dense(problem, monkeypatch):
         st.functional_variance(jac, 0.7, 2.0), jac @ cov @ jac.transpose(1, 2), rtol=1e-7, atol=1e-9
     )
     assert solved == [4, 2]
+    # through a source, the rows per CG run follow its memory_budget (ROW_WORK P-vectors a row)
+    row = operator_structure.ROW_WORK * p * jac.element_size()
+    for budget, runs in ((row, [1] * 6), (3 * row + 1, [3, 3]), (2**40, [4, 2])):
+        solved.clear()
+        src = DenseJacobian(jac, memory_budget=budget)
+        torch.testing.assert_close(
+            st.functional_variance(src, 0.7, 2.0),
+            jac @ cov @ jac.transpose(1, 2),
+            rtol=1e-7,
+            atol=1e-9,
+        )
+        assert solved == runs
 
 
 def test_lanczos_inverse_sqrt_is_exact_with_a_full_krylov_space():

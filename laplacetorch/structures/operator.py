@@ -11,14 +11,23 @@ from torch import Tensor
 from ..linalg import cg, hutchinson_diagonal, neumann, slq_quadrature
 from ..linalg.slq_gradient import slq_logdet_graph
 from .base import Structure, require_positive
+from .sources import JacobianSource
 
 __all__ = ["Operator"]
 
 Matvec = Callable[[Tensor], Tensor]
 
-# rows per CG solve: each row holds ~6 P-vectors of CG state plus its share of a product's
-# working set, while a product's time a row stops falling past about 30 rows (docs/performance.md)
+# rows per CG solve at most: a product's time a row stops falling past about 30 rows
 SOLVE_BLOCK = 32
+# P-vectors one solved row takes: ~6 of CG state and its share of a product's working set
+# (tangents, cotangents, weight gradients; 2.8 MB a vector ≈ 8 P on the digits MLP)
+ROW_WORK = 16
+
+
+def rows_per_solve(n_params: int, element_size: int, memory_budget: int) -> int:
+    """Rows one CG run of the predictive takes: as many as ``memory_budget`` bytes hold at
+    ``ROW_WORK`` P-vectors a row, at least 1 and at most ``SOLVE_BLOCK``."""
+    return max(1, min(SOLVE_BLOCK, memory_budget // max(ROW_WORK * n_params * element_size, 1)))
 
 
 class Operator(Structure):
@@ -209,10 +218,18 @@ class Operator(Structure):
         self._check_definite(d, s)
         return self._solve_rows(v.reshape(-1, self.n_params), d, s).reshape(v.shape)
 
-    def _solve_rows(self, rows: Tensor, d: Tensor, s: Tensor, for_estimate: bool = False) -> Tensor:
-        """Π⁻¹ rows. ``for_estimate``: the solves feed a Hutchinson estimate whose probe
-        noise is ~1/√n_probes, so CG stops at a relative residual of 1e-4 (unless ``cg_tol``
-        says otherwise) and after 5·n_steps products: each estimate is bounded in cost."""
+    def _solve_rows(
+        self,
+        rows: Tensor,
+        d: Tensor,
+        s: Tensor,
+        for_estimate: bool = False,
+        block: int | None = None,
+    ) -> Tensor:
+        """Π⁻¹ rows, CG on at most ``block`` rows at a time (default ``SOLVE_BLOCK``).
+        ``for_estimate``: the solves feed a Hutchinson estimate whose probe noise is
+        ~1/√n_probes, so CG stops at a relative residual of 1e-4 (unless ``cg_tol`` says
+        otherwise) and after 5·n_steps products: each estimate is bounded in cost."""
         prec = self._precision_matvec(d, s)
         if self.solver == "neumann":
             return neumann(prec, rows, n_terms=self.neumann_terms, generator=self._generator(3))
@@ -220,7 +237,8 @@ class Operator(Structure):
             tol = self.cg_tol if self.cg_tol is not None else max(1e-4, _float_tol(self.dtype))
             return cg(prec, rows, tol=tol, max_iter=5 * self.n_steps)[0]
         # the rows' Krylov iterations are independent: blocks of them give the same solves
-        return torch.cat([cg(prec, b, tol=self.cg_tol)[0] for b in rows.split(SOLVE_BLOCK)])
+        size = SOLVE_BLOCK if block is None else block
+        return torch.cat([cg(prec, b, tol=self.cg_tol)[0] for b in rows.split(size)])
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
         self._check_definite(d, s)
@@ -239,10 +257,18 @@ class Operator(Structure):
         self._check_definite(d, s)
         return lanczos_inverse_sqrt(self._precision_matvec(d, s), z, self.sample_steps)
 
-    def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
+    def _fvar(self, source: JacobianSource, positions: Tensor | None, d: Tensor, s: Tensor):
+        """J Π⁻¹ Jᵀ with the B·C rows of J solved in CG runs sized by the source's
+        ``memory_budget`` (:func:`rows_per_solve`): a smaller budget, less memory, more time."""
+        jac = source.columns(positions)
+        return self._fvar_dense(
+            jac, d, s, rows_per_solve(self.n_params, jac.element_size(), source.memory_budget)
+        )
+
+    def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor, block: int | None = None) -> Tensor:
         self._check_definite(d, s)
         b, c, p = jac.shape
-        x = self._solve(jac.reshape(b * c, p), d, s).reshape(b, c, p)
+        x = self._solve_rows(jac.reshape(b * c, p), d, s, block=block).reshape(b, c, p)
         return jac @ x.transpose(-1, -2)
 
     def curvature_dense(self) -> Tensor:
