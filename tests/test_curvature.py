@@ -96,6 +96,34 @@ def test_last_layer_closed_form_without_bias_and_with_named_layer():
     torch.testing.assert_close(full.structure.curvature_dense(), oracle)
 
 
+@pytest.mark.parametrize("order", ["theta", "reversed", "head"])
+def test_last_layer_closed_form_in_any_order_of_theta(order):
+    """The closed form returns G over the θ positions asked for, in their order: θ's own
+    (the default), any permutation, or the head block's own [W | b] layout (no gather)."""
+    from laplacetorch.curvature.last_layer import last_layer_curvature
+    from laplacetorch.curvature.layer_blocks import layer_blocks
+
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    sub = make_subset(model, "last_layer")
+    oracle = dense_ggn(sub, x, y, "classification")
+    if order == "theta":
+        index = None
+    elif order == "reversed":
+        index = torch.arange(sub.n_params).flip(0)
+    else:
+        index = layer_blocks(sub)[0][0].blocks[0][1]
+        assert not torch.equal(index, torch.arange(sub.n_params))  # the bias is interleaved
+    lik = get_likelihood("classification")
+    g, n, c, _ = last_layer_curvature(sub, lik, batches(x, y), kind="ggn", diagonal=False,
+                                      order=index)  # fmt: skip
+    d, *_ = last_layer_curvature(sub, lik, batches(x, y), kind="ggn", diagonal=True, order=index)
+    want = oracle if index is None else oracle[index][:, index]
+    torch.testing.assert_close(g, want)
+    torch.testing.assert_close(d, want.diagonal())
+    assert (n, c) == (len(x), 3)
+
+
 def test_dict_inputs_and_batch_size_fn():
     class DictNet(torch.nn.Module):
         def __init__(self):

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
-from ..structures import BlockDiagonal, Dense, Structure
+from ..structures import BlockDiagonal, Dense, LayerBlock
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
 from .hessian import hessian_rows
 from .kfac import mc_columns
@@ -51,6 +51,7 @@ def fit_full(
     columns = mc_columns(likelihood, fisher_type, mc_samples, generator, seed)
     if subset.closed_form_head and columns is None:  # a linear head: its Hessian is its GGN
         kind = "ggn" if kind == "hessian" else kind
+        head = _head_block(subset)
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
             likelihood,
@@ -59,8 +60,14 @@ def fit_full(
             diagonal=False,
             progress=progress,
             batch_size_fn=batch_size_fn,
+            order=None if head is None else head[1],
         )
-        return CurvatureResult(_head_structure(subset, g), n_data, n_out, loss, kind)
+        if head is None:
+            return CurvatureResult(Dense(g, subset.group_index), n_data, n_out, loss, kind)
+        name, index, layout = head
+        block = Dense(g, subset.group_index[index], layout)
+        structure = BlockDiagonal([(name, index, block)], subset.n_params, subset.group_index)
+        return CurvatureResult(structure, n_data, n_out, loss, kind)
 
     theta = subset.map_vector()
     p = subset.n_params
@@ -104,12 +111,11 @@ def fit_full(
     return CurvatureResult(dense, n_data, n_out, sums["loss"], kind)
 
 
-def _head_structure(subset: ParameterSubset, g: Tensor) -> Structure:
-    """The last layer's dense curvature as one block laid out like the head's [W | b], so the
-    predictive uses the features instead of a Jacobian."""
+def _head_block(subset: ParameterSubset) -> tuple[str, Tensor, LayerBlock] | None:
+    """``(name, θ positions, layout)`` of the head as one block laid out like its [W | b], so
+    that the predictive uses the features instead of a Jacobian; ``None`` when the head is
+    not one such block."""
     layers, rest = layer_blocks(subset)
     if rest or len(layers) != 1 or len(layers[0].blocks) != 1:
-        return Dense(g, subset.group_index)
-    name, index, layout = layers[0].blocks[0]
-    block = Dense(g[index][:, index], subset.group_index[index], layout)
-    return BlockDiagonal([(name, index, block)], subset.n_params, subset.group_index)
+        return None
+    return layers[0].blocks[0]

@@ -51,8 +51,13 @@ def last_layer_curvature(
     diagonal: bool,
     progress: bool = False,
     batch_size_fn: Callable[[Any], int] | None = None,
+    order: Tensor | None = None,
 ) -> tuple[Tensor, int, int, Tensor]:
-    """Closed-form last-layer curvature ``(G [P, P] or diag [P], N, C, Σ nll)``."""
+    """Closed-form last-layer curvature ``(G [P, P] or diag [P], N, C, Σ nll)``.
+
+    ``order``: the positions of θ the result is over, in that order (default: θ itself), so
+    that a caller wanting another order gets it in one gather rather than two.
+    """
     has_bias = subset.last_layer.bias is not None and len(subset.names) == 2
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
@@ -66,11 +71,11 @@ def last_layer_curvature(
         # G[c, :, e, :] = Σₙ Λₙ[c, e] φₙ φₙᵀ, one GEMM per class c: the temporary stays
         # [B, C·D̃] (one GEMM over all (c, e) would need [B, C²·D̃]; the old form [B, D̃²])
         b, d = phi_aug.shape
-        rows = []
+        g = phi_aug.new_empty(n_out, d, n_out * d)
         for c in range(n_out):
             weighted = (lam[:, c, :, None] * phi_aug[:, None, :]).reshape(b, n_out * d)
-            rows.append(phi_aug.T @ weighted)  # [D̃, C·D̃]
-        out["G"] = torch.stack(rows)  # [C, D̃, C·D̃]
+            torch.mm(phi_aug.T, weighted, out=g[c])  # [D̃, C·D̃], written in place
+        out["G"] = g
         return out
 
     sums, n_data, n_out = curvature_pass(
@@ -86,8 +91,11 @@ def last_layer_curvature(
     d = n_feat + int(has_bias)
     # position p of θ holds augmented entry perm[p]
     perm = torch.argsort(head_index(n_out, n_feat, has_bias, sums["G"].device).reshape(-1))
+    if order is not None:
+        perm = perm[order]
     if diagonal:
-        g = sums["G"].reshape(-1)[perm]
-    else:
-        g = sums["G"].view(n_out * d, n_out * d)[perm][:, perm]
+        return sums["G"].reshape(-1)[perm], n_data, n_out, sums["loss"]
+    g = sums["G"].view(n_out * d, n_out * d)
+    if not torch.equal(perm, torch.arange(len(perm), device=perm.device)):
+        g = g[perm[:, None], perm]  # one [P, P] gather
     return g, n_data, n_out, sums["loss"]

@@ -32,7 +32,7 @@ def symmetric_eigh(a: Tensor, what: str = "the curvature") -> tuple[Tensor, Tens
     """
     if not all_finite(a):
         raise ValueError(f"{what} contains NaN or Inf; its eigendecomposition is undefined")
-    sym = 0.5 * (a + a.mT)
+    sym = (a + a.mT).mul_(0.5)  # in place: one copy of A at a time, not two
     try:
         return torch.linalg.eigh(sym)
     except torch.linalg.LinAlgError:
