@@ -21,6 +21,7 @@ from .model_call import KeywordInputs, WithKeywords
 
 __all__ = [
     "BatchAdapter",
+    "Gram",
     "InputSpec",
     "accumulate",
     "as_pair",
@@ -33,6 +34,27 @@ __all__ = [
 ]
 
 Reduction = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class Gram:
+    """A step's term xᵀx for rows x ``[M, D]``, summed into its accumulator in place.
+
+    :func:`accumulate` adds it with one GEMM into the running ``[D, D]`` sum (β = 1) instead
+    of forming a fresh product and adding it: for a wide layer (D = 9217, a batch of 128)
+    the fresh product costs a new D² allocation and a second pass over D² entries, about
+    1.6× the GEMM alone.
+    """
+
+    x: Tensor
+
+    def value(self) -> Tensor:
+        """xᵀx, ``[D, D]``."""
+        return self.x.mT @ self.x
+
+    def add_to(self, total: Tensor) -> None:
+        """total += xᵀx, in place."""
+        total.addmm_(self.x.mT, self.x)
 
 
 def _identity(sums: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -298,7 +320,8 @@ def accumulate(
     Args:
         loader: a DataLoader or any iterable of ``(X, y)`` batches.
         step: per-batch function returning a dict of *fresh* tensors to be summed over
-            batches (the first batch's tensors become the accumulators).
+            batches (the first batch's tensors become the accumulators), or of
+            :class:`Gram` terms (summed in place as products).
         device, dtype: where the model lives; batches are moved there, dtypes are checked.
         progress: show a tqdm progress bar.
         desc: label of the progress bar.
@@ -316,7 +339,12 @@ def accumulate(
     try:
         for x, y, b in _batches(loader, device, dtype, progress, desc, batch_size_fn):
             for k, v in step(x, y).items():
-                if k in sums:
+                if isinstance(v, Gram):
+                    if k in sums:
+                        v.add_to(sums[k])
+                    else:
+                        sums[k] = v.value()
+                elif k in sums:
                     sums[k] += v  # in place: steps return fresh tensors
                 else:
                     sums[k] = v

@@ -7,6 +7,7 @@ import torch
 from conftest import batches, make_data, make_mlp
 
 from laplacetorch import Laplace, ParameterSubset, fit_diag, get_likelihood, set_reduction
+from laplacetorch.datapass import Gram, accumulate
 
 
 def test_reduction_hook_sees_every_sum_once():
@@ -30,6 +31,19 @@ def test_reduction_hook_sees_every_sum_once():
     assert seen == [["0", "2", "4", "_outputs_times_n", "loss", "n_data"]]
     assert res.n_data == 2 * ref.n_data
     torch.testing.assert_close(res.structure.diagonal(), 2 * ref.structure.diagonal())
+
+
+def test_gram_terms_are_summed_in_place_as_products():
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(3)]
+    loader = [(r, torch.zeros(5)) for r in rows]
+
+    def step(x, y):
+        return {"g": Gram(x), "n": torch.tensor(float(x.shape[0]), dtype=torch.float64)}
+
+    sums = accumulate(loader, step, device=torch.device("cpu"), dtype=torch.float64)
+    torch.testing.assert_close(sums["g"], sum(r.T @ r for r in rows), rtol=1e-12, atol=1e-12)
+    assert float(sums["n"]) == 15 and int(sums["n_data"]) == 15
 
 
 def test_progress_bar_runs(capsys):

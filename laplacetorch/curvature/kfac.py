@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..datapass import Gram
 from ..distributed import rank_seed
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
@@ -133,7 +134,7 @@ def kfac_pass(
             a, g = a.mean(1, keepdim=True), g.sum(2, keepdim=True)
         af = a.reshape(-1, a.shape[-1])
         r = af.new_tensor(float(a.shape[0] * a.shape[1]))
-        return {f"{name}.A": af.T @ af, f"{name}.B": output_gram(g, memory_budget), f"{name}.R": r}
+        return {f"{name}.A": Gram(af), f"{name}.B": output_gram(g, memory_budget), f"{name}.R": r}
 
     def kron(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock) -> Kron:
         a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]
