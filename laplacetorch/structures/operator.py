@@ -266,10 +266,21 @@ class Operator(Structure):
         )
 
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor, block: int | None = None) -> Tensor:
+        """[J Π⁻¹ Jᵀ]_b ``[B, C, C]`` from ``jac`` ``[B, C, P]``, solving ``block`` rows of
+        the B·C at a time and contracting each run's solutions with the J rows of its inputs
+        at once, so no [B·C, P] solution is ever held."""
         self._check_definite(d, s)
         b, c, p = jac.shape
-        x = self._solve_rows(jac.reshape(b * c, p), d, s, block=block).reshape(b, c, p)
-        return jac @ x.transpose(-1, -2)
+        rows = jac.reshape(b * c, p)
+        size = SOLVE_BLOCK if block is None else block
+        out = jac.new_empty(b, c, c)
+        for start in range(0, b * c, size):
+            stop = min(start + size, b * c)
+            x = self._solve_rows(rows[start:stop], d, s, block=size)
+            for i in range(start // c, (stop - 1) // c + 1):  # the inputs this run touches
+                lo, hi = max(start, i * c), min(stop, (i + 1) * c)
+                out[i, :, lo - i * c : hi - i * c] = jac[i] @ x[lo - start : hi - start].T
+        return out
 
     def curvature_dense(self) -> Tensor:
         eye = torch.eye(self.n_params, dtype=self.dtype, device=self.device)
