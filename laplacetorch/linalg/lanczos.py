@@ -13,6 +13,10 @@ from .hutchinson import MatVec, _apply, _check_count, _check_dtype, _draw
 __all__ = ["lanczos"]
 
 
+# a Gram–Schmidt pass that keeps more than this fraction of the norm needs no repeat
+_DGKS = 2**-0.5
+
+
 def _lanczos_batch(
     matvec: MatVec,
     q0: Tensor,
@@ -22,10 +26,14 @@ def _lanczos_batch(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run Lanczos from each unit row of ``q0`` ``[s, n]`` (float64) at once, one matvec a step.
 
-    Every new vector is orthogonalised against all earlier ones (classical Gram–Schmidt,
-    twice: "twice is enough"), so Q stays orthonormal to round-off and T = QᵀAQ has no ghost
-    eigenvalues. A run whose residual βⱼ falls to n·eps·‖T‖ has found an invariant subspace:
-    it stops there (its later vectors are zero) and ``length`` records where.
+    Every new vector is orthogonalised against all earlier ones, so Q stays orthonormal to
+    round-off and T = QᵀAQ has no ghost eigenvalues: after the three-term recurrence
+    w = Aqⱼ − αⱼqⱼ − βⱼ₋₁qⱼ₋₁, one classical Gram–Schmidt pass over the basis, and a second
+    only when the first shrank some row's w below 1/√2 of its norm (the Daniel–Gragg–
+    Kaufman–Stewart test: "twice is enough"). Each pass reads the whole basis, which on a
+    large n costs as much as the products. A run whose residual βⱼ falls to n·eps·‖T‖ has
+    found an invariant subspace: it stops there (its later vectors are zero) and ``length``
+    records where.
 
     Returns:
         ``(alpha [s, j], beta [s, j], Q [s, j, n], length [s])`` with j ≤ ``n_steps`` steps
@@ -43,12 +51,19 @@ def _lanczos_batch(
     steps = 0
     for j in range(n_steps):
         q = Q[:, j]
-        w = _apply(matvec, q.to(dtype)).to(torch.float64)
+        # a copy: w is updated in place, and a matvec may return its input or its own buffer
+        w = _apply(matvec, q.to(dtype)).to(torch.float64, copy=True)
         a = (q * w).sum(1)
+        w.sub_(a[:, None] * q)
+        if j > 0:
+            w.sub_(beta[:, j - 1, None] * Q[:, j - 1])
         basis = Q[:, : j + 1]
         for _ in range(2):
-            w = w - torch.einsum("sjn,sj->sn", basis, torch.einsum("sjn,sn->sj", basis, w))
-        b = w.norm(dim=1)
+            before = w.norm(dim=1)
+            w.unsqueeze(2).baddbmm_(basis.mT, basis @ w.unsqueeze(2), alpha=-1)
+            b = w.norm(dim=1)
+            if not (b < _DGKS * before).any():
+                break
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise ValueError("matvec returned NaN or Inf")
         steps = j + 1
