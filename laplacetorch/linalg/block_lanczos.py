@@ -19,11 +19,26 @@ from .lanczos import basis_bounds
 __all__ = ["block_lanczos"]
 
 
-def _orthogonalise(w: Tensor, basis: Tensor) -> Tensor:
-    """Rows of ``w`` ``[b, n]`` minus their projection on the rows of ``basis`` ``[m, n]``
-    (classical Gram–Schmidt, twice)."""
+# a Gram–Schmidt pass that keeps more than this fraction of every row's norm needs no repeat
+_DGKS = 2**-0.5
+
+
+def _orthogonalise(w: Tensor, basis: Tensor, recent: int = 0) -> Tensor:
+    """Rows of ``w`` ``[b, n]`` minus their projection on the rows of ``basis`` ``[m, n]``.
+
+    Classical Gram–Schmidt: the projection on the last ``recent`` rows first (the block
+    three-term recurrence, where nearly all of A Qⱼ lies), then one pass over the whole
+    basis, and a second only when the first shrank some row below 1/√2 of its norm
+    (Daniel–Gragg–Kaufman–Stewart: "twice is enough"). Each full pass reads the whole basis.
+    """
+    if recent:
+        local = basis[-recent:]
+        w = w - (w @ local.T) @ local
     for _ in range(2):
+        before = w.norm(dim=1)
         w = w - (w @ basis.T) @ basis
+        if not bool((w.norm(dim=1) < _DGKS * before).any()):
+            break
     return w
 
 
@@ -114,7 +129,7 @@ def block_lanczos(
             raise ValueError("matvec returned NaN or Inf")
         a = w @ qj.T
         diag.append((a + a.T) / 2)
-        w = _orthogonalise(w, basis[:m])
+        w = _orthogonalise(w, basis[:m], recent=min(m, width + b))
         scale = max(scale, float(a.abs().max()), float(w.abs().max()))
         room = min(b, rows - m)  # the next block's width
         if room == w.shape[0]:
