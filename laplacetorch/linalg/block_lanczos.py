@@ -14,13 +14,9 @@ import torch
 from torch import Tensor
 
 from .hutchinson import MatVec, _apply, _check_count, _draw
-from .lanczos import basis_bounds
+from .lanczos import _DGKS, basis_bounds
 
 __all__ = ["block_lanczos"]
-
-
-# a Gram–Schmidt pass that keeps more than this fraction of every row's norm needs no repeat
-_DGKS = 2**-0.5
 
 
 def _orthogonalise(w: Tensor, basis: Tensor, recent: int = 0) -> Tensor:
