@@ -78,7 +78,7 @@ def block_lanczos(
 
     From a seeded Gaussian block Q₁ ``[n, b]`` (orthonormalised), each step applies A to the
     newest block, W = A Qⱼ, takes the diagonal block Aⱼ = Qⱼᵀ W, orthogonalises W against
-    the whole basis (Gram–Schmidt twice) and factors it, W = Qⱼ₊₁ Bⱼ (QR). After j steps the
+    the whole basis (:func:`_orthogonalise`) and factors it, W = Qⱼ₊₁ Bⱼ (QR). After j steps the
     basis Q ``[n, jb]`` spans the block Krylov space of A and Q₁, and T = QᵀAQ is block
     tridiagonal with diagonal blocks Aᵢ and off-diagonal blocks Bᵢ. A Ritz pair (θ, Q s) of
     T s = θ s has residual ‖A Q s − θ Q s‖ = ‖Wᵀ s_last‖ = ‖Bⱼ s_last‖ (W orthogonalised,
