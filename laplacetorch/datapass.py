@@ -38,23 +38,34 @@ Reduction = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 @dataclass(frozen=True)
 class Gram:
-    """A step's term xᵀx for rows x ``[M, D]``, summed into its accumulator in place.
+    """A step's term Σᵢ xᵢᵀxᵢ for row blocks xᵢ ``[Mᵢ, D]``, summed into its accumulator in
+    place.
 
-    :func:`accumulate` adds it with one GEMM into the running ``[D, D]`` sum (β = 1) instead
-    of forming a fresh product and adding it: for a wide layer (D = 9217, a batch of 128)
-    the fresh product costs a new D² allocation and a second pass over D² entries, about
-    1.6× the GEMM alone.
+    ``x`` is one block, or a function returning the blocks one at a time (so that rows made
+    in chunks under a memory budget are never all held). :func:`accumulate` adds each block
+    with one GEMM into the running ``[D, D]`` sum (β = 1) instead of forming a fresh product
+    and adding it: for a wide layer (D = 9217, a batch of 128) the fresh product costs a new
+    D² allocation and a second pass over D² entries, about 1.6× the GEMM alone.
     """
 
-    x: Tensor
+    x: Tensor | Callable[[], Iterable[Tensor]]
+
+    def _blocks(self) -> Iterable[Tensor]:
+        return (self.x,) if isinstance(self.x, Tensor) else self.x()
 
     def value(self) -> Tensor:
-        """xᵀx, ``[D, D]``."""
-        return self.x.mT @ self.x
+        """Σᵢ xᵢᵀxᵢ, ``[D, D]``."""
+        blocks = iter(self._blocks())
+        first = next(blocks)
+        total = first.mT @ first
+        for x in blocks:
+            total.addmm_(x.mT, x)
+        return total
 
     def add_to(self, total: Tensor) -> None:
-        """total += xᵀx, in place."""
-        total.addmm_(self.x.mT, self.x)
+        """total += Σᵢ xᵢᵀxᵢ, in place."""
+        for x in self._blocks():
+            total.addmm_(x.mT, x)
 
 
 def _identity(sums: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -32,17 +32,19 @@ def _within_blocks(g: torch.Tensor, structure: BlockDiagonal) -> torch.Tensor:
     return out
 
 
+# a 1-byte budget makes every example its own chunk of a block's rows
+@pytest.mark.parametrize("budget", [{}, {"memory_budget": 1}], ids=["default", "1 byte"])
 @pytest.mark.parametrize("fisher_type", ["exact", "empirical"])
 @pytest.mark.parametrize("net", ["mlp", "cnn", "norm"])
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
-def test_blocks_are_the_exact_curvature_within_layers(net, likelihood, fisher_type):
+def test_blocks_are_the_exact_curvature_within_layers(net, likelihood, fisher_type, budget):
     model = {"mlp": make_mlp, "cnn": make_cnn, "norm": _norm_net}[net]()
     x, y = make_data("cnn" if net == "cnn" else "mlp", likelihood, n=9)
     sub = ParameterSubset(model, "all")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         res = fit_block_full(
-            sub, get_likelihood(likelihood), batches(x, y, 4), fisher_type=fisher_type
+            sub, get_likelihood(likelihood), batches(x, y, 4), fisher_type=fisher_type, **budget
         )
     assert any("diagonal block" in str(w.message) for w in seen) == (net == "norm")
     st = res.structure

@@ -15,12 +15,13 @@ exact for every prior.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..datapass import Gram
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Dense, LayerBlock
@@ -55,8 +56,8 @@ def fit_block_full(
         raise ValueError("block_full needs whole layers; a subnetwork given by a mask is not")
     ggn_type = "exact" if kind == "ggn" else "empirical"
 
-    def gram(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
-        return {name: _block_gram(a, g, memory_budget)}
+    def gram(name: str, a: Tensor, g: Tensor) -> dict[str, Gram]:
+        return {name: Gram(lambda: _block_rows(a, g, memory_budget))}
 
     def dense(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock):
         return Dense(sums[name], group_index, layout)
@@ -77,15 +78,13 @@ def fit_block_full(
     )
 
 
-def _block_gram(a: Tensor, g: Tensor, memory_budget: int) -> Tensor:
-    """Σₙₖ vec(Mₙₖ) vec(Mₙₖ)ᵀ with Mₙₖ = Σₛ gₙₖₛ ãₙₛᵀ, for ``a`` ``[B, S, in']`` and ``g``
-    ``[K, B, S, out]``, in chunks of examples under ``memory_budget``."""
+def _block_rows(a: Tensor, g: Tensor, memory_budget: int) -> Iterator[Tensor]:
+    """The rows vec(Mₙₖ), Mₙₖ = Σₛ gₙₖₛ ãₙₛᵀ, for ``a`` ``[B, S, in']`` and ``g``
+    ``[K, B, S, out]``, in chunks of examples under ``memory_budget``; their Gram is the
+    block's term of the batch, Σₙₖ vec(Mₙₖ) vec(Mₙₖ)ᵀ."""
     k, b, _, n_out = g.shape
     numel = n_out * a.shape[-1]
     chunk = max(1, memory_budget // max(k * numel * a.element_size(), 1))
-    gram = a.new_zeros(numel, numel)
     for s in range(0, b, chunk):
         m = torch.einsum("kbso,bsi->kboi", g[:, s : s + chunk], a[s : s + chunk])
-        m = m.reshape(-1, numel)
-        gram.addmm_(m.T, m)
-    return gram
+        yield m.reshape(-1, numel)
