@@ -24,6 +24,7 @@ from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
 from .posterior import PosteriorViews
 from .prediction import Prediction
+from .prior import Prior
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
@@ -210,6 +211,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
                 old.n_outputs,
                 old.loss_sum + new.loss_sum,
                 old.kind,
+                old.prior_factor,
             )
         self.curvature = new
         self.mean = self.subset.map_vector()
@@ -287,13 +289,26 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             raise ValueError("sigma_noise is a regression-only option")
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         delta = self.prior_precision if prior_precision is None else prior_precision
-        d, scalar = self._expand_prior(delta)
-        d = d * c.structure.prior_factor  # the prior the structure's posterior has
-        scatter = (d * (self.mean - self.prior_mean).square()).sum()
-        logdet_prior = self.n_params * d.log() if scalar else d.log().sum()
-        # δ as given: a per-layer δ stays constant on each layer's blocks (exact, no Cholesky)
-        logdet_post = c.structure.logdet(delta, self.scale(sigma))
-        return self.log_likelihood_at(sigma) - 0.5 * (scatter + logdet_post - logdet_prior)
+        prior = self.prior_at(delta)
+        scatter = prior.quadratic(self.mean - self.prior_mean)
+        # δ in its own form: a per-layer δ stays constant on each layer's blocks (exact)
+        logdet_post = c.structure.logdet(prior, self.scale(sigma))
+        return self.log_likelihood_at(sigma) - 0.5 * (scatter + logdet_post - prior.logdet())
+
+    def prior_at(self, prior_precision: Tensor | float | None = None) -> Prior:
+        """The fitted posterior's prior P₀ = c·diag(δ) at δ (default: the object's), with the
+        factor c of the fit (see :class:`~laplacetorch.prior.Prior`)."""
+        c = self._fitted()
+        delta = self.prior_precision if prior_precision is None else prior_precision
+        sub = self.subset
+        return Prior.of(
+            delta, sub.group_index, dtype=sub.dtype, device=sub.device, factor=c.prior_factor
+        )
+
+    @property
+    def prior(self) -> Prior:
+        """The prior at the current δ (:meth:`prior_at`)."""
+        return self.prior_at()
 
     def optimize_prior_precision(
         self,
@@ -380,7 +395,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
     # ----------------------------------------------------------------- weights
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """``[n_samples, P]`` weight draws θ* + ε, ε ~ N(0, Π⁻¹)."""
-        eps = self.structure.sample(n_samples, self.prior_precision, self.scale(), generator)
+        eps = self.structure.sample(n_samples, self.prior, self.scale(), generator)
         return self.mean + eps
 
     # ----------------------------------------------------------------- persistence

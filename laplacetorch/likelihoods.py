@@ -416,7 +416,7 @@ class BinaryLikelihood(Likelihood):
             )
         super().check_link(link_approx)
 
-    def predictive_nll(self, pred: Tensor, y: Tensor) -> Tensor:
+    def predictive_nll(self, pred: Tensor, y: Tensor, sigma_noise: Tensor | float = 1.0) -> Tensor:
         return binary_nll(pred, y, "sum")
 
     def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:

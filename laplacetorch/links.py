@@ -67,7 +67,13 @@ def bridge(mean: Tensor, var: Tensor, normalise: bool = False) -> Tensor:
     """
     c = mean.shape[-1]
     s1 = var.sum(-1)  # Σ1, [B, C]
-    total = s1.sum(-1, keepdim=True).clamp_min(torch.finfo(var.dtype).tiny)  # 1ᵀΣ1
+    total = s1.sum(-1, keepdim=True)  # 1ᵀΣ1 ∈ [0, C·tr Σ] for a PSD Σ
+    # 1ᵀΣ1 at the round-off of its C² terms is zero: nothing to condition on (dividing by it
+    # would amplify the round-off of Σ1 into an O(1) shift of μ)
+    trace = var.diagonal(dim1=-2, dim2=-1).abs().sum(-1, keepdim=True)
+    zero = total <= c * c * torch.finfo(var.dtype).eps * trace
+    s1 = torch.where(zero, torch.zeros_like(s1), s1)
+    total = torch.where(zero, torch.ones_like(total), total).clamp_min(torch.finfo(var.dtype).tiny)
     mu = mean - s1 * mean.sum(-1, keepdim=True) / total
     v = var.diagonal(dim1=-2, dim2=-1) - s1.square() / total
     v = v.clamp_min(torch.finfo(v.dtype).tiny ** 0.5)

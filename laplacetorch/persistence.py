@@ -33,8 +33,8 @@ __all__ = [
 
 #: the layout of a saved state; 2: structures as blocks (BlockDiagonal, layer layouts);
 #: 3: prior groups are parameter tensors (laplace-torch's "layerwise"), not modules;
-#: 4: θ*'s fingerprint
-STATE_FORMAT = 4
+#: 4: θ*'s fingerprint; 5: the fit's prior factor c (P₀ = c·diag(δ)) beside the structure
+STATE_FORMAT = 5
 
 _KINDS = ("ggn", "ef", "hessian")
 
@@ -86,6 +86,7 @@ def laplace_state(la: Laplace) -> dict[str, Any]:
         "n_outputs": c.n_outputs,
         "loss_sum": c.loss_sum.detach().cpu(),
         "kind": c.kind,
+        "prior_factor": c.prior_factor,
         "mean": mean,
         "mean_fingerprint": fingerprint(mean),
         "prior_precision": la.prior_precision.cpu(),
@@ -107,6 +108,7 @@ _REQUIRED = (
     "n_outputs",
     "loss_sum",
     "kind",
+    "prior_factor",
     "mean",
     "mean_fingerprint",
     "prior_precision",
@@ -137,14 +139,21 @@ def _positive_int(state: dict[str, Any], key: str) -> int:
     return v
 
 
+def _positive_float(state: dict[str, Any], key: str) -> float:
+    v = state[key]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf"):
+        raise ValueError(f"state entry {key!r} must be a positive finite number; got {v!r}")
+    return float(v)
+
+
 def _parse(la: Laplace, state: dict[str, Any]) -> dict[str, Any]:
     """Every entry of ``state`` checked and converted; raises before anything is changed."""
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         got = state.get("format", "1 (no format entry)") if isinstance(state, dict) else None
         raise ValueError(
             f"state has format {got}; this laplacetorch reads format {STATE_FORMAT} (structures "
-            "as blocks, one prior group per parameter tensor, θ*'s fingerprint): fit again and "
-            "save a new state"
+            "as blocks, one prior group per parameter tensor, θ*'s fingerprint, the fit's prior "
+            "factor): fit again and save a new state"
         )
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
@@ -193,6 +202,7 @@ def _parse(la: Laplace, state: dict[str, Any]) -> dict[str, Any]:
             _positive_int(state, "n_outputs"),
             loss_sum.reshape(()).to(dev, dt),
             state["kind"],
+            _positive_float(state, "prior_factor"),
         ),
         "mean": mean.to(dev, dt),
         "inputs": InputSpec(

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from .prior import Prior
 from .structures import Structure, expand_prior
 
 __all__ = ["KINDS", "PosteriorMatrix", "PosteriorViews"]
@@ -31,14 +32,15 @@ class PosteriorMatrix:
 
     Args:
         structure: the fitted structure. kind: one of :data:`KINDS`.
-        prior_precision: δ. scale: the likelihood scale s.
+        prior_precision: δ, or the :class:`~laplacetorch.prior.Prior` with its factor.
+            scale: the likelihood scale s.
     """
 
     def __init__(
         self,
         structure: Structure,
         kind: str,
-        prior_precision: Tensor | float,
+        prior_precision: Tensor | float | Prior,
         scale: Tensor | float,
     ) -> None:
         if kind not in KINDS:
@@ -106,58 +108,52 @@ class PosteriorMatrix:
 
 class PosteriorViews:
     """laplace-torch's posterior attributes on :class:`~laplacetorch.Laplace` (needs
-    ``structure``, ``prior_precision``, ``scale()``, ``mean``, ``prior_mean``)."""
+    ``structure``, ``prior``, ``scale()``, ``mean``, ``prior_mean``)."""
 
     @property
     def posterior_precision(self) -> PosteriorMatrix:
         """Π = s·G + diag(δ), through the structure."""
-        return PosteriorMatrix(self.structure, "precision", self.prior_precision, self.scale())
+        return PosteriorMatrix(self.structure, "precision", self.prior, self.scale())
 
     @property
     def posterior_covariance(self) -> PosteriorMatrix:
         """Σ = Π⁻¹, through the structure."""
-        return PosteriorMatrix(self.structure, "covariance", self.prior_precision, self.scale())
+        return PosteriorMatrix(self.structure, "covariance", self.prior, self.scale())
 
     @property
     def posterior_scale(self) -> PosteriorMatrix:
         """L with L Lᵀ = Σ (the square root :meth:`sample` draws with)."""
-        return PosteriorMatrix(self.structure, "scale", self.prior_precision, self.scale())
+        return PosteriorMatrix(self.structure, "scale", self.prior, self.scale())
 
     @property
     def posterior_variance(self) -> Tensor:
         """diag Σ, ``[P]``."""
-        return self.structure.inverse_diagonal(self.prior_precision, self.scale())
+        return self.structure.inverse_diagonal(self.prior, self.scale())
 
     @property
     def H(self) -> PosteriorMatrix:
         """G, the unit-scale curvature of the summed negative log-likelihood (no 1/σ², 1/T)."""
-        return PosteriorMatrix(self.structure, "curvature", self.prior_precision, 1.0)
+        return PosteriorMatrix(self.structure, "curvature", self.prior, 1.0)
 
     @property
     def prior_precision_diag(self) -> Tensor:
         """δ expanded to ``[P]``."""
-        delta, _ = self._expand_prior(self.prior_precision)
-        delta = delta * self.structure.prior_factor
-        return delta.expand(self.n_params)
+        return self.prior.diagonal()
 
     @property
     def scatter(self) -> Tensor:
         """(θ* − μ₀)ᵀ P₀ (θ* − μ₀)."""
-        delta, _ = self._expand_prior(self.prior_precision)
-        delta = delta * self.structure.prior_factor
-        return (delta * (self.mean - self.prior_mean).square()).sum()
+        return self.prior.quadratic(self.mean - self.prior_mean)
 
     @property
     def log_det_prior_precision(self) -> Tensor:
         """log det P₀."""
-        delta, scalar = self._expand_prior(self.prior_precision)
-        delta = delta * self.structure.prior_factor
-        return self.n_params * delta.log() if scalar else delta.log().sum()
+        return self.prior.logdet()
 
     @property
     def log_det_posterior_precision(self) -> Tensor:
         """log det Π (exact where :meth:`Structure.is_exact` says so)."""
-        return self.structure.logdet(self.prior_precision, self.scale())
+        return self.structure.logdet(self.prior, self.scale())
 
     @property
     def log_det_ratio(self) -> Tensor:
@@ -167,7 +163,7 @@ class PosteriorViews:
     def square_norm(self, value: Tensor) -> Tensor:
         """(θ − θ*)ᵀ Π (θ − θ*) for ``value`` ``[..., P]``."""
         diff = self._weights(value) - self.mean
-        return (diff * self.structure.matvec(diff, self.prior_precision, self.scale())).sum(-1)
+        return (diff * self.structure.matvec(diff, self.prior, self.scale())).sum(-1)
 
     def log_prob(self, value: Tensor, normalized: bool = True) -> Tensor:
         """log N(θ | θ*, Σ) for ``value`` ``[..., P]``; without the normalising constant
@@ -180,7 +176,7 @@ class PosteriorViews:
 
     def functional_variance(self, Js: Tensor) -> Tensor:
         """J Σ Jᵀ ``[B, C, C]`` for Jacobians ``Js`` ``[B, C, P]``."""
-        return self.structure.functional_variance(Js, self.prior_precision, self.scale())
+        return self.structure.functional_variance(Js, self.prior, self.scale())
 
     def functional_covariance(self, Js: Tensor) -> Tensor:
         """The joint J Σ Jᵀ ``[B·C, B·C]`` for Jacobians ``Js`` ``[B·C, P]`` (or ``[B, C, P]``)."""

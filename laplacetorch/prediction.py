@@ -58,7 +58,7 @@ class Prediction:
         outputs of all inputs ``[B·C, B·C]`` (from dense Jacobian rows, B·C·P memory).
         ``fitting``: inputs like the training inputs (reward modelling: pairs)."""
         x, n = self._check_inputs(x, fitting)
-        delta = self.prior_precision if prior_precision is None else prior_precision
+        delta = self.prior_at(prior_precision)  # with the fit's prior factor
         structure, s = self.structure, self.scale()
         keep = self.enable_backprop
         if n == 0:  # no Jacobian rows to compute: the shapes of the outputs, empty

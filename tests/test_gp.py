@@ -76,7 +76,8 @@ def test_a_subset_is_the_curvature_of_its_points_and_the_fit_of_all():
     # the GP prior covariance times M/N: the weight-space posterior of the points at δ·N/M
     delta = torch.tensor(0.6, dtype=DT)
     torch.testing.assert_close(
-        scaled.structure.logdet(delta, 1.0), on_subset.structure.logdet(delta * 20 / 7, 1.0)
+        scaled.structure.logdet(scaled.prior_at(delta), 1.0),
+        on_subset.structure.logdet(delta * 20 / 7, 1.0),
     )
     torch.testing.assert_close(
         scaled.glm_moments(x[:3], delta)[1], on_subset.glm_moments(x[:3], delta * 20 / 7)[1]
@@ -84,6 +85,56 @@ def test_a_subset_is_the_curvature_of_its_points_and_the_fit_of_all():
     # its evidence: that of the points' posterior at δ·N/M, with the data fit of all N
     shift = everything.log_likelihood - on_subset.log_likelihood
     torch.testing.assert_close(scaled.evidence(delta), on_subset.evidence(delta * 20 / 7) + shift)
+
+
+def _scaled_gp(likelihood="classification"):
+    """A subset-of-data GP with laplace-torch's prior scaling (c = N/M = 20/7)."""
+    x, y = make_data("mlp", likelihood, n=20)
+    opts = {"n_subset": 7, "seed": 3, "prior_subset_scaling": True}
+    kw = {"sigma_noise": 0.8} if likelihood == "regression" else {}
+    la = Laplace(make_mlp(), likelihood, "all", "gp", prior_precision=0.6, backend_options=opts)
+    return la.fit(batches(x, y)), x, y, kw
+
+
+def test_the_prior_factor_survives_a_save_and_load():
+    la, *_ = _scaled_gp()
+    before = la.log_marginal_likelihood()
+    other = Laplace(
+        make_mlp(),
+        "classification",
+        "all",
+        "gp",
+        backend_options={"n_subset": 7, "seed": 3, "prior_subset_scaling": True},
+    )
+    other.load_state_dict(la.state_dict())
+    torch.testing.assert_close(other.log_marginal_likelihood(), before)
+    torch.testing.assert_close(other.log_det_prior_precision, la.log_det_prior_precision)
+    assert other.prior.factor == pytest.approx(20 / 7)
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_mackay_with_the_prior_factor_is_a_stationary_point_of_the_evidence(likelihood):
+    la, *_ = _scaled_gp(likelihood)
+    res = la.optimize_prior_precision(method="mackay")
+    log_d = res.prior_precision.log().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(la.evidence(log_d.exp()), log_d)
+    assert abs(float(grad)) < 1e-6
+    ml = la.optimize_prior_precision(method="marglik")
+    torch.testing.assert_close(ml.prior_precision, res.prior_precision, rtol=1e-5, atol=0)
+
+
+def test_posterior_precision_views_agree_with_their_dense_form_under_the_factor():
+    la, *_ = _scaled_gp()
+    prec = la.posterior_precision
+    dense = prec.to_dense()
+    torch.testing.assert_close(prec.diagonal(), dense.diagonal())
+    torch.testing.assert_close(
+        la.prior_precision_diag, torch.full((la.n_params,), 0.6 * 20 / 7, dtype=DT)
+    )
+    torch.testing.assert_close(prec.logdet(), torch.linalg.slogdet(dense)[1])
+    cov = la.posterior_covariance
+    torch.testing.assert_close(cov.to_dense() @ dense, torch.eye(la.n_params, dtype=DT))
+    torch.testing.assert_close(cov.diagonal(), torch.linalg.inv(dense).diagonal())
 
 
 def test_diagonal_softmax_hessian_option():

@@ -87,16 +87,21 @@ def test_marglik_and_mackay_agree(prior_structure):
     torch.testing.assert_close(res[0].prior_precision, res[1].prior_precision, rtol=1e-3, atol=0)
 
 
-def test_gridsearch_on_validation_nll_picks_the_best_grid_point():
-    la, _x, _y = _fitted("classification", "last_layer", "full")
-    xv, yv = make_data("mlp", "classification", n=15, seed=7)
+@pytest.mark.parametrize("likelihood", ["classification", "binary"])
+def test_gridsearch_on_validation_nll_picks_the_best_grid_point(likelihood):
+    la, _x, _y = _fitted(likelihood, "last_layer", "full")
+    xv, yv = make_data("mlp", likelihood, n=15, seed=7)
     grid = torch.logspace(-2, 2, 9)
     res = la.optimize_prior_precision(method="gridsearch", val_loader=batches(xv, yv), grid=grid)
     nlls = []
     for d in grid:
         la.prior_precision = d
         p = la(xv)
-        nlls.append(float(-p.gather(1, yv[:, None]).log().mean()))
+        if likelihood == "binary":  # independent Bernoulli outputs, summed per example
+            nll = -(yv * p.log() + (1 - yv) * (1 - p).log()).sum(1)
+        else:
+            nll = -p.gather(1, yv[:, None]).log()[:, 0]
+        nlls.append(float(nll.mean()))
     assert res.history == pytest.approx(nlls, rel=1e-9)
     assert float(res.prior_precision) == pytest.approx(
         float(grid[int(torch.tensor(nlls).argmin())])

@@ -323,12 +323,12 @@ class KronLaplace(ParametricLaplace):
     @property
     def posterior_precision(self) -> KronPosterior:
         """Π as a Kronecker-factored matrix (the structure's blocks)."""
-        return KronPosterior(self.structure, "precision", self._prior_precision, self.scale())
+        return KronPosterior(self.structure, "precision", self.prior, self.scale())
 
     @property
     def H(self) -> KronPosterior:
         """G as a Kronecker-factored matrix."""
-        return KronPosterior(self.structure, "curvature", self._prior_precision, 1.0)
+        return KronPosterior(self.structure, "curvature", self.prior, 1.0)
 
 
 class LowRankLaplace(ParametricLaplace):

@@ -62,6 +62,8 @@ class CurvatureResult:
         n_outputs: C.
         loss_sum: Σₙ unit-scale NLL at θ* (see ``Likelihood.log_likelihood_from_loss``).
         kind: ``"ggn"`` or ``"ef"``; decides how G scales with σ and T.
+        prior_factor: c in the prior P₀ = c·diag(δ) this fit's posterior and evidence use
+            (laplace-torch's subset-of-data GP: N/M; 1 otherwise; see :class:`~.prior.Prior`).
     """
 
     structure: Structure
@@ -69,6 +71,7 @@ class CurvatureResult:
     n_outputs: int
     loss_sum: Tensor
     kind: str
+    prior_factor: float = 1.0
 
 
 def curvature_pass(

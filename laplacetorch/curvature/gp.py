@@ -16,7 +16,8 @@ points at θ*.
 
 Options (laplace-torch's ``FunctionalLaplace`` conventions, for ``compat``): ``diagonal_hessian``
 replaces each softmax Hessian by its diagonal; ``prior_subset_scaling`` scales the GP's prior
-covariance by M/N (δ by N/M inside Π; the prior terms of the evidence keep δ);
+covariance by M/N: the fit's prior factor c = N/M (P₀ = c·diag(δ), in Π and in the evidence's
+prior terms alike; :class:`~laplacetorch.prior.Prior`);
 ``subset_indices`` gives the M points explicitly.
 """
 
@@ -210,11 +211,11 @@ def fit_gp(
     selections = (
         [slice(c, None, n_out) for c in range(n_out)] if independent_outputs else [slice(None)]
     )
-    kernels = _kernels(rows_of, spans, chunk_rows, k_cols, selections, subset, factor)
+    kernels = _kernels(rows_of, spans, chunk_rows, k_cols, selections, subset)
     structure = (
         IndependentOutputs(kernels, subset.group_index) if independent_outputs else kernels[0]
     )
-    return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
+    return CurvatureResult(structure, n_data, n_out, loss_sum, kind, prior_factor=factor)
 
 
 def _given(indices: Tensor, n_data: int) -> Tensor:
@@ -276,7 +277,6 @@ def _kernels(
     k_cols: int,
     selections: list[slice],
     subset: ParameterSubset,
-    factor: float,
 ) -> list[Kernel]:
     per_example = k_cols if selections == [slice(None)] else 1
     out = []
@@ -295,7 +295,6 @@ def _kernels(
                 subset.dtype,
                 subset.device,
                 subset.group_index,
-                factor,
             )
         )
     return out

@@ -4,6 +4,7 @@ Every class here is registered by name when it is defined (``STRUCTURES``), whic
 persistence needs: a new structure is one new module.
 """
 
+from ..prior import Prior, expand_prior, parse_prior
 from .base import STRUCTURES, Structure, structure_from_state_dict
 from .block_diagonal import BlockDiagonal
 from .dense import Dense
@@ -14,7 +15,6 @@ from .kron import EKron, Kron
 from .layout import LayerBlock
 from .lowrank import LowRank
 from .operator import Operator
-from .prior import expand_prior, parse_prior
 from .sources import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "LayerBlock",
     "LowRank",
     "Operator",
+    "Prior",
     "Structure",
     "expand_prior",
     "parse_prior",

@@ -23,13 +23,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..prior import Prior, expand_prior, parse_prior, prior_on_block, single_group
 from .layer_parts import LayerParts, PartFactors
 from .layout import LayerBlock
-from .prior import check_scale, expand_prior, parse_prior, prior_on_block, single_group
 from .registry import STRUCTURES, check_state, structure_from_state_dict, structure_key
 from .sources import DenseJacobian, JacobianSource
 
 __all__ = ["STRUCTURES", "Structure", "check_state", "structure_from_state_dict", "structure_key"]
+
+
+def check_scale(scale: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The likelihood scale s as a positive finite 0-d tensor."""
+    s = torch.as_tensor(scale, dtype=dtype, device=device)
+    if s.numel() != 1 or not torch.isfinite(s).all() or (s <= 0).any():
+        raise ValueError(f"likelihood scale must be one positive finite number; got {s.tolist()}")
+    return s.reshape(())
 
 
 def report_indefinite(eigenvalues: Tensor, what: str) -> None:
@@ -80,9 +88,6 @@ class Structure(ABC):
 
     #: names of the tensors returned by ``_tensors`` (persistence)
     _tensor_keys: ClassVar[tuple[str, ...]] = ()
-    #: c in the prior c·diag(δ) the structure's posterior uses (1 but for a subset-of-data
-    #: GP with laplace-torch's prior scaling); the evidence's prior terms use the same
-    prior_factor: float = 1.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,7 +131,7 @@ class Structure(ABC):
         return int(self.group_index.max()) + 1 if self.n_params else 0
 
     # ----------------------------------------------------------------- argument handling
-    def _block_prior(self, prior_precision: Tensor | float) -> Any:
+    def _block_prior(self, prior_precision: Tensor | float | Prior) -> Any:
         """The validated prior as the private methods take it."""
         delta, kind = parse_prior(
             prior_precision, self.n_params, self.n_groups, dtype=self.dtype, device=self.device
@@ -165,19 +170,21 @@ class Structure(ABC):
         )
 
     # ----------------------------------------------------------------- the API
-    def logdet(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
+    def logdet(
+        self, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
+    ) -> Tensor:
         """log det Π(δ, s), a 0-d tensor differentiable in δ and s."""
         return self._logdet(self._block_prior(prior_precision), self._scale(scale))
 
     def solve(
-        self, v: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+        self, v: Tensor, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
     ) -> Tensor:
         """Π⁻¹v for ``v`` of shape ``[..., P]``."""
         self._check_v(v)
         return self._solve(v, self._block_prior(prior_precision), self._scale(scale))
 
     def matvec(
-        self, v: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+        self, v: Tensor, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
     ) -> Tensor:
         """Π v = s·G v + δ ⊙ v for ``v`` of shape ``[..., P]``, without forming Π."""
         self._check_v(v)
@@ -189,19 +196,21 @@ class Structure(ABC):
         return self._curvature_matvec(v)
 
     def covariance_sqrt(
-        self, z: Tensor, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+        self, z: Tensor, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
     ) -> Tensor:
         """L z for ``z`` ``[..., P]``, with the square root L (L Lᵀ = Π⁻¹) that :meth:`sample`
         draws with (linear in z)."""
         self._check_v(z, "z")
         return self._sample(z, self._block_prior(prior_precision), self._scale(scale))
 
-    def trace_inverse(self, prior_precision: Tensor | float, scale: Tensor | float = 1.0) -> Tensor:
+    def trace_inverse(
+        self, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
+    ) -> Tensor:
         """tr Π⁻¹."""
         return self._trace_inverse(self._block_prior(prior_precision), self._scale(scale))
 
     def inverse_diagonal(
-        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+        self, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
     ) -> Tensor:
         """diag Π⁻¹, ``[P]`` (MacKay's update, marginal variances)."""
         return self._inverse_diagonal(self._block_prior(prior_precision), self._scale(scale))
@@ -209,7 +218,7 @@ class Structure(ABC):
     def sample(
         self,
         n_samples: int,
-        prior_precision: Tensor | float,
+        prior_precision: Tensor | float | Prior,
         scale: Tensor | float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -220,7 +229,7 @@ class Structure(ABC):
     def functional_variance(
         self,
         jac: Tensor | JacobianSource,
-        prior_precision: Tensor | float,
+        prior_precision: Tensor | float | Prior,
         scale: Tensor | float = 1.0,
     ) -> Tensor:
         """J Π⁻¹ Jᵀ ``[B, C, C]`` for J given as ``[B, C, P]`` or as a Jacobian source (each
@@ -228,7 +237,7 @@ class Structure(ABC):
         source = self._source(jac)
         return self._fvar(source, None, self._block_prior(prior_precision), self._scale(scale))
 
-    def is_exact(self, prior_precision: Tensor | float) -> bool:
+    def is_exact(self, prior_precision: Tensor | float | Prior) -> bool:
         """Whether log det, solves and traces are exact for this prior (not estimates)."""
         return self._is_exact(self._block_prior(prior_precision))
 
@@ -239,7 +248,7 @@ class Structure(ABC):
         return [self.layout] if self.layout is not None else []
 
     def precision_dense(
-        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
+        self, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
     ) -> Tensor:
         """Π(δ, s) as a dense ``[P, P]`` matrix (tests, small P)."""
         delta, _ = expand_prior(

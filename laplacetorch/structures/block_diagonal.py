@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..prior import parse_prior, prior_on_block, single_group
 from .base import STRUCTURES, Structure, check_state, structure_key
 from .layout import LayerBlock
-from .prior import parse_prior, prior_on_block, single_group
 from .sources import JacobianSource
 
 __all__ = ["BlockDiagonal"]

@@ -30,7 +30,7 @@ class IndependentOutputs(Structure):
     """One :class:`Kernel` per output; see the module docstring.
 
     Args:
-        kernels: the C per-output kernels (same P, same prior factor).
+        kernels: the C per-output kernels (same P).
         group_index: ``[P]`` group of each parameter.
     """
 
@@ -40,7 +40,6 @@ class IndependentOutputs(Structure):
         k0 = kernels[0]
         super().__init__(k0.n_params, group_index, k0.dtype, k0.device)
         self.kernels = list(kernels)
-        self.prior_factor = k0.prior_factor
 
     def _scalar(self, d: Tensor) -> None:
         if d.dim() != 0:
@@ -61,7 +60,7 @@ class IndependentOutputs(Structure):
 
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
         self._scalar(d)
-        prior = self.n_params * (d * self.prior_factor).log()
+        prior = self.n_params * d.log()
         return sum(k._logdet(d, s) - prior for k in self.kernels) + prior
 
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:

@@ -38,8 +38,6 @@ class Kernel(Structure):
             (``None`` after loading a state: only log det then works).
         eigenvalues: λ ``[r]`` > 0. eigenvectors: V ``[M·K, r]``.
         n_params, dtype, device, group_index: as for every structure.
-        prior_factor: c multiplying δ inside Π = s·Wᵀ W + c·diag(δ) (laplace-torch's
-            subset-of-data GP scales its prior covariance by M/N: c = N/M); 1 otherwise.
     """
 
     def __init__(
@@ -51,26 +49,18 @@ class Kernel(Structure):
         dtype: torch.dtype,
         device: torch.device,
         group_index: Tensor | None = None,
-        prior_factor: float = 1.0,
     ) -> None:
         super().__init__(n_params, group_index, dtype, device)
         self.rows = rows
-        self.prior_factor = float(prior_factor)
         self._set_tensors({"eigenvalues": eigenvalues, "eigenvectors": eigenvectors})
 
-    _tensor_keys = ("eigenvalues", "eigenvectors", "prior_factor")
+    _tensor_keys = ("eigenvalues", "eigenvectors")
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {
-            "eigenvalues": self.lam,
-            "eigenvectors": self.v,
-            "prior_factor": torch.tensor(self.prior_factor, dtype=self.dtype),
-        }
+        return {"eigenvalues": self.lam, "eigenvectors": self.v}
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.lam, self.v = tensors["eigenvalues"], tensors["eigenvectors"]
-        if "prior_factor" in tensors:
-            self.prior_factor = float(tensors["prior_factor"])
 
     def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
         if tensors["eigenvectors"].shape[1:] != tensors["eigenvalues"].shape:
@@ -132,20 +122,17 @@ class Kernel(Structure):
         return True
 
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
-        d = d * self.prior_factor
         if d.dim() != 0:
             return self.low_rank()._logdet(d, s)
         return self.n_params * d.log() + torch.log1p(s * self.lam / d).sum()
 
     def _trace_inverse(self, d: Tensor, s: Tensor) -> Tensor:
-        d = d * self.prior_factor
         if d.dim() != 0:
             return self.low_rank()._trace_inverse(d, s)
         # tr Π⁻¹ = (P − Σ λ/(δ/s + λ)) / δ
         return (self.n_params - (self.lam * self._weights(d, s)).sum()) / d
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        d = d * self.prior_factor
         if d.dim() != 0:
             return self.low_rank()._solve(v, d, s)
         flat = v.reshape(-1, self.n_params)
@@ -154,7 +141,6 @@ class Kernel(Structure):
         return ((flat - self._wt_times(c)) / d).reshape(v.shape)
 
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        d = d * self.prior_factor
         if d.dim() != 0:
             return self.low_rank()._fvar_dense(jac, d, s)
         b, c, p = jac.shape
@@ -167,31 +153,13 @@ class Kernel(Structure):
         return full.view(b, c, b, c)[idx, :, idx, :]
 
     def _inverse_diagonal(self, d: Tensor, s: Tensor) -> Tensor:
-        d = d * self.prior_factor
         return self.low_rank()._inverse_diagonal(d, s)
 
     def _sample(self, z: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        d = d * self.prior_factor
         return self.low_rank()._sample(z, d, s)
 
     def _matvec(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        return s * self._curvature_matvec(v) + d * self.prior_factor * v
-
-    def precision_dense(
-        self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
-    ) -> Tensor:
-        """Π(δ, s) as a dense ``[P, P]`` matrix, with the prior factor."""
-        return super().precision_dense(prior_precision, scale) + (
-            self.prior_factor - 1
-        ) * torch.diag(self._dense_prior(prior_precision))
-
-    def _dense_prior(self, prior_precision: Tensor | float) -> Tensor:
-        from .prior import expand_prior
-
-        d, _ = expand_prior(
-            prior_precision, self.n_params, self.group_index, dtype=self.dtype, device=self.device
-        )
-        return d.expand(self.n_params)
+        return s * self._curvature_matvec(v) + d * v
 
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         flat = v.reshape(-1, self.n_params)

@@ -81,7 +81,7 @@ def _finish(la, method, delta, sigma, n_iter, converged, history) -> TuningResul
         la.sigma_noise = sigma.detach()
     with torch.no_grad():
         lml = float(la.evidence())
-    exact = la.structure.is_exact(la.prior_precision)
+    exact = la.structure.is_exact(la.prior)
     return TuningResult(
         method, la.prior_precision, la.sigma_noise, lml, n_iter, converged, history, exact
     )

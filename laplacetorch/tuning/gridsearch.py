@@ -75,15 +75,16 @@ def _predictives(la, x, n, grid, pred_type, link_approx, n_samples, generator):
     if pred_type == "nn":
         out = []
         for d in grid:
-            theta = la.mean + structure.sample(n_samples, d, s, generator)
+            theta = la.mean + structure.sample(n_samples, la.prior_at(d), s, generator)
             fs = function_samples(la.subset, theta, x)
             out.append([lik.nn_predictive(fs, la.sigma_noise)])
         return out, tuple(fs.shape[1:])
+    priors = [la.prior_at(d) for d in grid]  # with the fit's prior factor
     out, f_shape = [[] for _ in grid], [0, 0]
     for source in jacobian_sources(la.subset, x, n, structure.layouts(), la.memory_budget):
         f_shape = [f_shape[0] + source.f.shape[0], *source.f.shape[1:]]
-        for i, d in enumerate(grid):
-            var = structure.functional_variance(source, d, s)
+        for i, prior in enumerate(priors):
+            var = structure.functional_variance(source, prior, s)
             out[i].append(
                 lik.glm_predictive(source.f, var, la.sigma_noise, link_approx, n_samples, generator)
             )
