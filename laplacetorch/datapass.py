@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .distributed import gather_rows, reduce_sums
@@ -216,6 +217,20 @@ class BatchAdapter:
             if spec.shape is None and isinstance(x, Tensor):
                 spec.shape, spec.floating = tuple(x.shape[1:]), x.is_floating_point()
             yield x, y
+
+
+def loader_size(loader: Any, dict_key_y: str = "labels") -> int | None:
+    """N without a pass, where the loader tells it (a DataLoader's sampler, or a list of
+    in-memory batches); ``None`` otherwise."""
+    try:
+        if isinstance(loader, DataLoader):
+            n, bs = len(loader.sampler), loader.batch_size
+            return n - n % bs if loader.drop_last and bs else n
+        if isinstance(loader, list | tuple):
+            return sum(int(as_pair(b, dict_key_y)[1].shape[0]) for b in loader)
+    except (TypeError, ValueError, AttributeError, IndexError):
+        pass
+    return None
 
 
 def require_reiterable(loader: Iterable, what: str) -> None:

@@ -14,12 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed, persistence, tuning
-from .curvature import HESSIAN_STRUCTURES, CurvatureResult, canonical_structure, get_backend
+from .curvature import (
+    HESSIAN_STRUCTURES,
+    CurvatureResult,
+    canonical_structure,
+    check_fisher_type,
+    get_backend,
+)
 from .curvature.options import check_backend_options
-from .datapass import BatchAdapter, InputSpec
+from .datapass import BatchAdapter, InputSpec, loader_size, require_reiterable
 from .hyperparameters import Hyperparameters, check_sigma
 from .likelihoods import Likelihood, get_likelihood
-from .memory import check_fit_memory
+from .memory import Sizes, check_fit_memory
 from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
 from .posterior import PosteriorViews
@@ -125,12 +131,11 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             )
         self.model = model
         self.hessian_structure = canonical_structure(hessian_structure, subset_of_weights)
+        backend = get_backend(self.hessian_structure)
+        check_fisher_type(backend.name, fisher_type)
         self.fisher_type = fisher_type
         check_backend_options(
-            self.hessian_structure,
-            get_backend(self.hessian_structure),
-            {} if backend_options is None else backend_options,
-            fisher_type,
+            backend, {} if backend_options is None else backend_options, fisher_type
         )
         self.backend_options = dict(backend_options or {})
         self.memory_budget = memory_budget
@@ -177,18 +182,37 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
             TypeError, ValueError: a fit that cannot be added to. Nothing is changed.
         """
         progress = progress_bar if progress is None else progress  # None: on a terminal
+        backend = get_backend(self.hessian_structure)
         old = None if override else self.curvature
+        if old is not None and not backend.mergeable:
+            raise TypeError(
+                f"hessian_structure={backend.name!r} cannot take more data exactly (its basis or "
+                "estimate depends on all the data at once); fit again on all of it "
+                "(override=True)"
+            )
         if old is not None and not self.subset.weights_equal(self.mean):
             raise ValueError(
                 "fit(override=False) adds data at the same weights θ*, but the model's weights "
                 "have changed since the first fit; use override=True"
             )
         check_fit_memory(
-            self.hessian_structure, self.subset, self.backend_options, self.memory_limit
+            backend.name,
+            self.subset,
+            self.backend_options,
+            self.memory_limit,
+            Sizes(n_data=loader_size(train_loader, self.dict_key_y)),
         )
+        if not backend.one_pass:
+            require_reiterable(train_loader, f"hessian_structure={backend.name!r}")
+        extra = {"memory_limit": self.memory_limit} if backend.takes_memory_limit else {}
         recorder = BatchAdapter(train_loader, self.dict_key_y)
         with distributed.over(self.process_group):
-            new = get_backend(self.hessian_structure)(
+            if not backend.reducible and distributed.active_group() is not None:
+                raise ValueError(
+                    f"hessian_structure={backend.name!r} does not reduce over a process group; "
+                    "fit it on one process (process_group=False), or take a structure that does"
+                )
+            new = backend.fit(
                 self.subset,
                 self.likelihood,
                 recorder,
@@ -196,6 +220,7 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
                 progress=progress,
                 memory_budget=self.memory_budget,
                 batch_size_fn=self.batch_size_fn,
+                **extra,
                 **self.backend_options,
             )
         if old is not None:

@@ -8,7 +8,11 @@ The estimates count the tensors that grow with the model, in bytes of the model'
   (EKFAC adds its eigenvalues, Σ_b out_b·in_b), plus the diagonal rest;
 - ``diag``, ``hutchinson``: a few vectors of length P;
 - ``lanczos``: the Krylov basis and the Ritz vectors, 2·P·m with m the iterations;
-- ``operator``: the SLQ Lanczos bases of all probes, n_probes·n_steps·P in float64.
+- ``operator``: the SLQ Lanczos bases of all probes, n_probes·n_steps·P in float64;
+- ``gp``, ``nystrom``: the kernel of the M points' C outputs, (M·C)² in float64, checked again
+  by the backend once its first pass has counted N and C.
+
+Each backend's registry entry (:mod:`laplacetorch.curvature.registry`) names its estimate.
 
 The default limit is 80% of the memory available now: ``MemAvailable`` of the host, or the
 free memory of the model's CUDA device.
@@ -16,13 +20,20 @@ free memory of the model's CUDA device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .params import ParameterSubset
 
-__all__ = ["MemoryBudgetError", "available_memory", "check_fit_memory", "fit_bytes"]
+__all__ = [
+    "MemoryBudgetError",
+    "Sizes",
+    "available_memory",
+    "check_fit_memory",
+    "fit_bytes",
+]
 
 _FALLBACK_BYTES = 8 * 2**30
 
@@ -63,54 +74,122 @@ def _layer_sizes(subset: ParameterSubset) -> tuple[list[tuple[int, int]], int]:
     return shapes, subset.n_params - covered
 
 
-def fit_bytes(structure: str, subset: ParameterSubset, options: dict[str, Any]) -> int:
-    """The peak bytes of a fit of ``structure`` (see the module docstring)."""
-    e = torch.finfo(subset.dtype).bits // 8
+@dataclass(frozen=True)
+class Sizes:
+    """What the data tell about a fit's size: N and C (``None`` while unknown)."""
+
+    n_data: int | None = None
+    n_outputs: int | None = None
+
+
+def _e(subset: ParameterSubset) -> int:
+    return torch.finfo(subset.dtype).bits // 8
+
+
+def full_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """G, its eigenvectors and the eigendecomposition's workspace, 3·P²."""
+    return 3 * subset.n_params**2 * _e(subset)
+
+
+def vector_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """A few vectors of length P (``diag``, ``hutchinson``)."""
+    return 4 * subset.n_params * _e(subset)
+
+
+def lanczos_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """The Krylov basis and the Ritz vectors, 2·P·m with m the iterations."""
     p = subset.n_params
-    if structure == "full":
-        return 3 * p * p * e
-    if structure in ("diag", "hutchinson"):
-        return 4 * p * e
-    if structure == "lanczos":
-        m = options.get("max_iter") or min(
-            p, 3 * (options.get("rank", 20) + options.get("oversample", 10))
-        )
-        return 2 * p * m * e
-    if structure == "nystrom":  # U [P, k] and its float64 accumulator
-        return 3 * options.get("n_eigenvalues", 20) * p * e
-    if structure == "gp":  # the subset's rows M·C·P and its kernel (C: one per output)
-        return 3 * (options.get("n_subset") or 0) * p * e
-    if structure == "operator":
-        return options.get("n_probes", 30) * options.get("n_steps", 40) * p * 8
+    m = options.get("max_iter") or min(
+        p, 3 * (options.get("rank", 20) + options.get("oversample", 10))
+    )
+    return 2 * p * m * _e(subset)
+
+
+def operator_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """The SLQ Lanczos bases of all probes, n_probes·n_steps·P in float64."""
+    return options.get("n_probes", 30) * options.get("n_steps", 40) * subset.n_params * 8
+
+
+def _points(option: str, options: dict[str, Any], sizes: Sizes) -> int:
+    """M, the kernel's points: the option, else N (0 while N is unknown)."""
+    if options.get("subset_indices") is not None:
+        return len(options["subset_indices"])
+    return options.get(option) or sizes.n_data or 0
+
+
+def gp_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """The kernel K ``[M·C, M·C]`` and its eigenvectors in float64 with eigh's workspace
+    (per output with ``independent_outputs``: C kernels of M²), plus a chunk of rows."""
+    m, c = _points("n_subset", options, sizes), sizes.n_outputs or 1
+    kernel = c * m * m if options.get("independent_outputs") else (m * c) ** 2
+    return 3 * kernel * 8 + 2 * c * subset.n_params * _e(subset)
+
+
+def nystrom_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """U ``[P, k]`` and its float64 accumulator, and the subsample's kernel (float64)."""
+    m, c = _points("subsample_size", options, sizes), sizes.n_outputs or 1
+    k = options.get("n_eigenvalues", 20)
+    return 3 * k * subset.n_params * _e(subset) + 3 * (m * c) ** 2 * 8
+
+
+def block_full_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """3·P_b² per layer block and the diagonal rest."""
     shapes, rest = _layer_sizes(subset)
-    if structure == "block_full":
-        return 3 * sum((o * i) ** 2 for o, i in shapes) * e + 4 * rest * e
-    refit = sum(o * i for o, i in shapes) if structure == "ekfac" else 0
-    return (3 * sum(o * o + i * i for o, i in shapes) + refit + 4 * rest) * e
+    return (3 * sum((o * i) ** 2 for o, i in shapes) + 4 * rest) * _e(subset)
+
+
+def kfac_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """Both factors and their eigenbases per block, 3·Σ_b (out_b² + in_b²), and the rest."""
+    shapes, rest = _layer_sizes(subset)
+    return (3 * sum(o * o + i * i for o, i in shapes) + 4 * rest) * _e(subset)
+
+
+def ekfac_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
+    """KFAC's, plus the refitted eigenvalues Σ_b out_b·in_b."""
+    shapes, _ = _layer_sizes(subset)
+    return kfac_bytes(subset, options, sizes) + sum(o * i for o, i in shapes) * _e(subset)
+
+
+def fit_bytes(
+    structure: str, subset: ParameterSubset, options: dict[str, Any], sizes: Sizes | None = None
+) -> int:
+    """The peak bytes of a fit of ``structure``, as its registry entry estimates it."""
+    from .curvature.registry import get_backend  # the curvature package imports us
+
+    return get_backend(structure).memory(subset, options, sizes or Sizes())
 
 
 def check_fit_memory(
-    structure: str, subset: ParameterSubset, options: dict[str, Any], limit: int | None
+    structure: str,
+    subset: ParameterSubset,
+    options: dict[str, Any],
+    limit: int | None,
+    sizes: Sizes | None = None,
 ) -> None:
     """Refuse a fit whose peak exceeds ``limit`` bytes (default: 80% of what is available).
 
     Raises:
         MemoryBudgetError: with the bytes needed and the structures that would fit.
     """
+    from .curvature.registry import BACKENDS
+
     if limit is None:
         limit = int(0.8 * available_memory(subset.device))
-    need = fit_bytes(structure, subset, options)
+    need = fit_bytes(structure, subset, options, sizes)
     if need <= limit:
         return
-    others = {
-        s: fit_bytes(s, subset, {})
-        for s in ("kfac", "diag", "lanczos", "operator", "block_full", "full")
-        if s != structure
+    sizes = sizes or Sizes()
+    known = sizes.n_data is not None and sizes.n_outputs is not None
+    others = {  # a kernel's size is known only once N and C are
+        s: fit_bytes(s, subset, {}, sizes)
+        for s, b in BACKENDS.items()
+        if s != structure and (known or not b.takes_memory_limit)
     }
-    fits = [f"{s} needs {_human(b)}" for s, b in sorted(others.items(), key=lambda kv: kv[1])]
-    fits = [f for f, b in zip(fits, sorted(others.values()), strict=True) if b <= limit]
+    ranked = sorted(others.items(), key=lambda kv: kv[1])
+    fits = [f"{s} needs {_human(b)}" for s, b in ranked if b <= limit]
+    n = f"N = {sizes.n_data}, C = {sizes.n_outputs}, " if known else ""
     raise MemoryBudgetError(
-        f"{structure} needs {_human(need)} for P = {subset.n_params}, over the limit of "
+        f"{structure} needs {_human(need)} for {n}P = {subset.n_params}, over the limit of "
         f"{_human(limit)}; " + ("; ".join(fits) if fits else "no structure fits that limit")
     )
 

@@ -137,6 +137,31 @@ def test_posterior_precision_views_agree_with_their_dense_form_under_the_factor(
     torch.testing.assert_close(cov.diagonal(), torch.linalg.inv(dense).diagonal())
 
 
+def test_a_shuffled_loader_gives_the_same_subset_as_an_unshuffled_one():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = make_data("mlp", "classification", n=20)
+    opts = {"n_subset": 7, "seed": 3}
+    fits = []
+    for shuffle in (False, True):
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=6, shuffle=shuffle, generator=torch.Generator()
+        )
+        la = Laplace(make_mlp(), "classification", "all", "gp", backend_options=opts)
+        fits.append(la.fit(loader))
+    torch.testing.assert_close(
+        fits[0].structure.curvature_dense(), fits[1].structure.curvature_dense()
+    )
+    torch.testing.assert_close(fits[0](x[:4]), fits[1](x[:4]))
+    torch.testing.assert_close(fits[0].log_marginal_likelihood(), fits[1].log_marginal_likelihood())
+    # the points are the dataset's indices drawn from the seed, whatever the loader's order
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:7].sort().values
+    on_subset = Laplace(make_mlp(), "classification", "all", "full").fit(batches(x[idx], y[idx]))
+    torch.testing.assert_close(
+        fits[1].structure.curvature_dense(), on_subset.structure.curvature_dense()
+    )
+
+
 def test_diagonal_softmax_hessian_option():
     x, y = make_data("mlp", "classification", n=10)
     gp = Laplace(

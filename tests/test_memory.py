@@ -26,7 +26,7 @@ def test_full_on_two_million_weights_is_refused_at_once():
     with pytest.raises(
         MemoryBudgetError,
         match=r"full needs 48.5 TB for P = 2011010, over the "
-        r"limit of 1.07 GB; diag needs 32.2 MB; kfac needs 72.1 MB",
+        r"limit of 1.07 GB; diag needs 32.2 MB; hutchinson needs 32.2 MB; kfac needs 72.1 MB",
     ):
         la.fit([(x, y)])
     assert time.perf_counter() - t0 < 1.0
@@ -54,6 +54,49 @@ def test_estimates_count_the_structures_tensors():
         assert held <= estimate <= 4 * held
     with pytest.raises(MemoryBudgetError, match="no structure fits"):
         Laplace(model, "classification", "all", "diag", memory_limit=10).fit(batches(x, y))
+
+
+def test_a_gp_on_all_points_is_refused_before_its_kernel_is_built(monkeypatch):
+    """300 points x 10 classes: a (3000)² float64 kernel, its eigenvectors and eigh's
+    workspace (216 MB) against a 100 MB limit, refused once the first pass has counted C."""
+    import laplacetorch.curvature.gp as gp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 10)).to(DT).eval()
+    x, y = torch.randn(300, 4, dtype=DT), torch.randint(0, 10, (300,))
+
+    def built(*args, **kwargs):
+        raise AssertionError("the kernel was built before the memory check")
+
+    monkeypatch.setattr(gp, "kernel_matrices", built)
+    la = Laplace(model, "classification", "all", "gp", memory_limit=100 * 10**6)
+    with pytest.raises(MemoryBudgetError, match=r"gp needs 216 MB for N = 300, C = 10"):
+        la.fit(batches(x, y, 50))
+    assert la.curvature is None
+    # a subset that fits passes the same check
+    small = Laplace(
+        model,
+        "classification",
+        "all",
+        "gp",
+        memory_limit=100 * 10**6,
+        backend_options={"n_subset": 30},
+    )
+    monkeypatch.undo()
+    assert small.fit(batches(x, y, 50)).structure.rank <= 300
+
+
+def test_every_backend_declares_its_memory_and_an_unknown_one_is_refused():
+    from laplacetorch.curvature import BACKENDS, Backend
+    from laplacetorch.curvature.full import fit_full
+
+    la = Laplace(make_mlp(), "classification", "all", "kfac")
+    for name in BACKENDS:
+        assert fit_bytes(name, la.subset, {}) > 0
+    with pytest.raises(ValueError, match="unknown curvature backend 'newthing'"):
+        fit_bytes("newthing", la.subset, {})
+    with pytest.raises(TypeError, match="memory estimate"):
+        Backend("newthing", fit_full, None, ("exact",))
 
 
 @pytest.mark.parametrize(

@@ -29,10 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from ..datapass import require_reiterable
+from ..datapass import BatchAdapter, require_reiterable
 from ..likelihoods import Likelihood
 from ..linalg.eigh import symmetric_eigh
+from ..memory import Sizes, check_fit_memory
 from ..params import ParameterSubset
 from ..structures import IndependentOutputs, Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
@@ -81,6 +83,9 @@ def subset_points(
             chosen = _given(subset_indices, n_data)
     kept: list[tuple[Any, Tensor]] = []
     offset = {"n": 0}
+    by_index = None if chosen is None else _dataset_points(loader, chosen, n_data)
+    if by_index is not None:  # the points by dataset index: the same under any shuffle
+        loader, chosen = by_index, None
 
     def keep(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         b, lo = y.shape[0], offset["n"]
@@ -91,7 +96,7 @@ def subset_points(
             y = y[local]
         if y.shape[0]:
             kept.append((x, y))
-        return count(x, y, n_out) if chosen is None else {}
+        return count(x, y, n_out) if chosen is None and by_index is None else {}
 
     got, n_seen, n_out = curvature_pass(
         subset,
@@ -102,7 +107,9 @@ def subset_points(
         desc="subset: the points",
         batch_size_fn=batch_size_fn,
     )
-    if chosen is None:
+    if by_index is not None:
+        loss_sum = sums["loss"]
+    elif chosen is None:
         n_data, loss_sum = n_seen, got["loss"]
     else:
         if n_seen != n_data:
@@ -112,6 +119,22 @@ def subset_points(
         loss_sum = sums["loss"]
     xs, ys = _concat([x for x, _ in kept]), torch.cat([y for _, y in kept])
     return xs, ys, n_data, n_out, loss_sum
+
+
+def _dataset_points(loader: Iterable, chosen: Tensor, n_data: int) -> BatchAdapter | None:
+    """A loader of the examples ``chosen`` by their index in a map-style dataset, so that a
+    shuffled DataLoader gives the same points as an unshuffled one (laplace-torch indexes the
+    dataset too); ``None`` for other loaders, whose examples are taken in iteration order."""
+    adapter = loader if isinstance(loader, BatchAdapter) else None
+    inner = adapter.loader if adapter is not None else loader
+    dataset = getattr(inner, "dataset", None)
+    if not isinstance(inner, DataLoader) or isinstance(dataset, IterableDataset):
+        return None
+    if not hasattr(dataset, "__getitem__") or len(dataset) != n_data:
+        return None
+    batch = inner.batch_size or getattr(inner.batch_sampler, "batch_size", None) or 1
+    points = DataLoader(Subset(dataset, chosen.tolist()), batch, collate_fn=inner.collate_fn)
+    return BatchAdapter(points, adapter.spec.dict_key_y if adapter is not None else "labels")
 
 
 def _draw(n_data: int, n_subset: int | None, seed: int, what: str = "n_subset") -> Tensor:
@@ -147,6 +170,7 @@ def fit_gp(
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
+    memory_limit: int | None = None,
 ) -> CurvatureResult:
     """The GP on ``n_subset`` seeded training points (default all N) as a :class:`Kernel`
     structure (see the module docstring). Two data passes when M < N (N first, then the
@@ -173,9 +197,11 @@ def fit_gp(
     xs, ys, n_data, n_out, loss_sum = subset_points(
         subset, likelihood, loader, n_subset, seed, subset_indices, progress, batch_size_fn
     )
-    m = ys.shape[0]
+    m, k_cols = ys.shape[0], n_out if kind == "ggn" else 1
+    # the kernel's (M·C)² is known now, before it is allocated (memory_limit: Laplace's)
+    sized = {"n_subset": m, "independent_outputs": independent_outputs}
+    check_fit_memory("gp", subset, sized, memory_limit, Sizes(n_data, k_cols))
     factor = n_data / m if prior_subset_scaling else 1.0
-    k_cols = n_out if kind == "ggn" else 1
     row_bytes = k_cols * subset.n_params * theta.element_size()
     per_chunk = max(1, memory_budget // max(2 * row_bytes, 1))  # two chunks at a time
     spans = [(i, min(i + per_chunk, m)) for i in range(0, m, per_chunk)]

@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_map
 
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
+from ..memory import Sizes, check_fit_memory
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
@@ -49,6 +50,7 @@ def fit_nystrom(
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     batch_size_fn: Callable[[Any], int] | None = None,
+    memory_limit: int | None = None,
 ) -> CurvatureResult:
     """Nyström features of ``n_eigenvalues`` = k kernel eigenpairs on ``subsample_size`` = M
     seeded points (default all N), the curvature of all N points in their span (see the
@@ -79,6 +81,8 @@ def fit_nystrom(
         batch_size_fn,
         what="subsample_size",
     )
+    sized = {"subsample_size": ys.shape[0], "n_eigenvalues": n_eigenvalues}
+    check_fit_memory("nystrom", subset, sized, memory_limit, Sizes(n_data, n_out))
     u = _features(subset, likelihood, xs, ys, theta, n_out, n_eigenvalues, memory_budget)
 
     def step(x: Any, y: Tensor, c: int) -> dict[str, Tensor]:
