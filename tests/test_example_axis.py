@@ -138,6 +138,25 @@ def test_kfac_sees_the_positions_of_the_twin_model(kind, mode, approximation, st
     torch.testing.assert_close(la.log_marginal_likelihood(), twin.log_marginal_likelihood())
 
 
+def _dense_variance(la, x, delta):
+    jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)  # [B, C, P]
+    prec = la.structure.precision_dense(delta, 1.0)
+    return jac @ torch.linalg.inv(prec) @ jac.transpose(1, 2)
+
+
+@pytest.mark.parametrize("structure", ["diag", "kfac", "block_full"])
+@pytest.mark.parametrize(
+    ("kind", "mode"), [("pairs", "fold_t"), ("split", "split"), ("seq", "seq_first")]
+)
+def test_the_layer_factor_predictive_is_dense_algebra(kind, mode, structure):
+    x, y = _data(kind, "classification")
+    la = _fit(Reshaping(kind, mode), "classification", structure, x, y)
+    delta = torch.tensor(0.7, dtype=DT)
+    for xs in (x[:5], x[:1]):  # one example: nothing to learn, all rows are its own
+        _, var = la.glm_moments(xs, prior_precision=delta)
+        torch.testing.assert_close(var, _dense_variance(la, xs, delta))
+
+
 class TableNet(nn.Module):
     """A Linear on a learned table, the same rows for every example: no example axis."""
 
@@ -164,6 +183,9 @@ def test_a_layer_without_an_example_axis_takes_the_exact_path():
     torch.testing.assert_close(
         diag.structure.curvature_dense().diagonal(), full.structure.curvature_dense().diagonal()
     )
+    delta = torch.tensor(0.7, dtype=DT)
+    _, var = diag.glm_moments(x, prior_precision=delta)  # proj's columns dense
+    torch.testing.assert_close(var, _dense_variance(diag, x, delta))
 
 
 def test_a_first_batch_of_one_example_learns_the_axis_from_the_next():
