@@ -91,7 +91,7 @@ def with_axes(
         warnings.warn(
             f"{what}: their parameters take the exact per-example path instead of layer "
             "blocks (exact diagonal blocks)",
-            stacklevel=5,
+            stacklevel=6,
         )
     return [replace(la, axis=axes[la.name]) for la in layers if axes[la.name] is not None]
 
@@ -144,8 +144,30 @@ def announce_rest(backend: str, rest_names: list[str]) -> None:
         warnings.warn(
             f"{backend}: parameters outside Linear/Conv layers (or in tied or reused layers) "
             f"get an exact diagonal block: {rest_names}",
-            stacklevel=4,
+            stacklevel=5,
         )
+
+
+def _update_plan(
+    plan: dict[str, Any],
+    backend: str | None,
+    subset: ParameterSubset,
+    joint_bias: bool,
+    x: Any,
+    n: int,
+) -> None:
+    """Fill ``plan`` on the first batch: the layers with blocks and their example axes, the
+    rest (announced for ``backend``); after a first batch of one example, whose rows are all
+    its own whatever the axis, the axes are learnt on the next batch of two or more."""
+    if not plan:
+        plan["layers"], plan["rest"] = blocked_layers(subset, joint_bias, x, n)
+        if backend is not None:
+            announce_rest(backend, plan["rest"])
+        plan["sub"] = subset.restricted(plan["rest"]) if plan["rest"] else None
+        plan["axes_pending"] = n == 1 and bool(plan["layers"])
+    elif plan["axes_pending"] and n > 1:
+        plan["layers"] = with_axes(subset, plan["layers"], x, n, strict=True)
+        plan["axes_pending"] = False
 
 
 def fit_layer_blocks(
@@ -186,15 +208,7 @@ def fit_layer_blocks(
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         n = y.shape[0]
-        if not plan:  # which layers get blocks, and their example axes, from the first batch
-            plan["layers"], plan["rest"] = blocked_layers(subset, joint_bias, x, n)
-            if announce:
-                announce_rest(backend, plan["rest"])
-            plan["sub"] = subset.restricted(plan["rest"]) if plan["rest"] else None
-            plan["axes_pending"] = n == 1 and bool(plan["layers"])
-        elif plan["axes_pending"] and n > 1:  # one example had no axis to learn from
-            plan["layers"] = with_axes(subset, plan["layers"], x, n, strict=True)
-            plan["axes_pending"] = False
+        _update_plan(plan, backend if announce else None, subset, joint_bias, x, n)
         layers, rest = plan["layers"], plan["sub"]
         f, per_layer = layer_passes(subset, layers, x, lambda f: columns(f, y), n)
         out = {"loss": likelihood.nll_unit(f, y).sum()}
