@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from .curvature.example_axis import ExampleAxis, learn_example_axes
 from .curvature.layer_blocks import layer_positions, param_offsets
 from .curvature.layer_capture import backward_columns, capture_layers
 from .curvature.per_example import _index, _unsqueeze, is_vmap_limit, with_vmap_fallback
@@ -140,6 +141,7 @@ def jacobian_sources(
         return
     modules = dict(subset.model.named_modules())
     layers, per_example, n_out = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
+    layers, axes = _example_axes(subset, layers, x, n_examples)
     rest = _rest_subset(subset, layers)
     if rest is not None:  # the rest's dense columns [C, R] per example
         per_example += n_out * int((rest[1] >= 0).sum()) * _bytes(subset)
@@ -158,7 +160,9 @@ def jacobian_sources(
         grads = backward_columns(f, record, [la.name for la in layers], cols)
         with torch.no_grad():
             factors = {
-                la.name: layer_positions(la.module, record["inputs"][la.name], g)
+                la.name: layer_positions(
+                    la.module, record["inputs"][la.name], g, axes.get(la.name), f.shape[0]
+                )
                 for la, g in zip(layers, grads, strict=True)
             }
         rest_part = None
@@ -223,6 +227,22 @@ def _callable_once(
         for la in kept
     )
     return kept, size * out.element_size(), n_out
+
+
+def _example_axes(
+    subset: ParameterSubset, layers: list[_Layer], x: Any, n_examples: int
+) -> tuple[list[_Layer], dict[str, ExampleAxis]]:
+    """Each layer's example axis, learnt on up to 8 examples (two small forwards); a layer
+    with none is dropped, so its parameters get dense columns. With one example there is
+    nothing to learn: all of a layer's rows are that example's."""
+    m = min(n_examples, 8)
+    if m < 2 or not layers:
+        return layers, {}
+    xs = _index(x, slice(0, m))
+    with torch.no_grad(), capture_layers(layers) as record:
+        subset.call(xs)
+    axes = learn_example_axes(subset.call, layers, xs, m, record["inputs"])
+    return [la for la in layers if axes[la.name] is not None], axes
 
 
 def _patch_factor(module: nn.Module) -> int:

@@ -32,7 +32,7 @@ from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
 from .kfac import check_kfac_options, kfac_pass, output_columns
-from .layer_fit import blocked_layers, layer_passes, square_sum
+from .layer_fit import layer_passes, square_sum
 from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["DEFAULT_CACHE_BUDGET", "fit_ekfac"]
@@ -95,7 +95,7 @@ def fit_ekfac(
             f"cache_budget must be a non-negative integer (bytes); got {cache_budget!r}"
         )
     require_reiterable(loader, "ekfac (KFAC, then the eigenvalue refit)")
-    cache = _Cache(cache_budget)
+    cache, plan = _Cache(cache_budget), {}
     kfac = kfac_pass(
         subset,
         likelihood,
@@ -110,12 +110,11 @@ def fit_ekfac(
         memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
         keep=cache.keep,
+        plan=plan,
     )
     krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
-    layers = [
-        la
-        for la in blocked_layers(subset, joint_bias)[0]
-        if all(name in krons for name, _, _ in la.blocks)
+    layers = [  # with the example axes the KFAC pass learnt
+        la for la in plan["layers"] if all(name in krons for name, _, _ in la.blocks)
     ]
     if not layers:
         return kfac  # no Kronecker block to refit: every block is an exact diagonal
@@ -140,7 +139,7 @@ def fit_ekfac(
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         cols = lambda f: output_columns(likelihood, fisher_type, f, y, mc_samples, generator)  # noqa: E731
-        _, per_layer = layer_passes(subset, layers, x, cols)
+        _, per_layer = layer_passes(subset, layers, x, cols, y.shape[0])
         out = {}
         with torch.no_grad():
             for layer, a, g in per_layer:

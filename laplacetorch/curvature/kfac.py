@@ -124,8 +124,10 @@ def kfac_pass(
     memory_budget: int,
     batch_size_fn: Callable[[Any], int] | None,
     keep: Callable[[str, Tensor, Tensor], None] | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> CurvatureResult:
-    """The KFAC data pass with checked options (``keep`` as in ``fit_layer_blocks``)."""
+    """The KFAC data pass with checked options (``keep``, ``plan`` as in
+    ``fit_layer_blocks``)."""
     if subset.index is not None:
         raise ValueError("kfac needs whole layers; a subnetwork given by a mask is not supported")
 
@@ -154,6 +156,7 @@ def kfac_pass(
         memory_budget=memory_budget,
         batch_size_fn=batch_size_fn,
         keep=keep,
+        plan=plan,
     )
 
 

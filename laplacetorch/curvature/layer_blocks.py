@@ -10,14 +10,14 @@ its own. :func:`layer_positions` turns a layer's recorded input and output gradi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, LayerBlock, Structure
-from .conv_patches import conv_patches
+from .example_axis import CONV_MODULES, ExampleAxis, positions_of
 
 __all__ = [
     "KRON_MODULES",
@@ -30,18 +30,19 @@ __all__ = [
     "rest_positions",
 ]
 
-CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 KRON_MODULES = (nn.Linear, *CONV_MODULES)
 
 
 @dataclass
 class LayerBlocks:
-    """A module, its blocks ``(name, θ index, layout)`` and the parameter tensors they cover."""
+    """A module, its blocks ``(name, θ index, layout)``, the parameter tensors they cover and
+    where its input holds the examples (learnt on the first batch of a fit)."""
 
     name: str
     module: nn.Module
     blocks: list[tuple[str, Tensor, LayerBlock]]
     params: list[str]
+    axis: ExampleAxis = field(default_factory=ExampleAxis)
 
 
 def param_offsets(subset: ParameterSubset) -> dict[str, int]:
@@ -122,14 +123,14 @@ def layer_parts(subset: ParameterSubset) -> list[tuple[LayerBlock, Tensor]]:
     return [(layout, index) for layer in layers for _, index, layout in layer.blocks]
 
 
-def layer_positions(module: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+def layer_positions(
+    module: nn.Module, a: Tensor, g: Tensor, axis: ExampleAxis | None = None, n: int | None = None
+) -> tuple[Tensor, Tensor]:
     """A layer's inputs ``[B, S, in]`` and output gradients ``[K, B, S, out]`` over its
     weight-sharing positions S, from its recorded input ``a`` and gradients ``g``
-    ``[K, *output shape]``."""
-    if isinstance(module, CONV_MODULES):
-        k, b, out = g.shape[:3]
-        return conv_patches(module, a), g.reshape(k, b, out, -1).transpose(2, 3)
-    return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(*g.shape[:2], -1, g.shape[-1])
+    ``[K, *output shape]``; ``axis`` says where the input holds the ``n`` examples (default:
+    dim 0, one example a row; see :mod:`.example_axis`)."""
+    return positions_of(module, a, g, axis, n)
 
 
 def rest_positions(subset: ParameterSubset, names: list[str]) -> list[tuple[str, Tensor]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,15 +20,16 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass
+from .example_axis import learn_example_axes
 from .layer_blocks import LayerBlocks, block_diagonal, layer_blocks, layer_positions, rest_positions
 from .layer_capture import backward_columns, capture_layers, capture_once
 from .per_example import per_example_diagonal
 
-__all__ = ["blocked_layers", "fit_layer_blocks", "layer_passes", "square_sum"]
+__all__ = ["blocked_layers", "fit_layer_blocks", "layer_passes", "square_sum", "with_axes"]
 
 
 def blocked_layers(
-    subset: ParameterSubset, joint_bias: bool, x: Any = None
+    subset: ParameterSubset, joint_bias: bool, x: Any = None, n: int | None = None
 ) -> tuple[list[LayerBlocks], list[str]]:
     """The layers that get layer blocks, and the names of the other Bayesian parameters.
 
@@ -35,6 +37,9 @@ def blocked_layers(
     and, given a batch of inputs ``x`` (the first of the fit), when a forward pass on it calls
     the layer exactly once (a layer applied twice, or whose weight a fused kernel reads
     directly, is not B ⊗ A); every other parameter tensor is left to an exact diagonal block.
+    Given ``n ≥ 2``, the batch's number of examples, each layer's example axis is learnt
+    (:mod:`.example_axis`: one more forward); a layer whose input follows none is left to the
+    others too, announced once.
 
     Raises:
         ValueError: for a subnetwork given by a mask (it splits layers).
@@ -46,8 +51,49 @@ def blocked_layers(
         with torch.no_grad(), capture_layers(layers) as record:
             subset.call(x)
         layers = [la for la in layers if record["calls"].get(la.name) == 1]
-    covered = {n for la in layers for n in la.params}
-    return layers, [n for n in subset.names if n not in covered]
+        if n is not None and n > 1 and layers:
+            layers = with_axes(subset, layers, x, n, record["inputs"])
+    covered = {p for la in layers for p in la.params}
+    return layers, [name for name in subset.names if name not in covered]
+
+
+def with_axes(
+    subset: ParameterSubset,
+    layers: list[LayerBlocks],
+    x: Any,
+    n: int,
+    inputs: dict[str, Tensor] | None = None,
+    strict: bool = False,
+) -> list[LayerBlocks]:
+    """``layers`` with their example axes learnt on the batch ``x`` of ``n ≥ 2`` examples
+    (``inputs``: the layers' recorded inputs on ``x``, else one forward records them); the
+    layers with none are dropped and announced, or with ``strict`` refused.
+
+    Raises:
+        ValueError: with ``strict``, for a layer whose input follows no example axis.
+    """
+    if inputs is None:
+        with torch.no_grad(), capture_layers(layers) as record:
+            subset.call(x)
+        inputs = record["inputs"]
+    axes = learn_example_axes(subset.call, layers, x, n, inputs)
+    unknown = [la.name for la in layers if axes[la.name] is None]
+    if unknown:
+        what = (
+            f"the inputs of layers {unknown} do not move with their examples when the batch "
+            "is reordered (no axis of the layer's input holds the examples)"
+        )
+        if strict:
+            raise ValueError(
+                f"{what}; this was seen after a first batch of one example, where every layer "
+                "was given blocks: start the fit with a batch of two or more examples"
+            )
+        warnings.warn(
+            f"{what}: their parameters take the exact per-example path instead of layer "
+            "blocks (exact diagonal blocks)",
+            stacklevel=6,
+        )
+    return [replace(la, axis=axes[la.name]) for la in layers if axes[la.name] is not None]
 
 
 def _plan_from_sums(
@@ -65,12 +111,17 @@ def _plan_from_sums(
 
 
 def layer_passes(
-    subset: ParameterSubset, layers: list[LayerBlocks], x: Any, cols_fn: Callable[[Tensor], Tensor]
+    subset: ParameterSubset,
+    layers: list[LayerBlocks],
+    x: Any,
+    cols_fn: Callable[[Tensor], Tensor],
+    n: int | None = None,
 ):
     """One forward and one batched backward of the columns ``cols_fn(f)`` ``[K, B, C]``.
 
     Returns ``(f, [(layer, a [B, S, in], g [K, B, S, out])])`` with a layer's inputs and
-    output gradients over its weight-sharing positions.
+    output gradients over each example's weight-sharing positions (its rows along the
+    layer's example axis, for ``n`` = B examples; default: f's rows).
     """
     if not layers:
         with torch.no_grad():
@@ -78,9 +129,10 @@ def layer_passes(
     f, record = capture_once(subset, layers, x)
     cols = cols_fn(f.detach())
     grads = backward_columns(f, record, [layer.name for layer in layers], cols)
+    n = f.shape[0] if n is None else n
     with torch.no_grad():
         per_layer = [
-            (layer, *layer_positions(layer.module, record["inputs"][layer.name], g))
+            (layer, *layer_positions(layer.module, record["inputs"][layer.name], g, layer.axis, n))
             for layer, g in zip(layers, grads, strict=True)
         ]
     return f.detach(), per_layer
@@ -92,8 +144,30 @@ def announce_rest(backend: str, rest_names: list[str]) -> None:
         warnings.warn(
             f"{backend}: parameters outside Linear/Conv layers (or in tied or reused layers) "
             f"get an exact diagonal block: {rest_names}",
-            stacklevel=4,
+            stacklevel=5,
         )
+
+
+def _update_plan(
+    plan: dict[str, Any],
+    backend: str | None,
+    subset: ParameterSubset,
+    joint_bias: bool,
+    x: Any,
+    n: int,
+) -> None:
+    """Fill ``plan`` on the first batch: the layers with blocks and their example axes, the
+    rest (announced for ``backend``); after a first batch of one example, whose rows are all
+    its own whatever the axis, the axes are learnt on the next batch of two or more."""
+    if not plan:
+        plan["layers"], plan["rest"] = blocked_layers(subset, joint_bias, x, n)
+        if backend is not None:
+            announce_rest(backend, plan["rest"])
+        plan["sub"] = subset.restricted(plan["rest"]) if plan["rest"] else None
+        plan["axes_pending"] = n == 1 and bool(plan["layers"])
+    elif plan["axes_pending"] and n > 1:
+        plan["layers"] = with_axes(subset, plan["layers"], x, n, strict=True)
+        plan["axes_pending"] = False
 
 
 def fit_layer_blocks(
@@ -114,6 +188,7 @@ def fit_layer_blocks(
     rest_columns: Callable[[Tensor, Tensor], Tensor] | None = None,
     rest_n_columns: int | None = None,
     keep: Callable[[str, Tensor, Tensor], None] | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> CurvatureResult:
     """Fit one block per layer block and an exact diagonal block per other parameter tensor.
 
@@ -127,17 +202,15 @@ def fit_layer_blocks(
             (default the columns of Sₙ, or the observed gradient for the empirical Fisher).
         keep: called as ``keep(name, a, g)`` with each block's inputs and output gradients
             of every batch (EKFAC keeps them for its eigenvalue refit).
+        plan: filled with the fit's ``"layers"`` (with their example axes) and ``"rest"``.
     """
-    plan: dict[str, Any] = {}
+    plan = {} if plan is None else plan
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        if not plan:  # which layers get blocks is seen on the first batch
-            plan["layers"], plan["rest"] = blocked_layers(subset, joint_bias, x)
-            if announce:
-                announce_rest(backend, plan["rest"])
-            plan["sub"] = subset.restricted(plan["rest"]) if plan["rest"] else None
+        n = y.shape[0]
+        _update_plan(plan, backend if announce else None, subset, joint_bias, x, n)
         layers, rest = plan["layers"], plan["sub"]
-        f, per_layer = layer_passes(subset, layers, x, lambda f: columns(f, y))
+        f, per_layer = layer_passes(subset, layers, x, lambda f: columns(f, y), n)
         out = {"loss": likelihood.nll_unit(f, y).sum()}
         with torch.no_grad():
             for layer, a, g in per_layer:
