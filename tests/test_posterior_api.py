@@ -118,6 +118,23 @@ def test_joint_regression_predictive(structure):
     torch.testing.assert_close(diag_var, f_var.diagonal(dim1=-2, dim2=-1))
 
 
+def test_diagonal_output_with_the_mc_link_samples_independent_outputs():
+    """Classification, ``mc`` link: with ``diagonal_output`` the logits are drawn from
+    N(μ, diag Σ) (Monte-Carlo ground truth), not from N(μ, Σ)."""
+    la, x = _fitted("full", prior_precision=0.05)
+    xs = x[:4]
+    mean, var = la.glm_moments(xs)
+    g = torch.Generator().manual_seed(5)
+    eps = torch.randn(200_000, *mean.shape, generator=g, dtype=DT)
+    truth = torch.softmax(mean + eps * var.diagonal(dim1=-2, dim2=-1).sqrt(), -1).mean(0)
+    chol = torch.linalg.cholesky(var)
+    joint = torch.softmax(mean + torch.einsum("bij,sbj->sbi", chol, eps), -1).mean(0)
+    assert (truth - joint).abs().max() > 0.1  # the covariances matter on this net
+    gen = torch.Generator().manual_seed(6)
+    got = la(xs, link_approx="mc", n_samples=50_000, diagonal_output=True, generator=gen)
+    torch.testing.assert_close(got, truth, atol=0.02, rtol=0)  # MC noise ≈ 0.007
+
+
 def test_joint_is_refused_where_laplace_torch_ignores_it():
     la, x = _fitted("full")
     with pytest.raises(ValueError, match=r"joint=True is the regression glm predictive"):

@@ -276,3 +276,29 @@ def test_sequence_state_round_trip():
     other.load_state_dict(la.state_dict())
     torch.testing.assert_close(other(x), la(x))
     torch.testing.assert_close(other.log_marginal_likelihood(), la.log_marginal_likelihood())
+
+
+def test_grid_search_nll_of_channels_first_outputs_sums_the_kept_pixels():
+    """The validation NLL at each δ: −Σ log p(y) over an image's kept pixels, averaged over
+    images, from the channels-first predictive itself."""
+    torch.manual_seed(0)
+    model = Segmenter().to(DT).eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 1, 3, 3, generator=g, dtype=DT)
+    y = torch.randint(0, 3, (6, 3, 3), generator=g)
+    y[0, 0, 0] = y[3, 2, 1] = -100
+    la = _fit(model, x[:4], y[:4], "full", outputs="channels_first")
+    grid = torch.logspace(-1, 1, 3, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an edge of the grid may win
+        res = la.optimize_prior_precision(
+            method="gridsearch", val_loader=batches(x, y, 4), grid=grid
+        )
+    want = []
+    for d in grid:
+        la.prior_precision = d
+        probs = la(x)  # [B, C, H, W]
+        keep = y != -100
+        picked = probs.gather(1, y.clamp_min(0)[:, None])[:, 0]
+        want.append(float(-(picked.log() * keep).sum() / 6))
+    assert res.history == pytest.approx(want, rel=1e-10)
