@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "LINK_APPROXIMATIONS",
     "bridge",
     "bridge_concentration",
     "gaussian_samples",
@@ -26,8 +25,6 @@ __all__ = [
     "probit",
     "psd_sqrt",
 ]
-
-LINK_APPROXIMATIONS = ("probit", "bridge", "bridge_norm", "mc")
 
 
 def probit(mean: Tensor, var: Tensor, binary: bool = False) -> Tensor:

@@ -105,8 +105,13 @@ def test_ekfac_refit_from_the_kept_pass_is_the_second_pass_bit_for_bit(net, fish
         res = fit_ekfac(sub, lik, loader, fisher_type=fisher_type, cache_budget=budget)
         ekfac[budget] = (res.structure.curvature_dense(), loader.passes)
     assert ekfac[10**9][1] == 1 and ekfac[0][1] == 2 and ekfac[2000][1] == 2
-    assert torch.equal(ekfac[10**9][0], ekfac[0][0])
-    assert torch.equal(ekfac[2000][0], ekfac[0][0])
+    if net == "mlp":
+        assert torch.equal(ekfac[10**9][0], ekfac[0][0])
+        assert torch.equal(ekfac[2000][0], ekfac[0][0])
+    else:  # oneDNN may pick another conv kernel for the recomputed pass: round-off only
+        tol = 1e-13 * float(ekfac[0][0].abs().max())
+        torch.testing.assert_close(ekfac[10**9][0], ekfac[0][0], rtol=0, atol=tol)
+        torch.testing.assert_close(ekfac[2000][0], ekfac[0][0], rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1MB"])

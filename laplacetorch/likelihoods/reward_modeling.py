@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .likelihoods import ClassificationLikelihood, Likelihood
+from .base import Likelihood
+from .classification import ClassificationLikelihood
 
 __all__ = ["RewardModelingLikelihood"]
 

@@ -1,0 +1,249 @@
+"""Likelihoods: the log-likelihood of summed data, output Hessians and their square roots.
+
+Curvature is always computed at *unit scale*: the Gaussian with σ = 1 and temperature 1. The
+true curvature of the summed negative log-likelihood is then ``s · G`` with the likelihood scale
+``s = 1 / (σ² T)`` (GGN). The empirical Fisher is built from gradients, so it scales with ``s²``
+(see :meth:`Likelihood.curvature_scale`). This keeps σ and T tunable after one fit.
+
+Each likelihood is a module of this package whose class registers itself under its ``name``
+when it is defined (:data:`LIKELIHOODS`): a new likelihood is one new module.
+
+Shapes: model outputs ``f`` are ``[B, C]``; targets are ``[B]`` (class indices, or a regression /
+binary target when ``C == 1``) or ``[B, C]`` (regression, multi-label binary).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from ..links import bridge, gaussian_samples, probit
+from ..metrics import nll
+
+__all__ = ["LIKELIHOODS", "Likelihood", "get_likelihood"]
+
+#: name -> likelihood class; every named subclass of :class:`Likelihood` registers itself
+LIKELIHOODS: dict[str, type[Likelihood]] = {}
+
+
+class Likelihood(ABC):
+    """A likelihood p(y | f) over network outputs f of shape ``[B, C]``, and its predictive.
+
+    The predictive methods take the linearised moments (mean ``[B, C]``, covariance
+    ``[B, C, C]`` of f, without noise) or function samples ``[S, B, C]`` and return what the
+    user sees: probabilities ``[B, C]`` (classification, binary) or ``(mean, covariance)`` of
+    y (regression, noise included).
+    """
+
+    name: str = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):  # a named likelihood, not a wrapper
+            LIKELIHOODS[cls.name] = cls
+
+    def __eq__(self, other: object) -> bool:
+        # laplace-torch's la.likelihood is the name: la.likelihood == "regression" holds here
+        if isinstance(other, str):
+            return other == self.name
+        return other is self
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    #: whether the predictive is a Gaussian (f_mu, f_var) rather than probabilities
+    gaussian_predictive: bool = False
+    #: whether the likelihood has a Gaussian noise σ (tunable, part of the predictive)
+    has_noise: bool = False
+    #: the link approximations of the GLM predictive this likelihood accepts
+    links: tuple[str, ...] = ("probit", "bridge", "bridge_norm", "mc")
+
+    @abstractmethod
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        """Validate targets against outputs of shape ``f_shape`` and return them normalised.
+
+        Raises:
+            ValueError: on a wrong shape, labels out of range or non-finite values.
+        """
+
+    def check_outputs(self, f: Tensor) -> None:
+        """Refuse model outputs ``[B, C]`` this likelihood cannot take (the first batch's).
+
+        Raises:
+            ValueError: naming what was seen and the fix.
+        """
+        return None
+
+    @abstractmethod
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        """Per-example negative log-likelihood at unit scale (σ = 1, T = 1), shape ``[B]``.
+
+        For regression this is ½‖y − f‖² *without* the normaliser; the normaliser is added in
+        :meth:`log_likelihood_from_loss`.
+        """
+
+    @abstractmethod
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        """A square root Sₙ of the unit-scale output Hessian, ``[B, C, K]`` with SₙSₙᵀ = Λₙ
+        (the targets ``y``, where given, may mask terms: ignored positions)."""
+
+    @abstractmethod
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        """The unit-scale output Hessian Λₙ = ∂²(−log p)/∂f², shape ``[B, C, C]``."""
+
+    @abstractmethod
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
+    ) -> Tensor:
+        """Targets drawn from the model at unit scale, ``[n_samples, B, ...]`` (MC Fisher)."""
+
+    def output_grad(self, f: Tensor, y: Tensor) -> Tensor:
+        """∂(−log p(yₙ | fₙ))/∂fₙ at unit scale, ``[B, C]`` (for the empirical Fisher)."""
+        f = f.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.nll_unit(f, y).sum(), f)
+        return g
+
+    def curvature_scale(
+        self,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+        kind: str = "ggn",
+    ) -> Tensor | float:
+        """The factor s turning unit-scale curvature into that of the tempered likelihood.
+
+        GGN: s = 1/(σ²T); empirical Fisher (outer products of gradients): s = 1/(σ²T)².
+        """
+        s = 1.0 / (self._noise_var(sigma_noise) * temperature)
+        return s * s if kind == "ef" else s
+
+    def _noise_var(self, sigma_noise: Tensor | float) -> Tensor | float:
+        return 1.0
+
+    def log_likelihood_from_loss(
+        self,
+        loss_sum: Tensor | float,
+        n_data: int,
+        n_outputs: int,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        """log p(D | θ) of the tempered likelihood from the summed unit-scale loss Σₙ nll_unit."""
+        return torch.as_tensor(-loss_sum / temperature)
+
+    def log_likelihood(
+        self,
+        f: Tensor,
+        y: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        """log p(y | f) summed over the batch (tempered), differentiable in f, σ and T."""
+        y = self.check_targets(y, tuple(f.shape))
+        return self.log_likelihood_from_loss(
+            self.nll_unit(f, y).sum(), f.shape[0], f.shape[1], sigma_noise, temperature
+        )
+
+    # ----------------------------------------------------------------- predictive
+    def for_fitting(self) -> Likelihood:
+        """The likelihood whose predictive is that of the training data (``fitting=True``);
+        itself except for reward modelling (preferences of pairs)."""
+        return self
+
+    def predictive_input_shape(self, train_shape: tuple[int, ...] | None) -> tuple | None:
+        """The per-example shape of prediction inputs, from that of the training inputs."""
+        return train_shape
+
+    def check_sigma_noise(self, sigma_noise: Tensor) -> None:
+        """Refuse a noise σ ≠ 1 for a likelihood without noise."""
+        if not self.has_noise and float(sigma_noise) != 1.0:
+            raise ValueError(
+                f"sigma_noise is a regression-only option; got {float(sigma_noise)} for "
+                f"likelihood {self.name!r}"
+            )
+
+    def check_link(self, link_approx: str) -> None:
+        """Refuse a link approximation this likelihood has no use for."""
+        if link_approx not in self.links:
+            raise ValueError(
+                f"unknown link_approx {link_approx!r} for likelihood {self.name!r}; expected one "
+                f"of {self.links}"
+            )
+
+    @abstractmethod
+    def inverse_link(self, f: Tensor) -> Tensor:
+        """The mean of y given f, over ``[..., C]`` (softmax, sigmoid or identity)."""
+
+    def glm_predictive(
+        self,
+        mean: Tensor,
+        var: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """E[inverse_link(f)] for f ~ N(mean, var) by the link approximation ``link_approx``."""
+        self.check_link(link_approx)
+        if link_approx == "probit":
+            return self._probit(mean, var)
+        if link_approx == "mc":
+            return self.inverse_link(gaussian_samples(mean, var, n_samples, generator)).mean(0)
+        return bridge(mean, var, normalise=link_approx == "bridge_norm")
+
+    def _probit(self, mean: Tensor, var: Tensor) -> Tensor:
+        return probit(mean, var)
+
+    def nn_predictive(
+        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The predictive from function samples ``fs`` ``[S, B, C]`` (the ``nn`` predictive)."""
+        return self.inverse_link(fs).mean(0)
+
+    def predictive_nll(
+        self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        """Σₙ −log p(yₙ) under a predictive ``pred`` of :meth:`glm_predictive` (σ: the
+        Gaussian noise, added to a regression predictive's functional variance)."""
+        return nll(pred, y, "sum")
+
+
+def _check_outputs(f_shape: tuple[int, ...]) -> None:
+    if len(f_shape) != 2:
+        raise ValueError(f"model outputs must have shape [batch, C]; got shape {list(f_shape)}")
+
+
+def _per_output_targets(y: Tensor, f_shape: tuple[int, ...], kind: str) -> Tensor:
+    """Targets ``[B, C]`` (``[B]`` accepted when C = 1) of a per-output likelihood."""
+    _check_outputs(f_shape)
+    batch, n_out = f_shape
+    if not isinstance(y, Tensor):
+        raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+    if y.shape == (batch,) and n_out == 1:
+        y = y.unsqueeze(-1)
+    if y.shape != (batch, n_out):
+        expected = f"[{batch}, {n_out}]" + (f" or [{batch}]" if n_out == 1 else "")
+        raise ValueError(f"{kind} targets y must have shape {expected}; got shape {list(y.shape)}")
+    return y
+
+
+def _check_finite(y: Tensor, name: str = "targets y") -> None:
+    if y.is_floating_point() and not torch.isfinite(y).all():
+        raise ValueError(f"{name} contain NaN or Inf values")
+
+
+def get_likelihood(likelihood: str | Likelihood) -> Likelihood:
+    """Return a likelihood instance from its name or pass an instance through.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if isinstance(likelihood, Likelihood):
+        return likelihood
+    if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
+        raise ValueError(
+            f"unknown likelihood {likelihood!r}; expected one of {sorted(LIKELIHOODS)}"
+        )
+    return LIKELIHOODS[likelihood]()

@@ -1,0 +1,79 @@
+"""The categorical likelihood with a softmax link (``"classification"``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Likelihood, _check_outputs
+
+__all__ = ["ClassificationLikelihood"]
+
+
+class ClassificationLikelihood(Likelihood):
+    """Categorical likelihood with a softmax link; targets are class indices ``[B]``."""
+
+    name = "classification"
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        _check_outputs(f_shape)
+        batch, n_classes = f_shape
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        if y.shape != (batch,):
+            raise ValueError(
+                f"classification targets y must be class indices of shape [{batch}]; "
+                f"got shape {list(y.shape)}"
+            )
+        if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+            raise ValueError(
+                f"classification targets y must be integer class indices; got dtype {y.dtype} "
+                "(a float label is often a regression target, or one-hot probabilities): "
+                "pass y.long()"
+            )
+        y = y.long()
+        if batch and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(
+                f"classification targets y must lie in [0, {n_classes - 1}]; "
+                f"got values in [{int(y.min())}, {int(y.max())}]"
+            )
+        return y
+
+    def check_outputs(self, f: Tensor) -> None:
+        if f.shape[-1] < 2:
+            raise ValueError(
+                f"classification needs one logit per class, at least 2 outputs; the model "
+                f"gives {f.shape[-1]}. For one logit of a binary outcome use "
+                "likelihood='binary'"
+            )
+        tol = 1e3 * torch.finfo(f.dtype).eps
+        if f.shape[0] and bool((f >= 0).all()) and bool(((f.sum(-1) - 1).abs() <= tol).all()):
+            raise ValueError(
+                "the model's outputs look like probabilities (every row is non-negative and "
+                "sums to 1); the classification likelihood takes logits. Remove the final "
+                "Softmax (log-probabilities, a final LogSoftmax, are fine)"
+            )
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(f, y, reduction="none")
+
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return torch.softmax(f, dim=-1)
+
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        p = torch.softmax(f, dim=-1)
+        return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        # S = diag(√p) − p √pᵀ:  S Sᵀ = diag(p) − p pᵀ because Σ p = 1.
+        p = torch.softmax(f, dim=-1)
+        sp = p.sqrt()
+        return torch.diag_embed(sp) - p.unsqueeze(-1) * sp.unsqueeze(-2)
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
+    ) -> Tensor:
+        p = torch.softmax(f.detach(), dim=-1)
+        y = torch.multinomial(p, n_samples, replacement=True, generator=generator)
+        return y.T.contiguous()

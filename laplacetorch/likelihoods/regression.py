@@ -1,0 +1,99 @@
+"""The Gaussian likelihood with noise σ (``"regression"``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..metrics import gaussian_nll
+from .base import Likelihood, _check_finite, _per_output_targets
+
+__all__ = ["RegressionLikelihood"]
+
+
+class RegressionLikelihood(Likelihood):
+    """Gaussian likelihood N(y | f, σ² I); targets ``[B]`` (when C = 1) or ``[B, C]``."""
+
+    name = "regression"
+    has_noise = True  # every link is accepted and unused: y is Gaussian
+    gaussian_predictive = True
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        y = _per_output_targets(y, f_shape, "regression")
+        if not y.is_floating_point():
+            raise ValueError(f"regression targets y must be floating point; got dtype {y.dtype}")
+        _check_finite(y)
+        return y
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * (y - f).square().sum(-1)
+
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return f
+
+    def glm_predictive(
+        self,
+        mean: Tensor,
+        var: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` of f, laplace-torch's convention: the noise σ² is *not* in ``var``
+        (the predictive of y is N(mean, var + σ²I), whatever the link)."""
+        self.check_link(link_approx)
+        return mean, var
+
+    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+        """The samples' mean and elementwise variance (denominator S − 1), ``[B, C]`` each,
+        without σ² (laplace-torch's ``nn`` regression predictive)."""
+        if fs.shape[0] < 2:  # one sample has no spread: its variance would read as certainty
+            raise ValueError(
+                f"the nn regression predictive estimates a variance: n_samples must be at "
+                f"least 2; got {fs.shape[0]}"
+            )
+        return fs.mean(0), fs.var(0)
+
+    def predictive_nll(
+        self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        mean, var = pred
+        cov = var if var.dim() == mean.dim() + 1 else torch.diag_embed(var)
+        return gaussian_nll(mean, cov + self._noise_cov(sigma_noise, mean), y, "sum")
+
+    def _noise_cov(self, sigma_noise: Tensor | float, mean: Tensor) -> Tensor:
+        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+        return torch.as_tensor(sigma_noise, dtype=mean.dtype, device=mean.device).square() * eye
+
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+        return eye.expand(f.shape[0], -1, -1)
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.output_hessian(f)
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
+    ) -> Tensor:
+        noise = torch.randn(
+            (n_samples, *f.shape), generator=generator, dtype=f.dtype, device=f.device
+        )
+        return f.detach().unsqueeze(0) + noise
+
+    def _noise_var(self, sigma_noise: Tensor | float) -> Tensor | float:
+        return sigma_noise * sigma_noise
+
+    def log_likelihood_from_loss(
+        self,
+        loss_sum: Tensor | float,
+        n_data: int,
+        n_outputs: int,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        sigma2 = torch.as_tensor(sigma_noise) ** 2
+        log_norm = 0.5 * n_data * n_outputs * torch.log(2 * math.pi * sigma2)
+        return (-loss_sum / sigma2 - log_norm) / temperature
