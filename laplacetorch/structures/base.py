@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -122,8 +123,14 @@ class Structure(ABC):
 
     @property
     def n_groups(self) -> int:
-        """Number of parameter groups (layers) for a per-layer prior."""
-        return int(self.group_index.max()) + 1 if self.n_params else 0
+        """Number of parameter groups (layers) for a per-layer prior (a reduction over
+        ``group_index``, cached for the tensor it was computed from)."""
+        gi = self.group_index
+        cached = getattr(self, "_n_groups_of", None)
+        if cached is None or cached[0] is not gi or cached[1] != gi._version:
+            cached = (gi, gi._version, int(gi.max()) + 1 if self.n_params else 0)
+            self._n_groups_of = cached
+        return cached[2]
 
     # ----------------------------------------------------------------- argument handling
     def _block_prior(self, prior_precision: Tensor | float) -> Any:
@@ -227,6 +234,18 @@ class Structure(ABC):
         block takes the cheapest form the source offers)."""
         source = self._source(jac)
         return self._fvar(source, None, self._block_prior(prior_precision), self._scale(scale))
+
+    def functional_variances(
+        self,
+        sources: Iterable[Tensor | JacobianSource],
+        prior_precision: Tensor | float,
+        scale: Tensor | float = 1.0,
+    ) -> Iterator[Tensor]:
+        """:meth:`functional_variance` of each of ``sources`` in turn, the prior and scale
+        validated once for all of them (not once per chunk of a predictive)."""
+        d, s = self._block_prior(prior_precision), self._scale(scale)
+        for jac in sources:
+            yield self._fvar(self._source(jac), None, d, s)
 
     def is_exact(self, prior_precision: Tensor | float) -> bool:
         """Whether log det, solves and traces are exact for this prior (not estimates)."""
