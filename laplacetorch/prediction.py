@@ -7,6 +7,7 @@ the network at weight draws. The likelihood turns moments or samples into the pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,6 +32,13 @@ def _check_count(name: str, value: Any) -> None:
 def _check_pred_type(pred_type: str) -> None:
     if pred_type not in PRED_TYPES:
         raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
+
+
+def _means_of(sources: Iterator[Any], means: list[Tensor]) -> Iterator[Any]:
+    """The Jacobian sources, each one's outputs f appended to ``means`` on the way."""
+    for source in sources:
+        means.append(source.f)
+        yield source
 
 
 class Prediction:
@@ -72,15 +80,14 @@ class Prediction:
             f = torch.cat([p.f for p in parts])
             var = structure.functional_variance(jac.reshape(1, -1, jac.shape[-1]), delta, s)
             return f.reshape(-1), var[0]
-        means, variances = [], []
+        means: list[Tensor] = []
         sources = (
             dense_jacobians(self.subset, x, n, self.memory_budget, keep_graph=True)
             if keep  # the layer-factor sources are built without a graph to the inputs
             else jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget)
         )
-        for source in sources:
-            means.append(source.f)
-            variances.append(structure.functional_variance(source, delta, s))
+        # the prior validated once for all chunks; one chunk alive at a time
+        variances = list(structure.functional_variances(_means_of(sources, means), delta, s))
         return torch.cat(means), torch.cat(variances)
 
     def functional_samples(

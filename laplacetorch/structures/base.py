@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -128,7 +129,18 @@ class Structure(ABC):
     @property
     def n_groups(self) -> int:
         """Number of parameter groups (layers) for a per-layer prior."""
-        return int(self.group_index.max()) + 1 if self.n_params else 0
+        return self._n_groups
+
+    @property
+    def group_index(self) -> Tensor:
+        """``[P]`` the parameter group (tensor) of each coordinate."""
+        return self._group_index
+
+    @group_index.setter
+    def group_index(self, value: Tensor) -> None:
+        # counted once here, not by a reduction over P on every prior a call validates
+        self._group_index = value
+        self._n_groups = int(value.max()) + 1 if value.numel() else 0
 
     # ----------------------------------------------------------------- argument handling
     def _block_prior(self, prior_precision: Tensor | float | Prior) -> Any:
@@ -234,8 +246,19 @@ class Structure(ABC):
     ) -> Tensor:
         """J Π⁻¹ Jᵀ ``[B, C, C]`` for J given as ``[B, C, P]`` or as a Jacobian source (each
         block takes the cheapest form the source offers)."""
-        source = self._source(jac)
-        return self._fvar(source, None, self._block_prior(prior_precision), self._scale(scale))
+        return next(self.functional_variances([jac], prior_precision, scale))
+
+    def functional_variances(
+        self,
+        sources: Iterable[Tensor | JacobianSource],
+        prior_precision: Tensor | float | Prior,
+        scale: Tensor | float = 1.0,
+    ) -> Iterator[Tensor]:
+        """:meth:`functional_variance` of each of ``sources`` in turn, the prior and scale
+        validated once for all of them (not once per chunk of a predictive)."""
+        d, s = self._block_prior(prior_precision), self._scale(scale)
+        for jac in sources:
+            yield self._fvar(self._source(jac), None, d, s)
 
     def is_exact(self, prior_precision: Tensor | float | Prior) -> bool:
         """Whether log det, solves and traces are exact for this prior (not estimates)."""

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .base import Structure, require_positive
 from .layer_parts import PartFactors
-from .layer_variance import layer_variance
+from .layer_variance import layer_variance, weighted_gram
 from .layout import LayerBlock
 
 __all__ = ["Diagonal"]
@@ -109,7 +109,7 @@ class Diagonal(Structure):
         return z * self._prec(d, s).rsqrt()
 
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
-        return torch.einsum("bcp,p,bdp->bcd", jac, self._prec(d, s).reciprocal(), jac)
+        return weighted_gram(jac, self._prec(d, s).reciprocal())
 
     def _fvar_factors(
         self, a: Tensor, g: Tensor, d: Tensor, s: Tensor, memory_budget: int
@@ -124,5 +124,5 @@ class Diagonal(Structure):
             for layout, index, a, g in split.parts
         )
         if split.cols is not None:
-            var = var + torch.einsum("bcp,p,bdp->bcd", split.cols, w[split.rest], split.cols)
+            var = var + weighted_gram(split.cols, w[split.rest])
         return var

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .base import Structure
 from .layer_parts import PartFactors
-from .layer_variance import layer_variance
+from .layer_variance import layer_variance, weighted_gram
 from .layout import LayerBlock
 
 __all__ = ["LowRank"]
@@ -146,7 +146,7 @@ class LowRank(Structure):
     def _fvar_dense(self, jac: Tensor, d: Tensor, s: Tensor) -> Tensor:
         dvec, w = self._parts(d, s)
         dw, chol = self._woodbury(dvec, w)
-        base = torch.einsum("bcp,p,bdp->bcd", jac, dvec.reciprocal(), jac)
+        base = weighted_gram(jac, dvec.reciprocal())
         m = torch.linalg.solve_triangular(chol, (jac @ dw).transpose(-1, -2), upper=False)
         return base - m.transpose(-1, -2) @ m
 
@@ -188,7 +188,7 @@ class LowRank(Structure):
         if split.cols is not None:
             rest, cols = split.rest, split.cols
             u = self.U[rest] if iso else self.U[rest] * inv_d[rest].unsqueeze(1)
-            base = base + torch.einsum("bcp,p,bdp->bcd", cols, inv_d[rest], cols)
+            base = base + weighted_gram(cols, inv_d[rest])
             jdu += cols @ u
         if iso:  # UᵀU = I: K is diagonal
             m = jdu * (w / d / (1 + w.square() / d).sqrt())
