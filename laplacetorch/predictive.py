@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
+from torch.utils._pytree import tree_flatten
 
 from .curvature.example_axis import ExampleAxis, learn_example_axes
 from .curvature.layer_blocks import layer_positions, param_offsets
@@ -139,9 +140,7 @@ def jacobian_sources(
             g = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out).unsqueeze(2)
             yield LayerJacobian(f, {names[0]: (phi.unsqueeze(1), g)}, None, memory_budget)
         return
-    modules = dict(subset.model.named_modules())
-    layers, per_example, n_out = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
-    layers, axes = _example_axes(subset, layers, x, n_examples)
+    layers, axes, per_example, n_out = _layer_plan(subset, names, x, n_examples)
     rest = _rest_subset(subset, layers)
     if rest is not None:  # the rest's dense columns [C, R] per example
         per_example += n_out * int((rest[1] >= 0).sum()) * _bytes(subset)
@@ -210,6 +209,35 @@ def n_out_of(subset: ParameterSubset, x: Any) -> int:
 
 def _bytes(subset: ParameterSubset) -> int:
     return torch.finfo(subset.dtype).bits // 8
+
+
+def _signature(x: Any) -> tuple:
+    """What a forward's layer layout can depend on: each input's shape past the batch, dtype
+    and device (values aside), and the non-tensor leaves' types."""
+    leaves, spec = tree_flatten(x)
+    return str(spec), tuple(
+        (tuple(t.shape[1:]), t.dtype, t.device) if isinstance(t, Tensor) else type(t).__name__
+        for t in leaves
+    )
+
+
+def _layer_plan(
+    subset: ParameterSubset, names: list[str], x: Any, n_examples: int
+) -> tuple[list[_Layer], dict[str, ExampleAxis], int, int]:
+    """The layers a chunk's factors come from, their example axes, the bytes per example and
+    C: probed by three small forwards the first time inputs of this signature are seen, then
+    kept on the subset (every chunk still checks its layers' call counts)."""
+    key = (tuple(names), _signature(x))
+    plans = subset.__dict__.setdefault("_layer_plans", {})
+    if key in plans:
+        return plans[key]
+    modules = dict(subset.model.named_modules())
+    layers, per_example, n_out = _callable_once(subset, [_Layer(n, modules[n]) for n in names], x)
+    layers, axes = _example_axes(subset, layers, x, n_examples)
+    plan = (layers, axes, per_example, n_out)
+    if min(n_examples, 8) >= 2:  # learnt from two examples or more: a plan for the signature
+        plans[key] = plan  # one assignment: another thread sees the old dict or the new entry
+    return plan
 
 
 def _callable_once(

@@ -197,3 +197,21 @@ def test_a_first_batch_of_one_example_learns_the_axis_from_the_next():
     torch.testing.assert_close(
         blocks.curvature_dense(), _within_blocks(g.curvature_dense(), blocks)
     )
+
+
+def test_the_predictive_probes_layers_once_per_input_signature():
+    """The layers' call counts and example axes are probed by three small forwards the first
+    time inputs of a signature come (shape past the batch, dtype), then reused: a second
+    call runs one forward per chunk only."""
+    x, y = _data("seq", "classification")
+    model = Reshaping("seq", "seq_first")
+    la = _fit(model, "classification", "kfac", x, y)
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    delta = torch.tensor(0.7, dtype=DT)
+    la.glm_moments(x[:6], prior_precision=delta)
+    first = len(calls)
+    calls.clear()
+    _, var = la.glm_moments(x[:6], prior_precision=delta)
+    assert first - len(calls) == 3 and all(n > 1 for n in calls)  # chunks, no probes
+    torch.testing.assert_close(var, _dense_variance(la, x[:6], delta))
