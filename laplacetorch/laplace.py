@@ -418,10 +418,16 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         return result
 
     # ----------------------------------------------------------------- weights
-    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
-        """``[n_samples, P]`` weight draws θ* + ε, ε ~ N(0, Π⁻¹)."""
-        eps = self.structure.sample(n_samples, self.prior, self.scale(), generator)
-        return self.mean + eps
+    def sample(
+        self,
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        *,
+        prior_precision: Tensor | float | Prior | None = None,
+    ) -> Tensor:
+        """``[n_samples, P]`` weight draws θ* + ε, ε ~ N(0, Π⁻¹) (at another δ when given)."""
+        prior = self.prior_at(prior_precision)
+        return self.mean + self.structure.sample(n_samples, prior, self.scale(), generator)
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:

@@ -195,12 +195,25 @@ class PositionwiseLikelihood(Likelihood):
         return self.layout.unflatten(pred.reshape(b, -1))
 
     def glm_predictive(
-        self, mean, var, sigma_noise=1.0, link_approx="probit", n_samples=100, generator=None
+        self,
+        mean,
+        var,
+        sigma_noise=1.0,
+        link_approx="probit",
+        n_samples=100,
+        generator=None,
+        diagonal_output=False,
     ):
         """Per position: the base predictive of (μₜ, Σₜₜ), in the model's output layout."""
         c = self.layout.n_classes
         pred = self.base.glm_predictive(
-            mean.reshape(-1, c), self._blocks(var), sigma_noise, link_approx, n_samples, generator
+            mean.reshape(-1, c),
+            self._blocks(var),
+            sigma_noise,
+            link_approx,
+            n_samples,
+            generator,
+            diagonal_output,
         )
         return self._layout(pred, mean.shape[0])
 

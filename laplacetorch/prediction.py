@@ -18,6 +18,7 @@ from .model_call import WithKeywords
 from .params import check_model_mode
 from .persistence import check_weights_at_mean
 from .predictive import dense_jacobians, function_samples, jacobian_sources
+from .prior import Prior
 
 __all__ = ["PRED_TYPES", "Prediction"]
 
@@ -32,13 +33,6 @@ def _check_count(name: str, value: Any) -> None:
 def _check_pred_type(pred_type: str) -> None:
     if pred_type not in PRED_TYPES:
         raise ValueError(f"unknown pred_type {pred_type!r}; expected one of {PRED_TYPES}")
-
-
-def _means_of(sources: Iterator[Any], means: list[Tensor]) -> Iterator[Any]:
-    """The Jacobian sources, each one's outputs f appended to ``means`` on the way."""
-    for source in sources:
-        means.append(source.f)
-        yield source
 
 
 class Prediction:
@@ -66,29 +60,49 @@ class Prediction:
         outputs of all inputs ``[B·C, B·C]`` (from dense Jacobian rows, B·C·P memory).
         ``fitting``: inputs like the training inputs (reward modelling: pairs)."""
         x, n = self._check_inputs(x, fitting)
-        delta = self.prior_at(prior_precision)  # with the fit's prior factor
-        structure, s = self.structure, self.scale()
-        keep = self.enable_backprop
+        prior = self.prior_at(prior_precision)  # with the fit's prior factor
         if n == 0:  # no Jacobian rows to compute: the shapes of the outputs, empty
-            with torch.set_grad_enabled(keep):
+            with torch.set_grad_enabled(self.enable_backprop):
                 f = self.subset.call(x)
             var = f.new_zeros(*f.shape, f.shape[-1])
             return (f.reshape(-1), var.reshape(0, 0)) if joint else (f, var)
         if joint:
-            parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, keep))
+            parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, True))
             jac = torch.cat([p.jac for p in parts])
             f = torch.cat([p.f for p in parts])
-            var = structure.functional_variance(jac.reshape(1, -1, jac.shape[-1]), delta, s)
+            var = self.structure.functional_variance(
+                jac.reshape(1, -1, jac.shape[-1]), prior, self.scale()
+            )
             return f.reshape(-1), var[0]
-        means: list[Tensor] = []
+        means, variances = [], []
+        for f, (var,) in self.glm_chunks(x, n, [prior]):
+            means.append(f)
+            variances.append(var)
+        return torch.cat(means), torch.cat(variances)
+
+    def glm_chunks(
+        self, x: Any, n: int, priors: list[Prior]
+    ) -> Iterator[tuple[Tensor, list[Tensor]]]:
+        """The one GLM pass: for each chunk of prepared inputs ``x`` (``n`` examples), f
+        ``[b, C]`` and J Π⁻¹ Jᵀ ``[b, C, C]`` under each prior of ``priors`` (the chunk's
+        Jacobian source built once for all of them; the grid search's many δ)."""
+        structure, s = self.structure, self.scale()
+        variances = [structure.variance_of(p, s) for p in priors]  # validated once a call
         sources = (
             dense_jacobians(self.subset, x, n, self.memory_budget, keep_graph=True)
-            if keep  # the layer-factor sources are built without a graph to the inputs
+            if self.enable_backprop  # the layer-factor sources are built without that graph
             else jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget)
         )
-        # the prior validated once for all chunks; one chunk alive at a time
-        variances = list(structure.functional_variances(_means_of(sources, means), delta, s))
-        return torch.cat(means), torch.cat(variances)
+        for source in sources:  # one chunk alive at a time
+            yield source.f, [var(source) for var in variances]
+
+    def nn_function_samples(
+        self, x: Any, prior: Prior, n_samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """``[S, B, C]`` network outputs at S weight draws θ* + ε, ε ~ N(0, Π⁻¹) under
+        ``prior``, for prepared inputs ``x`` (the ``nn`` predictive and its grid search)."""
+        thetas = self.sample(n_samples, generator, prior_precision=prior)
+        return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
 
     def functional_samples(
         self,
@@ -110,8 +124,7 @@ class Prediction:
                 var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
             return gaussian_samples(mean, var, n_samples, generator)
         x, _ = self._check_inputs(x, fitting)
-        thetas = self.sample(n_samples, generator)
-        return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
+        return self.nn_function_samples(x, self.prior, n_samples, generator)
 
     def predictive_samples(
         self,
@@ -166,21 +179,17 @@ class Prediction:
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
         lik.check_link(link_approx)
         _check_count("n_samples", n_samples)
-        if joint and not (lik.gaussian_predictive and pred_type == "glm"):
-            raise ValueError(
-                "joint=True is the regression glm predictive; for the joint covariance of f "
-                "under any likelihood use glm_moments(x, joint=True)"
-            )
+        if joint and pred_type == "nn":
+            raise ValueError("joint=True is the regression glm predictive, not pred_type='nn'")
         if pred_type == "nn":
             fs = self.functional_samples(x, "nn", n_samples, generator=generator, fitting=fitting)
             return lik.nn_predictive(fs, self.sigma_noise)
         if joint:
-            return self.glm_moments(x, joint=True, fitting=fitting)
+            lik.check_joint()  # before any Jacobian is formed
+            return lik.joint_predictive(*self.glm_moments(x, joint=True, fitting=fitting))
         mean, var = self.glm_moments(x, fitting=fitting)
-        if diagonal_output and (lik.gaussian_predictive or link_approx == "mc"):
-            var = var.diagonal(dim1=-2, dim2=-1)
-            if not lik.gaussian_predictive:
-                var = torch.diag_embed(var)
-        return lik.glm_predictive(mean, var, self.sigma_noise, link_approx, n_samples, generator)
+        return lik.glm_predictive(
+            mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
+        )
 
     predict = __call__

@@ -112,8 +112,9 @@ def test_readme_regression_loop_matches_laplace_torch(dtype):
     """The README's hyperparameter loop, same data and model: δ, σ and the predictive.
 
     In float32 this evidence is round-off limited (P = 151 > N = 150: G is singular and
-    s/δ ≈ 120): σ and δ agree to 1e-3 (each 3e-3 from the float64 answer), the variance far
-    from the data to 3e-2; in float64 all agree to 1e-5."""
+    s/δ ≈ 120): σ and δ each land about 3e-3 from the float64 answer, so they agree to 1e-2
+    (4e-3 apart on one CPU, 1e-3 on another: the float32 training differs by kernel), the
+    variance far from the data to 3e-2; in float64 all agree to 1e-5."""
     torch.manual_seed(711)
     x = (torch.rand(150) * 8).unsqueeze(-1).to(dtype)
     y = torch.sin(x) + torch.randn_like(x) * 0.3
@@ -147,7 +148,7 @@ def test_readme_regression_loop_matches_laplace_torch(dtype):
         f_mu, f_var = la(xs)
         found[name] = (float(la.sigma_noise), float(la.prior_precision), f_mu, f_var)
     (s1, d1, m1, v1), (s2, d2, m2, v2) = found["ours"], found["theirs"]
-    tol = 1e-5 if dtype == torch.float64 else 1e-3
+    tol = 1e-5 if dtype == torch.float64 else 1e-2
     assert s1 == pytest.approx(s2, rel=tol)
     assert d1 == pytest.approx(d2, rel=tol)
     torch.testing.assert_close(m1, m2.detach(), rtol=1e-4, atol=1e-5)

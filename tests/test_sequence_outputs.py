@@ -188,6 +188,9 @@ def test_sequence_regression_moments_per_position():
     j = jac.view(6, 4, 2, -1)
     want = torch.einsum("btcp,pq,btdq->btcd", j, torch.linalg.inv(prec), j)  # f only, no σ²
     torch.testing.assert_close(cov, want)
+    mean_d, var_d = la(x, diagonal_output=True)  # per position and output
+    torch.testing.assert_close(mean_d, mean)
+    torch.testing.assert_close(var_d, want.diagonal(dim1=-2, dim2=-1))
 
 
 def test_bad_sequence_inputs_are_refused():

@@ -19,18 +19,31 @@ def _psd(seed=0, rank=4):
 
 
 def test_dense_scalar_prior_needs_no_new_factorisation(monkeypatch):
+    """One eigendecomposition per structure, none per prior value: the eigenvalues at fit
+    (all log det and its tuning need), the eigenvectors of the same matrix on first use."""
     st = Dense(_psd())
-    st.logdet(1.0)
+    calls = {"eigh": 0}
+    real = torch.linalg.eigh
+
+    def counted(*a, **k):
+        calls["eigh"] += 1
+        return real(*a, **k)
 
     def boom(*a, **k):
         raise AssertionError("refactorised")
 
-    monkeypatch.setattr(torch.linalg, "eigh", boom)
+    monkeypatch.setattr(torch.linalg, "eigh", counted)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", boom)
     monkeypatch.setattr(torch.linalg, "cholesky_ex", boom)
+    before = st.logdet(1.0, 0.5)
+    assert calls["eigh"] == 0  # log det from the fit's eigenvalues
     for d in (0.1, 1.0, 10.0):
         st.logdet(d, 0.5)
         st.solve(torch.ones(P, dtype=DT), d)
         st.trace_inverse(d)
+    assert calls["eigh"] == 1
+    assert torch.equal(st.logdet(1.0, 0.5), before)  # the eigenvalues did not move
+    torch.testing.assert_close(st.curvature_dense(), _psd())
 
 
 def test_dense_keeps_round_off_eigenvalues_and_stays_finite():

@@ -184,17 +184,41 @@ class Likelihood(ABC):
         link_approx: str = "probit",
         n_samples: int = 100,
         generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """E[inverse_link(f)] for f ~ N(mean, var) by the link approximation ``link_approx``."""
+        """E[inverse_link(f)] for f ~ N(mean ``[B, C]``, var ``[B, C, C]``) by the link
+        approximation ``link_approx``; ``diagonal_output``: the ``mc`` link samples the
+        outputs independently, from N(mean, diag var) (probit reads only the diagonal; the
+        bridge keeps the covariances it conditions on, as in laplace-torch)."""
         self.check_link(link_approx)
         if link_approx == "probit":
             return self._probit(mean, var)
         if link_approx == "mc":
+            if diagonal_output:
+                var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
             return self.inverse_link(gaussian_samples(mean, var, n_samples, generator)).mean(0)
         return bridge(mean, var, normalise=link_approx == "bridge_norm")
 
     def _probit(self, mean: Tensor, var: Tensor) -> Tensor:
         return probit(mean, var)
+
+    def joint_predictive(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
+        """The joint Gaussian predictive of f over all inputs and outputs, ``[B·C]`` and
+        ``[B·C, B·C]`` (regression and rewards: without σ², as laplace-torch's ``joint``)."""
+        self.check_joint()
+        return mean, cov
+
+    def check_joint(self) -> None:
+        """Refuse ``joint=True`` where the predictive is not a Gaussian.
+
+        Raises:
+            ValueError: naming what to call instead.
+        """
+        if not self.gaussian_predictive:
+            raise ValueError(
+                "joint=True is the regression glm predictive; for the joint covariance of f "
+                "under any likelihood use glm_moments(x, joint=True)"
+            )
 
     def nn_predictive(
         self, fs: Tensor, sigma_noise: Tensor | float = 1.0

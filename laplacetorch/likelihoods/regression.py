@@ -41,11 +41,13 @@ class RegressionLikelihood(Likelihood):
         link_approx: str = "probit",
         n_samples: int = 100,
         generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """``(mean, var)`` of f, laplace-torch's convention: the noise σ² is *not* in ``var``
-        (the predictive of y is N(mean, var + σ²I), whatever the link)."""
+        (the predictive of y is N(mean, var + σ²I), whatever the link); ``var`` ``[B, C, C]``,
+        or its diagonal ``[B, C]`` with ``diagonal_output``."""
         self.check_link(link_approx)
-        return mean, var
+        return mean, var.diagonal(dim1=-2, dim2=-1) if diagonal_output else var
 
     def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
         """The samples' mean and elementwise variance (denominator S − 1), ``[B, C]`` each,

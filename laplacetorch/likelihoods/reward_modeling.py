@@ -53,11 +53,19 @@ class RewardModelingLikelihood(ClassificationLikelihood):
         return f
 
     def glm_predictive(
-        self, mean, var, sigma_noise=1.0, link_approx="probit", n_samples=100, generator=None
+        self,
+        mean,
+        var,
+        sigma_noise=1.0,
+        link_approx="probit",
+        n_samples=100,
+        generator=None,
+        diagonal_output=False,
     ):
-        """``(f_mu, f_var)`` of the rewards (every link is accepted and unused)."""
+        """``(f_mu, f_var)`` of the rewards (every link is accepted and unused; the variances
+        ``[B, C]`` alone with ``diagonal_output``)."""
         self.check_link(link_approx)
-        return mean, var
+        return mean, var.diagonal(dim1=-2, dim2=-1) if diagonal_output else var
 
     def nn_predictive(self, fs: Tensor, sigma_noise=1.0) -> tuple[Tensor, Tensor]:
         """The samples' mean and elementwise variance of the rewards, ``[B, C]`` each."""

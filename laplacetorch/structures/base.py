@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -246,19 +246,15 @@ class Structure(ABC):
     ) -> Tensor:
         """J Π⁻¹ Jᵀ ``[B, C, C]`` for J given as ``[B, C, P]`` or as a Jacobian source (each
         block takes the cheapest form the source offers)."""
-        return next(self.functional_variances([jac], prior_precision, scale))
+        return self.variance_of(prior_precision, scale)(jac)
 
-    def functional_variances(
-        self,
-        sources: Iterable[Tensor | JacobianSource],
-        prior_precision: Tensor | float | Prior,
-        scale: Tensor | float = 1.0,
-    ) -> Iterator[Tensor]:
-        """:meth:`functional_variance` of each of ``sources`` in turn, the prior and scale
-        validated once for all of them (not once per chunk of a predictive)."""
+    def variance_of(
+        self, prior_precision: Tensor | float | Prior, scale: Tensor | float = 1.0
+    ) -> Callable[[Tensor | JacobianSource], Tensor]:
+        """J ↦ J Π⁻¹ Jᵀ at one (δ, s), the prior and scale validated once for every chunk of
+        a predictive (not once per chunk)."""
         d, s = self._block_prior(prior_precision), self._scale(scale)
-        for jac in sources:
-            yield self._fvar(self._source(jac), None, d, s)
+        return lambda jac: self._fvar(self._source(jac), None, d, s)
 
     def is_exact(self, prior_precision: Tensor | float | Prior) -> bool:
         """Whether log det, solves and traces are exact for this prior (not estimates)."""

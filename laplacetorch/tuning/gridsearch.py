@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ..datapass import BatchAdapter, accumulate, collect, progress_range
-from ..predictive import function_samples, jacobian_sources
 from .common import TuningResult, _check_count, _finish
 
 if TYPE_CHECKING:
@@ -70,23 +69,22 @@ def _gridsearch(
 
 def _predictives(la, x, n, grid, pred_type, link_approx, n_samples, generator):
     """The predictive at every δ of ``grid`` for one batch (a list over δ of chunk lists),
-    and the shape of f."""
-    structure, s, lik = la.structure, la.scale(), la.likelihood.for_fitting()
+    and the shape of f: the object's own predictive (:meth:`Laplace.glm_chunks`, each
+    chunk's Jacobians once for all δ; :meth:`Laplace.nn_function_samples`), with the
+    likelihood of the training pairs."""
+    lik, priors = la.likelihood.for_fitting(), [la.prior_at(d) for d in grid]
     if pred_type == "nn":
         out = []
-        for d in grid:
-            theta = la.mean + structure.sample(n_samples, la.prior_at(d), s, generator)
-            fs = function_samples(la.subset, theta, x)
+        for prior in priors:
+            fs = la.nn_function_samples(x, prior, n_samples, generator)
             out.append([lik.nn_predictive(fs, la.sigma_noise)])
         return out, tuple(fs.shape[1:])
-    priors = [la.prior_at(d) for d in grid]  # with the fit's prior factor
     out, f_shape = [[] for _ in grid], [0, 0]
-    for source in jacobian_sources(la.subset, x, n, structure.layouts(), la.memory_budget):
-        f_shape = [f_shape[0] + source.f.shape[0], *source.f.shape[1:]]
-        for i, prior in enumerate(priors):
-            var = structure.functional_variance(source, prior, s)
+    for f, variances in la.glm_chunks(x, n, priors):
+        f_shape = [f_shape[0] + f.shape[0], *f.shape[1:]]
+        for i, var in enumerate(variances):
             out[i].append(
-                lik.glm_predictive(source.f, var, la.sigma_noise, link_approx, n_samples, generator)
+                lik.glm_predictive(f, var, la.sigma_noise, link_approx, n_samples, generator)
             )
     return out, tuple(f_shape)
 
