@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .distributed import gather_rows, reduce_sums
+from .linalg.gram import add_gram_, gram
 from .model_call import KeywordInputs, WithKeywords
 
 __all__ = [
@@ -57,16 +58,15 @@ class Gram:
     def value(self) -> Tensor:
         """Σᵢ xᵢᵀxᵢ, ``[D, D]``."""
         blocks = iter(self._blocks())
-        first = next(blocks)
-        total = first.mT @ first
+        total = gram(next(blocks))
         for x in blocks:
-            total.addmm_(x.mT, x)
+            add_gram_(total, x)
         return total
 
     def add_to(self, total: Tensor) -> None:
-        """total += Σᵢ xᵢᵀxᵢ, in place."""
+        """total += Σᵢ xᵢᵀxᵢ, in place (the blocks on and below the diagonal, mirrored)."""
         for x in self._blocks():
-            total.addmm_(x.mT, x)
+            add_gram_(total, x)
 
 
 def _identity(sums: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -490,3 +490,19 @@ def test_all_finite_is_exact_where_the_sum_is_not():
         assert not all_finite(a)
     cancel = torch.tensor([float("inf"), -float("inf")])  # the sum is NaN, the test catches it
     assert not all_finite(cancel)
+
+
+@pytest.mark.parametrize("d", [7, 1030])
+def test_the_blocked_gram_is_the_full_product(d):
+    """G += XᵀX from the blocks on and below the diagonal (mirrored) equals the GEMM; the
+    first product never reads its uninitialised accumulator."""
+    from laplacetorch.linalg.gram import add_gram_, gram
+
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(9, d, generator=g, dtype=torch.float64)
+    x2 = torch.randn(5, d, generator=g, dtype=torch.float64)
+    total = gram(x1)
+    torch.testing.assert_close(total, x1.T @ x1, rtol=1e-12, atol=1e-12)
+    add_gram_(total, x2)
+    torch.testing.assert_close(total, x1.T @ x1 + x2.T @ x2, rtol=1e-12, atol=1e-12)
+    assert torch.equal(total, total.T)

@@ -193,7 +193,12 @@ def test_layer_chunks_stay_within_a_few_forward_passes_of_the_batch(structure, m
     monkeypatch.setattr(pred.LayerJacobian, "__init__", spy)
     big = torch.randn(400, 4, generator=torch.Generator().manual_seed(2))
     _, var = la.glm_moments(big)
+    # this net's rows are 228 bytes: the 4 MiB floor takes the batch at once
+    assert pred.batch_rows(400, 3, 228) == 400 and sizes == [400]
+    sizes.clear()
+    monkeypatch.setattr(pred, "MIN_CHUNK_BYTES", 0)  # rows as large as a real net's
+    _, var = la.glm_moments(big)
     assert pred.batch_rows(400, 3) == 150 and sizes == [150, 150, 100]
-    monkeypatch.setattr(pred, "batch_rows", lambda n, c: n)  # one chunk
+    monkeypatch.setattr(pred, "batch_rows", lambda n, c, r=0: n)  # one chunk
     _, whole = la.glm_moments(big)
     torch.testing.assert_close(var, whole)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..datapass import Gram
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, Dense, LayerBlock
@@ -76,27 +77,30 @@ def fit_full(
         h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget)
         return {"G": h, "loss": loss}
 
-    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        g = None
+    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor | Gram]:
         loss = zeros_like_theta(subset)
-        for rows, nll in per_example_factors(
-            subset,
-            likelihood,
-            x,
-            y,
-            theta,
-            kind=kind,
-            n_outputs=n_out,
-            n_examples=y.shape[0],
-            memory_budget=memory_budget,
-            columns=columns,
-            n_columns=mc_samples,
-        ):
-            flat = rows.reshape(-1, p)
-            g = flat.T @ flat if g is None else g.addmm_(flat.T, flat)
-            if nll is not None:
-                loss += nll.sum()
-        return {"G": g, "loss": loss}
+
+        def rows() -> Iterator[Tensor]:
+            for r, nll in per_example_factors(
+                subset,
+                likelihood,
+                x,
+                y,
+                theta,
+                kind=kind,
+                n_outputs=n_out,
+                n_examples=y.shape[0],
+                memory_budget=memory_budget,
+                columns=columns,
+                n_columns=mc_samples,
+            ):
+                if nll is not None:
+                    loss.add_(nll.sum())
+                yield r.reshape(-1, p)
+
+        # G first: summing its rows into the running G (in place, symmetric blocks) is what
+        # fills this batch's loss, which is read after it
+        return {"G": Gram(rows), "loss": loss}
 
     sums, n_data, n_out = curvature_pass(
         subset,
