@@ -7,18 +7,40 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .structures import expand_prior
+from .prior import expand_prior
 
-__all__ = ["Hyperparameters", "check_sigma", "check_temperature"]
+if TYPE_CHECKING:
+    from .likelihoods import Likelihood
+    from .params import ParameterSubset
+
+__all__ = ["HyperValues", "Hyperparameters", "check_sigma", "check_temperature"]
+
+
+@dataclass(frozen=True)
+class HyperValues:
+    """δ, μ₀, σ and T as stored: checked, detached, on the model's device and dtype."""
+
+    prior_precision: Tensor
+    prior_mean: Tensor
+    sigma_noise: Tensor
+    temperature: float
 
 
 class Hyperparameters:
-    """δ, μ₀ and σ of :class:`~laplacetorch.Laplace` (needs ``subset`` and ``likelihood``)."""
+    """δ, μ₀, σ and T of :class:`~laplacetorch.Laplace`: each checked by one function that
+    returns the stored form (``_checked_*``) before anything is set, so a refused value
+    changes nothing."""
+
+    #: what this part of the Laplace object reads
+    subset: ParameterSubset
+    likelihood: Likelihood
+    _hyper: HyperValues
 
     @property
     def n_params(self) -> int:
@@ -35,23 +57,11 @@ class Hyperparameters:
             value, sub.n_params, sub.group_index, dtype=sub.dtype, device=sub.device
         )
 
-    @property
-    def prior_precision(self) -> Tensor:
-        """δ: a 0-d tensor, ``[n_layers]`` or ``[P]``."""
-        return self._prior_precision
-
-    @prior_precision.setter
-    def prior_precision(self, value: Tensor | float) -> None:
+    def _checked_prior_precision(self, value: Tensor | float) -> Tensor:
         self._expand_prior(value)  # validates
-        self._prior_precision = self._tensor(value)
+        return self._tensor(value)
 
-    @property
-    def prior_mean(self) -> Tensor:
-        """μ₀: a 0-d tensor or ``[P]``."""
-        return self._prior_mean
-
-    @prior_mean.setter
-    def prior_mean(self, value: Tensor | float) -> None:
+    def _checked_prior_mean(self, value: Tensor | float) -> Tensor:
         t = self._tensor(value)
         if t.numel() != 1 and t.shape != (self.n_params,):
             raise ValueError(
@@ -59,29 +69,74 @@ class Hyperparameters:
             )
         if not torch.isfinite(t).all():
             raise ValueError("prior_mean must be finite")
-        self._prior_mean = t
+        return t
 
-    @property
-    def sigma_noise(self) -> Tensor:
-        """σ of the Gaussian likelihood (fixed to 1 for other likelihoods)."""
-        return self._sigma_noise
-
-    @sigma_noise.setter
-    def sigma_noise(self, value: Tensor | float) -> None:
+    def _checked_sigma_noise(self, value: Tensor | float) -> Tensor:
         t = self._tensor(value)
         if t.numel() != 1 or not torch.isfinite(t).all() or (t <= 0).any():
             raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
         self.likelihood.check_sigma_noise(t)
-        self._sigma_noise = t
+        return t
+
+    def _checked_hyperparameters(
+        self,
+        prior_precision: Tensor | float,
+        prior_mean: Tensor | float,
+        sigma_noise: Tensor | float,
+        temperature: Any,
+    ) -> HyperValues:
+        """All four checked together; nothing is set."""
+        return HyperValues(
+            self._checked_prior_precision(prior_precision),
+            self._checked_prior_mean(prior_mean),
+            self._checked_sigma_noise(sigma_noise),
+            check_temperature(temperature),
+        )
+
+    @property
+    def hyperparameters(self) -> HyperValues:
+        """δ, μ₀, σ and T, as stored."""
+        return self._hyper
+
+    def _set(self, **values: Any) -> None:
+        # one assignment of a new frozen value: a reader sees the old set or the new one
+        self._hyper = replace(self._hyper, **values)
+
+    @property
+    def prior_precision(self) -> Tensor:
+        """δ: a 0-d tensor, ``[n_layers]`` or ``[P]``."""
+        return self._hyper.prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: Tensor | float) -> None:
+        self._set(prior_precision=self._checked_prior_precision(value))
+
+    @property
+    def prior_mean(self) -> Tensor:
+        """μ₀: a 0-d tensor or ``[P]``."""
+        return self._hyper.prior_mean
+
+    @prior_mean.setter
+    def prior_mean(self, value: Tensor | float) -> None:
+        self._set(prior_mean=self._checked_prior_mean(value))
+
+    @property
+    def sigma_noise(self) -> Tensor:
+        """σ of the Gaussian likelihood (fixed to 1 for other likelihoods)."""
+        return self._hyper.sigma_noise
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: Tensor | float) -> None:
+        self._set(sigma_noise=self._checked_sigma_noise(value))
 
     @property
     def temperature(self) -> float:
         """T; the likelihood is tempered as p(D | θ)^{1/T}."""
-        return self._temperature
+        return self._hyper.temperature
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
+        self._set(temperature=check_temperature(value))
 
 
 def check_temperature(value: Any) -> float:

@@ -23,7 +23,7 @@ from .curvature import (
 )
 from .curvature.options import check_backend_options
 from .datapass import BatchAdapter, InputSpec, loader_size, require_reiterable
-from .hyperparameters import Hyperparameters, check_sigma
+from .hyperparameters import Hyperparameters, HyperValues, check_sigma
 from .likelihoods import Likelihood, get_likelihood
 from .memory import Sizes, check_fit_memory
 from .params import ParameterSubset
@@ -31,6 +31,7 @@ from .positions import OutputLayout, PositionwiseLikelihood
 from .posterior import PosteriorViews
 from .prediction import Prediction
 from .prior import Prior
+from .state import FittedState
 from .structures import DEFAULT_MEMORY_BUDGET, Structure
 
 __all__ = ["HESSIAN_STRUCTURES", "Laplace", "NotFittedError"]
@@ -141,13 +142,10 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         self.memory_budget = memory_budget
         self.batch_size_fn = batch_size_fn
         self.dict_key_y, self.memory_limit = dict_key_y, memory_limit
-        self.temperature = temperature
-        self.prior_precision = prior_precision
-        self.prior_mean = prior_mean
-        self.sigma_noise = sigma_noise
-        self.curvature: CurvatureResult | None = None
-        self.mean: Tensor | None = None
-        self.inputs = InputSpec(dict_key_y)  # what the training inputs looked like
+        self._hyper = self._checked_hyperparameters(
+            prior_precision, prior_mean, sigma_noise, temperature
+        )
+        self._state: FittedState | None = None  # what a fit produced, replaced whole
 
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""
@@ -183,14 +181,14 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         """
         progress = progress_bar if progress is None else progress  # None: on a terminal
         backend = get_backend(self.hessian_structure)
-        old = None if override else self.curvature
+        old = None if override else self._state
         if old is not None and not backend.mergeable:
             raise TypeError(
                 f"hessian_structure={backend.name!r} cannot take more data exactly (its basis or "
                 "estimate depends on all the data at once); fit again on all of it "
                 "(override=True)"
             )
-        if old is not None and not self.subset.weights_equal(self.mean):
+        if old is not None and not self.subset.weights_equal(old.mean):
             raise ValueError(
                 "fit(override=False) adds data at the same weights θ*, but the model's weights "
                 "have changed since the first fit; use override=True"
@@ -223,31 +221,36 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
                 **extra,
                 **self.backend_options,
             )
-        if old is not None:
-            if new.n_outputs != old.n_outputs or new.kind != old.kind:
-                raise ValueError(
-                    f"the new data gives {new.n_outputs} outputs ({new.kind}); the first fit "
-                    f"had {old.n_outputs} ({old.kind})"
-                )
-            structure = old.structure.merged(new.structure, old.n_data, new.n_data)
-            new = CurvatureResult(
-                structure,
-                old.n_data + new.n_data,
-                old.n_outputs,
-                old.loss_sum + new.loss_sum,
-                old.kind,
-                old.prior_factor,
-            )
-        self.curvature = new
-        self.mean = self.subset.map_vector()
         if old is None:
-            self.inputs = recorder.spec
+            self._state = FittedState(new, self.subset.map_vector(), recorder.spec)
+        else:
+            self._state = old.merged(new)
         return self
 
     def _fitted(self) -> CurvatureResult:
-        if self.curvature is None:
+        if self._state is None:
             raise NotFittedError("this Laplace approximation is not fitted; call fit() first")
-        return self.curvature
+        return self._state.curvature
+
+    @property
+    def fitted_state(self) -> FittedState | None:
+        """What the fit produced (``None`` before ``fit`` or ``load_state_dict``)."""
+        return self._state
+
+    @property
+    def curvature(self) -> CurvatureResult | None:
+        """The backend's result of the fit (``None`` before it)."""
+        return None if self._state is None else self._state.curvature
+
+    @property
+    def mean(self) -> Tensor | None:
+        """θ*, the weights the curvature belongs to (laplace-torch's ``mean``)."""
+        return None if self._state is None else self._state.mean
+
+    @property
+    def inputs(self) -> InputSpec:
+        """What the training inputs looked like (shape past the batch, keyword, dtype kind)."""
+        return InputSpec(self.dict_key_y) if self._state is None else self._state.inputs
 
     @property
     def n_data(self) -> int:
@@ -291,16 +294,14 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
         self._fitted()
         if sigma_noise is not None and not self.likelihood.has_noise:
             raise ValueError("sigma_noise is a regression-only option")
-        old = self._prior_precision, self._sigma_noise
-        try:  # validate both before keeping either: a failed call changes nothing
-            if prior_precision is not None:
-                self.prior_precision = prior_precision
-            if sigma_noise is not None:
-                self.sigma_noise = sigma_noise
-            return self.evidence(prior_precision, sigma_noise)
-        except (TypeError, ValueError):
-            self._prior_precision, self._sigma_noise = old
-            raise
+        kept = {}  # checked before anything is kept: a failed call changes nothing
+        if prior_precision is not None:
+            kept["prior_precision"] = self._checked_prior_precision(prior_precision)
+        if sigma_noise is not None:
+            kept["sigma_noise"] = self._checked_sigma_noise(sigma_noise)
+        value = self.evidence(prior_precision, sigma_noise)
+        self._set(**kept)
+        return value
 
     def evidence(
         self,
@@ -443,6 +444,10 @@ class Laplace(Hyperparameters, PosteriorViews, Prediction):
                 otherwise predicting is refused while the model's weights differ from θ*.
         """
         persistence.load_laplace_state(self, state, restore_weights)
+
+    def _install(self, fitted: FittedState, hyper: HyperValues) -> None:
+        """A checked fitted state and hyperparameters, installed together (persistence)."""
+        self._state, self._hyper = fitted, hyper
 
     def restore_weights(self) -> None:
         """Write θ* of the fit back into the model's Bayesian weights."""

@@ -107,8 +107,9 @@ class PosteriorMatrix:
 
 
 class PosteriorViews:
-    """laplace-torch's posterior attributes on :class:`~laplacetorch.Laplace` (needs
-    ``structure``, ``prior``, ``scale()``, ``mean``, ``prior_mean``)."""
+    """laplace-torch's posterior attributes on :class:`~laplacetorch.Laplace`. The host gives
+    ``structure``, ``prior`` (the :class:`~laplacetorch.prior.Prior`: δ's form and factor),
+    ``scale()``, ``mean``, ``prior_mean`` and ``n_params``; nothing else is read."""
 
     @property
     def posterior_precision(self) -> PosteriorMatrix:

@@ -7,11 +7,11 @@ the network at weight draws. The likelihood turns moments or samples into the pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .links import gaussian_samples
 from .model_call import WithKeywords
@@ -19,6 +19,10 @@ from .params import check_model_mode
 from .persistence import check_weights_at_mean
 from .predictive import dense_jacobians, function_samples, jacobian_sources
 from .prior import Prior
+
+if TYPE_CHECKING:
+    from .likelihoods import Likelihood
+    from .params import ParameterSubset
 
 __all__ = ["PRED_TYPES", "Prediction"]
 
@@ -36,7 +40,18 @@ def _check_pred_type(pred_type: str) -> None:
 
 
 class Prediction:
-    """``__call__``, ``glm_moments``, ``functional_samples``, ``predictive_samples``."""
+    """``__call__``, ``glm_moments``, ``functional_samples``, ``predictive_samples``: the one
+    predictive (:meth:`glm_chunks`, :meth:`nn_function_samples`) that the grid search uses
+    too. The host (:class:`~laplacetorch.Laplace`) gives the attributes declared here and
+    ``structure``, ``mean``, ``inputs``, ``prior``, ``prior_at``, ``scale``, ``sample``,
+    ``sigma_noise`` and ``_fitted``."""
+
+    subset: ParameterSubset
+    likelihood: Likelihood
+    model: nn.Module
+    memory_budget: int
+    enable_backprop: bool
+    batch_size_fn: Callable[[Any], int] | None
 
     def _check_inputs(self, x: Any, fitting: bool = True) -> tuple[Any, int]:
         self._fitted()

@@ -109,6 +109,33 @@ def test_save_load_round_trip_is_bit_identical(structure, dtype):
         assert torch.equal(other(x), la(x))
 
 
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _tensors(v)
+    elif isinstance(state, list | tuple):
+        for v in state:
+            yield from _tensors(v)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_a_loaded_object_owns_its_tensors(structure):
+    """Editing the state dict after load_state_dict changes nothing in the loaded object."""
+    la, model, _, _ = _fitted(structure)
+    state = la.state_dict()
+    other = Laplace(model, "classification", "all", structure)
+    other.load_state_dict(state)
+    before = other.state_dict()
+    for t in _tensors(state):
+        if t.is_floating_point():
+            t.mul_(2).add_(1)
+        elif t.dtype == torch.long:
+            t.zero_()
+    assert _same(other.state_dict(), before)
+
+
 def test_state_in_a_fresh_model_predicts_only_after_restoring_weights():
     la, _, x, _ = _fitted("kfac")
     fresh = make_mlp(seed=5)

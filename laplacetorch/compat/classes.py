@@ -116,7 +116,7 @@ class BaseLaplace(NativeLaplace):
     @property
     def prior_precision(self) -> Tensor:
         """δ, always 1-D as in laplace-torch (``[1]`` for a scalar)."""
-        return self._prior_precision.reshape(-1)
+        return self.hyperparameters.prior_precision.reshape(-1)
 
     @prior_precision.setter
     def prior_precision(self, value: Tensor | float) -> None:

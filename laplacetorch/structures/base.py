@@ -111,7 +111,7 @@ class Structure(ABC):
             raise ValueError(
                 f"group_index must have shape [{n_params}]; got {list(group_index.shape)}"
             )
-        self.group_index = group_index.to(device=self.device, dtype=torch.long)
+        self.group_index = group_index.to(device=self.device, dtype=torch.long, copy=True)
         if layout is not None and layout.numel != n_params:
             raise ValueError(
                 f"layout {layout} covers {layout.numel} parameters; the block has {n_params}"
@@ -419,7 +419,8 @@ class Structure(ABC):
             torch.device(device),
             None if layout is None else LayerBlock.from_dict(layout),
         )
-        tensors = {k: state[k].to(obj.device, dtype) for k in cls._tensor_keys}
+        # copies: the loaded structure owns its tensors (editing the dict changes nothing)
+        tensors = {k: state[k].to(obj.device, dtype, copy=True) for k in cls._tensor_keys}
         obj._check_tensor_shapes(tensors)
         obj._set_tensors(tensors)
         obj.layer_parts = LayerParts.from_state(state.get("layer_parts"), obj.n_params, obj.device)

@@ -72,7 +72,7 @@ class Kernel(Structure):
     ) -> Kernel:
         """Restore the kernel's eigendecomposition (log det works; the rest needs a refit)."""
         dtype = dtype or state["eigenvalues"].dtype
-        tensors = {k: state[k].to(device, dtype) for k in cls._tensor_keys}
+        tensors = {k: state[k].to(device, dtype, copy=True) for k in cls._tensor_keys}
         return cls(
             None,
             tensors["eigenvalues"],
