@@ -89,8 +89,8 @@ class Dense(Structure):
         self._eigenvectors: Tensor | None = tensors.get("eigenvectors")
         self._pending: Tensor | None = None
         self.psd = bool(tensors["psd"])
-        self._chol_key: tuple | None = None
-        self._chol: Tensor | None = None
+        # (key, factor) as one value: a thread reads an old pair or a new one, never a mix
+        self._chol_cache: tuple[tuple, Tensor] | None = None
 
     @property
     def eigenvectors(self) -> Tensor:
@@ -137,8 +137,9 @@ class Dense(Structure):
         cacheable = not (d.requires_grad or s.requires_grad)
         if cacheable:
             key = (s.item(), d.detach().cpu().numpy().tobytes())
-            if key == self._chol_key:
-                return self._chol
+            cached = self._chol_cache
+            if cached is not None and cached[0] == key:
+                return cached[1]
         q = self.eigenvectors
         lam = self.eigenvalues
         if self.psd:
@@ -148,7 +149,7 @@ class Dense(Structure):
         if info.item() != 0:
             raise RuntimeError("posterior precision is not positive definite (Cholesky failed)")
         if cacheable:
-            self._chol_key, self._chol = key, chol
+            self._chol_cache = (key, chol)
         return chol
 
     def _eig_prec(self, d: Tensor, s: Tensor) -> Tensor:
