@@ -78,6 +78,15 @@ def fit_diag(
             subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
         )
 
+    return _layer_fit(
+        subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
+    )
+
+
+def _layer_fit(subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, n_mc):
+    """Layer blocks from one forward and one batched backward of the output columns (MC
+    targets ``mc`` where sampled), the rest per example."""
+
     def squares(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
         return {name: square_sum(g, a, memory_budget)}
 
@@ -104,7 +113,7 @@ def fit_diag(
         batch_size_fn=batch_size_fn,
         announce=False,
         rest_columns=mc,
-        rest_n_columns=mc_samples,
+        rest_n_columns=n_mc,
     )
 
 
