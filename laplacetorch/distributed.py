@@ -75,16 +75,7 @@ def reduce_sums(
         if error is not None:
             raise error
         return sums, n_data
-    spec = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sums.items()}
-    status = (None if error is None else f"{type(error).__name__}: {error}", spec, n_data)
-    gathered: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(gathered, status, group=group)
-    failed = [(r, s[0]) for r, s in enumerate(gathered) if s[0] is not None]
-    if failed:
-        if error is not None:
-            raise error
-        rank, message = failed[0]
-        raise ValueError(f"rank {rank} of the data-parallel pass failed: {message}")
+    gathered = _exchange(group, error, sums, n_data)
     specs = [s[1] for s in gathered if s[1]]
     if not specs:
         return sums, 0
@@ -113,16 +104,7 @@ def gather_rows(
         if error is not None:
             raise error
         return parts
-    spec = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in parts.items()}
-    status = (None if error is None else f"{type(error).__name__}: {error}", spec)
-    gathered: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(gathered, status, group=group)
-    failed = [(r, s[0]) for r, s in enumerate(gathered) if s[0] is not None]
-    if failed:
-        if error is not None:
-            raise error
-        rank, message = failed[0]
-        raise ValueError(f"rank {rank} of the data-parallel pass failed: {message}")
+    gathered = _exchange(group, error, parts)
     specs = [s[1] for s in gathered]
     ref = next((s for s in specs if s), None)
     if ref is None:
@@ -139,3 +121,20 @@ def gather_rows(
         dist.all_gather(bufs, pad, group=group)
         out[k] = torch.cat([b[: sh[0]] for b, sh in zip(bufs, shapes, strict=True)])
     return out
+
+
+def _exchange(group: Any, error: BaseException | None, tensors: dict[str, Tensor], *extra: Any):
+    """Every rank's status (its error message or ``None``, the shapes and dtypes of
+    ``tensors``, then ``extra``), gathered on every rank; raises this rank's error, or the
+    first failed rank's, when any rank failed, so that no rank waits in a collective."""
+    spec = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()}
+    status = (None if error is None else f"{type(error).__name__}: {error}", spec, *extra)
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, status, group=group)
+    failed = [(r, s[0]) for r, s in enumerate(gathered) if s[0] is not None]
+    if failed:
+        if error is not None:
+            raise error
+        rank, message = failed[0]
+        raise ValueError(f"rank {rank} of the data-parallel pass failed: {message}")
+    return gathered

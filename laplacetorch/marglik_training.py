@@ -13,6 +13,7 @@ Laplace is fitted there.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,6 +45,8 @@ def _criterion(likelihood: str) -> Callable[[Tensor, Tensor], Tensor]:
 def _initial_log_prior(
     subset: ParameterSubset, init: float, prior_structure: str, temperature: float
 ) -> Tensor:
+    """log(T·δ₀) in the prior structure's shape (one, one per parameter tensor, one per
+    weight)."""
     n = {"scalar": 1, "layerwise": subset.n_groups, "diag": subset.n_params}.get(prior_structure)
     if n is None:
         raise ValueError(
@@ -53,6 +56,59 @@ def _initial_log_prior(
         raise ValueError(f"prior_prec_init must be positive; got {init!r}")
     value = math.log(temperature * init)
     return torch.full((n,), value, dtype=subset.dtype, device=subset.device)
+
+
+class _Hyperparameters:
+    """log δ (and log σ, when tuned) under training, with their Adam optimiser: their current
+    values, the MAP objective's weight decay they give, and their steps."""
+
+    def __init__(
+        self,
+        subset: ParameterSubset,
+        log_prior: Tensor,
+        sigma_noise_init: float,
+        likelihood: str,
+        fix_sigma_noise: bool,
+        temperature: float,
+        lr: float,
+    ) -> None:
+        device, dtype = subset.device, subset.dtype
+        self.log_prior = log_prior.requires_grad_(True)
+        self.log_sigma = torch.full((), math.log(sigma_noise_init), dtype=dtype, device=device)
+        self.regression = likelihood == "regression"
+        self.tune_sigma = self.regression and not fix_sigma_noise
+        if self.tune_sigma:
+            self.log_sigma.requires_grad_(True)
+        tensors = [self.log_prior, self.log_sigma] if self.tune_sigma else [self.log_prior]
+        self.optimizer = torch.optim.Adam(tensors, lr=lr)
+        self.group_index = subset.group_index.to(device)
+        self.device, self.dtype, self.temperature = device, dtype, temperature
+
+    def current(self) -> tuple[Tensor, Tensor]:
+        """(δ, σ) now: δ a scalar for the scalar prior."""
+        delta = self.log_prior.exp()
+        return (delta[0] if delta.numel() == 1 else delta), self.log_sigma.exp()
+
+    def weight_decay(self, n_data: int) -> Callable[[Tensor], Tensor]:
+        """θ ↦ ½ θᵀ diag(δ) θ / (N·c) at the current δ and σ (held fixed through an epoch);
+        c = T/(2σ²) for regression, T otherwise."""
+        delta, sigma = (t.detach() for t in self.current())
+        d_full = delta if delta.dim() == 0 else delta[self.group_index]
+        c = self.temperature / (2 * sigma**2) if self.regression else self.temperature
+        return lambda theta: 0.5 * (d_full * theta) @ theta / n_data / c
+
+    def steps(self, la: Laplace, n_hypersteps: int) -> tuple[list[float], Tensor, Tensor]:
+        """Adam steps on log δ (and log σ) of ``la``'s evidence: the negative log evidence of
+        each, and the (δ, σ) at which the last one was evaluated."""
+        margliks = []
+        for _ in range(n_hypersteps):
+            self.optimizer.zero_grad()
+            delta, sigma = self.current()
+            neg = -la.log_marginal_likelihood(delta, sigma if self.tune_sigma else None)
+            neg.backward()
+            self.optimizer.step()
+            margliks.append(float(neg.detach()))
+        return margliks, delta.detach(), sigma.detach()
 
 
 def marglik_training(
@@ -112,104 +168,124 @@ def marglik_training(
         with that epoch's weights, the negative log evidence after every hyperparameter step,
         and the mean training objective of every epoch.
     """
-    if optimizer_kwargs and "weight_decay" in optimizer_kwargs:
-        raise ValueError("weight_decay is the prior's here (it is tuned); drop it")
-    for name, value in (("n_epochs", n_epochs), ("n_hypersteps", n_hypersteps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    if (
-        isinstance(marglik_frequency, bool)
-        or not isinstance(marglik_frequency, int)
-        or (marglik_frequency < 1)
-    ):
-        raise ValueError(f"marglik_frequency must be a positive integer; got {marglik_frequency!r}")
+    _check_arguments(optimizer_kwargs, n_epochs, n_hypersteps, marglik_frequency)
     likelihood = getattr(likelihood, "value", likelihood)
     criterion = _criterion(likelihood)
-    regression = likelihood == "regression"
-    build = make_laplace or Laplace
     subset = ParameterSubset(model, "all")
-    device, dtype = subset.device, subset.dtype
     log_prior = _initial_log_prior(subset, prior_prec_init, prior_structure, temperature)
-    log_prior.requires_grad_(True)
-    hyper = [log_prior]
-    log_sigma = torch.full((), math.log(sigma_noise_init), dtype=dtype, device=device)
-    if regression and not fix_sigma_noise:
-        log_sigma.requires_grad_(True)
-        hyper.append(log_sigma)
+    hyper = _Hyperparameters(
+        subset, log_prior, sigma_noise_init, likelihood, fix_sigma_noise, temperature, lr_hyp
+    )
     optimizer = optimizer_cls(model.parameters(), **(optimizer_kwargs or {}))
     scheduler = scheduler_cls(optimizer, **(scheduler_kwargs or {})) if scheduler_cls else None
-    hyper_optimizer = torch.optim.Adam(hyper, lr=lr_hyp)
-    params = [p for p in model.parameters() if p.requires_grad]
-    gi = subset.group_index
-
-    def current() -> tuple[Tensor, Tensor | float]:
-        delta = log_prior.exp()
-        return (delta[0] if delta.numel() == 1 else delta), log_sigma.exp()
-
-    def laplace(delta: Tensor, sigma: Tensor, **extra: Any) -> Laplace:
-        kw = {"sigma_noise": sigma.detach()} if regression else {}
-        model.eval()
-        return build(
-            model,
-            likelihood,
-            "all",
-            hessian_structure,
-            prior_precision=delta.detach(),
-            temperature=temperature,
-            **kw,
-            **laplace_kwargs,
-            **extra,
-        )
-
+    make = make_laplace or Laplace
+    build = functools.partial(
+        _laplace_at, make, model, likelihood, hessian_structure, temperature, laplace_kwargs
+    )
+    batches = BatchAdapter(train_loader, dict_key_y)
     n_data = _count(train_loader, dict_key_y)
     best = (math.inf, None, None, None)
     margliks: list[float] = []
     losses: list[float] = []
     for epoch in progress_range(n_epochs, progress_bar, "marglik training"):
-        epoch += 1
-        model.train()
-        delta, sigma = current()
-        d_full = delta.detach() if delta.dim() == 0 else delta.detach()[gi.to(device)]
-        c = temperature / (2 * sigma.detach() ** 2) if regression else temperature
-        total, seen = 0.0, 0
-        for x, y in BatchAdapter(train_loader, dict_key_y):
-            x = prepare_inputs(x, device, dtype)
-            y = y.to(device)
-            optimizer.zero_grad()
-            theta = nn.utils.parameters_to_vector(params)
-            f = model_output(call_model(model, x))
-            loss = criterion(f, y) + 0.5 * (d_full * theta) @ theta / n_data / c
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            total += float(loss.detach()) * y.shape[0]
-            seen += y.shape[0]
-        losses.append(total / seen)
-        if epoch % marglik_frequency != 0 or epoch < n_epochs_burnin:
+        decay = hyper.weight_decay(n_data)
+        losses.append(_train_epoch(model, batches, criterion, decay, optimizer, scheduler, hyper))
+        if (epoch + 1) % marglik_frequency != 0 or epoch + 1 < n_epochs_burnin:
             continue
-        delta, sigma = current()
-        la = laplace(delta, sigma)
+        la = build(*hyper.current())
         la.fit(train_loader)
-        for _ in range(n_hypersteps):
-            hyper_optimizer.zero_grad()
-            delta, sigma = current()
-            neg = -la.log_marginal_likelihood(
-                delta, sigma if regression and not fix_sigma_noise else None
-            )
-            neg.backward()
-            hyper_optimizer.step()
-            margliks.append(float(neg.detach()))
+        steps, delta, sigma = hyper.steps(la, n_hypersteps)
+        margliks += steps
         if margliks[-1] < best[0]:
-            best = (margliks[-1], copy.deepcopy(model.state_dict()), delta.detach(), sigma.detach())
-    if best[1] is not None:
-        model.load_state_dict(best[1])
-        delta, sigma = best[2], best[3]
-    else:
-        delta, sigma = (t.detach() for t in current())
-    la = laplace(delta, sigma, enable_backprop=enable_backprop)
+            best = (margliks[-1], copy.deepcopy(model.state_dict()), delta, sigma)
+    delta, sigma = _restore_best(model, best, hyper)
+    la = build(delta, sigma, enable_backprop=enable_backprop)
     la.fit(train_loader)
     return la, model, margliks, losses
+
+
+def _check_arguments(
+    optimizer_kwargs: dict[str, Any] | None,
+    n_epochs: int,
+    n_hypersteps: int,
+    marglik_frequency: int,
+) -> None:
+    """Refuse a ``weight_decay`` (it is the prior's) and counts that are not positive integers."""
+    if optimizer_kwargs and "weight_decay" in optimizer_kwargs:
+        raise ValueError("weight_decay is the prior's here (it is tuned); drop it")
+    for name, value in (
+        ("n_epochs", n_epochs),
+        ("n_hypersteps", n_hypersteps),
+        ("marglik_frequency", marglik_frequency),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+def _laplace_at(
+    build: Callable[..., Laplace],
+    model: nn.Module,
+    likelihood: str,
+    hessian_structure: str,
+    temperature: float,
+    laplace_kwargs: dict[str, Any],
+    delta: Tensor,
+    sigma: Tensor,
+    **extra: Any,
+) -> Laplace:
+    """An all-weights Laplace (not yet fitted) at prior precision δ (and σ, for regression)."""
+    kw = {"sigma_noise": sigma.detach()} if likelihood == "regression" else {}
+    model.eval()
+    return build(
+        model,
+        likelihood,
+        "all",
+        hessian_structure,
+        prior_precision=delta.detach(),
+        temperature=temperature,
+        **kw,
+        **laplace_kwargs,
+        **extra,
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: BatchAdapter,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    decay: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    hyper: _Hyperparameters,
+) -> float:
+    """One epoch of optimiser steps on ``criterion + decay(θ)``; the objective's mean."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, seen = 0.0, 0
+    for x, y in batches:
+        x = prepare_inputs(x, hyper.device, hyper.dtype)
+        y = y.to(hyper.device)
+        optimizer.zero_grad()
+        theta = nn.utils.parameters_to_vector(params)
+        f = model_output(call_model(model, x))
+        loss = criterion(f, y) + decay(theta)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * y.shape[0]
+        seen += y.shape[0]
+    return total / seen
+
+
+def _restore_best(model: nn.Module, best: tuple, hyper: _Hyperparameters) -> tuple[Tensor, Tensor]:
+    """Load the best epoch's weights into ``model`` and return its (δ, σ); without a best
+    epoch (no hyperparameter step taken), the current (δ, σ)."""
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+        return best[2], best[3]
+    delta, sigma = hyper.current()
+    return delta.detach(), sigma.detach()
 
 
 def _count(loader: Iterable, dict_key_y: str) -> int:

@@ -9,7 +9,6 @@ for a subnetwork. :meth:`ParameterSubset.forward` evaluates f(θ, x) with
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,14 +16,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .bayesian_weights import (
+    check_subset_arguments,
+    find_last_linear,
+    subnetwork_names,
+    trainable,
+)
 from .model_call import call_model
 from .model_checks import check_dtypes_and_devices, check_model_mode
-from .subset_inputs import (
-    FEATURE_REDUCTIONS,
-    FeaturesReached,
-    indices_to_mask,
-    reduce_features,
-)
+from .subset_inputs import FeaturesReached, reduce_features
 
 __all__ = [
     "ParameterSubset",
@@ -34,27 +34,6 @@ __all__ = [
 ]
 
 
-def find_last_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
-    """The named ``nn.Linear`` module, or the last one in ``model.named_modules()`` order.
-
-    Raises:
-        ValueError: if there is no such ``nn.Linear``.
-    """
-    modules = dict(model.named_modules())
-    if name is not None:
-        if name not in modules:
-            raise ValueError(f"last_layer_name {name!r} is not a module of the model")
-        if not isinstance(modules[name], nn.Linear):
-            raise ValueError(
-                f"last layer {name!r} must be an nn.Linear; got {type(modules[name]).__name__}"
-            )
-        return name, modules[name]
-    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("subset_of_weights='last_layer' needs an nn.Linear layer; none found")
-    return linears[-1]
-
-
 def head_index(n_out: int, n_feat: int, has_bias: bool, device: torch.device) -> Tensor:
     """``[C, D̃]`` positions of a linear head's weights in θ = [vec(W) row-major, b]."""
     idx = torch.arange(n_out * n_feat, device=device).view(n_out, n_feat)
@@ -62,25 +41,6 @@ def head_index(n_out: int, n_feat: int, has_bias: bool, device: torch.device) ->
         bias = torch.arange(n_out * n_feat, n_out * (n_feat + 1), device=device).view(n_out, 1)
         idx = torch.cat([idx, bias], dim=1)
     return idx
-
-
-def _trainable(names: list[str], named: dict[str, nn.Parameter], what: str) -> list[str]:
-    """``names`` without the parameters that have ``requires_grad=False`` (frozen weights are
-    never Bayesian), saying once which were left out.
-
-    Raises:
-        ValueError: when every parameter named is frozen.
-    """
-    frozen = [n for n in names if not named[n].requires_grad]
-    if frozen:
-        warnings.warn(
-            f"parameters with requires_grad=False are not Bayesian; left out of {what}: {frozen}",
-            stacklevel=4,
-        )
-    kept = [n for n in names if named[n].requires_grad]
-    if not kept:
-        raise ValueError(f"every parameter of {what} has requires_grad=False: {frozen}")
-    return kept
 
 
 class ParameterSubset:
@@ -112,13 +72,7 @@ class ParameterSubset:
         subnetwork: Sequence[str] | Tensor | None = None,
         feature_reduction: str | None = None,
     ) -> None:
-        if feature_reduction is not None and (
-            subset != "last_layer" or feature_reduction not in FEATURE_REDUCTIONS
-        ):
-            raise ValueError(
-                f"feature_reduction must be one of {FEATURE_REDUCTIONS} with "
-                f"subset_of_weights='last_layer'; got {feature_reduction!r} with {subset!r}"
-            )
+        check_subset_arguments(subset, last_layer_name, subnetwork, feature_reduction)
         #: how last-layer sequence features [B, T, D] are reduced to [B, D] (None: not)
         self.feature_reduction = feature_reduction
         if not isinstance(model, nn.Module):
@@ -131,14 +85,6 @@ class ParameterSubset:
         if not named:
             raise ValueError("model has no parameters")
         index = None
-        if subnetwork is not None and subset != "subnetwork":
-            raise ValueError(
-                f"subnetwork is only used with subset_of_weights='subnetwork'; got {subset!r}"
-            )
-        if last_layer_name is not None and subset != "last_layer":
-            raise ValueError(
-                f"last_layer_name is only used with subset_of_weights='last_layer'; got {subset!r}"
-            )
         if subset == "all":
             names = [n for n, p in named.items() if p.requires_grad]
             if not names:
@@ -151,9 +97,9 @@ class ParameterSubset:
             self._head_names = {
                 local: canonical[id(p)] for local, p in self.last_layer.named_parameters()
             }
-            names = _trainable(names, named, f"the last layer {self.last_layer_name!r}")
+            names = trainable(names, named, f"the last layer {self.last_layer_name!r}")
         elif subset == "subnetwork":
-            names, index = self._parse_subnetwork(named, subnetwork)
+            names, index = subnetwork_names(model, named, subnetwork)
         else:
             raise ValueError(
                 f"unknown subset_of_weights {subset!r}; expected 'all', 'last_layer' or "
@@ -173,63 +119,6 @@ class ParameterSubset:
         self.check_weights()
 
     # ----------------------------------------------------------------- construction
-    def _parse_subnetwork(
-        self, named: dict[str, nn.Parameter], subnetwork: Sequence[str] | Tensor | None
-    ) -> tuple[list[str], Tensor | None]:
-        if subnetwork is None:
-            raise ValueError(
-                "subset_of_weights='subnetwork' needs `subnetwork`: parameter/module names or a "
-                "boolean mask over the flat parameter vector"
-            )
-        if (
-            isinstance(subnetwork, Tensor)
-            and not subnetwork.dtype.is_floating_point
-            and (subnetwork.dtype != torch.bool)
-        ):
-            subnetwork = indices_to_mask(subnetwork, sum(p.numel() for p in named.values()))
-        if isinstance(subnetwork, Tensor):
-            total = sum(p.numel() for p in named.values())
-            if subnetwork.dtype != torch.bool:
-                raise ValueError(f"subnetwork mask must be boolean; got dtype {subnetwork.dtype}")
-            if subnetwork.shape != (total,):
-                raise ValueError(
-                    f"subnetwork mask must have shape [{total}] (all parameters); "
-                    f"got {list(subnetwork.shape)}"
-                )
-            if not subnetwork.any():
-                raise ValueError("subnetwork mask selects no parameter (all False)")
-            chunks = list(torch.split(subnetwork.cpu(), [p.numel() for p in named.values()]))
-            selected = [n for n, c in zip(named, chunks, strict=True) if c.any()]
-            _trainable(selected, named, "the subnetwork mask")  # warns, or refuses if none
-            chunks = [c & named[n].requires_grad for n, c in zip(named, chunks, strict=True)]
-            names = [n for n, c in zip(named, chunks, strict=True) if c.any()]
-            kept = torch.cat([c for c, n in zip(chunks, named, strict=True) if n in names])
-            index = None if kept.all() else kept.nonzero().squeeze(-1)
-            return names, index
-        if isinstance(subnetwork, str):
-            subnetwork = [subnetwork]
-        wanted = list(subnetwork)
-        if not wanted:
-            raise ValueError("subnetwork names are empty")
-        chosen = set()
-        # every name a parameter is reachable by (a tied weight has several), to its first
-        canonical = {id(p): n for n, p in named.items()}
-        aliases = {
-            n: canonical[id(p)]
-            for n, p in self.model.named_parameters(remove_duplicate=False)
-            if id(p) in canonical
-        }
-        for w in wanted:
-            hits = {c for n, c in aliases.items() if n == w or n.startswith(w + ".")}
-            if not hits:
-                raise ValueError(
-                    f"subnetwork name {w!r} matches no parameter or module; parameters are "
-                    f"{list(named)[:8]}{'…' if len(named) > 8 else ''}"
-                )
-            chosen.update(hits)
-        names = _trainable([n for n in named if n in chosen], named, "the subnetwork")
-        return names, None
-
     def _build_groups(self) -> None:
         # one group per parameter tensor: laplace-torch's "layerwise" prior
         self.group_names = list(self.names)

@@ -176,23 +176,38 @@ def run_demo(
     results = {"MAP": _demo_row(p_map.pop("test"), test[1], p_map)}
     for key, subset, structure, method in _DEMO_VARIANTS:
         la = Laplace(model, "classification", subset, structure)
-        t0 = time.perf_counter()
-        la.fit(loader, progress=progress)
-        t1 = time.perf_counter()
-        if method == "gridsearch":
-            la.optimize_prior_precision(
-                method=method, val_loader=val_loader, progress=progress, **_DEMO_GRID
-            )
-        else:
-            la.optimize_prior_precision(method=method)
-        t2 = time.perf_counter()
-        row = _demo_row(
-            la(test[0], link_approx="probit"),
-            test[1],
-            {k: la(v, link_approx="probit") for k, v in ood.items()},
+        results[key] = _demo_laplace_row(la, method, loader, val_loader, test, ood, progress)
+    _print_demo_table(results, out)
+    print(file=out)
+    for note in _demo_notes(results, info, epochs):
+        print(textwrap.fill(note, width=100, subsequent_indent="  "), file=out)
+    return results
+
+
+def _demo_laplace_row(la, method, loader, val_loader, test, ood, progress) -> dict[str, float]:
+    """Fit ``la``, tune δ by ``method`` and score its probit predictive; the row also holds
+    ``prior_precision`` and the seconds of the fit and of the tuning."""
+    t0 = time.perf_counter()
+    la.fit(loader, progress=progress)
+    t1 = time.perf_counter()
+    if method == "gridsearch":
+        la.optimize_prior_precision(
+            method=method, val_loader=val_loader, progress=progress, **_DEMO_GRID
         )
-        row.update(prior_precision=float(la.prior_precision), fit_s=t1 - t0, tune_s=t2 - t1)
-        results[key] = row
+    else:
+        la.optimize_prior_precision(method=method)
+    t2 = time.perf_counter()
+    row = _demo_row(
+        la(test[0], link_approx="probit"),
+        test[1],
+        {k: la(v, link_approx="probit") for k, v in ood.items()},
+    )
+    row.update(prior_precision=float(la.prior_precision), fit_s=t1 - t0, tune_s=t2 - t1)
+    return row
+
+
+def _print_demo_table(results: dict, out: TextIO) -> None:
+    """The demo's table: one line per row of ``results``, a dash where MAP has no value."""
     head = (
         f"{'model':<30}{'δ':>8}{'acc':>8}{'NLL':>8}{'ECE':>8}{'AUROC noise':>13}"
         f"{'AUROC rot90':>13}{'fit s':>8}{'tune s':>8}"
@@ -207,7 +222,3 @@ def run_demo(
             f"{r['auroc_noise']:>13.3f}{r['auroc_rot90']:>13.3f}{secs}",
             file=out,
         )
-    print(file=out)
-    for note in _demo_notes(results, info, epochs):
-        print(textwrap.fill(note, width=100, subsequent_indent="  "), file=out)
-    return results

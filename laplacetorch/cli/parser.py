@@ -56,9 +56,33 @@ _EPILOG = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .. import datasets
-    from ..curvature import HESSIAN_STRUCTURES
+    parser = _top_parser()
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to run; `laplacetorch COMMAND --help` lists its options",
+    )
+    common = _common_options()
 
+    def add(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=textwrap.fill(description, width=79),
+            epilog=_EPILOG[name],
+            parents=[common],
+            formatter_class=_HelpFormatter,
+        )
+
+    _add_demo(add)
+    _add_evaluate(add)
+    _add_select(add)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes: ``--debug`` and ``--progress``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug",
@@ -73,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tqdm progress bars on stderr for training and the fits (default: on when stderr "
         "is a terminal, off otherwise, e.g. in CI logs)",
     )
+    return common
+
+
+def _top_parser() -> _Parser:
+    """The parser before its commands: description, epilog, ``--version`` and ``--debug``."""
     parser = _Parser(
         prog=PROG,
         description=textwrap.fill(
@@ -91,23 +120,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the full traceback of an error instead of one line",
     )
-    sub = parser.add_subparsers(
-        dest="command",
-        required=True,
-        metavar="COMMAND",
-        help="what to run; `laplacetorch COMMAND --help` lists its options",
-    )
+    return parser
 
-    def add(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=summary,
-            description=textwrap.fill(description, width=79),
-            epilog=_EPILOG[name],
-            parents=[common],
-            formatter_class=_HelpFormatter,
-        )
 
+def _add_demo(add) -> None:
+    """The ``demo`` command and its options."""
     demo = add(
         "demo",
         "MAP against Laplace on digits: calibration and out-of-distribution detection",
@@ -118,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the split, weights and batches")
     demo.add_argument("--epochs", type=int, default=100, help="training epochs (Adam, batch 64)")
+
+
+def _add_evaluate(add) -> None:
+    """The ``evaluate`` command and its options."""
+    from .. import datasets
+    from ..curvature import HESSIAN_STRUCTURES
 
     ev = add(
         "evaluate",
@@ -165,6 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (L2, >= 0)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the split, weights and batches")
 
+
+def _add_select(add) -> None:
+    """The ``select`` command and its options."""
     sel = add(
         "select",
         "pick an MLP width by the Laplace evidence",
@@ -181,4 +207,3 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--widths", default="1,4,16,64", help="comma-separated hidden widths")
     sel.add_argument("--steps", type=int, default=1000, help="full-batch Adam steps per width")
     sel.add_argument("--seed", type=int, default=0, help="seed of the data and weights")
-    return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -49,18 +50,7 @@ def marglik_training(
         warnings.warn("Weight decay is handled and optimized. Will be set to 0.", stacklevel=2)
         optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k != "weight_decay"}
 
-    def make(model, likelihood, subset, structure, **kwargs):
-        return Laplace(
-            model,
-            likelihood,
-            subset,
-            structure,
-            backend=backend,
-            dict_key_x=dict_key_x,
-            dict_key_y=dict_key_y,
-            **kwargs,
-        )
-
+    make = functools.partial(Laplace, backend=backend, dict_key_x=dict_key_x, dict_key_y=dict_key_y)
     return native_marglik_training(
         model,
         WholeMappings(train_loader, dict_key_y),

@@ -78,6 +78,15 @@ def fit_diag(
             subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
         )
 
+    return _layer_fit(
+        subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
+    )
+
+
+def _layer_fit(subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, n_mc):
+    """Layer blocks from one forward and one batched backward of the output columns (MC
+    targets ``mc`` where sampled), the rest per example."""
+
     def squares(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
         return {name: square_sum(g, a, memory_budget)}
 
@@ -104,33 +113,26 @@ def fit_diag(
         batch_size_fn=batch_size_fn,
         announce=False,
         rest_columns=mc,
-        rest_n_columns=mc_samples,
+        rest_n_columns=n_mc,
     )
 
 
 def _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size_fn):
+    """The exact diagonal of the loss Hessian (P Hessian-vector products a batch)."""
     theta = subset.map_vector()
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget, diagonal_only=True)
         return {"G": h, "loss": loss}
 
-    sums, n_data, n_out = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        step,
-        progress=progress,
-        desc="diag Hessian",
-        batch_size_fn=batch_size_fn,
-    )
-    structure = Diagonal(sums["G"], subset.group_index, psd=False, layer_parts=layer_parts(subset))
-    return CurvatureResult(structure, n_data, n_out, sums["loss"], "hessian")
+    return _diagonal_pass(subset, likelihood, loader, step, "hessian", progress, batch_size_fn)
 
 
 def _per_example_fit(
     subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc=None, n_mc=None
 ):
+    """The diagonal from per-example vector-Jacobian products (masks, sampled heads)."""
+
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         g, loss = per_example_diagonal(
             subset,
@@ -145,22 +147,24 @@ def _per_example_fit(
         )
         return {"G": g, "loss": loss}
 
+    return _diagonal_pass(subset, likelihood, loader, step, kind, progress, batch_size_fn)
+
+
+def _diagonal_pass(subset, likelihood, loader, step, kind, progress, batch_size_fn):
+    """Sum ``step``'s diagonal ``"G"`` (and loss) over the data, as one :class:`Diagonal`
+    with the layers' parts (indefinite for ``kind="hessian"``)."""
     sums, n_data, n_out = curvature_pass(
         subset,
         likelihood,
         loader,
         step,
         progress=progress,
-        desc="diag curvature",
+        desc="diag Hessian" if kind == "hessian" else "diag curvature",
         batch_size_fn=batch_size_fn,
     )
-    return CurvatureResult(
-        Diagonal(sums["G"], subset.group_index, layer_parts=layer_parts(subset)),
-        n_data,
-        n_out,
-        sums["loss"],
-        kind,
-    )
+    psd = kind != "hessian"
+    structure = Diagonal(sums["G"], subset.group_index, psd=psd, layer_parts=layer_parts(subset))
+    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
 
 
 def per_layer_diagonal(subset: ParameterSubset, g: Tensor) -> Structure:

@@ -20,6 +20,7 @@ use the KFAC pass's samples instead of fresh ones).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -90,10 +91,7 @@ def fit_ekfac(
     kind, generator = check_kfac_options(
         subset, fisher_type, approximation, mc_samples, generator, seed
     )
-    if isinstance(cache_budget, bool) or not isinstance(cache_budget, int) or cache_budget < 0:
-        raise ValueError(
-            f"cache_budget must be a non-negative integer (bytes); got {cache_budget!r}"
-        )
+    _check_cache_budget(cache_budget)
     require_reiterable(loader, "ekfac (KFAC, then the eigenvalue refit)")
     cache, plan = _Cache(cache_budget), {}
     kfac = kfac_pass(
@@ -112,30 +110,84 @@ def fit_ekfac(
         keep=cache.keep,
         plan=plan,
     )
-    krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
-    layers = [  # with the example axes the KFAC pass learnt
-        la for la in plan["layers"] if all(name in krons for name, _, _ in la.blocks)
-    ]
+    krons, layers = _refittable(kfac, plan)
     if not layers:
         return kfac  # no Kronecker block to refit: every block is an exact diagonal
+    refit = functools.partial(_refit, krons, memory_budget)
+    sums = _cached_sums(cache, krons, refit, subset)
+    if sums is None:
+        sums = _second_pass(
+            subset,
+            likelihood,
+            loader,
+            layers,
+            refit,
+            fisher_type,
+            mc_samples,
+            generator,
+            progress,
+            batch_size_fn,
+        )
+    return _with_eigenvalues(subset, kfac, krons, sums)
 
-    def refit(name: str, a: Tensor, g: Tensor) -> Tensor:
-        kron = krons[name]
-        return square_sum(g @ kron.qb, a @ kron.qa, memory_budget)
 
+def _check_cache_budget(cache_budget: Any) -> None:
+    """Refuse a cache budget that is not a non-negative integer of bytes."""
+    if isinstance(cache_budget, bool) or not isinstance(cache_budget, int) or cache_budget < 0:
+        raise ValueError(
+            f"cache_budget must be a non-negative integer (bytes); got {cache_budget!r}"
+        )
+
+
+def _refittable(kfac: CurvatureResult, plan: dict) -> tuple[dict[str, Kron], list]:
+    """KFAC's Kron blocks by name, and the layers (with the example axes the KFAC pass learnt)
+    whose blocks are all Kron."""
+    krons = {name: blk for name, _, blk in kfac.structure.blocks if isinstance(blk, Kron)}
+    layers = [la for la in plan["layers"] if all(name in krons for name, _, _ in la.blocks)]
+    return krons, layers
+
+
+def _refit(krons: dict[str, Kron], memory_budget: int, name: str, a: Tensor, g: Tensor) -> Tensor:
+    """Block ``name``'s eigenvalues in its Kron eigenbasis from inputs ``a`` and output
+    gradients ``g``: Σₙ ((g Q_B) ⊗ (a Q_A))²."""
+    kron = krons[name]
+    return square_sum(g @ kron.qb, a @ kron.qa, memory_budget)
+
+
+def _cached_sums(
+    cache: _Cache, krons: dict[str, Kron], refit: Callable, subset: ParameterSubset
+) -> dict[str, Tensor] | None:
+    """The refit eigenvalues from the statistics the KFAC pass kept, summed over the ranks;
+    ``None`` when the cache overflowed on any rank. The cache is emptied either way."""
     # every rank takes the same branch: a collective follows either way
     overflow = reduce_local({"ekfac.cache_overflow": cache.overflow_flag(subset)}, subset.device)
-    if float(overflow["ekfac.cache_overflow"]) == 0:
-        sums: dict[str, Tensor] = {}
-        for name, kept in cache.items.items():
-            if name in krons:
-                for a, g in kept:
-                    e = refit(name, a, g)
-                    sums[name] = sums[name] + e if name in sums else e
+    if float(overflow["ekfac.cache_overflow"]) != 0:
         cache.items.clear()
-        sums = reduce_local(sums, subset.device)
-        return _with_eigenvalues(subset, kfac, krons, sums)
+        return None
+    sums: dict[str, Tensor] = {}
+    for name, kept in cache.items.items():
+        if name in krons:
+            for a, g in kept:
+                e = refit(name, a, g)
+                sums[name] = sums[name] + e if name in sums else e
     cache.items.clear()
+    return reduce_local(sums, subset.device)
+
+
+def _second_pass(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    layers: list,
+    refit: Callable,
+    fisher_type: str,
+    mc_samples: int,
+    generator: torch.Generator,
+    progress: bool,
+    batch_size_fn: Callable[[Any], int] | None,
+) -> dict[str, Tensor]:
+    """The refit eigenvalues of every block of ``layers`` from a second pass over the data
+    (per-example inputs and output gradients, projected on the KFAC eigenbases)."""
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
         cols = lambda f: output_columns(likelihood, fisher_type, f, y, mc_samples, generator)  # noqa: E731
@@ -156,7 +208,7 @@ def fit_ekfac(
         desc="ekfac eigenvalues",
         batch_size_fn=batch_size_fn,
     )
-    return _with_eigenvalues(subset, kfac, krons, sums)
+    return sums
 
 
 def _with_eigenvalues(

@@ -51,31 +51,10 @@ def fit_full(
     kind = resolve_fisher_type(fisher_type, "full", allow_hessian=True, allow_mc=True)
     columns = mc_columns(likelihood, fisher_type, mc_samples, generator, seed)
     if subset.closed_form_head and columns is None:  # a linear head: its Hessian is its GGN
-        kind = "ggn" if kind == "hessian" else kind
-        head = _head_block(subset)
-        g, n_data, n_out, loss = last_layer_curvature(
-            subset,
-            likelihood,
-            loader,
-            kind=kind,
-            diagonal=False,
-            progress=progress,
-            batch_size_fn=batch_size_fn,
-            order=None if head is None else head[1],
-        )
-        if head is None:
-            return CurvatureResult(Dense(g, subset.group_index), n_data, n_out, loss, kind)
-        name, index, layout = head
-        block = Dense(g, subset.group_index[index], layout)
-        structure = BlockDiagonal([(name, index, block)], subset.n_params, subset.group_index)
-        return CurvatureResult(structure, n_data, n_out, loss, kind)
+        return _fit_head(subset, likelihood, loader, kind, progress, batch_size_fn)
 
     theta = subset.map_vector()
     p = subset.n_params
-
-    def hessian_step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget)
-        return {"G": h, "loss": loss}
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor | Gram]:
         loss = zeros_like_theta(subset)
@@ -106,13 +85,55 @@ def fit_full(
         subset,
         likelihood,
         loader,
-        hessian_step if kind == "hessian" else step,
+        _hessian_step(subset, likelihood, theta, memory_budget) if kind == "hessian" else step,
         progress=progress,
         desc="full curvature",
         batch_size_fn=batch_size_fn,
     )
     dense = Dense(sums["G"], subset.group_index, psd=kind != "hessian")
     return CurvatureResult(dense, n_data, n_out, sums["loss"], kind)
+
+
+def _hessian_step(
+    subset: ParameterSubset, likelihood: Likelihood, theta: Tensor, memory_budget: int
+) -> Callable[[Any, Tensor, int], dict[str, Tensor]]:
+    """The pass's step for ``fisher_type="hessian"``: each batch's loss Hessian and loss."""
+
+    def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget)
+        return {"G": h, "loss": loss}
+
+    return step
+
+
+def _fit_head(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    loader: Iterable,
+    kind: str,
+    progress: bool,
+    batch_size_fn: Callable[[Any], int] | None,
+) -> CurvatureResult:
+    """The dense curvature of a linear head in closed form from its features (its Hessian is
+    its GGN), as one block laid out like [W | b] where the head is one."""
+    kind = "ggn" if kind == "hessian" else kind
+    head = _head_block(subset)
+    g, n_data, n_out, loss = last_layer_curvature(
+        subset,
+        likelihood,
+        loader,
+        kind=kind,
+        diagonal=False,
+        progress=progress,
+        batch_size_fn=batch_size_fn,
+        order=None if head is None else head[1],
+    )
+    if head is None:
+        return CurvatureResult(Dense(g, subset.group_index), n_data, n_out, loss, kind)
+    name, index, layout = head
+    block = Dense(g, subset.group_index[index], layout)
+    structure = BlockDiagonal([(name, index, block)], subset.n_params, subset.group_index)
+    return CurvatureResult(structure, n_data, n_out, loss, kind)
 
 
 def _head_block(subset: ParameterSubset) -> tuple[str, Tensor, LayerBlock] | None:

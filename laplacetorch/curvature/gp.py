@@ -56,13 +56,7 @@ def subset_points(
 ) -> tuple[Any, Tensor, int, int, Tensor]:
     """The M chosen examples' inputs and targets (all N when ``n_subset`` is None), with N,
     C and the summed unit-scale NLL of all N at θ*: one pass over the data, two when M < N."""
-    theta = subset.map_vector()
-
-    def count(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        with torch.no_grad():
-            f = subset.forward(theta, x)
-        return {"loss": likelihood.nll_unit(f, y).sum()}
-
+    count = _nll_step(subset, likelihood)
     chosen = None
     if subset_indices is not None:
         n_subset = int(torch.as_tensor(subset_indices).numel())
@@ -81,23 +75,10 @@ def subset_points(
             chosen = _draw(n_data, n_subset, seed, what)
         else:
             chosen = _given(subset_indices, n_data)
-    kept: list[tuple[Any, Tensor]] = []
-    offset = {"n": 0}
     by_index = None if chosen is None else _dataset_points(loader, chosen, n_data)
     if by_index is not None:  # the points by dataset index: the same under any shuffle
         loader, chosen = by_index, None
-
-    def keep(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        b, lo = y.shape[0], offset["n"]
-        offset["n"] += b
-        if chosen is not None:
-            local = chosen[(chosen >= lo) & (chosen < lo + b)] - lo
-            x = tree_map(lambda t: t[local] if isinstance(t, Tensor) else t, x)
-            y = y[local]
-        if y.shape[0]:
-            kept.append((x, y))
-        return count(x, y, n_out) if chosen is None and by_index is None else {}
-
+    keep = _Keep(chosen, count if chosen is None and by_index is None else None)
     got, n_seen, n_out = curvature_pass(
         subset,
         likelihood,
@@ -117,8 +98,41 @@ def subset_points(
                 f"the loader gave {n_seen} examples on its second pass, {n_data} on its first"
             )
         loss_sum = sums["loss"]
-    xs, ys = _concat([x for x, _ in kept]), torch.cat([y for _, y in kept])
+    xs, ys = _concat([x for x, _ in keep.kept]), torch.cat([y for _, y in keep.kept])
     return xs, ys, n_data, n_out, loss_sum
+
+
+def _nll_step(subset: ParameterSubset, likelihood: Likelihood) -> Callable:
+    """A pass's step summing the unit-scale NLL at θ* of each batch."""
+    theta = subset.map_vector()
+
+    def count(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        with torch.no_grad():
+            f = subset.forward(theta, x)
+        return {"loss": likelihood.nll_unit(f, y).sum()}
+
+    return count
+
+
+class _Keep:
+    """A pass's step keeping the ``chosen`` examples (positions in the pass; all of them when
+    None) of each batch, and summing their NLL by ``count`` where given."""
+
+    def __init__(self, chosen: Tensor | None, count: Callable | None) -> None:
+        self.chosen, self.count = chosen, count
+        self.kept: list[tuple[Any, Tensor]] = []
+        self.offset = 0
+
+    def __call__(self, x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
+        b, lo, chosen = y.shape[0], self.offset, self.chosen
+        self.offset += b
+        if chosen is not None:
+            local = chosen[(chosen >= lo) & (chosen < lo + b)] - lo
+            x = tree_map(lambda t: t[local] if isinstance(t, Tensor) else t, x)
+            y = y[local]
+        if y.shape[0]:
+            self.kept.append((x, y))
+        return self.count(x, y, n_out) if self.count is not None else {}
 
 
 def _dataset_points(loader: Iterable, chosen: Tensor, n_data: int) -> BatchAdapter | None:
@@ -202,9 +216,48 @@ def fit_gp(
     sized = {"n_subset": m, "independent_outputs": independent_outputs}
     check_fit_memory("gp", subset, sized, memory_limit, Sizes(n_data, k_cols))
     factor = n_data / m if prior_subset_scaling else 1.0
-    row_bytes = k_cols * subset.n_params * theta.element_size()
+    spans = chunk_spans(m, k_cols, subset, memory_budget)
+
+    chunk_rows = row_chunks(subset, likelihood, xs, ys, theta, kind, n_out, memory_budget, columns)
+
+    def rows_of(sel: slice) -> Callable[[], Iterator[Tensor]]:
+        def rows() -> Iterator[Tensor]:
+            for lo, hi in spans:
+                yield chunk_rows(lo, hi)[sel]
+
+        return rows
+
+    # one GP per output: every n_out-th row of a chunk of the diagonal columns is output c's
+    selections = (
+        [slice(c, None, n_out) for c in range(n_out)] if independent_outputs else [slice(None)]
+    )
+    kernels = _kernels(rows_of, spans, chunk_rows, k_cols, selections, subset)
+    structure = (
+        IndependentOutputs(kernels, subset.group_index) if independent_outputs else kernels[0]
+    )
+    return CurvatureResult(structure, n_data, n_out, loss_sum, kind, prior_factor=factor)
+
+
+def chunk_spans(m: int, k_cols: int, subset: ParameterSubset, memory_budget: int) -> list:
+    """``(lo, hi)`` spans of the M points whose rows ``[(hi − lo)·K, P]``, two chunks at a
+    time, fit in ``memory_budget`` bytes."""
+    row_bytes = k_cols * subset.n_params * torch.finfo(subset.dtype).bits // 8
     per_chunk = max(1, memory_budget // max(2 * row_bytes, 1))  # two chunks at a time
-    spans = [(i, min(i + per_chunk, m)) for i in range(0, m, per_chunk)]
+    return [(i, min(i + per_chunk, m)) for i in range(0, m, per_chunk)]
+
+
+def row_chunks(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    xs: Any,
+    ys: Tensor,
+    theta: Tensor,
+    kind: str,
+    n_out: int,
+    memory_budget: int,
+    columns: Callable | None,
+) -> Callable[[int, int], Tensor]:
+    """``(lo, hi) ↦`` the rows Sᵀ J of the points lo … hi − 1, ``[(hi − lo)·K, P]``."""
 
     def chunk_rows(lo: int, hi: int) -> Tensor:
         x = tree_map(lambda t: t[lo:hi] if isinstance(t, Tensor) else t, xs)
@@ -226,22 +279,7 @@ def fit_gp(
         ]
         return torch.cat(parts)
 
-    def rows_of(sel: slice) -> Callable[[], Iterator[Tensor]]:
-        def rows() -> Iterator[Tensor]:
-            for lo, hi in spans:
-                yield chunk_rows(lo, hi)[sel]
-
-        return rows
-
-    # one GP per output: every n_out-th row of a chunk of the diagonal columns is output c's
-    selections = (
-        [slice(c, None, n_out) for c in range(n_out)] if independent_outputs else [slice(None)]
-    )
-    kernels = _kernels(rows_of, spans, chunk_rows, k_cols, selections, subset)
-    structure = (
-        IndependentOutputs(kernels, subset.group_index) if independent_outputs else kernels[0]
-    )
-    return CurvatureResult(structure, n_data, n_out, loss_sum, kind, prior_factor=factor)
+    return chunk_rows
 
 
 def _given(indices: Tensor, n_data: int) -> Tensor:

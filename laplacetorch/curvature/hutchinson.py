@@ -16,12 +16,21 @@ from .ggn_operator import GGNOperator
 from .layer_blocks import layer_parts
 from .per_example import DEFAULT_MEMORY_BUDGET
 
-__all__ = ["fit_hutchinson", "probe_chunk"]
+__all__ = ["fit_hutchinson", "probe_chunk", "probe_generator"]
 
 
 def probe_chunk(subset: ParameterSubset, memory_budget: int) -> int:
     """How many probe vectors ``[P]`` fit in ``memory_budget`` bytes (at least one)."""
     return max(1, memory_budget // max(subset.n_params * torch.finfo(subset.dtype).bits // 8, 1))
+
+
+def probe_generator(
+    generator: torch.Generator | None, subset: ParameterSubset, seed: int
+) -> torch.Generator:
+    """The probes' generator: the one given, else one on the subset's device seeded by ``seed``."""
+    if generator is None:
+        generator = torch.Generator(device=subset.device).manual_seed(seed)
+    return generator
 
 
 def fit_hutchinson(
@@ -62,8 +71,7 @@ def fit_hutchinson(
         batch_size_fn=batch_size_fn,
         vector_loop=vector_loop,
     )
-    if generator is None:
-        generator = torch.Generator(device=subset.device).manual_seed(seed)
+    generator = probe_generator(generator, subset, seed)
     diag, variance = hutchinson_diagonal(
         op.matvec,
         subset.n_params,

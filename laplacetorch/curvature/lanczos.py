@@ -15,6 +15,7 @@ from ..structures import LowRank
 from .base import CurvatureResult
 from .diag import fit_diag
 from .ggn_operator import GGNOperator
+from .hutchinson import probe_generator
 from .layer_blocks import layer_parts
 from .per_example import DEFAULT_MEMORY_BUDGET
 
@@ -54,10 +55,7 @@ def fit_lanczos(
     (Hessian-vector products); negative ones among them are announced and kept at 0 (the
     low rank is a PSD approximation).
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= subset.n_params:
-        raise ValueError(f"rank must be an integer in [1, P = {subset.n_params}]; got {rank!r}")
-    if not tol > 0:
-        raise ValueError(f"tol must be positive; got {tol!r}")
+    max_iter = _checked_max_iter(rank, oversample, block_size, max_iter, tol, subset.n_params)
     op = GGNOperator(
         subset,
         likelihood,
@@ -69,10 +67,7 @@ def fit_lanczos(
         batch_size_fn=batch_size_fn,
         vector_loop=vector_loop,
     )
-    if generator is None:
-        generator = torch.Generator(device=subset.device).manual_seed(seed)
-    if max_iter is None:  # a block basis needs more vectors, in fewer passes
-        max_iter = min(subset.n_params, max(3, block_size) * (rank + oversample))
+    generator = probe_generator(generator, subset, seed)
     evals, evecs, _ = block_lanczos(
         op.matvec,
         subset.n_params,
@@ -85,29 +80,9 @@ def fit_lanczos(
         dtype=subset.dtype,
         device=subset.device,
     )
-    if op.kind == "hessian":
-        if diag_correction:
-            raise ValueError(
-                "diag_correction is for PSD curvatures; not with fisher_type='hessian'"
-            )
-        if bool((evals < 0).any()):
-            warnings.warn(
-                f"the Hessian's top {evals.numel()} eigenvalues include negative ones (the "
-                f"smallest {float(evals.min()):.3g}); the low-rank curvature keeps their "
-                "positive part",
-                stacklevel=3,
-            )
-    if 0 < evals.numel() < rank:
-        warnings.warn(
-            f"lanczos: rank {evals.numel()} instead of {rank}: the other eigenvalues of the "
-            f"curvature are below tol·λ₁ = {max(tol, 100 * torch.finfo(subset.dtype).eps):.1e}"
-            f"·{float(evals[0]):.3g} or did not converge (see any warning above); raise "
-            "max_iter, or fit in float64 for a smaller tol",
-            UserWarning,
-            stacklevel=3,
-        )
+    _check_spectrum(evals, rank, tol, subset.dtype, op.kind, diag_correction)
     d = None
-    if diag_correction:
+    if diag_correction:  # d = diag G − diag(U diag(λ) Uᵀ)
         exact = fit_diag(
             subset,
             likelihood,
@@ -120,3 +95,50 @@ def fit_lanczos(
         d = exact.structure.diagonal() - (evecs.square() * evals).sum(1)
     structure = LowRank(evecs, evals, d, subset.group_index, layer_parts(subset))
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)
+
+
+def _checked_max_iter(
+    rank: int, oversample: int, block_size: int, max_iter: int | None, tol: float, n_params: int
+) -> int:
+    """Refuse a rank outside [1, P] and a tol ≤ 0; the most products, by default
+    min(P, max(3, b)·(rank + oversample))."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= n_params:
+        raise ValueError(f"rank must be an integer in [1, P = {n_params}]; got {rank!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive; got {tol!r}")
+    if max_iter is None:  # a block basis needs more vectors, in fewer passes
+        max_iter = min(n_params, max(3, block_size) * (rank + oversample))
+    return max_iter
+
+
+def _check_spectrum(
+    evals: torch.Tensor,
+    rank: int,
+    tol: float,
+    dtype: torch.dtype,
+    kind: str,
+    diag_correction: bool,
+) -> None:
+    """Refuse a diagonal correction of a Hessian; announce its negative eigenvalues among the
+    top ones, and a rank below the one asked for (the caller's caller is warned)."""
+    if kind == "hessian":
+        if diag_correction:
+            raise ValueError(
+                "diag_correction is for PSD curvatures; not with fisher_type='hessian'"
+            )
+        if bool((evals < 0).any()):
+            warnings.warn(
+                f"the Hessian's top {evals.numel()} eigenvalues include negative ones (the "
+                f"smallest {float(evals.min()):.3g}); the low-rank curvature keeps their "
+                "positive part",
+                stacklevel=4,
+            )
+    if 0 < evals.numel() < rank:
+        warnings.warn(
+            f"lanczos: rank {evals.numel()} instead of {rank}: the other eigenvalues of the "
+            f"curvature are below tol·λ₁ = {max(tol, 100 * torch.finfo(dtype).eps):.1e}"
+            f"·{float(evals[0]):.3g} or did not converge (see any warning above); raise "
+            "max_iter, or fit in float64 for a smaller tol",
+            UserWarning,
+            stacklevel=4,
+        )

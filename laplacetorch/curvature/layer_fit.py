@@ -212,13 +212,7 @@ def fit_layer_blocks(
         layers, rest = plan["layers"], plan["sub"]
         f, per_layer = layer_passes(subset, layers, x, lambda f: columns(f, y), n)
         out = {"loss": likelihood.nll_unit(f, y).sum()}
-        with torch.no_grad():
-            for layer, a, g in per_layer:
-                for name, _, layout in layer.blocks:
-                    ab, gb = layout.select(a, g)
-                    out.update(block_sums(name, ab, gb))
-                    if keep is not None:
-                        keep(name, ab, gb)
+        out.update(_block_statistics(per_layer, block_sums, keep))
         if rest is not None:
             out["rest"], _ = per_example_diagonal(
                 rest,
@@ -242,6 +236,37 @@ def fit_layer_blocks(
         desc=f"{backend} curvature",
         batch_size_fn=batch_size_fn,
     )
+    structure = _structure(subset, joint_bias, plan, sums, make_block)
+    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
+
+
+def _block_statistics(
+    per_layer: list,
+    block_sums: Callable[[str, Tensor, Tensor], dict[str, Tensor]],
+    keep: Callable[[str, Tensor, Tensor], None] | None,
+) -> dict[str, Tensor]:
+    """One batch's statistics of every layer block (each block's inputs and output gradients
+    also handed to ``keep``)."""
+    out = {}
+    with torch.no_grad():
+        for layer, a, g in per_layer:
+            for name, _, layout in layer.blocks:
+                ab, gb = layout.select(a, g)
+                out.update(block_sums(name, ab, gb))
+                if keep is not None:
+                    keep(name, ab, gb)
+    return out
+
+
+def _structure(
+    subset: ParameterSubset,
+    joint_bias: bool,
+    plan: dict[str, Any],
+    sums: dict[str, Tensor],
+    make_block: Callable[[str, dict[str, Tensor], Tensor, LayerBlock], Structure],
+) -> Structure:
+    """The block diagonal after the pass: ``make_block`` per layer block, an exact diagonal
+    block per other parameter tensor."""
     if not plan:  # an empty shard of a data-parallel fit: the others' sums say which layers
         plan["layers"], plan["rest"] = _plan_from_sums(subset, joint_bias, sums)
     layers, rest_names = plan["layers"], plan["rest"]
@@ -257,7 +282,7 @@ def fit_layer_blocks(
         return Diagonal(rest_diag[index], gi[index])
 
     structure = block_diagonal(subset, layers, rest_names, layer_block, diagonal)
-    return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)
+    return structure
 
 
 def square_sum(u: Tensor, v: Tensor, memory_budget: int, form: str = "auto") -> Tensor:

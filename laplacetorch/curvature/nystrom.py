@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.func import jvp, vmap
-from torch.utils._pytree import tree_map
 
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
@@ -31,9 +30,9 @@ from ..memory import Sizes, check_fit_memory
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
-from .gp import kernel_matrices, subset_points, top_eigen
+from .gp import chunk_spans, kernel_matrices, row_chunks, subset_points, top_eigen
 from .layer_blocks import layer_parts
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
+from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_nystrom"]
 
@@ -84,6 +83,22 @@ def fit_nystrom(
     sized = {"subsample_size": ys.shape[0], "n_eigenvalues": n_eigenvalues}
     check_fit_memory("nystrom", subset, sized, memory_limit, Sizes(n_data, n_out))
     u = _features(subset, likelihood, xs, ys, theta, n_out, n_eigenvalues, memory_budget)
+    gram, n_seen = _projected_gram(subset, likelihood, loader, theta, u, progress, batch_size_fn)
+    if n_seen != n_data:
+        raise ValueError(f"the loader gave {n_seen} examples, {n_data} before")
+    a, q = torch.linalg.eigh(0.5 * (gram + gram.T).double())
+    structure = LowRank(
+        (u.double() @ q).to(u.dtype),
+        a.clamp_min(0).to(u.dtype),
+        None,
+        subset.group_index,
+        layer_parts(subset),
+    )
+    return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
+
+
+def _projected_gram(subset, likelihood, loader, theta, u, progress, batch_size_fn):
+    """Σₙ (Jₙ U)ᵀ Λₙ (Jₙ U) ``[k, k]`` over all the data (k JVPs a batch), and N seen."""
 
     def step(x: Any, y: Tensor, c: int) -> dict[str, Tensor]:
         f = lambda th: subset.forward(th, x)  # noqa: E731
@@ -102,17 +117,7 @@ def fit_nystrom(
         desc="nystrom: curvature",
         batch_size_fn=batch_size_fn,
     )
-    if n_seen != n_data:
-        raise ValueError(f"the loader gave {n_seen} examples, {n_data} before")
-    a, q = torch.linalg.eigh(0.5 * (sums["A"] + sums["A"].T).double())
-    structure = LowRank(
-        (u.double() @ q).to(u.dtype),
-        a.clamp_min(0).to(u.dtype),
-        None,
-        subset.group_index,
-        layer_parts(subset),
-    )
-    return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
+    return sums["A"], n_seen
 
 
 def _features(subset, likelihood, xs, ys, theta, n_out, k, memory_budget) -> Tensor:
@@ -124,30 +129,8 @@ def _features(subset, likelihood, xs, ys, theta, n_out, k, memory_budget) -> Ten
             -1, f.shape[0], -1
         )
 
-    row_bytes = n_out * subset.n_params * theta.element_size()
-    per_chunk = max(1, memory_budget // max(2 * row_bytes, 1))
-    spans = [(i, min(i + per_chunk, m)) for i in range(0, m, per_chunk)]
-
-    def rows(lo: int, hi: int) -> Tensor:
-        x = tree_map(lambda t: t[lo:hi] if isinstance(t, Tensor) else t, xs)
-        parts = [
-            r.reshape(-1, subset.n_params)
-            for r, _ in per_example_factors(
-                subset,
-                likelihood,
-                x,
-                ys[lo:hi],
-                theta,
-                kind="ggn",
-                n_outputs=n_out,
-                n_examples=hi - lo,
-                memory_budget=memory_budget,
-                columns=eye,
-                n_columns=n_out,
-            )
-        ]
-        return torch.cat(parts)
-
+    spans = chunk_spans(m, n_out, subset, memory_budget)
+    rows = row_chunks(subset, likelihood, xs, ys, theta, "ggn", n_out, memory_budget, eye)
     (kern,) = kernel_matrices(spans, rows, n_out, [slice(None)], theta.device)
     lam, v = top_eigen(kern, theta.dtype)
     lam, v = lam[:k], v[:, :k]

@@ -82,54 +82,77 @@ def per_example_factors(
     cols_per_chunk = max(1, min(n_cols, memory_budget // max(row_bytes, 1)))
     ex_per_chunk = max(1, memory_budget // (row_bytes * cols_per_chunk))
 
-    def f1(th: Tensor, xn: Any) -> Tensor:
-        return subset.forward(th, _unsqueeze(xn)).squeeze(0)
+    for e0 in range(0, n_examples, ex_per_chunk):
+        sl = slice(e0, min(e0 + ex_per_chunk, n_examples))
+        xs, ys = _index(x, sl), y[sl]
+        if kind == "ef":
+            yield _ef_chunk(subset, likelihood, xs, ys, theta)
+        else:
+            yield from _ggn_chunks(subset, likelihood, xs, ys, theta, n_cols, cols_per_chunk)
 
-    def ggn_rows(xn: Any, yn: Tensor, k0: int, k1: int) -> tuple[Tensor, Tensor]:
-        out, pullback = vjp(lambda th: f1(th, xn), theta)
-        sqrt = likelihood.hessian_sqrt(out.detach()[None], yn[None]).squeeze(0)  # [C, K]
-        (rows,) = vmap(pullback)(sqrt[:, k0:k1].T.contiguous())
-        return rows, out
+
+def _forward_one(subset: ParameterSubset, th: Tensor, xn: Any) -> Tensor:
+    """f(θ, xₙ) of one example (``xn`` without its batch axis)."""
+    return subset.forward(th, _unsqueeze(xn)).squeeze(0)
+
+
+def _ef_chunk(
+    subset: ParameterSubset, likelihood: Likelihood, xs: Any, ys: Tensor, theta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The empirical Fisher's rows ``[b, 1, P]`` (each example's loss gradient) and the
+    examples' NLL."""
 
     def ef_rows(xn: Any, yn: Tensor) -> tuple[Tensor, Tensor]:
         def nll(th: Tensor) -> tuple[Tensor, Tensor]:
-            out = f1(th, xn)
+            out = _forward_one(subset, th, xn)
             return likelihood.nll_unit(out.unsqueeze(0), yn.unsqueeze(0)).squeeze(0), out
 
         g, (_, out) = grad_and_value(nll, has_aux=True)(theta)
         return g.unsqueeze(0), out.detach()
 
-    for e0 in range(0, n_examples, ex_per_chunk):
-        sl = slice(e0, min(e0 + ex_per_chunk, n_examples))
-        xs, ys = _index(x, sl), y[sl]
-        if kind == "ef":
+    def ef_cols(out: Tensor, n: int) -> Tensor:
+        return likelihood.output_grad(out[None], ys[n : n + 1]).T
 
-            def ef_cols(out: Tensor, n: int, ys: Tensor = ys) -> Tensor:
-                return likelihood.output_grad(out[None], ys[n : n + 1]).T
+    rows, out = with_vmap_fallback(
+        subset, lambda: vmap(ef_rows)(xs, ys), xs, ys.shape[0], theta, ef_cols
+    )
+    return rows, likelihood.nll_unit(out.detach(), ys)
 
-            rows, out = with_vmap_fallback(
-                subset, lambda xs=xs, ys=ys: vmap(ef_rows)(xs, ys), xs, ys.shape[0], theta, ef_cols
-            )
-            yield rows, likelihood.nll_unit(out.detach(), ys)
-            continue
-        for k0 in range(0, n_cols, cols_per_chunk):
-            k1 = min(k0 + cols_per_chunk, n_cols)
 
-            def ggn_cols(out: Tensor, n: int, k0: int = k0, k1: int = k1, ys=ys) -> Tensor:
-                return likelihood.hessian_sqrt(out[None], ys[n : n + 1]).squeeze(0)[:, k0:k1]
+def _ggn_chunks(
+    subset: ParameterSubset,
+    likelihood: Likelihood,
+    xs: Any,
+    ys: Tensor,
+    theta: Tensor,
+    n_cols: int,
+    cols_per_chunk: int,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """The GGN's rows Sₙᵀ Jₙ of the examples, ``cols_per_chunk`` columns of Sₙ a chunk; the
+    examples' NLL with the first chunk, ``None`` with the others."""
 
-            rows, out = with_vmap_fallback(
-                subset,
-                lambda k0=k0, k1=k1, xs=xs, ys=ys: vmap(lambda xn, yn: ggn_rows(xn, yn, k0, k1))(
-                    xs, ys
-                ),
-                xs,
-                ys.shape[0],
-                theta,
-                ggn_cols,
-            )
-            nll = likelihood.nll_unit(out.detach(), ys) if k0 == 0 else None
-            yield rows, nll
+    def ggn_rows(xn: Any, yn: Tensor, k0: int, k1: int) -> tuple[Tensor, Tensor]:
+        out, pullback = vjp(lambda th: _forward_one(subset, th, xn), theta)
+        sqrt = likelihood.hessian_sqrt(out.detach()[None], yn[None]).squeeze(0)  # [C, K]
+        (rows,) = vmap(pullback)(sqrt[:, k0:k1].T.contiguous())
+        return rows, out
+
+    for k0 in range(0, n_cols, cols_per_chunk):
+        k1 = min(k0 + cols_per_chunk, n_cols)
+
+        def ggn_cols(out: Tensor, n: int, k0: int = k0, k1: int = k1) -> Tensor:
+            return likelihood.hessian_sqrt(out[None], ys[n : n + 1]).squeeze(0)[:, k0:k1]
+
+        rows, out = with_vmap_fallback(
+            subset,
+            lambda k0=k0, k1=k1: vmap(lambda xn, yn: ggn_rows(xn, yn, k0, k1))(xs, ys),
+            xs,
+            ys.shape[0],
+            theta,
+            ggn_cols,
+        )
+        nll = likelihood.nll_unit(out.detach(), ys) if k0 == 0 else None
+        yield rows, nll
 
 
 def _given_columns(subset, likelihood, x, y, theta, columns, n_examples, memory_budget, k):

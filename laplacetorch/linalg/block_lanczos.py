@@ -128,25 +128,13 @@ def block_lanczos(
         w = _orthogonalise(w, basis[:m], recent=min(m, width + b))
         scale = max(scale, float(a.abs().max()), float(w.abs().max()))
         room = min(b, rows - m)  # the next block's width
-        if room == w.shape[0]:
-            q_next, r = _next_block(w, basis[:m], scale, generator)
-        elif room > 0:  # the last block: part of the basis' complement, which holds w
-            fresh = _draw((room, n), "gaussian", generator, torch.float64, w.device)
-            q_next = _orthonormal_rows(_orthogonalise(fresh, basis[:m]))[0]
-            r = q_next @ w.T
-        else:
-            q_next, r = None, w.new_zeros(0, w.shape[0])
+        q_next, r = _following_block(w, basis[:m], room, scale, generator)
         off.append(r)
         if m >= m_min or q_next is None:  # Ritz pairs only once the basis may suffice
-            theta, s = torch.linalg.eigh(_block_tridiagonal(diag, off[:-1]))
-            theta, s = theta.flip(0), s.flip(1)
-            bound = (s[m - width :].T @ w).norm(dim=1)  # also right at the basis' cap
-            thr = tol * max(theta.abs().max().item(), torch.finfo(torch.float64).tiny)
-            top = (theta > thr).nonzero().flatten()[:k]
-            conv = bound[top] <= thr
+            theta, s, top, conv = _ritz_pairs(diag, off[:-1], w, width, tol, k)
             if bool(conv.all()) or q_next is None:
                 break
-        if m + room > basis.shape[0]:
+        if m + room > basis.shape[0]:  # grown by doubling, up to its rows
             grown = basis.new_empty(min(rows, 2 * basis.shape[0]), n)
             grown[:m] = basis[:m]
             basis = grown
@@ -162,6 +150,34 @@ def block_lanczos(
     sel = top[conv]
     vecs = basis[:m].T @ s[:, sel]
     return theta[sel].to(dtype), vecs.to(dtype), calls
+
+
+def _following_block(
+    w: Tensor, basis: Tensor, room: int, scale: float, generator: torch.Generator | None
+) -> tuple[Tensor | None, Tensor]:
+    """The next block Qⱼ₊₁ ``[room, n]`` and its coupling Bⱼ from the orthogonalised W:
+    its QR when the basis has room for a whole block, fresh directions of the basis'
+    complement (which holds W) for a last, narrower one, and ``None`` once the basis is full."""
+    if room == w.shape[0]:
+        return _next_block(w, basis, scale, generator)
+    if room > 0:  # the last block: part of the basis' complement, which holds w
+        fresh = _draw((room, w.shape[1]), "gaussian", generator, torch.float64, w.device)
+        q_next = _orthonormal_rows(_orthogonalise(fresh, basis))[0]
+        return q_next, q_next @ w.T
+    return None, w.new_zeros(0, w.shape[0])
+
+
+def _ritz_pairs(
+    diag: list[Tensor], off: list[Tensor], w: Tensor, width: int, tol: float, k: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """T's eigenpairs (θ, s), descending; the indices of the top k above ε·|θ₁|, and which
+    of them converged (residual ‖Wᵀ s_last‖ ≤ ε·|θ₁|; ``width``: the last block's)."""
+    theta, s = torch.linalg.eigh(_block_tridiagonal(diag, off))
+    theta, s = theta.flip(0), s.flip(1)
+    bound = (s[s.shape[0] - width :].T @ w).norm(dim=1)  # also right at the basis' cap
+    thr = tol * max(theta.abs().max().item(), torch.finfo(torch.float64).tiny)
+    top = (theta > thr).nonzero().flatten()[:k]
+    return theta, s, top, bound[top] <= thr
 
 
 def _block_tridiagonal(diag: list[Tensor], off: list[Tensor]) -> Tensor:

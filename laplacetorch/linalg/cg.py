@@ -126,18 +126,7 @@ def cg(
     m, n = B.shape
     if n < 1:
         raise ValueError(f"B must have P >= 1 columns; got shape {list(B.shape)}")
-    if tol is None:
-        tol = _DEFAULT_TOL.get(B.dtype, 10 * torch.finfo(B.dtype).eps)
-    elif not tol > 0:
-        raise ValueError(f"tol must be > 0; got {tol!r}")
-    max_iter = 10 * n if max_iter is None else _check_count("max_iter", max_iter)
-    if on_fail not in ("warn", "raise", "ignore"):
-        raise ValueError(f"on_fail must be 'warn', 'raise' or 'ignore'; got {on_fail!r}")
-    if x0 is not None and (not isinstance(x0, Tensor) or x0.shape != B.shape):
-        seen = list(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
-        raise ValueError(f"x0 must have B's shape {list(B.shape)}; got {seen}")
-    if not torch.isfinite(B).all():
-        raise ValueError("B contains NaN or Inf")
+    tol, max_iter = _checked_options(B, tol, max_iter, on_fail, x0)
 
     bnorm = B.norm(dim=1)
     nonzero = bnorm > 0
@@ -167,3 +156,23 @@ def cg(
             raise CGNotConvergedError(msg, info)
         warnings.warn(msg, CGNotConvergedWarning, stacklevel=2)
     return (X[0] if vector else X), info
+
+
+def _checked_options(
+    B: Tensor, tol: float | None, max_iter: int | None, on_fail: str, x0: Tensor | None
+) -> tuple[float, int]:
+    """Refuse a bad tol, max_iter, on_fail or x0 and a non-finite B; tol and max_iter with
+    their defaults (B ``[m, P]``)."""
+    if tol is None:
+        tol = _DEFAULT_TOL.get(B.dtype, 10 * torch.finfo(B.dtype).eps)
+    elif not tol > 0:
+        raise ValueError(f"tol must be > 0; got {tol!r}")
+    max_iter = 10 * B.shape[1] if max_iter is None else _check_count("max_iter", max_iter)
+    if on_fail not in ("warn", "raise", "ignore"):
+        raise ValueError(f"on_fail must be 'warn', 'raise' or 'ignore'; got {on_fail!r}")
+    if x0 is not None and (not isinstance(x0, Tensor) or x0.shape != B.shape):
+        seen = list(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"x0 must have B's shape {list(B.shape)}; got {seen}")
+    if not torch.isfinite(B).all():
+        raise ValueError("B contains NaN or Inf")
+    return tol, max_iter

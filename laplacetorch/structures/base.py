@@ -16,59 +16,34 @@ the block, as a 0-d tensor (constant on the block) or a vector of the block's le
 
 from __future__ import annotations
 
-import warnings
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..prior import Prior, expand_prior, parse_prior, prior_on_block, single_group
+from .checks import check_scale, report_indefinite, require_positive
 from .layer_parts import LayerParts, PartFactors
 from .layout import LayerBlock
 from .registry import STRUCTURES, check_state, structure_from_state_dict, structure_key
+from .saved import StructureState
 from .sources import DenseJacobian, JacobianSource
 
-__all__ = ["STRUCTURES", "Structure", "check_state", "structure_from_state_dict", "structure_key"]
+__all__ = [
+    "STRUCTURES",
+    "Structure",
+    "check_scale",
+    "check_state",
+    "report_indefinite",
+    "require_positive",
+    "structure_from_state_dict",
+    "structure_key",
+]
 
 
-def check_scale(scale: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The likelihood scale s as a positive finite 0-d tensor."""
-    s = torch.as_tensor(scale, dtype=dtype, device=device)
-    if s.numel() != 1 or not torch.isfinite(s).all() or (s <= 0).any():
-        raise ValueError(f"likelihood scale must be one positive finite number; got {s.tolist()}")
-    return s.reshape(())
-
-
-def report_indefinite(eigenvalues: Tensor, what: str) -> None:
-    """Announce negative eigenvalues of an indefinite curvature (beyond round-off)."""
-    lam = eigenvalues.detach()
-    tol = 1e-10 * float(lam.abs().max()) if lam.numel() else 0.0
-    n_neg = int((lam < -tol).sum())
-    if n_neg:
-        warnings.warn(
-            f"{what} has {n_neg} negative eigenvalue(s), the smallest {float(lam.min()):.3g}: "
-            "the Laplace approximation needs a prior δ > −s·λ_min",
-            stacklevel=4,
-        )
-
-
-def require_positive(prec: Tensor, s: Tensor, d: Tensor) -> Tensor:
-    """``prec`` (the eigenvalues s·λ + δ of Π), refusing any that is not positive."""
-    pmin = prec.detach().min()
-    if bool(pmin <= 0):
-        dmin = float(d.detach().min())
-        raise ValueError(
-            "the posterior precision s·H + δ is not positive definite for this prior (the "
-            f"curvature is indefinite: s·λ_min = {float(pmin) - dmin:.3g}); take a prior "
-            f"precision δ > {dmin - float(pmin):.3g}, or a positive semi-definite curvature "
-            "(the GGN)"
-        )
-    return prec
-
-
-class Structure(ABC):
+class Structure(StructureState):
     """Posterior-precision linear algebra for Π(δ, s) = s·G + diag(δ).
 
     Subclasses decompose G once at construction and implement the private block methods
@@ -86,9 +61,6 @@ class Structure(ABC):
     (:class:`~laplacetorch.structures.layer_parts.LayerParts`, set by :meth:`_set_layer_parts`):
     its predictive then uses each part's layer factors (:meth:`_fvar_parts`).
     """
-
-    #: names of the tensors returned by ``_tensors`` (persistence)
-    _tensor_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -373,67 +345,3 @@ class Structure(ABC):
 
     def _is_exact(self, d: Tensor) -> bool:
         return True
-
-    # ----------------------------------------------------------------- persistence
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild the structure without the data."""
-        return {
-            "structure": structure_key(type(self)),
-            "n_params": self.n_params,
-            "group_index": self.group_index.cpu(),
-            "layout": None if self.layout is None else self.layout.to_dict(),
-            **({} if self.layer_parts is None else {"layer_parts": self.layer_parts.state()}),
-            **{k: v.cpu() for k, v in self._tensors().items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; refuses a state of another structure or size and
-        changes nothing then."""
-        check_state(type(self), state, ("n_params",))
-        if state.get("n_params") != self.n_params:
-            raise ValueError(
-                f"state has {state.get('n_params')} parameters; this structure has {self.n_params}"
-            )
-        other = type(self).from_state_dict(state, self.device, self.dtype)
-        self.group_index, self.layout = other.group_index, other.layout
-        self.layer_parts = other.layer_parts
-        self._set_tensors(other._tensors())
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        state: dict[str, Any],
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> Structure:
-        """Rebuild a structure of this class from :meth:`state_dict`."""
-        check_state(cls, state, ("n_params", "group_index", *cls._tensor_keys))
-        dtype = dtype or state[cls._tensor_keys[0]].dtype
-        obj = cls.__new__(cls)
-        layout = state.get("layout")
-        Structure.__init__(
-            obj,
-            state["n_params"],
-            state["group_index"],
-            dtype,
-            torch.device(device),
-            None if layout is None else LayerBlock.from_dict(layout),
-        )
-        # copies: the loaded structure owns its tensors (editing the dict changes nothing)
-        tensors = {k: state[k].to(obj.device, dtype, copy=True) for k in cls._tensor_keys}
-        obj._check_tensor_shapes(tensors)
-        obj._set_tensors(tensors)
-        obj.layer_parts = LayerParts.from_state(state.get("layer_parts"), obj.n_params, obj.device)
-        return obj
-
-    @abstractmethod
-    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
-        """Refuse tensors that cannot belong to a structure of ``n_params`` parameters."""
-
-    @abstractmethod
-    def _tensors(self) -> dict[str, Tensor]:
-        """The tensors that define the structure (for persistence)."""
-
-    @abstractmethod
-    def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Install tensors produced by :meth:`_tensors`."""

@@ -41,39 +41,8 @@ def _marglik(
         s = log_s.clamp(-_LOG_BOUND, _LOG_BOUND).exp() if tune_sigma else None
         return -la.evidence(d, s)
 
-    if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(
-            params,
-            lr=lr or 1.0,
-            max_iter=n_steps,
-            tolerance_grad=tol,
-            tolerance_change=1e-14,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-        bar = progress_bar(None, progress, "marglik (L-BFGS evaluations)")
-
-        def closure() -> Tensor:
-            opt.zero_grad()
-            loss = objective()
-            loss.backward()
-            history.append(-loss.item())
-            bar.update()
-            return loss
-
-        with bar:
-            opt.step(closure)
-        n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
-    else:
-        opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
-        for _ in progress_range(n_steps, progress, "marglik"):
-            opt.zero_grad()
-            loss = objective()
-            loss.backward()
-            opt.step()
-            history.append(-loss.item())
-        n_iter = n_steps
+    run = _lbfgs if optimizer == "lbfgs" else _adam
+    n_iter = run(objective, params, n_steps, lr, tol, history, progress)
     loss = objective()
     grads = torch.autograd.grad(loss, params)
     gmax = max(float(g.abs().max()) for g in grads)
@@ -84,3 +53,41 @@ def _marglik(
     if not converged:
         _warn_not_converged("marglik", n_iter, f"largest gradient {gmax:.3g}")
     return _finish(la, "marglik", log_d.exp(), log_s.exp(), n_iter, converged, history)
+
+
+def _lbfgs(objective, params, n_steps, lr, tol, history, progress) -> int:
+    """L-BFGS with a strong Wolfe line search to ``tol`` on the gradient; its iterations."""
+    opt = torch.optim.LBFGS(
+        params,
+        lr=lr or 1.0,
+        max_iter=n_steps,
+        tolerance_grad=tol,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    bar = progress_bar(None, progress, "marglik (L-BFGS evaluations)")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        history.append(-loss.item())
+        bar.update()
+        return loss
+
+    with bar:
+        opt.step(closure)
+    return int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
+
+
+def _adam(objective, params, n_steps, lr, tol, history, progress) -> int:
+    """``n_steps`` Adam steps at ``lr`` (default 0.1), laplace-torch's way; its steps."""
+    opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
+    for _ in progress_range(n_steps, progress, "marglik"):
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        opt.step()
+        history.append(-loss.item())
+    return n_steps

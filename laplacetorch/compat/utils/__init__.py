@@ -1,27 +1,9 @@
 """laplace-torch's ``laplace.utils`` names used in user code."""
 
-from ...subnet_masks import (
-    LargestMagnitudeSubnetMask,
-    LargestVarianceDiagLaplaceSubnetMask,
-    LargestVarianceSWAGSubnetMask,
-    LastLayerSubnetMask,
-    ModuleNameSubnetMask,
-    ParamNameSubnetMask,
-    RandomSubnetMask,
-    ScoreBasedSubnetMask,
-    SubnetMask,
-    fit_diagonal_swag_var,
-)
-from ..enums import (
-    FeatureReduction,
-    HessianStructure,
-    Likelihood,
-    LinkApprox,
-    PredType,
-    PriorStructure,
-    SubsetOfWeights,
-    TuningMethod,
-)
+from ...subnet_masks import fit_diagonal_swag_var
+from . import enums as _enums
+from . import subnetmask as _subnetmask
+from .enums import *  # noqa: F403
 from .feature_extractor import FeatureExtractor
 from .helpers import (
     expand_prior_precision,
@@ -30,26 +12,12 @@ from .helpers import (
     parameters_per_layer,
     validate,
 )
+from .subnetmask import *  # noqa: F403
 
 __all__ = [
+    *_enums.__all__,
+    *_subnetmask.__all__,
     "FeatureExtractor",
-    "FeatureReduction",
-    "HessianStructure",
-    "LargestMagnitudeSubnetMask",
-    "LargestVarianceDiagLaplaceSubnetMask",
-    "LargestVarianceSWAGSubnetMask",
-    "LastLayerSubnetMask",
-    "Likelihood",
-    "LinkApprox",
-    "ModuleNameSubnetMask",
-    "ParamNameSubnetMask",
-    "PredType",
-    "PriorStructure",
-    "RandomSubnetMask",
-    "ScoreBasedSubnetMask",
-    "SubnetMask",
-    "SubsetOfWeights",
-    "TuningMethod",
     "expand_prior_precision",
     "fit_diagonal_swag_var",
     "fix_prior_prec_structure",

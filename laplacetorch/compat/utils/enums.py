@@ -1,23 +1,6 @@
-"""laplace-torch's ``laplace.utils.enums`` names."""
+"""laplace-torch's ``laplace.utils.enums`` names (those of :mod:`laplacetorch.compat.enums`)."""
 
-from ..enums import (
-    FeatureReduction,
-    HessianStructure,
-    Likelihood,
-    LinkApprox,
-    PredType,
-    PriorStructure,
-    SubsetOfWeights,
-    TuningMethod,
-)
+from .. import enums as _enums
+from ..enums import *  # noqa: F403
 
-__all__ = [
-    "FeatureReduction",
-    "HessianStructure",
-    "Likelihood",
-    "LinkApprox",
-    "PredType",
-    "PriorStructure",
-    "SubsetOfWeights",
-    "TuningMethod",
-]
+__all__ = [name for name in _enums.__all__ if name != "plain"]

@@ -1,25 +1,7 @@
-"""laplace-torch's ``laplace.utils.subnetmask`` names."""
+"""laplace-torch's ``laplace.utils.subnetmask`` names (the masks of
+:mod:`laplacetorch.subnet_masks`)."""
 
-from ...subnet_masks import (
-    LargestMagnitudeSubnetMask,
-    LargestVarianceDiagLaplaceSubnetMask,
-    LargestVarianceSWAGSubnetMask,
-    LastLayerSubnetMask,
-    ModuleNameSubnetMask,
-    ParamNameSubnetMask,
-    RandomSubnetMask,
-    ScoreBasedSubnetMask,
-    SubnetMask,
-)
+from ... import subnet_masks as _subnet_masks
+from ...subnet_masks import *  # noqa: F403
 
-__all__ = [
-    "LargestMagnitudeSubnetMask",
-    "LargestVarianceDiagLaplaceSubnetMask",
-    "LargestVarianceSWAGSubnetMask",
-    "LastLayerSubnetMask",
-    "ModuleNameSubnetMask",
-    "ParamNameSubnetMask",
-    "RandomSubnetMask",
-    "ScoreBasedSubnetMask",
-    "SubnetMask",
-]
+__all__ = [name for name in _subnet_masks.__all__ if name != "fit_diagonal_swag_var"]
