@@ -17,6 +17,7 @@ from . import distributed, persistence, tuning
 from .curvature import (
     HESSIAN_STRUCTURES,
     CurvatureResult,
+    FitContext,
     canonical_structure,
     check_fisher_type,
     get_backend,
@@ -203,7 +204,9 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         )
         if not backend.one_pass:
             require_reiterable(train_loader, f"hessian_structure={backend.name!r}")
-        extra = {"memory_limit": self.memory_limit} if backend.takes_memory_limit else {}
+        context = FitContext(
+            self.fisher_type, progress, self.memory_budget, self.batch_size_fn, self.memory_limit
+        )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
         with distributed.over(self.process_group):
             if not backend.reducible and distributed.active_group() is not None:
@@ -212,15 +215,7 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
                     "fit it on one process (process_group=False), or take a structure that does"
                 )
             new = backend.fit(
-                self.subset,
-                self.likelihood,
-                recorder,
-                fisher_type=self.fisher_type,
-                progress=progress,
-                memory_budget=self.memory_budget,
-                batch_size_fn=self.batch_size_fn,
-                **extra,
-                **self.backend_options,
+                self.subset, self.likelihood, recorder, context, **self.backend_options
             )
         if old is None:
             self._state = FittedState(new, self.subset.map_vector(), recorder.spec)

@@ -183,7 +183,7 @@ def check_fit_memory(
     others = {  # a kernel's size is known only once N and C are
         s: fit_bytes(s, subset, {}, sizes)
         for s, b in BACKENDS.items()
-        if s != structure and (known or not b.takes_memory_limit)
+        if s != structure and (known or not b.sized_by_data)
     }
     ranked = sorted(others.items(), key=lambda kv: kv[1])
     fits = [f"{s} needs {_human(b)}" for s, b in ranked if b <= limit]

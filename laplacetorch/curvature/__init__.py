@@ -5,16 +5,7 @@
 from __future__ import annotations
 
 from .base import FISHER_TYPES, CurvatureResult
-from .block_full import fit_block_full
-from .diag import fit_diag
-from .ekfac import fit_ekfac
-from .full import fit_full
-from .gp import fit_gp
-from .hutchinson import fit_hutchinson
-from .kfac import fit_kfac
-from .lanczos import fit_lanczos
-from .nystrom import fit_nystrom
-from .operator import fit_operator
+from .context import DEFAULT_CONTEXT, FitContext
 from .registry import (
     ALIASES,
     BACKENDS,
@@ -25,13 +16,23 @@ from .registry import (
     get_backend,
 )
 
+# each backend by its registry entry: callable with the FitContext's fields as keywords
+fit_block_full, fit_diag, fit_ekfac, fit_full, fit_gp = (
+    BACKENDS[n] for n in ("block_full", "diag", "ekfac", "full", "gp")
+)
+fit_hutchinson, fit_kfac, fit_lanczos, fit_nystrom, fit_operator = (
+    BACKENDS[n] for n in ("hutchinson", "kfac", "lanczos", "nystrom", "operator")
+)
+
 __all__ = [
     "ALIASES",
     "BACKENDS",
+    "DEFAULT_CONTEXT",
     "FISHER_TYPES",
     "HESSIAN_STRUCTURES",
     "Backend",
     "CurvatureResult",
+    "FitContext",
     "canonical_structure",
     "check_fisher_type",
     "fit_block_full",

@@ -15,8 +15,7 @@ exact for every prior.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -26,9 +25,9 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Dense, LayerBlock
 from .base import CurvatureResult, resolve_fisher_type
+from .context import DEFAULT_CONTEXT, FitContext
 from .kfac import output_columns
 from .layer_fit import fit_layer_blocks
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_block_full"]
 
@@ -37,12 +36,9 @@ def fit_block_full(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     joint_bias: bool = True,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
     """Dense per-layer blocks of the unit-scale curvature in a BlockDiagonal.
 
@@ -51,13 +47,13 @@ def fit_block_full(
         joint_bias: one block for [W | b] (default) or separate W and b blocks.
         memory_budget: bytes a chunk of per-example rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "block_full")
+    kind = resolve_fisher_type(context.fisher_type, "block_full")
     if subset.index is not None:
         raise ValueError("block_full needs whole layers; a subnetwork given by a mask is not")
     ggn_type = "exact" if kind == "ggn" else "empirical"
 
     def gram(name: str, a: Tensor, g: Tensor) -> dict[str, Gram]:
-        return {name: Gram(lambda: _block_rows(a, g, memory_budget))}
+        return {name: Gram(lambda: _block_rows(a, g, context.memory_budget))}
 
     def dense(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock):
         return Dense(sums[name], group_index, layout)
@@ -72,9 +68,9 @@ def fit_block_full(
         columns=lambda f, y: output_columns(likelihood, ggn_type, f, y, 1, None),
         block_sums=gram,
         make_block=dense,
-        progress=progress,
-        memory_budget=memory_budget,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        memory_budget=context.memory_budget,
+        batch_size_fn=context.batch_size_fn,
     )
 
 

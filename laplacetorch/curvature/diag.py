@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -12,12 +12,13 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
+from .context import DEFAULT_CONTEXT, FitContext
 from .hessian import hessian_rows
 from .kfac import mc_columns, output_columns
 from .last_layer import last_layer_curvature
 from .layer_blocks import block_diagonal, layer_blocks, layer_parts
 from .layer_fit import fit_layer_blocks, square_sum
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_diagonal
+from .per_example import per_example_diagonal
 
 __all__ = ["fit_diag", "per_layer_diagonal"]
 
@@ -26,14 +27,11 @@ def fit_diag(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     mc_samples: int = 1,
     seed: int = 0,
     generator: torch.Generator | None = None,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
     """Exact diagonal of the unit-scale curvature, one :class:`Diagonal` block per layer.
 
@@ -54,12 +52,19 @@ def fit_diag(
             ``full``; negative entries are kept).
         memory_budget: bytes a chunk of per-example rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "diag", allow_hessian=True, allow_mc=True)
-    mc = mc_columns(likelihood, fisher_type, mc_samples, generator, seed)
+    kind = resolve_fisher_type(context.fisher_type, "diag", allow_hessian=True, allow_mc=True)
+    mc = mc_columns(likelihood, context.fisher_type, mc_samples, generator, seed)
     if kind == "hessian" and subset.closed_form_head:
         kind = "ggn"  # a linear head: its Hessian is its GGN
     if kind == "hessian":
-        return _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size_fn)
+        return _hessian_fit(
+            subset,
+            likelihood,
+            loader,
+            context.progress,
+            context.memory_budget,
+            context.batch_size_fn,
+        )
     if subset.closed_form_head and mc is None:
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
@@ -67,19 +72,35 @@ def fit_diag(
             loader,
             kind=kind,
             diagonal=True,
-            progress=progress,
-            batch_size_fn=batch_size_fn,
+            progress=context.progress,
+            batch_size_fn=context.batch_size_fn,
         )
         return CurvatureResult(per_layer_diagonal(subset, g), n_data, n_out, loss, kind)
 
     if subset.index is not None or (mc is not None and subset.closed_form_head):
         # a mask splits layers (and a sampled head has no closed form): per example
         return _per_example_fit(
-            subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
+            subset,
+            likelihood,
+            loader,
+            kind,
+            context.progress,
+            context.memory_budget,
+            context.batch_size_fn,
+            mc,
+            mc_samples,
         )
 
     return _layer_fit(
-        subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, mc_samples
+        subset,
+        likelihood,
+        loader,
+        kind,
+        context.progress,
+        context.memory_budget,
+        context.batch_size_fn,
+        mc,
+        mc_samples,
     )
 
 

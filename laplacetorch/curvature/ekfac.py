@@ -32,9 +32,9 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, EKron, Kron
 from .base import CurvatureResult, curvature_pass
+from .context import DEFAULT_CONTEXT, FitContext
 from .kfac import check_kfac_options, kfac_pass, output_columns
 from .layer_fit import layer_passes, square_sum
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["DEFAULT_CACHE_BUDGET", "fit_ekfac"]
 
@@ -68,16 +68,13 @@ def fit_ekfac(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     approximation: str = "expand",
     joint_bias: bool = True,
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     seed: int = 0,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
     cache_budget: int = DEFAULT_CACHE_BUDGET,
 ) -> CurvatureResult:
     """EKFAC curvature: the KFAC BlockDiagonal with each Kron block replaced by an
@@ -89,7 +86,7 @@ def fit_ekfac(
     take to be kept from the KFAC pass for the refit (0: always a second pass).
     """
     kind, generator = check_kfac_options(
-        subset, fisher_type, approximation, mc_samples, generator, seed
+        subset, context.fisher_type, approximation, mc_samples, generator, seed
     )
     _check_cache_budget(cache_budget)
     require_reiterable(loader, "ekfac (KFAC, then the eigenvalue refit)")
@@ -99,21 +96,21 @@ def fit_ekfac(
         likelihood,
         loader,
         kind=kind,
-        fisher_type=fisher_type,
+        fisher_type=context.fisher_type,
         approximation=approximation,
         joint_bias=joint_bias,
         mc_samples=mc_samples,
         generator=generator,
-        progress=progress,
-        memory_budget=memory_budget,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        memory_budget=context.memory_budget,
+        batch_size_fn=context.batch_size_fn,
         keep=cache.keep,
         plan=plan,
     )
     krons, layers = _refittable(kfac, plan)
     if not layers:
         return kfac  # no Kronecker block to refit: every block is an exact diagonal
-    refit = functools.partial(_refit, krons, memory_budget)
+    refit = functools.partial(_refit, krons, context.memory_budget)
     sums = _cached_sums(cache, krons, refit, subset)
     if sums is None:
         sums = _second_pass(
@@ -122,11 +119,11 @@ def fit_ekfac(
             loader,
             layers,
             refit,
-            fisher_type,
+            context.fisher_type,
             mc_samples,
             generator,
-            progress,
-            batch_size_fn,
+            context.progress,
+            context.batch_size_fn,
         )
     return _with_eigenvalues(subset, kfac, krons, sums)
 

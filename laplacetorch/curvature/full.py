@@ -13,11 +13,12 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import BlockDiagonal, Dense, LayerBlock
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type, zeros_like_theta
+from .context import DEFAULT_CONTEXT, FitContext
 from .hessian import hessian_rows
 from .kfac import mc_columns
 from .last_layer import last_layer_curvature
 from .layer_blocks import layer_blocks
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
+from .per_example import per_example_factors
 
 __all__ = ["fit_full"]
 
@@ -26,14 +27,11 @@ def fit_full(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     mc_samples: int = 1,
     seed: int = 0,
     generator: torch.Generator | None = None,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
     """Dense unit-scale curvature of the summed NLL in a :class:`Dense` structure.
 
@@ -48,10 +46,10 @@ def fit_full(
             Hessian-vector products per batch; indefinite in general).
         memory_budget: bytes a chunk of Jacobian rows may take.
     """
-    kind = resolve_fisher_type(fisher_type, "full", allow_hessian=True, allow_mc=True)
-    columns = mc_columns(likelihood, fisher_type, mc_samples, generator, seed)
+    kind = resolve_fisher_type(context.fisher_type, "full", allow_hessian=True, allow_mc=True)
+    columns = mc_columns(likelihood, context.fisher_type, mc_samples, generator, seed)
     if subset.closed_form_head and columns is None:  # a linear head: its Hessian is its GGN
-        return _fit_head(subset, likelihood, loader, kind, progress, batch_size_fn)
+        return _fit_head(subset, likelihood, loader, kind, context.progress, context.batch_size_fn)
 
     theta = subset.map_vector()
     p = subset.n_params
@@ -69,7 +67,7 @@ def fit_full(
                 kind=kind,
                 n_outputs=n_out,
                 n_examples=y.shape[0],
-                memory_budget=memory_budget,
+                memory_budget=context.memory_budget,
                 columns=columns,
                 n_columns=mc_samples,
             ):
@@ -85,10 +83,12 @@ def fit_full(
         subset,
         likelihood,
         loader,
-        _hessian_step(subset, likelihood, theta, memory_budget) if kind == "hessian" else step,
-        progress=progress,
+        _hessian_step(subset, likelihood, theta, context.memory_budget)
+        if kind == "hessian"
+        else step,
+        progress=context.progress,
         desc="full curvature",
-        batch_size_fn=batch_size_fn,
+        batch_size_fn=context.batch_size_fn,
     )
     dense = Dense(sums["G"], subset.group_index, psd=kind != "hessian")
     return CurvatureResult(dense, n_data, n_out, sums["loss"], kind)

@@ -38,7 +38,8 @@ from ..memory import Sizes, check_fit_memory
 from ..params import ParameterSubset
 from ..structures import IndependentOutputs, Kernel
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
-from .per_example import DEFAULT_MEMORY_BUDGET, per_example_factors
+from .context import DEFAULT_CONTEXT, FitContext
+from .per_example import per_example_factors
 
 __all__ = ["fit_gp", "kernel_matrices", "subset_points", "top_eigen"]
 
@@ -173,18 +174,14 @@ def fit_gp(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     n_subset: int | None = None,
     seed: int = 0,
     diagonal_hessian: bool = False,
     prior_subset_scaling: bool = False,
     subset_indices: Tensor | None = None,
     independent_outputs: bool = False,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
-    memory_limit: int | None = None,
 ) -> CurvatureResult:
     """The GP on ``n_subset`` seeded training points (default all N) as a :class:`Kernel`
     structure (see the module docstring). Two data passes when M < N (N first, then the
@@ -203,22 +200,31 @@ def fit_gp(
         independent_outputs: one GP per output with the diagonal of each Λ (laplace-torch's):
             no covariance between outputs; an :class:`IndependentOutputs` structure.
     """
-    kind = resolve_fisher_type(fisher_type, "gp")
+    kind = resolve_fisher_type(context.fisher_type, "gp")
     columns = _diagonal_columns(likelihood) if diagonal_hessian or independent_outputs else None
     if (diagonal_hessian or independent_outputs) and kind != "ggn":
         raise ValueError("diagonal_hessian approximates the GGN's Λ; use fisher_type='exact'")
     theta = subset.map_vector()
     xs, ys, n_data, n_out, loss_sum = subset_points(
-        subset, likelihood, loader, n_subset, seed, subset_indices, progress, batch_size_fn
+        subset,
+        likelihood,
+        loader,
+        n_subset,
+        seed,
+        subset_indices,
+        context.progress,
+        context.batch_size_fn,
     )
     m, k_cols = ys.shape[0], n_out if kind == "ggn" else 1
-    # the kernel's (M·C)² is known now, before it is allocated (memory_limit: Laplace's)
+    # the kernel's (M·C)² is known now, before it is allocated (context.memory_limit: Laplace's)
     sized = {"n_subset": m, "independent_outputs": independent_outputs}
-    check_fit_memory("gp", subset, sized, memory_limit, Sizes(n_data, k_cols))
+    check_fit_memory("gp", subset, sized, context.memory_limit, Sizes(n_data, k_cols))
     factor = n_data / m if prior_subset_scaling else 1.0
-    spans = chunk_spans(m, k_cols, subset, memory_budget)
+    spans = chunk_spans(m, k_cols, subset, context.memory_budget)
 
-    chunk_rows = row_chunks(subset, likelihood, xs, ys, theta, kind, n_out, memory_budget, columns)
+    chunk_rows = row_chunks(
+        subset, likelihood, xs, ys, theta, kind, n_out, context.memory_budget, columns
+    )
 
     def rows_of(sel: slice) -> Callable[[], Iterator[Tensor]]:
         def rows() -> Iterator[Tensor]:

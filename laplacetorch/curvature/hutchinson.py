@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 
@@ -12,9 +11,9 @@ from ..linalg import hutchinson_diagonal
 from ..params import ParameterSubset
 from ..structures import Diagonal
 from .base import CurvatureResult
+from .context import DEFAULT_CONTEXT, FitContext
 from .ggn_operator import GGNOperator
 from .layer_blocks import layer_parts
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_hutchinson", "probe_chunk", "probe_generator"]
 
@@ -37,15 +36,12 @@ def fit_hutchinson(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     mc_samples: int = 1,
     n_probes: int = 32,
     generator: torch.Generator | None = None,
     seed: int = 0,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
     vector_loop: bool | None = None,
 ) -> CurvatureResult:
     """diag G ≈ (1/S) Σₛ zₛ ⊙ G zₛ with S Rademacher probes, clamped at 0.
@@ -64,11 +60,11 @@ def fit_hutchinson(
         subset,
         likelihood,
         loader,
-        fisher_type=fisher_type,
+        fisher_type=context.fisher_type,
         mc_samples=mc_samples,
         mc_seed=seed + 7919,
-        progress=progress,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        batch_size_fn=context.batch_size_fn,
         vector_loop=vector_loop,
     )
     generator = probe_generator(generator, subset, seed)
@@ -79,7 +75,7 @@ def fit_hutchinson(
         generator=generator,
         dtype=subset.dtype,
         device=subset.device,
-        chunk_size=probe_chunk(subset, memory_budget),
+        chunk_size=probe_chunk(subset, context.memory_budget),
     )
     psd = op.kind != "hessian"  # the Hessian's diagonal may be negative: kept
     structure = Diagonal(

@@ -34,8 +34,8 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Kron, LayerBlock
 from .base import CurvatureResult
+from .context import DEFAULT_CONTEXT, FitContext
 from .layer_fit import fit_layer_blocks
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac", "kfac_pass", "output_columns"]
 
@@ -47,16 +47,13 @@ def fit_kfac(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     approximation: str = "expand",
     joint_bias: bool = True,
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     seed: int = 0,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
 ) -> CurvatureResult:
     """KFAC curvature: a BlockDiagonal of Kron blocks (and exact diagonal blocks for the rest).
 
@@ -71,21 +68,21 @@ def fit_kfac(
         memory_budget: bytes a chunk of per-example rows of the diagonal rest may take.
     """
     kind, generator = check_kfac_options(
-        subset, fisher_type, approximation, mc_samples, generator, seed
+        subset, context.fisher_type, approximation, mc_samples, generator, seed
     )
     return kfac_pass(
         subset,
         likelihood,
         loader,
         kind=kind,
-        fisher_type=fisher_type,
+        fisher_type=context.fisher_type,
         approximation=approximation,
         joint_bias=joint_bias,
         mc_samples=mc_samples,
         generator=generator,
-        progress=progress,
-        memory_budget=memory_budget,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        memory_budget=context.memory_budget,
+        batch_size_fn=context.batch_size_fn,
     )
 
 

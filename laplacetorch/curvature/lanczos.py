@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 
@@ -13,11 +12,11 @@ from ..linalg.block_lanczos import block_lanczos
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult
+from .context import DEFAULT_CONTEXT, FitContext
 from .diag import fit_diag
 from .ggn_operator import GGNOperator
 from .hutchinson import probe_generator
 from .layer_blocks import layer_parts
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_lanczos"]
 
@@ -26,8 +25,8 @@ def fit_lanczos(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     mc_samples: int = 1,
     rank: int = 20,
     oversample: int = 10,
@@ -37,9 +36,6 @@ def fit_lanczos(
     diag_correction: bool = False,
     generator: torch.Generator | None = None,
     seed: int = 0,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
     vector_loop: bool | None = None,
 ) -> CurvatureResult:
     """G ≈ U diag(λ) Uᵀ (+ diag(d)) from block Lanczos with full reorthogonalisation.
@@ -60,11 +56,11 @@ def fit_lanczos(
         subset,
         likelihood,
         loader,
-        fisher_type=fisher_type,
+        fisher_type=context.fisher_type,
         mc_samples=mc_samples,
         mc_seed=seed + 7919,
-        progress=progress,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        batch_size_fn=context.batch_size_fn,
         vector_loop=vector_loop,
     )
     generator = probe_generator(generator, subset, seed)
@@ -83,15 +79,7 @@ def fit_lanczos(
     _check_spectrum(evals, rank, tol, subset.dtype, op.kind, diag_correction)
     d = None
     if diag_correction:  # d = diag G − diag(U diag(λ) Uᵀ)
-        exact = fit_diag(
-            subset,
-            likelihood,
-            loader,
-            fisher_type=fisher_type,
-            progress=progress,
-            memory_budget=memory_budget,
-            batch_size_fn=batch_size_fn,
-        )
+        exact = fit_diag(subset, likelihood, loader, context)
         d = exact.structure.diagonal() - (evecs.square() * evals).sum(1)
     structure = LowRank(evecs, evals, d, subset.group_index, layer_parts(subset))
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

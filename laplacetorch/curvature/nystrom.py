@@ -17,7 +17,7 @@ Cauchy interlacing).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -30,9 +30,9 @@ from ..memory import Sizes, check_fit_memory
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type
+from .context import DEFAULT_CONTEXT, FitContext
 from .gp import chunk_spans, kernel_matrices, row_chunks, subset_points, top_eigen
 from .layer_blocks import layer_parts
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_nystrom"]
 
@@ -41,15 +41,11 @@ def fit_nystrom(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     n_eigenvalues: int = 20,
     subsample_size: int | None = None,
     seed: int = 0,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
-    memory_limit: int | None = None,
 ) -> CurvatureResult:
     """Nyström features of ``n_eigenvalues`` = k kernel eigenpairs on ``subsample_size`` = M
     seeded points (default all N), the curvature of all N points in their span (see the
@@ -62,7 +58,7 @@ def fit_nystrom(
         subsample_size: M, the points of the kernel (``None``: all N).
         seed: the subsample's draw.
     """
-    kind = resolve_fisher_type(fisher_type, "nystrom")
+    kind = resolve_fisher_type(context.fisher_type, "nystrom")
     if kind != "ggn":
         raise ValueError("nystrom takes the GGN (fisher_type='exact')")
     if isinstance(n_eigenvalues, bool) or not isinstance(n_eigenvalues, int) or n_eigenvalues < 1:
@@ -76,14 +72,16 @@ def fit_nystrom(
         subsample_size,
         seed,
         None,
-        progress,
-        batch_size_fn,
+        context.progress,
+        context.batch_size_fn,
         what="subsample_size",
     )
     sized = {"subsample_size": ys.shape[0], "n_eigenvalues": n_eigenvalues}
-    check_fit_memory("nystrom", subset, sized, memory_limit, Sizes(n_data, n_out))
-    u = _features(subset, likelihood, xs, ys, theta, n_out, n_eigenvalues, memory_budget)
-    gram, n_seen = _projected_gram(subset, likelihood, loader, theta, u, progress, batch_size_fn)
+    check_fit_memory("nystrom", subset, sized, context.memory_limit, Sizes(n_data, n_out))
+    u = _features(subset, likelihood, xs, ys, theta, n_out, n_eigenvalues, context.memory_budget)
+    gram, n_seen = _projected_gram(
+        subset, likelihood, loader, theta, u, context.progress, context.batch_size_fn
+    )
     if n_seen != n_data:
         raise ValueError(f"the loader gave {n_seen} examples, {n_data} before")
     a, q = torch.linalg.eigh(0.5 * (gram + gram.T).double())

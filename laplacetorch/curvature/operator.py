@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Operator
 from .base import CurvatureResult
+from .context import DEFAULT_CONTEXT, FitContext
 from .ggn_operator import GGNOperator
 from .hutchinson import probe_chunk
-from .per_example import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["fit_operator"]
 
@@ -20,8 +19,8 @@ def fit_operator(
     subset: ParameterSubset,
     likelihood: Likelihood,
     loader: Iterable,
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    fisher_type: str = "exact",
     mc_samples: int = 1,
     n_probes: int = 30,
     n_steps: int = 40,
@@ -29,9 +28,6 @@ def fit_operator(
     solver: str = "cg",
     neumann_terms: int = 100,
     seed: int = 0,
-    progress: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    batch_size_fn: Callable[[Any], int] | None = None,
     vector_loop: bool | None = None,
 ) -> CurvatureResult:
     """A matrix-free :class:`~laplacetorch.structures.Operator`; every later answer is an
@@ -44,11 +40,11 @@ def fit_operator(
         subset,
         likelihood,
         loader,
-        fisher_type=fisher_type,
+        fisher_type=context.fisher_type,
         mc_samples=mc_samples,
         mc_seed=seed + 7919,
-        progress=progress,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        batch_size_fn=context.batch_size_fn,
         vector_loop=vector_loop,
     )
     structure = Operator(
@@ -64,6 +60,6 @@ def fit_operator(
         neumann_terms=neumann_terms,
         seed=seed,
         psd=op.kind != "hessian",
-        probe_chunk=probe_chunk(subset, memory_budget),
+        probe_chunk=probe_chunk(subset, context.memory_budget),
     )
     return CurvatureResult(structure, op.n_data, op.n_outputs, op.loss_sum, op.kind)

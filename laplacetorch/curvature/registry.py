@@ -10,13 +10,17 @@ another's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import memory
+from ..likelihoods import Likelihood
+from ..params import ParameterSubset
+from ..structures import DEFAULT_MEMORY_BUDGET
 from .base import FISHER_TYPES, CurvatureResult
 from .block_full import fit_block_full
+from .context import FitContext
 from .diag import fit_diag
 from .ekfac import fit_ekfac
 from .full import fit_full
@@ -49,8 +53,8 @@ class Backend:
 
     Attributes:
         name: the canonical ``hessian_structure``.
-        fit: ``fit(subset, likelihood, loader, *, fisher_type, progress, memory_budget,
-            batch_size_fn, **options) -> CurvatureResult``.
+        fit: ``fit(subset, likelihood, loader, context, **options) -> CurvatureResult``
+            (the :class:`~.context.FitContext`, then the backend's own options).
         memory: ``memory(subset, options, sizes) -> bytes`` at the fit's peak
             (:mod:`laplacetorch.memory`); sizes N and C may be unknown (``None``).
         fisher_types: the ``fisher_type`` names it takes.
@@ -58,7 +62,8 @@ class Backend:
         one_pass: a single pass over the data (else the loader must be re-iterable).
         mergeable: ``fit(override=False)`` adds data exactly (a sum over examples).
         reducible: its passes sum over the ranks of a process group.
-        takes_memory_limit: it checks its own peak once a first pass has told it N and C.
+        sized_by_data: its peak grows with N and C (a kernel of the data): it checks it again
+            once a first pass has counted them, with the context's memory limit.
     """
 
     name: str
@@ -69,7 +74,7 @@ class Backend:
     one_pass: bool = True
     mergeable: bool = False
     reducible: bool = True
-    takes_memory_limit: bool = False
+    sized_by_data: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.fit) or not callable(self.memory):
@@ -78,9 +83,24 @@ class Backend:
                 "(memory(subset, options, sizes) -> bytes); no estimate falls back on another's"
             )
 
-    def __call__(self, *args: Any, **kwargs: Any) -> CurvatureResult:
-        """Run the fit (``get_backend(name)(subset, likelihood, loader, ...)``)."""
-        return self.fit(*args, **kwargs)
+    def __call__(
+        self,
+        subset: ParameterSubset,
+        likelihood: Likelihood,
+        loader: Iterable,
+        *,
+        fisher_type: str = "exact",
+        progress: bool | None = False,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        batch_size_fn: Callable[[Any], int] | None = None,
+        memory_limit: int | None = None,
+        **options: Any,
+    ) -> CurvatureResult:
+        """Run the fit outside ``Laplace``: the :class:`FitContext` from these keywords, the
+        backend's own ``options`` as they are (``fit_kfac(subset, lik, loader,
+        fisher_type="mc", mc_samples=4)``)."""
+        context = FitContext(fisher_type, progress, memory_budget, batch_size_fn, memory_limit)
+        return self.fit(subset, likelihood, loader, context, **options)
 
 
 _MC_ONLY = "only with fisher_type='mc'"
@@ -137,10 +157,10 @@ BACKENDS: dict[str, Backend] = {
             },
             one_pass=False,
             reducible=False,
-            takes_memory_limit=True,
+            sized_by_data=True,
         ),
         Backend("nystrom", fit_nystrom, memory.nystrom_bytes, ("exact", "ggn"), one_pass=False,
-                reducible=False, takes_memory_limit=True),
+                reducible=False, sized_by_data=True),
     )
 }  # fmt: skip
 
