@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
+
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -114,3 +118,57 @@ def dense_ef(subset: ParameterSubset, x, y, likelihood: str, reduction: str = "s
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+class ReuseNet(torch.nn.Module):
+    """A Linear applied twice, a tied pair, and a Linear on a sequence."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.inp = torch.nn.Linear(4, 5).double()
+        self.mid = torch.nn.Linear(5, 5).double()
+        self.out = torch.nn.Linear(5, 3).double()
+        self.tied = torch.nn.Linear(5, 5).double()
+        if mode == "tied":
+            self.tied.weight = self.mid.weight
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        if self.mode == "twice":
+            h = torch.tanh(self.mid(torch.tanh(self.mid(h))))
+        elif self.mode == "tied":
+            h = torch.tanh(self.tied(torch.tanh(self.mid(h))))
+        else:  # sequence: [B, 2, 5] through mid, then mean over the sequence
+            h = torch.tanh(self.mid(torch.stack([h, h.flip(-1)], 1))).mean(1)
+        return self.out(h)
+
+
+class SeqNet(nn.Module):
+    """Two Linear layers on a sequence [B, T, 3], then the mean over T."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):  # x: [B, T, 3] → mean over the sequence
+        return self.b(torch.tanh(self.a(x))).mean(1)
+
+
+def gloo_port() -> int:
+    """A free TCP port on loopback for a gloo group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_gloo(rank: int, world: int, port: int) -> None:
+    """Join the gloo group on loopback; a missing collective times out after 60 s."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )

@@ -1,4 +1,4 @@
-"""The problem registry of the backend contract test (tests/test_backend_contract.py).
+"""The problem registry of the backend contract test (tests/backends/test_backend_contract.py).
 
 A problem is a tiny float64 model, a likelihood, a subset of weights and data; for each it
 gives the dense float64 oracles every backend is checked against: the GGN G from

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, dense_ggn, make_cnn, make_data, make_mlp
-from test_kfac import _block_diag_of, _deep_linear, _SeqNet
+from conftest import SeqNet, batches, dense_ggn, make_cnn, make_data, make_mlp
+from test_kfac import _block_diag_of, _deep_linear
 from torch import nn
 
 from laplacetorch import ParameterSubset, get_likelihood
@@ -54,7 +54,7 @@ def test_ekfac_is_never_further_from_the_exact_blocks_than_kfac(net, likelihood,
         y = torch.randn(10, 3, generator=g_, dtype=DT)
     else:
         torch.manual_seed(3)
-        model = _SeqNet().to(DT).eval()
+        model = SeqNet().to(DT).eval()
         x = torch.randn(10, 4, 3, generator=g_, dtype=DT)
         y = torch.randint(0, 2, (10,), generator=g_)
     sub = ParameterSubset(model, "all")

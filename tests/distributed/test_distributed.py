@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
-from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import DT, batches, make_data, make_mlp
+from conftest import DT, batches, gloo_port, join_gloo, make_data, make_mlp
 
 from laplacetorch import Laplace
 
 STRUCTURES = ["full", "diag", "kfac", "ekfac", "block_full", "hutchinson", "lanczos", "operator"]
 SHARDS = {2: [(0, 9), (9, 20)], 3: [(0, 4), (4, 4), (4, 20)]}  # uneven; an empty one
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fit(structure, loader, subset="all"):
@@ -52,19 +44,8 @@ def _grids(la, val):
     return torch.tensor(nll.history), torch.tensor(brier.history)
 
 
-def _join(rank, world, port):
-    """Join the gloo group on loopback; a missing collective times out after 60 s."""
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-
-
 def _worker(rank, world, port, out, structures, bad_rank):
-    _join(rank, world, port)
+    join_gloo(rank, world, port)
     try:
         x, y = make_data("mlp", "classification", n=20)
         lo, hi = SHARDS[world][rank]
@@ -96,7 +77,7 @@ def _worker(rank, world, port, out, structures, bad_rank):
 
 def _mc_worker(rank, world, port, out, structures, bad_rank):
     """Every rank fits MC KFAC and MC diag on the same examples (identical shards)."""
-    _join(rank, world, port)
+    join_gloo(rank, world, port)
     try:
         x, y = make_data("mlp", "classification", n=20)
         results = {}
@@ -118,7 +99,7 @@ def _run(world, structures, bad_rank=None, worker=_worker):
     with tempfile.TemporaryDirectory() as out:
         ctx = mp.start_processes(
             worker,
-            args=(world, _port(), out, structures, bad_rank),
+            args=(world, gloo_port(), out, structures, bad_rank),
             nprocs=world,
             join=False,
             start_method="spawn",

@@ -1,4 +1,4 @@
-"""Structure specifics beyond the contract (tests/test_structure_contract.py): no new
+"""Structure specifics beyond the contract (tests/structures/test_structure_contract.py): no new
 factorisation per prior value, PSD clamping, refusal of non-finite curvature."""
 
 from __future__ import annotations

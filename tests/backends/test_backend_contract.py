@@ -28,9 +28,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import DT
+from conftest import DT, gloo_port, join_gloo
 from problems import PRIOR, PROBLEMS, SIGMA, Problem
-from test_distributed import _join, _port
 
 from laplacetorch.curvature import BACKENDS
 from laplacetorch.links import bridge, gaussian_samples
@@ -427,7 +426,7 @@ def _answers(la, xt):
 
 
 def _rank_worker(rank, world, port, out):
-    _join(rank, world, port)
+    join_gloo(rank, world, port)
     try:
         problem = DIST_PROBLEM
         lo, hi = (0, SPLIT) if rank == 0 else (SPLIT, None)
@@ -450,7 +449,7 @@ def _rank_worker(rank, world, port, out):
 def test_two_rank_fit_equals_one_process_or_is_refused():
     with tempfile.TemporaryDirectory() as out:
         ctx = mp.start_processes(
-            _rank_worker, args=(2, _port(), out), nprocs=2, join=False, start_method="spawn"
+            _rank_worker, args=(2, gloo_port(), out), nprocs=2, join=False, start_method="spawn"
         )
         while not ctx.join(timeout=120):
             pass

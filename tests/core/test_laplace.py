@@ -302,11 +302,10 @@ def test_default_structures():
 @pytest.mark.parametrize("net", ["mlp", "cnn", "twice", "tied", "sequence"])
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
 def test_diag_glm_moments_equal_dense_jacobian_formula(net, likelihood):
-    from conftest import make_cnn
-    from test_curvature import _Reuse
+    from conftest import ReuseNet, make_cnn
 
     torch.manual_seed(0)
-    model = {"mlp": make_mlp, "cnn": make_cnn}.get(net, lambda: _Reuse(net).eval())()
+    model = {"mlp": make_mlp, "cnn": make_cnn}.get(net, lambda: ReuseNet(net).eval())()
     x, y = make_data("cnn" if net == "cnn" else "mlp", likelihood, n=10)
     la = Laplace(model, likelihood, "all", "diag", prior_precision=0.5).fit(batches(x, y))
     jac = torch.func.jacrev(lambda t: la.subset.forward(t, x))(la.mean)
@@ -334,14 +333,14 @@ def test_layerwise_glm_moments_never_build_a_jacobian_for_an_mlp(monkeypatch):
 @pytest.mark.parametrize("net", ["mlp", "cnn", "grouped", "sequence", "norm"])
 @pytest.mark.parametrize("joint_bias", [True, False])
 def test_kron_glm_moments_equal_dense_jacobian_formula(structure, net, joint_bias):
-    from test_kfac import _SeqNet
+    from conftest import SeqNet
 
     torch.manual_seed(0)
     g_ = torch.Generator().manual_seed(4)
     if net == "mlp":
         model, x = make_mlp(), torch.randn(8, 4, generator=g_, dtype=DT)
     elif net == "sequence":
-        model, x = _SeqNet().to(DT).eval(), torch.randn(8, 5, 3, generator=g_, dtype=DT)
+        model, x = SeqNet().to(DT).eval(), torch.randn(8, 5, 3, generator=g_, dtype=DT)
     elif net == "norm":
         model = (
             torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    ReuseNet,
     batches,
     dense_ef,
     dense_ggn,
@@ -176,35 +177,11 @@ def test_diag_takes_the_layer_path_for_linear_and_conv_layers(monkeypatch, net):
     torch.testing.assert_close(res.structure.diagonal(), oracle.diagonal())
 
 
-class _Reuse(torch.nn.Module):
-    """A Linear applied twice, a tied pair, and a Linear on a sequence."""
-
-    def __init__(self, mode):
-        super().__init__()
-        self.mode = mode
-        self.inp = torch.nn.Linear(4, 5).double()
-        self.mid = torch.nn.Linear(5, 5).double()
-        self.out = torch.nn.Linear(5, 3).double()
-        self.tied = torch.nn.Linear(5, 5).double()
-        if mode == "tied":
-            self.tied.weight = self.mid.weight
-
-    def forward(self, x):
-        h = torch.tanh(self.inp(x))
-        if self.mode == "twice":
-            h = torch.tanh(self.mid(torch.tanh(self.mid(h))))
-        elif self.mode == "tied":
-            h = torch.tanh(self.tied(torch.tanh(self.mid(h))))
-        else:  # sequence: [B, 2, 5] through mid, then mean over the sequence
-            h = torch.tanh(self.mid(torch.stack([h, h.flip(-1)], 1))).mean(1)
-        return self.out(h)
-
-
 @pytest.mark.parametrize("mode", ["twice", "tied", "sequence"])
 @pytest.mark.parametrize("fisher_type", ["exact", "empirical"])
 def test_diag_with_reused_tied_and_sequence_linear_layers(mode, fisher_type):
     torch.manual_seed(0)
-    model = _Reuse(mode).eval()
+    model = ReuseNet(mode).eval()
     x, y = make_data("mlp", "classification")
     sub = make_subset(model, "all")
     lik = get_likelihood("classification")

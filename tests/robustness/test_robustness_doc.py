@@ -8,7 +8,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "robustness.md"
 
 #: a test reference: a pytest node id without parameters, in backticks
@@ -64,4 +64,4 @@ def test_every_referenced_test_exists():
 
 def test_the_doc_does_not_point_at_itself():
     # a row backed by this file would be backed by no behaviour at all
-    assert "tests/test_robustness_doc.py::" not in DOC.read_text(encoding="utf-8")
+    assert "tests/robustness/test_robustness_doc.py::" not in DOC.read_text(encoding="utf-8")

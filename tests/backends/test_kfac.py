@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batches, dense_ef, dense_ggn, make_data, make_mlp
+from conftest import SeqNet, batches, dense_ef, dense_ggn, make_data, make_mlp
 from torch import nn
 
 from laplacetorch import ParameterSubset, get_likelihood
@@ -208,16 +208,6 @@ def _definition_factors(model, layer, x, f_cols, approximation):
     return a_fac, b_fac
 
 
-class _SeqNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(3, 4)
-        self.b = nn.Linear(4, 2)
-
-    def forward(self, x):  # x: [B, T, 3] → mean over the sequence
-        return self.b(torch.tanh(self.a(x))).mean(1)
-
-
 @pytest.mark.parametrize("approximation", ["expand", "reduce"])
 @pytest.mark.parametrize("net", ["conv", "seq"])
 def test_weight_sharing_factors_match_their_definition(approximation, net):
@@ -238,7 +228,7 @@ def test_weight_sharing_factors_match_their_definition(approximation, net):
         x = torch.randn(5, 2, 5, 5, generator=g_, dtype=DT)
         layers = [model[0], model[2], model[4]]
     else:
-        model = _SeqNet().to(DT).eval()
+        model = SeqNet().to(DT).eval()
         x = torch.randn(5, 6, 3, generator=g_, dtype=DT)
         layers = [model.a, model.b]
     lik = get_likelihood("classification")
