@@ -57,14 +57,7 @@ def fit_diag(
     if kind == "hessian" and subset.closed_form_head:
         kind = "ggn"  # a linear head: its Hessian is its GGN
     if kind == "hessian":
-        return _hessian_fit(
-            subset,
-            likelihood,
-            loader,
-            context.progress,
-            context.memory_budget,
-            context.batch_size_fn,
-        )
+        return _hessian_fit(subset, likelihood, loader, context)
     if subset.closed_form_head and mc is None:
         g, n_data, n_out, loss = last_layer_curvature(
             subset,
@@ -77,39 +70,18 @@ def fit_diag(
         )
         return CurvatureResult(per_layer_diagonal(subset, g), n_data, n_out, loss, kind)
 
-    if subset.index is not None or (mc is not None and subset.closed_form_head):
-        # a mask splits layers (and a sampled head has no closed form): per example
-        return _per_example_fit(
-            subset,
-            likelihood,
-            loader,
-            kind,
-            context.progress,
-            context.memory_budget,
-            context.batch_size_fn,
-            mc,
-            mc_samples,
-        )
-
-    return _layer_fit(
-        subset,
-        likelihood,
-        loader,
-        kind,
-        context.progress,
-        context.memory_budget,
-        context.batch_size_fn,
-        mc,
-        mc_samples,
-    )
+    # a mask splits layers (and a sampled head has no closed form): per example
+    per_example = subset.index is not None or (mc is not None and subset.closed_form_head)
+    fit = _per_example_fit if per_example else _layer_fit
+    return fit(subset, likelihood, loader, kind, context, mc, mc_samples)
 
 
-def _layer_fit(subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc, n_mc):
+def _layer_fit(subset, likelihood, loader, kind, context, mc, n_mc):
     """Layer blocks from one forward and one batched backward of the output columns (MC
     targets ``mc`` where sampled), the rest per example."""
 
     def squares(name: str, a: Tensor, g: Tensor) -> dict[str, Tensor]:
-        return {name: square_sum(g, a, memory_budget)}
+        return {name: square_sum(g, a, context.memory_budget)}
 
     def diagonal(name: str, sums: dict[str, Tensor], gi: Tensor, layout: LayerBlock):
         return Diagonal(sums[name].reshape(-1), gi, layout=layout)
@@ -129,29 +101,28 @@ def _layer_fit(subset, likelihood, loader, kind, progress, memory_budget, batch_
         columns=layer_columns,
         block_sums=squares,
         make_block=diagonal,
-        progress=progress,
-        memory_budget=memory_budget,
-        batch_size_fn=batch_size_fn,
+        progress=context.progress,
+        memory_budget=context.memory_budget,
+        batch_size_fn=context.batch_size_fn,
         announce=False,
         rest_columns=mc,
         rest_n_columns=n_mc,
     )
 
 
-def _hessian_fit(subset, likelihood, loader, progress, memory_budget, batch_size_fn):
+def _hessian_fit(subset, likelihood, loader, context):
     """The exact diagonal of the loss Hessian (P Hessian-vector products a batch)."""
     theta = subset.map_vector()
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        h, loss = hessian_rows(subset, likelihood, x, y, theta, memory_budget, diagonal_only=True)
+        budget = context.memory_budget
+        h, loss = hessian_rows(subset, likelihood, x, y, theta, budget, diagonal_only=True)
         return {"G": h, "loss": loss}
 
-    return _diagonal_pass(subset, likelihood, loader, step, "hessian", progress, batch_size_fn)
+    return _diagonal_pass(subset, likelihood, loader, step, "hessian", context)
 
 
-def _per_example_fit(
-    subset, likelihood, loader, kind, progress, memory_budget, batch_size_fn, mc=None, n_mc=None
-):
+def _per_example_fit(subset, likelihood, loader, kind, context, mc=None, n_mc=None):
     """The diagonal from per-example vector-Jacobian products (masks, sampled heads)."""
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
@@ -162,16 +133,16 @@ def _per_example_fit(
             y,
             kind=kind,
             n_outputs=n_out,
-            memory_budget=memory_budget,
+            memory_budget=context.memory_budget,
             columns=mc,
             n_columns=n_mc,
         )
         return {"G": g, "loss": loss}
 
-    return _diagonal_pass(subset, likelihood, loader, step, kind, progress, batch_size_fn)
+    return _diagonal_pass(subset, likelihood, loader, step, kind, context)
 
 
-def _diagonal_pass(subset, likelihood, loader, step, kind, progress, batch_size_fn):
+def _diagonal_pass(subset, likelihood, loader, step, kind, context):
     """Sum ``step``'s diagonal ``"G"`` (and loss) over the data, as one :class:`Diagonal`
     with the layers' parts (indefinite for ``kind="hessian"``)."""
     sums, n_data, n_out = curvature_pass(
@@ -179,9 +150,9 @@ def _diagonal_pass(subset, likelihood, loader, step, kind, progress, batch_size_
         likelihood,
         loader,
         step,
-        progress=progress,
+        progress=context.progress,
         desc="diag Hessian" if kind == "hessian" else "diag curvature",
-        batch_size_fn=batch_size_fn,
+        batch_size_fn=context.batch_size_fn,
     )
     psd = kind != "hessian"
     structure = Diagonal(sums["G"], subset.group_index, psd=psd, layer_parts=layer_parts(subset))
