@@ -30,6 +30,7 @@ from ..distributed import rank_seed
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
+from .context import FitContext
 from .first_batch import check_first_batch
 from .hessian import batch_hessian_matvec
 from .kfac import output_columns
@@ -76,6 +77,31 @@ class GGNOperator:
             pass over the data unless they are asked for before any product).
         n_matvecs: data passes done by :meth:`matvec` so far (cost accounting).
     """
+
+    @classmethod
+    def for_fit(
+        cls,
+        subset: ParameterSubset,
+        likelihood: Likelihood,
+        loader: Iterable,
+        context: FitContext,
+        mc_samples: int,
+        seed: int,
+        vector_loop: bool | None,
+    ) -> GGNOperator:
+        """The operator of a matrix-free backend's fit (its MC targets seeded apart from
+        its probes: seed + 7919)."""
+        return cls(
+            subset,
+            likelihood,
+            loader,
+            fisher_type=context.fisher_type,
+            progress=context.progress,
+            batch_size_fn=context.batch_size_fn,
+            mc_samples=mc_samples,
+            mc_seed=seed + 7919,
+            vector_loop=vector_loop,
+        )
 
     def __init__(
         self,

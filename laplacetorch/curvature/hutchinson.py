@@ -56,17 +56,7 @@ def fit_hutchinson(
     """
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
-    op = GGNOperator(
-        subset,
-        likelihood,
-        loader,
-        fisher_type=context.fisher_type,
-        mc_samples=mc_samples,
-        mc_seed=seed + 7919,
-        progress=context.progress,
-        batch_size_fn=context.batch_size_fn,
-        vector_loop=vector_loop,
-    )
+    op = GGNOperator.for_fit(subset, likelihood, loader, context, mc_samples, seed, vector_loop)
     generator = probe_generator(generator, subset, seed)
     diag, variance = hutchinson_diagonal(
         op.matvec,

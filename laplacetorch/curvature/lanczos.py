@@ -52,17 +52,7 @@ def fit_lanczos(
     low rank is a PSD approximation).
     """
     max_iter = _checked_max_iter(rank, oversample, block_size, max_iter, tol, subset.n_params)
-    op = GGNOperator(
-        subset,
-        likelihood,
-        loader,
-        fisher_type=context.fisher_type,
-        mc_samples=mc_samples,
-        mc_seed=seed + 7919,
-        progress=context.progress,
-        batch_size_fn=context.batch_size_fn,
-        vector_loop=vector_loop,
-    )
+    op = GGNOperator.for_fit(subset, likelihood, loader, context, mc_samples, seed, vector_loop)
     generator = probe_generator(generator, subset, seed)
     evals, evecs, _ = block_lanczos(
         op.matvec,

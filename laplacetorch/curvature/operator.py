@@ -36,17 +36,7 @@ def fit_operator(
     ``solver`` picks CG (default) or a truncated Neumann series for solves (see
     :class:`~laplacetorch.structures.Operator`). ``memory_budget`` bounds the probe block of
     its Hutchinson estimates (diagonals)."""
-    op = GGNOperator(
-        subset,
-        likelihood,
-        loader,
-        fisher_type=context.fisher_type,
-        mc_samples=mc_samples,
-        mc_seed=seed + 7919,
-        progress=context.progress,
-        batch_size_fn=context.batch_size_fn,
-        vector_loop=vector_loop,
-    )
+    op = GGNOperator.for_fit(subset, likelihood, loader, context, mc_samples, seed, vector_loop)
     structure = Operator(
         op.matvec,
         subset.n_params,
