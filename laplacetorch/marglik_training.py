@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_count
 from .datapass import BatchAdapter, batch_size, prepare_inputs, progress_range
 from .laplace import Laplace
 from .model_call import call_model, model_output
@@ -218,8 +219,7 @@ def _check_arguments(
         ("n_hypersteps", n_hypersteps),
         ("marglik_frequency", marglik_frequency),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_count(name, value)
 
 
 def _laplace_at(

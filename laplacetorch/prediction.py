@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_count
 from .links import gaussian_samples
 from .model_call import WithKeywords
 from .params import check_model_mode
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["PRED_TYPES", "Prediction"]
 
 PRED_TYPES = ("glm", "nn")
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 def _check_pred_type(pred_type: str) -> None:
@@ -132,7 +128,7 @@ class Prediction:
         per-output variances when ``diagonal_output``), or of the network at weight draws
         (``nn``)."""
         _check_pred_type(pred_type)
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if pred_type == "glm":
             mean, var = self.glm_moments(x, fitting=fitting)
             if diagonal_output:
@@ -193,7 +189,7 @@ class Prediction:
         _check_pred_type(pred_type)
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
         lik.check_link(link_approx)
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if joint and pred_type == "nn":
             raise ValueError("joint=True is the regression glm predictive, not pred_type='nn'")
         if pred_type == "nn":

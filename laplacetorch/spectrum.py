@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import check_count
 from .linalg.lanczos import lanczos
 from .linalg.slq import slq_quadrature
 from .structures import Structure
@@ -76,8 +77,7 @@ def curvature_spectrum(
     st = _structure(curvature)
     p = st.n_params
     for name, value in (("top", top), ("n_probes", n_probes), ("n_steps", n_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_count(name, value)
     top = min(top, p)
 
     def matvec(v: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import check_count
 from .curvature import CurvatureResult
 from .datapass import InputSpec
 from .structures import structure_from_state_dict
@@ -124,8 +125,8 @@ class FittedState:
             )
         curvature = CurvatureResult(
             structure,
-            _positive_int(state, "n_data"),
-            _positive_int(state, "n_outputs"),
+            check_count("state entry 'n_data'", state["n_data"]),
+            check_count("state entry 'n_outputs'", state["n_outputs"]),
             loss_sum.reshape(()).to(device, dtype, copy=True),
             state["kind"],
             _positive_float(state, "prior_factor"),
@@ -175,13 +176,6 @@ def _inputs(state: dict[str, Any], dict_key_y: str) -> InputSpec:
         bool(state["keyword_inputs"]),
         None if floating is None else bool(floating),
     )
-
-
-def _positive_int(state: dict[str, Any], key: str) -> int:
-    v = state[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"state entry {key!r} must be a positive integer; got {v!r}")
-    return v
 
 
 def _positive_float(state: dict[str, Any], key: str) -> float:

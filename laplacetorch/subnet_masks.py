@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_count
 from .datapass import BatchAdapter, prepare_inputs
 from .model_call import call_model, model_output
 from .params import find_last_linear
@@ -200,8 +201,7 @@ def fit_diagonal_swag_var(
     one snapshot every ``snapshot_freq`` epochs, on a copy of the model (``[P]``, clamped
     below at ``min_var``)."""
     for name, value in (("n_snapshots_total", n_snapshots_total), ("snapshot_freq", snapshot_freq)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_count(name, value)
     copy_ = copy.deepcopy(model).train()
     p0 = next(copy_.parameters())
     opt = torch.optim.SGD(copy_.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

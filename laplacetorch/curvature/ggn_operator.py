@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
+from ..checks import check_count
 from ..datapass import accumulate, require_reiterable
 from ..distributed import rank_seed
 from ..likelihoods import Likelihood
@@ -126,8 +127,7 @@ class GGNOperator:
             fisher_type, "ggn operator", allow_hessian=True, allow_mc=True
         )
         self.mc = fisher_type == "mc"
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"mc_samples must be a positive integer; got {mc_samples!r}")
+        check_count("mc_samples", mc_samples)
         self.mc_samples, self.mc_seed = mc_samples, mc_seed
         self._mc_gen: torch.Generator | None = None
         self.progress, self.batch_size_fn = progress, batch_size_fn

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
+from ..checks import check_count
 from ..likelihoods import Likelihood
 from ..linalg import hutchinson_diagonal
 from ..params import ParameterSubset
@@ -54,8 +55,7 @@ def fit_hutchinson(
         n_probes: S. generator, seed: the probes' randomness (``seed`` when no generator).
         memory_budget: bytes the probe block ``[S, P]`` may take per chunk of probes.
     """
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
+    check_count("n_probes", n_probes)
     op = GGNOperator.for_fit(subset, likelihood, loader, context, mc_samples, seed, vector_loop)
     generator = probe_generator(generator, subset, seed)
     diag, variance = hutchinson_diagonal(

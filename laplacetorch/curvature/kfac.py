@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..datapass import Gram
 from ..distributed import rank_seed
 from ..likelihoods import Likelihood
@@ -193,8 +194,7 @@ def mc_columns(
     fresh generator seeded with ``seed`` unless one is given); ``None`` otherwise."""
     if fisher_type != "mc":
         return None
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be a positive integer; got {mc_samples!r}")
+    check_count("mc_samples", mc_samples)
     box = [generator]
 
     def columns(f: Tensor, y: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vmap
 
+from ..checks import check_count
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
 from ..memory import Sizes, check_fit_memory
@@ -61,8 +62,7 @@ def fit_nystrom(
     kind = resolve_fisher_type(context.fisher_type, "nystrom")
     if kind != "ggn":
         raise ValueError("nystrom takes the GGN (fisher_type='exact')")
-    if isinstance(n_eigenvalues, bool) or not isinstance(n_eigenvalues, int) or n_eigenvalues < 1:
-        raise ValueError(f"n_eigenvalues must be a positive integer; got {n_eigenvalues!r}")
+    check_count("n_eigenvalues", n_eigenvalues)
     require_reiterable(loader, "hessian_structure='nystrom' (the subsample, then all points)")
     theta = subset.map_vector()
     xs, ys, n_data, n_out, loss_sum = subset_points(

@@ -13,7 +13,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from .hutchinson import MatVec, _apply, _check_count, _draw
+from ..checks import check_count
+from .hutchinson import MatVec, _apply, _draw
 from .lanczos import _DGKS, basis_bounds
 
 __all__ = ["block_lanczos"]
@@ -107,7 +108,7 @@ def block_lanczos(
         eigenvectors as columns, and the number of ``matvec`` calls made.
     """
     tol, m_min, m_max = basis_bounds(n, k, oversample, max_iter, tol, dtype)
-    b = min(_check_count("block_size", block_size), n)
+    b = min(check_count("block_size", block_size), n)
     max_steps = math.ceil(m_max / b)
 
     rows = min(n, max_steps * b)

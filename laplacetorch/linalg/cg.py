@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .hutchinson import MatVec, _apply, _check_count
+from ..checks import check_count
+from .hutchinson import MatVec, _apply
 
 __all__ = ["CGInfo", "CGNotConvergedError", "CGNotConvergedWarning", "cg"]
 
@@ -167,7 +168,7 @@ def _checked_options(
         tol = _DEFAULT_TOL.get(B.dtype, 10 * torch.finfo(B.dtype).eps)
     elif not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol!r}")
-    max_iter = 10 * B.shape[1] if max_iter is None else _check_count("max_iter", max_iter)
+    max_iter = 10 * B.shape[1] if max_iter is None else check_count("max_iter", max_iter)
     if on_fail not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_fail must be 'warn', 'raise' or 'ignore'; got {on_fail!r}")
     if x0 is not None and (not isinstance(x0, Tensor) or x0.shape != B.shape):

@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from numbers import Integral
 
 import torch
 from torch import Tensor
 
+from ..checks import check_count
+
 MatVec = Callable[[Tensor], Tensor]
 
 __all__ = ["hutchinson_diagonal", "hutchinson_trace", "hutchpp_trace", "rademacher"]
-
-
-def _check_count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 def _check_dtype(dtype: object) -> torch.dtype:
@@ -78,9 +73,9 @@ def _probe_chunks(
     chunk_size: int | None,
 ):
     """Yield ``z ⊙ Az`` for Rademacher probes, ``[c, n]`` per chunk of ``c`` probes."""
-    _check_count("n", n)
+    check_count("n", n)
     _check_dtype(dtype)
-    chunk = n_probes if chunk_size is None else _check_count("chunk_size", chunk_size)
+    chunk = n_probes if chunk_size is None else check_count("chunk_size", chunk_size)
     for start in range(0, n_probes, chunk):
         Z = _draw((min(chunk, n_probes - start), n), "rademacher", generator, dtype, device)
         prod = Z * _apply(matvec, Z)
@@ -114,7 +109,7 @@ def hutchinson_trace(
         ``(estimate, standard_error)``, scalars; the standard error is the sample standard
         deviation over probes / √S (``inf`` for S = 1).
     """
-    _check_count("n_probes", n_probes)
+    check_count("n_probes", n_probes)
     t = torch.cat(
         [p.sum(1) for p in _probe_chunks(matvec, n, n_probes, generator, dtype, device, chunk_size)]
     )
@@ -147,7 +142,7 @@ def hutchinson_diagonal(
         ``(diagonal [n], variance [n])``: the estimate and the sample variance of that mean
         per entry, s²ᵢ / S (``inf`` for S = 1). The estimate is not clamped.
     """
-    _check_count("n_probes", n_probes)
+    check_count("n_probes", n_probes)
     count, mean, m2 = 0, None, None
     for prod in _probe_chunks(matvec, n, n_probes, generator, dtype, device, chunk_size):
         # Chan et al.'s pairwise update: stable running mean and sum of squared deviations.
@@ -191,8 +186,8 @@ def hutchpp_trace(
     Returns:
         The estimate, a scalar.
     """
-    _check_count("n", n)
-    _check_count("n_probes", n_probes, minimum=3)
+    check_count("n", n)
+    check_count("n_probes", n_probes, minimum=3)
     _check_dtype(dtype)
     k = n_probes // 3
     omega = _draw((k, n), "rademacher", generator, dtype, device)

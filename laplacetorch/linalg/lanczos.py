@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .hutchinson import MatVec, _apply, _check_count, _check_dtype, _draw
+from ..checks import check_count
+from .hutchinson import MatVec, _apply, _check_dtype, _draw
 
 __all__ = ["lanczos"]
 
@@ -106,15 +107,15 @@ def basis_bounds(
     Raises:
         ValueError: naming the argument out of its domain.
     """
-    _check_count("n", n)
+    check_count("n", n)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer in [1, n = {n}]; got {k!r}")
-    _check_count("oversample", oversample, minimum=0)
+    check_count("oversample", oversample, minimum=0)
     _check_dtype(dtype)
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol!r}")
     m_min = min(n, k + oversample)
-    m_max = m_min if max_iter is None else min(n, _check_count("max_iter", max_iter, minimum=k))
+    m_max = m_min if max_iter is None else min(n, check_count("max_iter", max_iter, minimum=k))
     return max(tol, 100 * torch.finfo(dtype).eps), min(m_min, m_max), m_max
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .hutchinson import MatVec, _apply, _check_count, _check_dtype, _draw
+from ..checks import check_count
+from .hutchinson import MatVec, _apply, _check_dtype, _draw
 
 __all__ = ["largest_eigenvalue", "neumann"]
 
@@ -36,8 +37,8 @@ def largest_eigenvalue(
     Returns:
         θ, a scalar in ``dtype``.
     """
-    _check_count("n", n)
-    _check_count("n_iter", n_iter)
+    check_count("n", n)
+    check_count("n_iter", n_iter)
     _check_dtype(dtype)
     v = _draw((1, n), "gaussian", generator, torch.float64, device)
     v = v / v.norm()
@@ -87,7 +88,7 @@ def neumann(
     if not isinstance(B, Tensor) or not B.is_floating_point() or B.dim() not in (1, 2):
         seen = f"{list(B.shape)} {B.dtype}" if isinstance(B, Tensor) else type(B).__name__
         raise ValueError(f"B must be a floating-point tensor [m, P] (or [P]); got {seen}")
-    _check_count("n_terms", n_terms)
+    check_count("n_terms", n_terms)
     if scale is not None and lambda_max is not None:
         raise ValueError("give at most one of scale and lambda_max")
     if scale is not None and not scale > 0:

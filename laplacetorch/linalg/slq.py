@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .hutchinson import MatVec, _check_count, _check_dtype, _draw
+from ..checks import check_count
+from .hutchinson import MatVec, _check_dtype, _draw
 from .lanczos import _lanczos_batch, _tridiagonal
 
 __all__ = ["slq_estimate", "slq_logdet", "slq_quadrature"]
@@ -59,11 +60,11 @@ def slq_quadrature(
         ``(nodes, weights)``, both ``[S, min(n_steps, n)]`` float64; each weight row sums to 1;
         with ``coarse``, ``(nodes, weights, coarse_nodes, coarse_weights)``.
     """
-    _check_count("n", n)
-    _check_count("n_probes", n_probes)
-    _check_count("n_steps", n_steps)
+    check_count("n", n)
+    check_count("n_probes", n_probes)
+    check_count("n_steps", n_steps)
     _check_dtype(dtype)
-    chunk = n_probes if chunk_size is None else _check_count("chunk_size", chunk_size)
+    chunk = n_probes if chunk_size is None else check_count("chunk_size", chunk_size)
     steps = min(n_steps, n)
     Z = _draw((n_probes, n), "rademacher", generator, torch.float64, device)
     nodes, weights, c_nodes, c_weights = [], [], [], []

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..prior import Prior, expand_prior, parse_prior, prior_on_block, single_group
 from .checks import check_scale, report_indefinite, require_positive
 from .layer_parts import LayerParts, PartFactors
@@ -147,8 +148,7 @@ class Structure(StructureState):
         return DenseJacobian(jac)
 
     def _normal(self, n_samples: int, generator: torch.Generator | None) -> Tensor:
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+        check_count("n_samples", n_samples)
         return torch.randn(
             (n_samples, self.n_params), generator=generator, dtype=self.dtype, device=self.device
         )

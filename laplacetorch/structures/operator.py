@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..linalg import cg, hutchinson_diagonal, neumann, slq_quadrature
 from ..linalg.slq_gradient import slq_logdet_graph
 from .base import Structure, require_positive
@@ -85,14 +86,12 @@ class Operator(Structure):
             ("n_steps", n_steps),
             ("sample_steps", sample_steps),
         ):
-            if not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive integer; got {val!r}")
+            check_count(name, val)
         if cg_tol is not None and not cg_tol > 0:
             raise ValueError(f"cg_tol must be positive; got {cg_tol!r}")
         if solver not in ("cg", "neumann"):
             raise ValueError(f"unknown solver {solver!r}; expected 'cg' or 'neumann'")
-        if not isinstance(neumann_terms, int) or neumann_terms < 1:
-            raise ValueError(f"neumann_terms must be a positive integer; got {neumann_terms!r}")
+        check_count("neumann_terms", neumann_terms)
         self.solver, self.neumann_terms = solver, neumann_terms
         self.matvec_g = matvec
         self.n_probes, self.n_steps, self.cg_tol = n_probes, n_steps, cg_tol

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .common import PRIOR_STRUCTURES, TuningResult, _check_count, _structure_of, initial_prior
+from ..checks import check_count
+from .common import PRIOR_STRUCTURES, TuningResult, _structure_of, initial_prior
 from .gridsearch import _gridsearch
 from .mackay import _mackay
 from .marglik import _marglik
@@ -69,7 +70,7 @@ def optimize(
         if ps != "scalar":
             raise ValueError("gridsearch tunes a scalar prior precision only")
         if grid is None:
-            _check_count("grid_size", grid_size)
+            check_count("grid_size", grid_size)
             grid = torch.logspace(
                 log_prior_prec_min, log_prior_prec_max, grid_size, base=log_prior_prec_base
             )

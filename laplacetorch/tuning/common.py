@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -68,11 +68,6 @@ def _canonical(prior_structure: str) -> str:
             f"unknown prior_structure {prior_structure!r}; expected one of {PRIOR_STRUCTURES}"
         )
     return "diag" if prior_structure == "diagonal" else prior_structure
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 def _finish(la, method, delta, sigma, n_iter, converged, history) -> TuningResult:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..datapass import BatchAdapter, accumulate, collect, progress_range
-from .common import TuningResult, _check_count, _finish
+from .common import TuningResult, _finish
 
 if TYPE_CHECKING:
     from ..laplace import Laplace
@@ -46,7 +47,7 @@ def _gridsearch(
         best = int(scores.argmax())
     else:
         la.likelihood.check_link(link_approx)
-        _check_count("n_samples", n_samples)
+        check_count("n_samples", n_samples)
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be callable; got {type(loss).__name__}")
         scores = _validation_scores(

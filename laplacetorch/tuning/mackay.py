@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..datapass import progress_bar
 from .common import (
     _LOG_BOUND,
     TuningResult,
-    _check_count,
     _finish,
     _group_sum,
     _interior,
@@ -48,7 +48,7 @@ def _mackay(
     estimated = not c.structure.is_exact(la.prior_at(delta0))
     if max_iter is None:
         max_iter = 50 if estimated else 1000
-    _check_count("max_iter", max_iter)
+    check_count("max_iter", max_iter)
     if tol is None:
         tol = 1e-3 if estimated else max(1e-10, 1000 * torch.finfo(la.subset.dtype).eps)
     k = 2.0 if c.kind == "ef" else 1.0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..datapass import progress_bar, progress_range
 from .common import _LOG_BOUND, TuningResult, _finish, _interior, _warn_not_converged
 
@@ -29,8 +30,7 @@ def _marglik(
     (``n_steps`` steps at ``lr``, laplace-torch's way)."""
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}; expected 'lbfgs' or 'adam'")
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}")
+    check_count("n_steps", n_steps)
     log_d = delta0.log().clone().requires_grad_(True)
     log_s = la.sigma_noise.log().clone().requires_grad_(True)
     params = [log_d, log_s] if tune_sigma else [log_d]

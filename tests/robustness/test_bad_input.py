@@ -7,7 +7,7 @@ import torch
 from conftest import batches, make_data, make_mlp
 from torch import nn
 
-from laplacetorch import ParameterSubset, fit_diag, fit_full, get_likelihood
+from laplacetorch import Laplace, ParameterSubset, fit_diag, fit_full, get_likelihood
 
 LIK = get_likelihood("classification")
 
@@ -95,3 +95,19 @@ def test_outputs_that_are_not_2d(fit):
     x, _ = make_data("mlp", "regression")
     with pytest.raises(ValueError, match=r"outputs must have shape \[batch, C\]"):
         fit(ParameterSubset(model, "all"), get_likelihood("regression"), batches(x, x[:, 0]))
+
+
+def test_a_bool_is_not_a_count_anywhere():
+    """One validator for counts: True is refused where it once read as 1 (marglik's n_steps,
+    the operator's probes), as it always was for n_samples."""
+    x, y = make_data("mlp", "classification", n=10)
+    la = Laplace(make_mlp(), "classification", "all", "diag").fit(batches(x, y))
+    with pytest.raises(ValueError, match="n_steps must be a positive integer; got True"):
+        la.optimize_prior_precision(method="marglik", n_steps=True)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer; got True"):
+        la(x, link_approx="mc", n_samples=True)
+    op = Laplace(
+        make_mlp(), "classification", "all", "operator", backend_options={"n_probes": True}
+    )
+    with pytest.raises(ValueError, match="n_probes must be a positive integer; got True"):
+        op.fit(batches(x, y))
