@@ -110,6 +110,8 @@ class ParameterSubset:
         self.vmap_ok = True
         #: outputs with positions, seen flattened (see :mod:`laplacetorch.positions`)
         self.output_layout: Any = None
+        #: the layer-factor predictive's probe of each input signature (predictive._layer_plan)
+        self.layer_plans: dict[tuple, Any] = {}
         self.shapes = [named[n].shape for n in names]
         self.numels = [named[n].numel() for n in names]
         self.index = index

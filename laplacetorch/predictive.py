@@ -244,7 +244,7 @@ def _layer_plan(
     C: probed by three small forwards the first time inputs of this signature are seen, then
     kept on the subset (every chunk still checks its layers' call counts)."""
     key = (tuple(names), _signature(x))
-    plans = subset.__dict__.setdefault("_layer_plans", {})
+    plans = subset.layer_plans
     if key in plans:
         return plans[key]
     modules = dict(subset.model.named_modules())

@@ -29,24 +29,17 @@ FISHER_TYPES = {
 }
 
 
-def resolve_fisher_type(
-    fisher_type: str, backend: str, allow_hessian: bool = False, allow_mc: bool = False
-) -> str:
-    """Map a curvature type name to ``"ggn"``, ``"ef"`` or ``"hessian"``; refuses unknown
-    names, and the Hessian or the Monte-Carlo Fisher for backends without them."""
-    if fisher_type == "mc" and not allow_mc:
+def resolve_fisher_type(fisher_type: str, backend: str) -> str:
+    """Map a curvature type name to ``"ggn"``, ``"ef"`` or ``"hessian"``, refusing unknown
+    names and those the registry entry of ``backend`` does not list (a name outside the
+    registry, such as the internal GGN operator, takes every type)."""
+    from .registry import BACKENDS, check_fisher_type  # the registry imports every backend
+
+    if backend in BACKENDS:
+        check_fisher_type(backend, fisher_type)
+    elif fisher_type not in FISHER_TYPES:
         raise ValueError(
-            "fisher_type='mc' (the Monte-Carlo Fisher) is offered by 'full', 'diag', 'kfac', "
-            f"'ekfac', 'hutchinson', 'lanczos' and 'operator', not by {backend!r}"
-        )
-    if fisher_type == "hessian" and not allow_hessian:
-        raise ValueError(
-            "fisher_type='hessian' (the Hessian of the loss) is offered by 'full', 'diag', "
-            f"'hutchinson', 'lanczos' and 'operator', not by {backend!r}"
-        )
-    if fisher_type not in FISHER_TYPES:
-        raise ValueError(
-            f"unknown fisher_type {fisher_type!r} for backend {backend!r}; expected one of "
+            f"unknown fisher_type {fisher_type!r} for {backend!r}; expected one of "
             f"{sorted(FISHER_TYPES)}"
         )
     return FISHER_TYPES[fisher_type]

@@ -52,7 +52,7 @@ def fit_diag(
             ``full``; negative entries are kept).
         memory_budget: bytes a chunk of per-example rows may take.
     """
-    kind = resolve_fisher_type(context.fisher_type, "diag", allow_hessian=True, allow_mc=True)
+    kind = resolve_fisher_type(context.fisher_type, "diag")
     mc = mc_columns(likelihood, context.fisher_type, mc_samples, generator, seed)
     if kind == "hessian" and subset.closed_form_head:
         kind = "ggn"  # a linear head: its Hessian is its GGN

@@ -46,7 +46,7 @@ def fit_full(
             Hessian-vector products per batch; indefinite in general).
         memory_budget: bytes a chunk of Jacobian rows may take.
     """
-    kind = resolve_fisher_type(context.fisher_type, "full", allow_hessian=True, allow_mc=True)
+    kind = resolve_fisher_type(context.fisher_type, "full")
     columns = mc_columns(likelihood, context.fisher_type, mc_samples, generator, seed)
     if subset.closed_form_head and columns is None:  # a linear head: its Hessian is its GGN
         return _fit_head(subset, likelihood, loader, kind, context.progress, context.batch_size_fn)

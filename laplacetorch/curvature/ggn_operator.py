@@ -123,9 +123,7 @@ class GGNOperator:
         subset.check_weights()
         require_reiterable(loader, "a GGN-vector product operator (hutchinson, lanczos, operator)")
         self.subset, self.likelihood, self.loader = subset, likelihood, loader
-        self.kind = resolve_fisher_type(
-            fisher_type, "ggn operator", allow_hessian=True, allow_mc=True
-        )
+        self.kind = resolve_fisher_type(fisher_type, "ggn operator")
         self.mc = fisher_type == "mc"
         check_count("mc_samples", mc_samples)
         self.mc_samples, self.mc_seed = mc_samples, mc_seed
