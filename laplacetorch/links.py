@@ -21,7 +21,6 @@ __all__ = [
     "gaussian_samples",
     "link_samples",
     "log_bridge_concentration",
-    "mc_link",
     "probit",
     "psd_sqrt",
 ]
@@ -87,17 +86,6 @@ def psd_sqrt(var: Tensor) -> Tensor:
         return chol
     w, q = torch.linalg.eigh(var)
     return q * w.clamp_min(0).sqrt().unsqueeze(-2)
-
-
-def mc_link(
-    mean: Tensor,
-    var: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    binary: bool = False,
-) -> Tensor:
-    """Monte-Carlo E[softmax(f)] (or sigmoid) for f ~ N(μ, Σ), averaged over ``n_samples``."""
-    return link_samples(mean, var, n_samples, generator, binary).mean(0)
 
 
 def link_samples(

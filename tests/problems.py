@@ -15,7 +15,7 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
-from conftest import DT, batches, dense_ggn, make_cnn, make_data, make_mlp
+from conftest import DT, batches, dense_ef, dense_ggn, make_cnn, make_data, make_mlp
 
 from laplacetorch import Laplace
 
@@ -88,6 +88,33 @@ class Problem:
     def ggn_of(self, x, y) -> torch.Tensor:
         return dense_ggn(self.subset_of, x, y, self.likelihood)
 
+    def curvature_of(self, kind: str, x=None, y=None) -> torch.Tensor:
+        """The dense unit-scale curvature of the summed NLL of (x, y) (default: the training
+        data) for a curvature type: "ggn" (also what "mc" estimates), "ef" (Σₙ gₙgₙᵀ of the
+        per-example gradients) or "hessian" (∂²/∂θ² by ``torch.func.hessian``)."""
+        if x is None:
+            (x, y), _, _ = self.data
+        if kind == "ggn":
+            return self.ggn_of(x, y)
+        if kind == "ef":
+            return dense_ef(self.subset_of, x, y, self.likelihood)
+        assert kind == "hessian", kind
+        sub = self.subset_of
+        return torch.func.hessian(lambda t: self.unit_nll(sub.forward(t, x), y))(self.theta)
+
+    def unit_nll(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Σₙ of the unit-scale NLL (σ = 1 for regression), by hand."""
+        if self.likelihood == "classification":
+            return F.cross_entropy(f, y, reduction="sum")
+        if self.likelihood == "binary":
+            return F.binary_cross_entropy_with_logits(f, y, reduction="sum")
+        return 0.5 * ((y - f) ** 2).sum()
+
+    def scale_of(self, kind: str) -> float:
+        """How G scales into Π: 1/σ² (σ⁻⁴ for the empirical Fisher, whose gradients each
+        carry 1/σ²); 1 without a noise."""
+        return self.scale**2 if kind == "ef" else self.scale
+
     @cached_property
     def block_mask(self) -> torch.Tensor:
         """[P, P]: True within a layer's block ([W | b] of one module)."""
@@ -124,16 +151,16 @@ class Problem:
         with torch.no_grad():
             return sub.forward(theta, x), jac
 
-    def precision(self, g: torch.Tensor, delta, factor: float = 1.0) -> torch.Tensor:
+    def precision(self, g: torch.Tensor, delta, factor: float = 1.0, kind="ggn") -> torch.Tensor:
         eye = torch.eye(g.shape[0], dtype=DT)
-        return self.scale * g + factor * delta * eye
+        return self.scale_of(kind) * g + factor * delta * eye
 
-    def evidence(self, g: torch.Tensor, delta, factor: float = 1.0) -> torch.Tensor:
+    def evidence(self, g: torch.Tensor, delta, factor: float = 1.0, kind="ggn") -> torch.Tensor:
         """log p(D|θ*) − ½[c·δ‖θ*−μ₀‖² + log det(s·G + c·δ·I) − P log(c·δ)] (differentiable
         in a tensor δ)."""
         p = g.shape[0]
         scatter = factor * delta * ((self.theta - PRIOR_MEAN) ** 2).sum()
-        logdet = torch.linalg.slogdet(self.precision(g, delta, factor))[1]
+        logdet = torch.linalg.slogdet(self.precision(g, delta, factor, kind))[1]
         return self.log_likelihood - 0.5 * (scatter + logdet - p * torch.log(factor * delta))
 
     def glm(self, g: torch.Tensor, x, delta=PRIOR, factor: float = 1.0):

@@ -13,6 +13,7 @@ from ..datapass import accumulate
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, check_model_mode
 from ..structures import Structure
+from .context import DEFAULT_CONTEXT, FitContext
 from .first_batch import check_first_batch
 
 __all__ = ["FISHER_TYPES", "CurvatureResult", "curvature_pass", "resolve_fisher_type"]
@@ -72,12 +73,12 @@ def curvature_pass(
     likelihood: Likelihood,
     loader: Iterable,
     step: Callable[[Any, Tensor, int], dict[str, Tensor]],
+    context: FitContext = DEFAULT_CONTEXT,
     *,
-    progress: bool = False,
     desc: str = "curvature",
-    batch_size_fn: Callable[[Any], int] | None = None,
 ) -> tuple[dict[str, Tensor], int, int]:
-    """Check the model, run ``step(x, y, C)`` over the data and return ``(sums, N, C)``.
+    """Check the model, run ``step(x, y, C)`` over the data and return ``(sums, N, C)``,
+    with ``context``'s progress bar and example count.
 
     Targets are validated against the output shape before ``step`` sees them.
     """
@@ -100,9 +101,9 @@ def curvature_pass(
         checked_step,
         device=subset.device,
         dtype=subset.dtype,
-        progress=progress,
+        progress=context.progress,
         desc=desc,
-        batch_size_fn=batch_size_fn,
+        batch_size_fn=context.batch_size_fn,
     )
     n_data = int(sums.pop("n_data"))
     n_out = round(float(sums.pop("_outputs_times_n")) / n_data)

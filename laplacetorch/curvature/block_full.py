@@ -68,9 +68,7 @@ def fit_block_full(
         columns=lambda f, y: output_columns(likelihood, ggn_type, f, y, 1, None),
         block_sums=gram,
         make_block=dense,
-        progress=context.progress,
-        memory_budget=context.memory_budget,
-        batch_size_fn=context.batch_size_fn,
+        context=context,
     )
 
 

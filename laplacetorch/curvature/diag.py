@@ -65,8 +65,7 @@ def fit_diag(
             loader,
             kind=kind,
             diagonal=True,
-            progress=context.progress,
-            batch_size_fn=context.batch_size_fn,
+            context=context,
         )
         return CurvatureResult(per_layer_diagonal(subset, g), n_data, n_out, loss, kind)
 
@@ -101,9 +100,7 @@ def _layer_fit(subset, likelihood, loader, kind, context, mc, n_mc):
         columns=layer_columns,
         block_sums=squares,
         make_block=diagonal,
-        progress=context.progress,
-        memory_budget=context.memory_budget,
-        batch_size_fn=context.batch_size_fn,
+        context=context,
         announce=False,
         rest_columns=mc,
         rest_n_columns=n_mc,
@@ -150,9 +147,8 @@ def _diagonal_pass(subset, likelihood, loader, step, kind, context):
         likelihood,
         loader,
         step,
-        progress=context.progress,
+        context,
         desc="diag Hessian" if kind == "hessian" else "diag curvature",
-        batch_size_fn=context.batch_size_fn,
     )
     psd = kind != "hessian"
     structure = Diagonal(sums["G"], subset.group_index, psd=psd, layer_parts=layer_parts(subset))

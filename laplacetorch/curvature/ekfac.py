@@ -86,7 +86,7 @@ def fit_ekfac(
     take to be kept from the KFAC pass for the refit (0: always a second pass).
     """
     kind, generator = check_kfac_options(
-        subset, context.fisher_type, approximation, mc_samples, generator, seed
+        subset, "ekfac", context.fisher_type, approximation, mc_samples, generator, seed
     )
     _check_cache_budget(cache_budget)
     require_reiterable(loader, "ekfac (KFAC, then the eigenvalue refit)")
@@ -96,14 +96,11 @@ def fit_ekfac(
         likelihood,
         loader,
         kind=kind,
-        fisher_type=context.fisher_type,
         approximation=approximation,
         joint_bias=joint_bias,
         mc_samples=mc_samples,
         generator=generator,
-        progress=context.progress,
-        memory_budget=context.memory_budget,
-        batch_size_fn=context.batch_size_fn,
+        context=context,
         keep=cache.keep,
         plan=plan,
     )
@@ -114,16 +111,7 @@ def fit_ekfac(
     sums = _cached_sums(cache, krons, refit, subset)
     if sums is None:
         sums = _second_pass(
-            subset,
-            likelihood,
-            loader,
-            layers,
-            refit,
-            context.fisher_type,
-            mc_samples,
-            generator,
-            context.progress,
-            context.batch_size_fn,
+            subset, likelihood, loader, layers, refit, mc_samples, generator, context
         )
     return _with_eigenvalues(subset, kfac, krons, sums)
 
@@ -177,17 +165,17 @@ def _second_pass(
     loader: Iterable,
     layers: list,
     refit: Callable,
-    fisher_type: str,
     mc_samples: int,
     generator: torch.Generator,
-    progress: bool,
-    batch_size_fn: Callable[[Any], int] | None,
+    context: FitContext,
 ) -> dict[str, Tensor]:
     """The refit eigenvalues of every block of ``layers`` from a second pass over the data
     (per-example inputs and output gradients, projected on the KFAC eigenbases)."""
 
     def step(x: Any, y: Tensor, n_out: int) -> dict[str, Tensor]:
-        cols = lambda f: output_columns(likelihood, fisher_type, f, y, mc_samples, generator)  # noqa: E731
+        cols = lambda f: output_columns(  # noqa: E731
+            likelihood, context.fisher_type, f, y, mc_samples, generator
+        )
         _, per_layer = layer_passes(subset, layers, x, cols, y.shape[0])
         out = {}
         with torch.no_grad():
@@ -196,15 +184,7 @@ def _second_pass(
                     out[name] = refit(name, *layout.select(a, g))
         return out
 
-    sums, _, _ = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        step,
-        progress=progress,
-        desc="ekfac eigenvalues",
-        batch_size_fn=batch_size_fn,
-    )
+    sums, _, _ = curvature_pass(subset, likelihood, loader, step, context, desc="ekfac eigenvalues")
     return sums
 
 

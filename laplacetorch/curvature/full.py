@@ -49,7 +49,7 @@ def fit_full(
     kind = resolve_fisher_type(context.fisher_type, "full")
     columns = mc_columns(likelihood, context.fisher_type, mc_samples, generator, seed)
     if subset.closed_form_head and columns is None:  # a linear head: its Hessian is its GGN
-        return _fit_head(subset, likelihood, loader, kind, context.progress, context.batch_size_fn)
+        return _fit_head(subset, likelihood, loader, kind, context)
 
     theta = subset.map_vector()
     p = subset.n_params
@@ -86,9 +86,8 @@ def fit_full(
         _hessian_step(subset, likelihood, theta, context.memory_budget)
         if kind == "hessian"
         else step,
-        progress=context.progress,
+        context,
         desc="full curvature",
-        batch_size_fn=context.batch_size_fn,
     )
     dense = Dense(sums["G"], subset.group_index, psd=kind != "hessian")
     return CurvatureResult(dense, n_data, n_out, sums["loss"], kind)
@@ -111,8 +110,7 @@ def _fit_head(
     likelihood: Likelihood,
     loader: Iterable,
     kind: str,
-    progress: bool,
-    batch_size_fn: Callable[[Any], int] | None,
+    context: FitContext,
 ) -> CurvatureResult:
     """The dense curvature of a linear head in closed form from its features (its Hessian is
     its GGN), as one block laid out like [W | b] where the head is one."""
@@ -124,8 +122,7 @@ def _fit_head(
         loader,
         kind=kind,
         diagonal=False,
-        progress=progress,
-        batch_size_fn=batch_size_fn,
+        context=context,
         order=None if head is None else head[1],
     )
     if head is None:

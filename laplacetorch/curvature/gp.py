@@ -51,8 +51,7 @@ def subset_points(
     n_subset: int | None,
     seed: int,
     subset_indices: Tensor | None,
-    progress: bool,
-    batch_size_fn: Callable[[Any], int] | None,
+    context: FitContext,
     what: str = "n_subset",
 ) -> tuple[Any, Tensor, int, int, Tensor]:
     """The M chosen examples' inputs and targets (all N when ``n_subset`` is None), with N,
@@ -64,13 +63,7 @@ def subset_points(
     if n_subset is not None:
         require_reiterable(loader, "a subset of the data (N, then the subset)")
         sums, n_data, n_out = curvature_pass(
-            subset,
-            likelihood,
-            loader,
-            count,
-            progress=progress,
-            desc="subset: N",
-            batch_size_fn=batch_size_fn,
+            subset, likelihood, loader, count, context, desc="subset: N"
         )
         if subset_indices is None:
             chosen = _draw(n_data, n_subset, seed, what)
@@ -81,13 +74,7 @@ def subset_points(
         loader, chosen = by_index, None
     keep = _Keep(chosen, count if chosen is None and by_index is None else None)
     got, n_seen, n_out = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        keep,
-        progress=progress,
-        desc="subset: the points",
-        batch_size_fn=batch_size_fn,
+        subset, likelihood, loader, keep, context, desc="subset: the points"
     )
     if by_index is not None:
         loss_sum = sums["loss"]
@@ -212,8 +199,7 @@ def fit_gp(
         n_subset,
         seed,
         subset_indices,
-        context.progress,
-        context.batch_size_fn,
+        context,
     )
     m, k_cols = ys.shape[0], n_out if kind == "ggn" else 1
     # the kernel's (M·C)² is known now, before it is allocated (context.memory_limit: Laplace's)

@@ -34,14 +34,13 @@ from ..distributed import rank_seed
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Kron, LayerBlock
-from .base import CurvatureResult
+from .base import CurvatureResult, resolve_fisher_type
 from .context import DEFAULT_CONTEXT, FitContext
 from .layer_fit import fit_layer_blocks
 
-__all__ = ["APPROXIMATIONS", "KFAC_FISHER_TYPES", "fit_kfac", "kfac_pass", "output_columns"]
+__all__ = ["APPROXIMATIONS", "fit_kfac", "kfac_pass", "output_columns"]
 
 APPROXIMATIONS = ("expand", "reduce")
-KFAC_FISHER_TYPES = {"exact": "ggn", "ggn": "ggn", "mc": "ggn", "empirical": "ef", "ef": "ef"}
 
 
 def fit_kfac(
@@ -69,21 +68,18 @@ def fit_kfac(
         memory_budget: bytes a chunk of per-example rows of the diagonal rest may take.
     """
     kind, generator = check_kfac_options(
-        subset, context.fisher_type, approximation, mc_samples, generator, seed
+        subset, "kfac", context.fisher_type, approximation, mc_samples, generator, seed
     )
     return kfac_pass(
         subset,
         likelihood,
         loader,
         kind=kind,
-        fisher_type=context.fisher_type,
         approximation=approximation,
         joint_bias=joint_bias,
         mc_samples=mc_samples,
         generator=generator,
-        progress=context.progress,
-        memory_budget=context.memory_budget,
-        batch_size_fn=context.batch_size_fn,
+        context=context,
     )
 
 
@@ -113,14 +109,11 @@ def kfac_pass(
     loader: Iterable,
     *,
     kind: str,
-    fisher_type: str,
     approximation: str,
     joint_bias: bool,
     mc_samples: int,
     generator: torch.Generator | None,
-    progress: bool,
-    memory_budget: int,
-    batch_size_fn: Callable[[Any], int] | None,
+    context: FitContext,
     keep: Callable[[str, Tensor, Tensor], None] | None = None,
     plan: dict[str, Any] | None = None,
 ) -> CurvatureResult:
@@ -134,7 +127,8 @@ def kfac_pass(
             a, g = a.mean(1, keepdim=True), g.sum(2, keepdim=True)
         af = a.reshape(-1, a.shape[-1])
         r = af.new_tensor(float(a.shape[0] * a.shape[1]))
-        return {f"{name}.A": Gram(af), f"{name}.B": output_gram(g, memory_budget), f"{name}.R": r}
+        b_sum = output_gram(g, context.memory_budget)
+        return {f"{name}.A": Gram(af), f"{name}.B": b_sum, f"{name}.R": r}
 
     def kron(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock) -> Kron:
         a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]
@@ -147,12 +141,12 @@ def kfac_pass(
         loader,
         joint_bias=joint_bias,
         kind=kind,
-        columns=lambda f, y: output_columns(likelihood, fisher_type, f, y, mc_samples, generator),
+        columns=lambda f, y: output_columns(
+            likelihood, context.fisher_type, f, y, mc_samples, generator
+        ),
         block_sums=factor_sums,
         make_block=kron,
-        progress=progress,
-        memory_budget=memory_budget,
-        batch_size_fn=batch_size_fn,
+        context=context,
         keep=keep,
         plan=plan,
     )
@@ -160,27 +154,24 @@ def kfac_pass(
 
 def check_kfac_options(
     subset: ParameterSubset,
+    backend: str,
     fisher_type: str,
     approximation: str,
     mc_samples: int,
     generator: torch.Generator | None,
     seed: int,
 ) -> tuple[str, torch.Generator | None]:
-    """Validate KFAC's options; returns the curvature kind and the generator for ``"mc"``."""
-    if fisher_type not in KFAC_FISHER_TYPES:
-        raise ValueError(
-            f"unknown fisher_type {fisher_type!r} for backend 'kfac'; expected one of "
-            f"{sorted(KFAC_FISHER_TYPES)}"
-        )
+    """Validate KFAC's options (the curvature types ``backend``'s registry entry lists);
+    returns the curvature kind and the generator for ``"mc"``."""
+    kind = resolve_fisher_type(fisher_type, backend)
     if approximation not in APPROXIMATIONS:
         raise ValueError(
             f"unknown approximation {approximation!r}; expected one of {APPROXIMATIONS}"
         )
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be an integer >= 1; got {mc_samples!r}")
+    check_count("mc_samples", mc_samples)
     if generator is None and fisher_type == "mc":
         generator = torch.Generator(device=subset.device).manual_seed(rank_seed(seed))
-    return KFAC_FISHER_TYPES[fisher_type], generator
+    return kind, generator
 
 
 def mc_columns(

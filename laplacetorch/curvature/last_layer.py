@@ -12,7 +12,7 @@ The result is permuted into the parameter order [vec(W) row-major, b] (see ``hea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor
 from ..likelihoods import Likelihood
 from ..params import ParameterSubset, head_index
 from .base import curvature_pass
+from .context import DEFAULT_CONTEXT, FitContext
 
 __all__ = ["last_layer_curvature"]
 
@@ -49,8 +50,7 @@ def last_layer_curvature(
     *,
     kind: str,
     diagonal: bool,
-    progress: bool = False,
-    batch_size_fn: Callable[[Any], int] | None = None,
+    context: FitContext = DEFAULT_CONTEXT,
     order: Tensor | None = None,
 ) -> tuple[Tensor, int, int, Tensor]:
     """Closed-form last-layer curvature ``(G [P, P] or diag [P], N, C, Σ nll)``.
@@ -79,13 +79,7 @@ def last_layer_curvature(
         return out
 
     sums, n_data, n_out = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        step,
-        progress=progress,
-        desc="last-layer curvature",
-        batch_size_fn=batch_size_fn,
+        subset, likelihood, loader, step, context, desc="last-layer curvature"
     )
     n_feat = subset.last_layer.in_features
     d = n_feat + int(has_bias)

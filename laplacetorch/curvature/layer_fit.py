@@ -20,6 +20,7 @@ from ..likelihoods import Likelihood
 from ..params import ParameterSubset
 from ..structures import Diagonal, LayerBlock, Structure
 from .base import CurvatureResult, curvature_pass
+from .context import FitContext
 from .example_axis import learn_example_axes
 from .layer_blocks import LayerBlocks, block_diagonal, layer_blocks, layer_positions, rest_positions
 from .layer_capture import backward_columns, capture_layers, capture_once
@@ -181,9 +182,7 @@ def fit_layer_blocks(
     columns: Callable[[Tensor, Tensor], Tensor],
     block_sums: Callable[[str, Tensor, Tensor], dict[str, Tensor]],
     make_block: Callable[[str, dict[str, Tensor], Tensor, LayerBlock], Structure],
-    progress: bool,
-    memory_budget: int,
-    batch_size_fn: Callable[[Any], int] | None,
+    context: FitContext,
     announce: bool = True,
     rest_columns: Callable[[Tensor, Tensor], Tensor] | None = None,
     rest_n_columns: int | None = None,
@@ -221,20 +220,14 @@ def fit_layer_blocks(
                 y,
                 kind=kind,
                 n_outputs=n_out,
-                memory_budget=memory_budget,
+                memory_budget=context.memory_budget,
                 columns=rest_columns,
                 n_columns=rest_n_columns,
             )
         return out
 
     sums, n_data, n_out = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        step,
-        progress=progress,
-        desc=f"{backend} curvature",
-        batch_size_fn=batch_size_fn,
+        subset, likelihood, loader, step, context, desc=f"{backend} curvature"
     )
     structure = _structure(subset, joint_bias, plan, sums, make_block)
     return CurvatureResult(structure, n_data, n_out, sums["loss"], kind)

@@ -72,16 +72,13 @@ def fit_nystrom(
         subsample_size,
         seed,
         None,
-        context.progress,
-        context.batch_size_fn,
+        context,
         what="subsample_size",
     )
     sized = {"subsample_size": ys.shape[0], "n_eigenvalues": n_eigenvalues}
     check_fit_memory("nystrom", subset, sized, context.memory_limit, Sizes(n_data, n_out))
     u = _features(subset, likelihood, xs, ys, theta, n_out, n_eigenvalues, context.memory_budget)
-    gram, n_seen = _projected_gram(
-        subset, likelihood, loader, theta, u, context.progress, context.batch_size_fn
-    )
+    gram, n_seen = _projected_gram(subset, likelihood, loader, theta, u, context)
     if n_seen != n_data:
         raise ValueError(f"the loader gave {n_seen} examples, {n_data} before")
     a, q = torch.linalg.eigh(0.5 * (gram + gram.T).double())
@@ -95,7 +92,7 @@ def fit_nystrom(
     return CurvatureResult(structure, n_data, n_out, loss_sum, kind)
 
 
-def _projected_gram(subset, likelihood, loader, theta, u, progress, batch_size_fn):
+def _projected_gram(subset, likelihood, loader, theta, u, context):
     """Σₙ (Jₙ U)ᵀ Λₙ (Jₙ U) ``[k, k]`` over all the data (k JVPs a batch), and N seen."""
 
     def step(x: Any, y: Tensor, c: int) -> dict[str, Tensor]:
@@ -107,13 +104,7 @@ def _projected_gram(subset, likelihood, loader, theta, u, progress, batch_size_f
         return {"A": torch.einsum("kbc,bcd,jbd->kj", ju, lam, ju).detach()}
 
     sums, n_seen, _ = curvature_pass(
-        subset,
-        likelihood,
-        loader,
-        step,
-        progress=progress,
-        desc="nystrom: curvature",
-        batch_size_fn=batch_size_fn,
+        subset, likelihood, loader, step, context, desc="nystrom: curvature"
     )
     return sums["A"], n_seen
 

@@ -130,8 +130,17 @@ class Likelihood(ABC):
         sigma_noise: Tensor | float = 1.0,
         temperature: Tensor | float = 1.0,
     ) -> Tensor:
-        """log p(D | θ) of the tempered likelihood from the summed unit-scale loss Σₙ nll_unit."""
-        return torch.as_tensor(-loss_sum / temperature)
+        """log p(D | θ) of the tempered likelihood from the summed unit-scale loss Σₙ nll_unit:
+        (−Σₙ nll_unit / σ² − log Z) / T, with σ² = 1 and log Z = 0 unless the likelihood has a
+        noise (:meth:`_log_normaliser`)."""
+        noise_var = self._noise_var(sigma_noise)
+        log_z = self._log_normaliser(n_data, n_outputs, noise_var)
+        return torch.as_tensor((-loss_sum / noise_var - log_z) / temperature)
+
+    def _log_normaliser(
+        self, n_data: int, n_outputs: int, noise_var: Tensor | float
+    ) -> Tensor | float:
+        return 0.0
 
     def log_likelihood(
         self,
@@ -189,8 +198,15 @@ class Likelihood(ABC):
         """E[inverse_link(f)] for f ~ N(mean ``[B, C]``, var ``[B, C, C]``) by the link
         approximation ``link_approx``; ``diagonal_output``: the ``mc`` link samples the
         outputs independently, from N(mean, diag var) (probit reads only the diagonal; the
-        bridge keeps the covariances it conditions on, as in laplace-torch)."""
+        bridge keeps the covariances it conditions on, as in laplace-torch).
+
+        A Gaussian predictive (regression, rewards) is ``(mean, var)`` of f whatever the link,
+        laplace-torch's convention: the noise σ² is *not* in ``var`` (the predictive of y is
+        N(mean, var + σ²I)); ``var`` ``[B, C, C]``, or its diagonal ``[B, C]`` with
+        ``diagonal_output``."""
         self.check_link(link_approx)
+        if self.gaussian_predictive:
+            return mean, var.diagonal(dim1=-2, dim2=-1) if diagonal_output else var
         if link_approx == "probit":
             return self._probit(mean, var)
         if link_approx == "mc":
@@ -223,8 +239,18 @@ class Likelihood(ABC):
     def nn_predictive(
         self, fs: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """The predictive from function samples ``fs`` ``[S, B, C]`` (the ``nn`` predictive)."""
-        return self.inverse_link(fs).mean(0)
+        """The predictive from function samples ``fs`` ``[S, B, C]`` (the ``nn`` predictive):
+        the mean of inverse_link(f), or for a Gaussian predictive the samples' mean and
+        elementwise variance (denominator S − 1), ``[B, C]`` each, without σ² (laplace-torch's
+        ``nn`` regression predictive)."""
+        if not self.gaussian_predictive:
+            return self.inverse_link(fs).mean(0)
+        if fs.shape[0] < 2:  # one sample has no spread: its variance would read as certainty
+            raise ValueError(
+                f"the nn {self.name} predictive estimates a variance: n_samples must be at "
+                f"least 2; got {fs.shape[0]}"
+            )
+        return fs.mean(0), fs.var(0)
 
     def predictive_nll(
         self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0

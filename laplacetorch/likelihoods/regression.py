@@ -33,32 +33,6 @@ class RegressionLikelihood(Likelihood):
     def inverse_link(self, f: Tensor) -> Tensor:
         return f
 
-    def glm_predictive(
-        self,
-        mean: Tensor,
-        var: Tensor,
-        sigma_noise: Tensor | float = 1.0,
-        link_approx: str = "probit",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-        diagonal_output: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """``(mean, var)`` of f, laplace-torch's convention: the noise σ² is *not* in ``var``
-        (the predictive of y is N(mean, var + σ²I), whatever the link); ``var`` ``[B, C, C]``,
-        or its diagonal ``[B, C]`` with ``diagonal_output``."""
-        self.check_link(link_approx)
-        return mean, var.diagonal(dim1=-2, dim2=-1) if diagonal_output else var
-
-    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
-        """The samples' mean and elementwise variance (denominator S − 1), ``[B, C]`` each,
-        without σ² (laplace-torch's ``nn`` regression predictive)."""
-        if fs.shape[0] < 2:  # one sample has no spread: its variance would read as certainty
-            raise ValueError(
-                f"the nn regression predictive estimates a variance: n_samples must be at "
-                f"least 2; got {fs.shape[0]}"
-            )
-        return fs.mean(0), fs.var(0)
-
     def predictive_nll(
         self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> Tensor:
@@ -88,14 +62,7 @@ class RegressionLikelihood(Likelihood):
     def _noise_var(self, sigma_noise: Tensor | float) -> Tensor | float:
         return sigma_noise * sigma_noise
 
-    def log_likelihood_from_loss(
-        self,
-        loss_sum: Tensor | float,
-        n_data: int,
-        n_outputs: int,
-        sigma_noise: Tensor | float = 1.0,
-        temperature: Tensor | float = 1.0,
-    ) -> Tensor:
-        sigma2 = torch.as_tensor(sigma_noise) ** 2
-        log_norm = 0.5 * n_data * n_outputs * torch.log(2 * math.pi * sigma2)
-        return (-loss_sum / sigma2 - log_norm) / temperature
+    def _log_normaliser(
+        self, n_data: int, n_outputs: int, noise_var: Tensor | float
+    ) -> Tensor | float:
+        return 0.5 * n_data * n_outputs * torch.log(2 * math.pi * torch.as_tensor(noise_var))

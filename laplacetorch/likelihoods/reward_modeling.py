@@ -51,22 +51,3 @@ class RewardModelingLikelihood(ClassificationLikelihood):
     # ----------------------------------------------------------------- the reward predictive
     def inverse_link(self, f: Tensor) -> Tensor:
         return f
-
-    def glm_predictive(
-        self,
-        mean,
-        var,
-        sigma_noise=1.0,
-        link_approx="probit",
-        n_samples=100,
-        generator=None,
-        diagonal_output=False,
-    ):
-        """``(f_mu, f_var)`` of the rewards (every link is accepted and unused; the variances
-        ``[B, C]`` alone with ``diagonal_output``)."""
-        self.check_link(link_approx)
-        return mean, var.diagonal(dim1=-2, dim2=-1) if diagonal_output else var
-
-    def nn_predictive(self, fs: Tensor, sigma_noise=1.0) -> tuple[Tensor, Tensor]:
-        """The samples' mean and elementwise variance of the rewards, ``[B, C]`` each."""
-        return fs.mean(0), fs.var(0) if fs.shape[0] > 1 else fs[0] * 0

@@ -128,16 +128,8 @@ def mce(probs: Tensor, y: Tensor, n_bins: int = 15, variant: Variant = "top_labe
 
     Top-label: MCE = max over non-empty bins b of |confᵦ − accᵦ|. Classwise: the average over
     classes of the per-class MCE, (1/C) Σₖ max_{b: nₖᵦ > 0} |confₖᵦ − accₖᵦ|, matching the
-    classwise ECE (which averages the per-class ECEs).
-
-    Args:
-        probs: predictive probabilities ``[B, C]``.
-        y: integer labels ``[B]``.
-        n_bins: number of bins, >= 1.
-        variant: ``"top_label"`` (default) or ``"classwise"``.
-
-    Returns:
-        The MCE in [0, 1].
+    classwise ECE (which averages the per-class ECEs). The arguments are those of :func:`ece`;
+    the MCE is in [0, 1].
     """
     _check_n_bins(n_bins)
     _check_variant(variant)

@@ -87,6 +87,8 @@ def test_fit_is_bradley_terry_and_the_predictive_is_over_rewards():
     torch.testing.assert_close(probs, torch.softmax(kappa * mu_pair, -1))
     assert la.predictive_samples(xs, n_samples=3).shape == (3, 5, 1)
     assert la(xs, pred_type="nn", n_samples=4)[1].shape == (5, 1)
+    with pytest.raises(ValueError, match="n_samples must be at least 2"):  # not a zero variance
+        la(xs, pred_type="nn", n_samples=1)
     _, joint_cov = la(xs, joint=True)
     assert joint_cov.shape == (5, 5)
 
