@@ -19,7 +19,6 @@ __all__ = [
     "bridge",
     "bridge_concentration",
     "gaussian_samples",
-    "link_samples",
     "log_bridge_concentration",
     "probit",
     "psd_sqrt",
@@ -86,18 +85,6 @@ def psd_sqrt(var: Tensor) -> Tensor:
         return chol
     w, q = torch.linalg.eigh(var)
     return q * w.clamp_min(0).sqrt().unsqueeze(-2)
-
-
-def link_samples(
-    mean: Tensor,
-    var: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    binary: bool = False,
-) -> Tensor:
-    """``[S, B, C]`` samples of softmax(f) (or sigmoid(f)) for f ~ N(μ, Σ)."""
-    f = gaussian_samples(mean, var, n_samples, generator)
-    return torch.sigmoid(f) if binary else torch.softmax(f, dim=-1)
 
 
 def gaussian_samples(

@@ -26,7 +26,6 @@ from ..structures import DEFAULT_MEMORY_BUDGET
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "is_vmap_limit",
-    "output_dim",
     "per_example_diagonal",
     "per_example_factors",
     "with_vmap_fallback",
@@ -39,16 +38,6 @@ def _index(x: Any, sl: slice) -> Any:
 
 def _unsqueeze(x: Any) -> Any:
     return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, Tensor) else t, x)
-
-
-def output_dim(subset: ParameterSubset, x: Any) -> int:
-    """C, from a forward pass on the first example; refuses outputs that are not ``[B, C]``."""
-    with torch.no_grad():
-        out = subset.call(_index(x, slice(0, 1)))
-    if not isinstance(out, Tensor) or out.dim() != 2:
-        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"model outputs must have shape [batch, C]; got {shape} for one input")
-    return out.shape[1]
 
 
 def per_example_factors(
