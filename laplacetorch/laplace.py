@@ -190,6 +190,13 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
                 "estimate depends on all the data at once); fit again on all of it "
                 "(override=True)"
             )
+        if not backend.half_precision and self.subset.dtype != self.subset.weight_dtype:
+            raise TypeError(
+                f"hessian_structure={backend.name!r} needs products more accurate than the "
+                f"model's {self.subset.weight_dtype} (its CG solves stall on half precision's "
+                "round-off); take 'lanczos', 'kfac', 'ekfac' or 'diag', or fit a float32 copy "
+                "of the model"
+            )
         if old is not None and not self.subset.weights_equal(old.mean):
             raise ValueError(
                 "fit(override=False) adds data at the same weights θ*, but the model's weights "

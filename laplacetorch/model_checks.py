@@ -12,6 +12,7 @@ from torch import nn
 
 __all__ = ["check_dtypes_and_devices", "check_model_mode"]
 
+_WEIGHT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
@@ -35,7 +36,8 @@ def check_model_mode(model: nn.Module) -> None:
 
 
 def check_dtypes_and_devices(params: dict[str, nn.Parameter]) -> None:
-    """Bayesian weights in one float32 or float64 dtype, on one real device."""
+    """Bayesian weights in one floating dtype (float64, float32, or bfloat16 / float16, whose
+    statistics are kept in float32), on one real device."""
     dtypes = {p.dtype for p in params.values()}
     devices = {p.device for p in params.values()}
     if len(dtypes) > 1 or len(devices) > 1:
@@ -45,11 +47,10 @@ def check_dtypes_and_devices(params: dict[str, nn.Parameter]) -> None:
             "model with model.to(device, dtype) first"
         )
     (dtype,), (device,) = dtypes, devices
-    if dtype not in (torch.float32, torch.float64):
+    if dtype not in _WEIGHT_DTYPES:
         raise TypeError(
-            f"the Bayesian weights have dtype {dtype}; laplacetorch computes curvature in "
-            "float32 or float64 (half precision would lose the evidence to round-off): fit "
-            "a float32 copy of the model, e.g. copy.deepcopy(model).float()"
+            f"the Bayesian weights have dtype {dtype}; expected one of "
+            f"{[str(d) for d in _WEIGHT_DTYPES]}"
         )
     if device.type == "meta":
         raise ValueError("the model's weights are on the meta device: load its weights first")

@@ -31,7 +31,14 @@ __all__ = [
     "check_model_mode",
     "find_last_linear",
     "head_index",
+    "statistics_dtype",
 ]
+
+
+def statistics_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and decompositions are kept in for weights of ``weight_dtype``:
+    float32 for half precision (bfloat16, float16), the weights' own dtype otherwise."""
+    return torch.float32 if weight_dtype in (torch.bfloat16, torch.float16) else weight_dtype
 
 
 def head_index(n_out: int, n_feat: int, has_bias: bool, device: torch.device) -> Tensor:
@@ -142,8 +149,32 @@ class ParameterSubset:
         return self._params[0].device
 
     @property
-    def dtype(self) -> torch.dtype:
+    def weight_dtype(self) -> torch.dtype:
+        """The Bayesian weights' own dtype: the forward and backward passes run in it."""
         return self._params[0].dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of θ, the outputs f and every statistic (curvature, losses): the weights'
+        dtype, or float32 for half-precision weights (bf16 / fp16 sums lose the evidence)."""
+        return statistics_dtype(self.weight_dtype)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype floating inputs must have: that of the model's first floating weight
+        (the input layer's, also when the Bayesian weights are float32 adapters on a
+        half-precision backbone)."""
+        for p in self.model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return self.weight_dtype
+
+    def _output(self, out: Tensor) -> Tensor:
+        """The model's output in :attr:`dtype` (a cast inside the graph: gradients flow back
+        into the half-precision network), flattened over positions where it has them."""
+        if isinstance(out, Tensor) and out.is_floating_point() and out.dtype != self.dtype:
+            out = out.to(self.dtype)
+        return out if self.output_layout is None else self.output_layout.flatten(out)
 
     def check_weights(self) -> None:
         """Raise ``ValueError`` if a Bayesian weight is NaN or infinite."""
@@ -157,7 +188,7 @@ class ParameterSubset:
 
     def map_vector(self) -> Tensor:
         """θ* — the current (trained) values of the Bayesian weights, detached, ``[P]``."""
-        flat = self._concat([p.detach() for p in self._params])
+        flat = self._concat([p.detach() for p in self._params]).to(self.dtype)
         return flat if self.index is None else flat[self.index]
 
     def weights_equal(self, theta: Tensor) -> bool:
@@ -170,12 +201,13 @@ class ParameterSubset:
             return False
         views = torch.split(theta, self.numels)
         return all(
-            torch.equal(p.detach().reshape(-1), v) for p, v in zip(self._params, views, strict=True)
+            torch.equal(p.detach().reshape(-1).to(v.dtype), v)
+            for p, v in zip(self._params, views, strict=True)
         )
 
     def from_named(self, tensors: dict[str, Tensor]) -> Tensor:
         """Flatten named tensors (e.g. gradients) into the θ layout, ``[P]``."""
-        flat = self._concat([tensors[n] for n in self.names])
+        flat = self._concat([tensors[n] for n in self.names]).to(self.dtype)
         return flat if self.index is None else flat[self.index]
 
     def to_named(self, theta: Tensor) -> dict[str, Tensor]:
@@ -183,25 +215,33 @@ class ParameterSubset:
         if theta.shape != (self.n_params,):
             raise ValueError(f"theta must have shape [{self.n_params}]; got {list(theta.shape)}")
         if self.index is not None:
-            base = self._concat([p.detach() for p in self._params])
+            base = self._concat([p.detach() for p in self._params]).to(theta.dtype)
             theta = base.scatter(0, self.index, theta)
         chunks = torch.split(theta, self.numels)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
 
+    def _weights(self, theta: Tensor) -> dict[str, Tensor]:
+        """Every named parameter for a functional call: θ in place, in the weights' own dtype
+        (a cast inside the graph), the others detached."""
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        for n, t in self.to_named(theta).items():
+            params[n] = t.to(params[n].dtype)
+        return params
+
     def forward(self, theta: Tensor, x: Any) -> Tensor:
         """f(θ, x): the model with θ substituted and every other parameter detached (so no
         graph reaches weights outside θ), via ``torch.func.functional_call``."""
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
-        params.update(self.to_named(theta))
+        params = self._weights(theta)
         if self.feature_reduction is not None:
-            return self._reduced_head(x, params)
-        return self._flat(call_model(self.model, x, params))
+            return self._output(self._reduced_head(x, params))
+        return self._output(call_model(self.model, x, params))
 
     def call(self, x: Any) -> Tensor:
-        """f(x) at the model's own weights (see :func:`~laplacetorch.model_call.call_model`)."""
+        """f(x) at the model's own weights (see :func:`~laplacetorch.model_call.call_model`),
+        in :attr:`dtype`."""
         if self.feature_reduction is not None:
-            return self._reduced_head(x, None)
-        return self._flat(call_model(self.model, x))
+            return self._output(self._reduced_head(x, None))
+        return self._output(call_model(self.model, x))
 
     def _reduced_head(self, x: Any, params: dict[str, Tensor] | None) -> Tensor:
         """head(reduce(φ(x))): the model runs up to the last layer's input φ (and stops
@@ -235,9 +275,6 @@ class ParameterSubset:
         sub.output_layout, sub.vmap_ok = self.output_layout, self.vmap_ok
         return sub
 
-    def _flat(self, out: Tensor) -> Tensor:
-        return out if self.output_layout is None else self.output_layout.flatten(out)
-
     @property
     def closed_form_head(self) -> bool:
         """Whether the last layer's closed forms apply (a head on ``[B, D]`` features)."""
@@ -266,8 +303,11 @@ class ParameterSubset:
 
         handle = self.last_layer.register_forward_hook(hook)
         try:
-            with torch.no_grad():
-                out = self.call(x)
+            with torch.no_grad():  # the model's own output, before the cast to self.dtype
+                if self.feature_reduction is not None:
+                    out = self._reduced_head(x, None)
+                else:
+                    out = call_model(self.model, x)
         finally:
             handle.remove()
         if "phi" not in seen:
@@ -277,13 +317,14 @@ class ParameterSubset:
             phi.dim() != 2
             or not isinstance(out, Tensor)
             or out.shape != seen["out"].shape
-            or not (out is seen["out"] or torch.equal(out, seen["out"]))
+            # the head's output is the model's, up to a cast (a float32 head on a bf16 model)
+            or not (out is seen["out"] or torch.equal(out, seen["out"].to(out.dtype)))
         ):
             raise ValueError(
                 f"last layer {self.last_layer_name!r} must map [B, D] features to the model "
                 "output [B, C] as the final operation"
             )
-        return phi.detach(), out.detach()
+        return phi.detach().to(self.dtype), self._output(out.detach())
 
     # ----------------------------------------------------------------- identity
     def signature(self) -> dict[str, Any]:

@@ -179,6 +179,14 @@ class PositionwiseLikelihood(Likelihood):
     def inverse_link(self, f: Tensor) -> Tensor:
         return self.layout.unflatten(self.base.inverse_link(self._per_position(f)).flatten(-2))
 
+    def entropy(self, p: Tensor) -> Tensor:
+        """The base entropy at each position of ``p`` in the model's layout: ``[..., B, T]``
+        (sequence) or ``[..., B, H, W]`` (channels first)."""
+        if self.name != "classification":
+            return super().entropy(p)
+        return self.base.entropy(p.movedim(-len(self.layout.example_shape), -1)
+                                 if self.layout.kind == "channels_first" else p)  # fmt: skip
+
     def _blocks(self, var: Tensor) -> Tensor:
         """The per-position blocks ``[B·T, C, C]`` of ``[B, T·C, T·C]``."""
         c = self.layout.n_classes

@@ -14,12 +14,20 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_count
+from .curvature.per_example import _index
 from .links import gaussian_samples
 from .model_call import WithKeywords
 from .params import check_model_mode
 from .persistence import check_weights_at_mean
 from .predictive import dense_jacobians, function_samples, jacobian_sources
 from .prior import Prior
+from .sampled_predictive import (
+    Uncertainty,
+    sample_block_size,
+    sample_blocks,
+    streamed_mean,
+    streamed_uncertainty,
+)
 
 if TYPE_CHECKING:
     from .likelihoods import Likelihood
@@ -56,7 +64,7 @@ class Prediction:
         lik = self.likelihood
         shape = self.inputs.shape if fitting else lik.predictive_input_shape(self.inputs.shape)
         return self.inputs.prepare(
-            x, self.subset.device, self.subset.dtype, self.batch_size_fn, shape=shape
+            x, self.subset.device, self.subset.input_dtype, self.batch_size_fn, shape=shape
         )
 
     def glm_moments(
@@ -198,9 +206,65 @@ class Prediction:
         if joint:
             lik.check_joint()  # before any Jacobian is formed
             return lik.joint_predictive(*self.glm_moments(x, joint=True, fitting=fitting))
+        if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
+            x, n = self._check_inputs(x, fitting)
+            c, itemsize = self._output_width(x), torch.finfo(self.subset.dtype).bits // 8
+            if n * c * c * itemsize > self.memory_budget:  # [B, C, C] would not fit
+                blocks = self._function_sample_blocks(x, n, "glm", n_samples, generator)
+                return streamed_mean(lik, blocks, n_samples)
         mean, var = self.glm_moments(x, fitting=fitting)
         return lik.glm_predictive(
             mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
         )
 
-    predict = __call__
+    def uncertainty(
+        self,
+        x: Any,
+        pred_type: str = "glm",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        fitting: bool = False,
+    ) -> Uncertainty:
+        """The predictive uncertainty at ``x``, per input (per output, per position), split
+        into its aleatoric and epistemic parts (:class:`Uncertainty`).
+
+        Classification / binary: the predictive entropy, the expected entropy and the mutual
+        information, from ``n_samples`` function samples streamed in blocks (linearised
+        samples f + J ε for ``glm``, the network at weight draws for ``nn``): no covariance
+        and no ``[S, B, T, V]`` tensor is formed, so full vocabularies fit. Gaussian
+        likelihoods: σ², the variance of f and their sum.
+        """
+        _check_pred_type(pred_type)
+        check_count("n_samples", n_samples)
+        lik = self.likelihood.for_fitting() if fitting else self.likelihood
+        if lik.gaussian_predictive:
+            if pred_type == "glm":
+                mean, var = self(x, diagonal_output=True, fitting=fitting)
+            else:
+                mean, var = self(x, "nn", n_samples=n_samples, generator=generator)
+            noise = torch.as_tensor(self.sigma_noise, dtype=var.dtype, device=var.device) ** 2
+            aleatoric = noise.expand_as(var) if noise.dim() == 0 else noise * torch.ones_like(var)
+            return Uncertainty(var + aleatoric, aleatoric, var, mean)
+        x, n = self._check_inputs(x, fitting)
+        blocks = self._function_sample_blocks(x, n, pred_type, n_samples, generator)
+        return streamed_uncertainty(lik, blocks, n_samples)
+
+    def _function_sample_blocks(
+        self, x: Any, n: int, pred_type: str, n_samples: int, generator: torch.Generator | None
+    ) -> Iterator[Tensor]:
+        """Function samples of ``n`` prepared inputs ``x`` in blocks sized by
+        ``memory_budget`` (at θ* and the current prior)."""
+        itemsize = torch.finfo(self.subset.dtype).bits // 8
+        block = sample_block_size(n_samples, n * self._output_width(x), itemsize,
+                                  self.memory_budget)  # fmt: skip
+        prior, s = self.prior, self.scale()
+
+        def draw(k: int) -> Tensor:
+            return self.structure.sample(k, prior, s, generator)
+
+        return sample_blocks(pred_type, self.subset, self.mean, x, draw, n_samples, block)
+
+    def _output_width(self, x: Any) -> int:
+        """C of prepared inputs ``x``, from a forward pass of their first example."""
+        with torch.no_grad():
+            return self.subset.call(_index(x, slice(0, 1))).shape[-1]

@@ -100,7 +100,7 @@ def curvature_pass(
         loader,
         checked_step,
         device=subset.device,
-        dtype=subset.dtype,
+        dtype=subset.input_dtype,
         progress=context.progress,
         desc=desc,
         batch_size_fn=context.batch_size_fn,

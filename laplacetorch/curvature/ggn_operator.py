@@ -179,7 +179,7 @@ class GGNOperator:
             self.loader,
             step,
             device=self.device,
-            dtype=self.dtype,
+            dtype=self.subset.input_dtype,
             progress=self.progress,
             desc=desc,
             batch_size_fn=self.batch_size_fn,

@@ -3,7 +3,8 @@
 For a layer z = W a + b inside the network and a vector sₙₖ on the network output, Jₙᵀ sₙₖ
 restricted to W is Σₛ gₙₖₛ aₙₛᵀ with gₙₖ = (∂fₙ/∂zₙ)ᵀ sₙₖ. Forward hooks record a and z in one
 forward pass; one batched backward (``is_grads_batched``) of the K columns of S gives all
-gₙₖ. Nothing per-example of size P is ever formed.
+gₙₖ. Nothing per-example of size P is ever formed. Both are handed on in the statistics dtype
+(float32 for a half-precision network, :func:`~laplacetorch.params.statistics_dtype`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model_call import module_calls
-from ..params import ParameterSubset
+from ..params import ParameterSubset, statistics_dtype
 
 __all__ = ["backward_columns", "capture_layers", "capture_once"]
 
@@ -32,7 +33,8 @@ def capture_layers(layers: list[Any]) -> Iterator[dict[str, Any]]:
 
     def make_hook(name: str):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            record["inputs"][name] = inputs[0].detach()
+            a = inputs[0].detach()
+            record["inputs"][name] = a.to(statistics_dtype(a.dtype)) if a.is_floating_point() else a
             record["outputs"][name] = output
             record["calls"][name] = record["calls"].get(name, 0) + 1
 
@@ -78,6 +80,6 @@ def backward_columns(f: Tensor, record: dict[str, Any], names: list[str], cols: 
         grads = torch.autograd.grad(f, outputs, grad_outputs=cols[0], allow_unused=True)
         grads = [None if g is None else g.unsqueeze(0) for g in grads]
     return [
-        g if g is not None else z.new_zeros(cols.shape[0], *z.shape)
+        (g if g is not None else z.new_zeros(cols.shape[0], *z.shape)).to(statistics_dtype(z.dtype))
         for g, z in zip(grads, outputs, strict=True)
     ]

@@ -64,6 +64,9 @@ class Backend:
         reducible: its passes sum over the ranks of a process group.
         sized_by_data: its peak grows with N and C (a kernel of the data): it checks it again
             once a first pass has counted them, with the context's memory limit.
+        half_precision: it fits a bfloat16 / float16 model (statistics in float32); False
+            where its answers need products more accurate than half precision's round-off
+            (CG to a tolerance stalls on them), and such a model is refused before any pass.
     """
 
     name: str
@@ -75,6 +78,7 @@ class Backend:
     mergeable: bool = False
     reducible: bool = True
     sized_by_data: bool = False
+    half_precision: bool = True
 
     def __post_init__(self) -> None:
         if not callable(self.fit) or not callable(self.memory):
@@ -143,6 +147,7 @@ BACKENDS: dict[str, Backend] = {
                 "cg_tol": (lambda f, o: o.get("solver", "cg") == "cg", "only with solver='cg'"),
             },
             one_pass=False,
+            half_precision=False,
         ),
         Backend(
             "gp",

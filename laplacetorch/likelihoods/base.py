@@ -236,6 +236,19 @@ class Likelihood(ABC):
                 "under any likelihood use glm_moments(x, joint=True)"
             )
 
+    def entropy(self, p: Tensor) -> Tensor:
+        """The entropy of the predictive distribution of y with mean ``p`` (what
+        :meth:`inverse_link` gives), one value per variable: per input for a softmax, per
+        output for independent Bernoullis, per position for outputs with positions.
+
+        Raises:
+            ValueError: for a Gaussian predictive (its uncertainty splits into variances).
+        """
+        raise ValueError(
+            f"the entropy is for classification and binary likelihoods; the {self.name} "
+            "predictive is Gaussian: its uncertainty splits into variances"
+        )
+
     def nn_predictive(
         self, fs: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> Tensor | tuple[Tensor, Tensor]:

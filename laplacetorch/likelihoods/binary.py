@@ -33,6 +33,10 @@ class BinaryLikelihood(Likelihood):
     def inverse_link(self, f: Tensor) -> Tensor:
         return torch.sigmoid(f)
 
+    def entropy(self, p: Tensor) -> Tensor:
+        """−p log p − (1 − p) log(1 − p) of each output (each its own Bernoulli)."""
+        return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+
     def _probit(self, mean: Tensor, var: Tensor) -> Tensor:
         return probit(mean, var, binary=True)
 

@@ -61,6 +61,10 @@ class ClassificationLikelihood(Likelihood):
     def inverse_link(self, f: Tensor) -> Tensor:
         return torch.softmax(f, dim=-1)
 
+    def entropy(self, p: Tensor) -> Tensor:
+        """−Σ꜀ p꜀ log p꜀ over the classes (the last axis), 0 log 0 = 0."""
+        return -torch.special.xlogy(p, p).sum(-1)
+
     def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         p = torch.softmax(f, dim=-1)
         return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)

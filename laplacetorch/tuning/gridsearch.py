@@ -121,7 +121,7 @@ def _validation_scores(
     lik = la.likelihood.for_fitting()  # validation data are like the training data
     kw = {
         "device": la.subset.device,
-        "dtype": la.subset.dtype,
+        "dtype": la.subset.input_dtype,
         "progress": progress,
         "desc": "grid search",
         "batch_size_fn": la.batch_size_fn,

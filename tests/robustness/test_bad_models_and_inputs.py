@@ -80,33 +80,6 @@ def test_integer_inputs_into_a_layer_get_the_fix():
         la(x.long())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_weights_are_refused(dtype):
-    with pytest.raises(TypeError, match=f"dtype {dtype}; laplacetorch computes curvature in"):
-        Laplace(make_mlp().to(dtype), "classification", "all", "diag")
-
-
-def test_mixed_dtypes_and_half_outputs_are_refused():
-    net = make_mlp()
-    net[4].float()
-    with pytest.raises(ValueError, match="share one dtype and one device"):
-        Laplace(net, "classification", "all", "diag")
-    head = nn.Sequential(make_mlp(n_out=5).to(torch.bfloat16), nn.Linear(5, 3).to(DT))
-
-    class Casting(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body, self.head = head[0], head[1]
-
-        def forward(self, x):
-            return self.head(self.body(x.to(torch.bfloat16)).double()).to(torch.bfloat16)
-
-    x, y = _data()
-    la = Laplace(Casting().eval(), "classification", "last_layer", "full")
-    with pytest.raises(TypeError, match="outputs have dtype torch.bfloat16 but its Bayesian"):
-        la.fit(batches(x, y))
-
-
 def test_options_that_do_not_apply_are_refused():
     net = make_mlp()
     with pytest.raises(ValueError, match="subnetwork is only used with subset_of_weights"):
