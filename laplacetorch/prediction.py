@@ -66,11 +66,12 @@ class Prediction:
         """Refuse a predictive of the prepared inputs ``x`` (``n`` examples) whose peak
         exceeds ``memory_limit``, before any Jacobian or covariance is formed
         (:mod:`~laplacetorch.predictive_memory`; C from the fit, or for outputs with
-        positions from one example's forward)."""
+        positions, or a fit that did not record it, from one example's forward)."""
         subset, layout = self.subset, self.subset.output_layout
         if n == 0:
             return
-        c = n_out_of(subset, x) if layout is not None else self._fitted().n_outputs
+        c = None if layout is not None else self._fitted().n_outputs  # None: an empty shard's
+        c = n_out_of(subset, x) if c is None else c
         dense = self.enable_backprop or not self.structure.layouts()
         element = torch.finfo(subset.dtype).bits // 8
         classes = None if layout is None else layout.n_classes
