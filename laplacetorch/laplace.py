@@ -18,6 +18,7 @@ from .curvature import (
     HESSIAN_STRUCTURES,
     CurvatureResult,
     FitContext,
+    batch_memory_check,
     canonical_structure,
     check_fisher_type,
     get_backend,
@@ -27,7 +28,6 @@ from .datapass import BatchAdapter, InputSpec, loader_size, require_reiterable
 from .evidence import Evidence
 from .hyperparameters import Hyperparameters, HyperValues, check_sigma
 from .likelihoods import Likelihood, get_likelihood
-from .memory import Sizes, check_fit_memory
 from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
 from .posterior import PosteriorViews
@@ -178,7 +178,9 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
                 terminal, not in logs (``False``: never).
 
         Raises:
-            MemoryBudgetError: when the fit would exceed ``memory_limit``.
+            MemoryBudgetError: when the fit would exceed ``memory_limit``: the structure
+                before any pass, a batch's output columns (K = C per example for the exact
+                GGN) on the first batch, before any is formed.
             TypeError, ValueError: a fit that cannot be added to. Nothing is changed.
         """
         progress = progress_bar if progress is None else progress  # None: on a terminal
@@ -202,17 +204,15 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
                 "fit(override=False) adds data at the same weights θ*, but the model's weights "
                 "have changed since the first fit; use override=True"
             )
-        check_fit_memory(
-            backend.name,
-            self.subset,
-            self.backend_options,
-            self.memory_limit,
-            Sizes(n_data=loader_size(train_loader, self.dict_key_y)),
+        n, limit = loader_size(train_loader, self.dict_key_y), self.memory_limit
+        check = batch_memory_check(
+            backend.name, self.subset, self.backend_options, self.fisher_type, limit, n
         )
+        check(None, None)  # the structure now; a batch's output columns on the first batch
         if not backend.one_pass:
             require_reiterable(train_loader, f"hessian_structure={backend.name!r}")
         context = FitContext(
-            self.fisher_type, progress, self.memory_budget, self.batch_size_fn, self.memory_limit
+            self.fisher_type, progress, self.memory_budget, self.batch_size_fn, limit, check
         )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
         with distributed.over(self.process_group):

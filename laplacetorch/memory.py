@@ -13,6 +13,17 @@ The estimates count the tensors that grow with the model, in bytes of the model'
   by the backend once its first pass has counted N and C.
 
 Each backend's registry entry (:mod:`laplacetorch.curvature.registry`) names its estimate.
+Every fit adds the working memory of a batch that grows with the output width
+(:func:`batch_bytes`): K output vectors of width C per example, K = C for the exact GGN and
+the Hessian (the columns of Sₙ; T·V of them for T positions of V classes), ``mc_samples`` for
+the MC Fisher, 1 for the empirical Fisher. A batch holds them about three times (as made: the
+square root ``[B, C, K]`` or the sampled gradients; as pulled back, ``[K, B, C]``; and their
+gradient at the outputs), and a backend that pulls them back to its layers
+(``Backend.layer_columns``) holds ``[K, B, out]`` per layer as well. B and C are known once
+the first batch is drawn: ``Laplace.fit`` checks the structure before any pass, and the pass
+checks again on its first batch (:attr:`~.curvature.context.FitContext.memory_check`),
+before the first column is formed. A refusal names what fits instead: the cheaper curvature
+types of the same structure, smaller batches, fewer positions, other structures.
 
 The default limit is 80% of the memory available now: ``MemAvailable`` of the host, or the
 free memory of the model's CUDA device.
@@ -20,7 +31,7 @@ free memory of the model's CUDA device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,15 +42,22 @@ __all__ = [
     "MemoryBudgetError",
     "Sizes",
     "available_memory",
+    "batch_bytes",
     "check_fit_memory",
+    "columns_bytes",
     "fit_bytes",
+    "human_bytes",
+    "largest_fitting",
+    "memory_limit",
+    "n_columns",
 ]
 
 _FALLBACK_BYTES = 8 * 2**30
 
 
 class MemoryBudgetError(ValueError):
-    """A fit would need more memory than its limit (raised before anything is allocated)."""
+    """A fit or a predictive would need more memory than its limit (raised before anything
+    large is allocated)."""
 
 
 def available_memory(device: torch.device) -> int:
@@ -55,6 +73,11 @@ def available_memory(device: torch.device) -> int:
     except OSError:
         pass
     return _FALLBACK_BYTES
+
+
+def memory_limit(limit: int | None, device: torch.device) -> int:
+    """``limit``, or by default 80% of the memory available on ``device`` now."""
+    return int(0.8 * available_memory(device)) if limit is None else limit
 
 
 def _layer_sizes(subset: ParameterSubset) -> tuple[list[tuple[int, int]], int]:
@@ -76,10 +99,31 @@ def _layer_sizes(subset: ParameterSubset) -> tuple[list[tuple[int, int]], int]:
 
 @dataclass(frozen=True)
 class Sizes:
-    """What the data tell about a fit's size: N and C (``None`` while unknown)."""
+    """What is known of a fit's size: N, C and the examples B of a batch from the data
+    (``None`` while unknown), and the curvature type, which sets the output vectors a batch
+    pulls back (:func:`n_columns`)."""
 
     n_data: int | None = None
     n_outputs: int | None = None
+    n_batch: int | None = None
+    fisher_type: str = "exact"
+
+
+def n_columns(fisher_type: str, n_outputs: int, mc_samples: int = 1) -> int:
+    """K, the output vectors pulled back per example: the C columns of Sₙ (the exact GGN;
+    the Hessian's C output directions), ``mc_samples`` sampled gradients (``"mc"``) or the
+    observed gradient (``"empirical"``)."""
+    if fisher_type == "mc":
+        return mc_samples
+    if fisher_type in ("empirical", "ef"):
+        return 1
+    return n_outputs
+
+
+def columns_bytes(n_columns: int, n_examples: int, width: int, element_size: int) -> int:
+    """K·B·W elements: K vectors of width W for each of B examples (the columns ``[K, B, C]``;
+    an output covariance ``[B, C, C]`` is K = W = C)."""
+    return n_columns * n_examples * width * element_size
 
 
 def _e(subset: ParameterSubset) -> int:
@@ -150,13 +194,56 @@ def ekfac_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) 
     return kfac_bytes(subset, options, sizes) + sum(o * i for o, i in shapes) * _e(subset)
 
 
+def batch_bytes(
+    structure: str, subset: ParameterSubset, options: dict[str, Any], sizes: Sizes
+) -> int:
+    """The working memory of one batch that grows with the output width (0 while B or C is
+    unknown): the K output vectors per example three times, 3·K·B·C, and with a backend that
+    pulls them back to its layers K·B·Σ_l out_l (each layer's output gradients at one
+    position at least); K = C where KFAC's diagonal rest takes the exact columns
+    (``Backend.exact_rest``) whatever the curvature type.
+
+    The per-example paths (``full``, a diagonal rest) make the square root per chunk of
+    examples (at most the batch) and their P-wide rows per ``memory_budget``: the rows are
+    not counted here, the batch's columns are.
+    """
+    from .curvature.registry import get_backend  # the curvature package imports us
+
+    if sizes.n_batch is None or sizes.n_outputs is None:
+        return 0
+    b, c, backend = sizes.n_batch, sizes.n_outputs, get_backend(structure)
+    k = _batch_columns(structure, subset, options, sizes)
+    if backend.layer_columns:
+        shapes, _ = _layer_sizes(subset)
+        return 3 * columns_bytes(k, b, c, _e(subset)) + columns_bytes(
+            k, b, sum(o for o, _ in shapes), _e(subset)
+        )
+    return 3 * columns_bytes(k, b, c, _e(subset))
+
+
+def _batch_columns(
+    structure: str, subset: ParameterSubset, options: dict[str, Any], sizes: Sizes
+) -> int:
+    """K of a batch of ``structure``'s pass: the curvature type's, or C where its diagonal
+    rest takes the exact columns (``Backend.exact_rest``) and the subset has a rest."""
+    from .curvature.registry import get_backend  # the curvature package imports us
+
+    k = n_columns(sizes.fisher_type, sizes.n_outputs, options.get("mc_samples", 1))
+    if get_backend(structure).exact_rest and _layer_sizes(subset)[1]:
+        k = max(k, n_columns("exact", sizes.n_outputs))  # the rest's, per chunk of examples
+    return k
+
+
 def fit_bytes(
     structure: str, subset: ParameterSubset, options: dict[str, Any], sizes: Sizes | None = None
 ) -> int:
-    """The peak bytes of a fit of ``structure``, as its registry entry estimates it."""
+    """The peak bytes of a fit of ``structure``: its registry entry's estimate of the
+    structure, plus a batch's output columns (:func:`batch_bytes`) once B and C are known."""
     from .curvature.registry import get_backend  # the curvature package imports us
 
-    return get_backend(structure).memory(subset, options, sizes or Sizes())
+    sizes = sizes or Sizes()
+    held = get_backend(structure).memory(subset, options, sizes)
+    return held + batch_bytes(structure, subset, options, sizes)
 
 
 def check_fit_memory(
@@ -169,16 +256,73 @@ def check_fit_memory(
     """Refuse a fit whose peak exceeds ``limit`` bytes (default: 80% of what is available).
 
     Raises:
-        MemoryBudgetError: with the bytes needed and the structures that would fit.
+        MemoryBudgetError: with the bytes needed (the structure's and a batch's), the limit,
+            and what would fit: the cheaper curvature types of ``structure``, smaller
+            batches, fewer positions, other structures.
     """
-    from .curvature.registry import BACKENDS
-
-    if limit is None:
-        limit = int(0.8 * available_memory(subset.device))
+    limit = memory_limit(limit, subset.device)
+    sizes = sizes or Sizes()
     need = fit_bytes(structure, subset, options, sizes)
     if need <= limit:
         return
-    sizes = sizes or Sizes()
+    batch = batch_bytes(structure, subset, options, sizes)
+    what = f"{structure} needs {human_bytes(need)} for {_sizes_text(subset, sizes)}"
+    if batch:
+        k = _batch_columns(structure, subset, options, sizes)
+        what += (
+            f" (fisher_type={sizes.fisher_type!r}: {human_bytes(batch)} for a batch's "
+            f"K = {k} output columns per example, {human_bytes(need - batch)} for the "
+            "structure)"
+        )
+    fits = _cheaper_fits(structure, subset, options, sizes, limit)
+    raise MemoryBudgetError(
+        f"{what}, over the limit of {human_bytes(limit)}; "
+        + ("; ".join(fits) if fits else "no structure fits that limit")
+    )
+
+
+def _sizes_text(subset: ParameterSubset, sizes: Sizes) -> str:
+    """``N = …, C = … (T positions × V), B = …, P = …``: what is known of the fit's size."""
+    parts, c = [], sizes.n_outputs
+    if sizes.n_data is not None and c is not None:
+        parts.append(f"N = {sizes.n_data}")
+    if c is not None and (parts or sizes.n_batch is not None):
+        parts.append(f"C = {c}{_positions_text(subset, sizes)}")
+    if sizes.n_batch is not None and c is not None:
+        parts.append(f"B = {sizes.n_batch}")
+    return ", ".join([*parts, f"P = {subset.n_params}"])
+
+
+def _positions_text(subset: ParameterSubset, sizes: Sizes) -> str:
+    v = _classes_per_position(subset)
+    return f" ({sizes.n_outputs // v} positions × {v})" if v else ""
+
+
+def _classes_per_position(subset: ParameterSubset) -> int | None:
+    """V, the classes of one position, for outputs with positions seen by a forward."""
+    layout = getattr(subset, "output_layout", None)
+    return None if layout is None or layout.example_shape is None else layout.n_classes
+
+
+#: the canonical name of a curvature type's alias
+_CANONICAL = {"ggn": "exact", "ef": "empirical"}
+
+
+def _cheaper_fits(
+    structure: str, subset: ParameterSubset, options: dict[str, Any], sizes: Sizes, limit: int
+) -> list[str]:
+    """What fits ``limit`` instead, cheapest change first."""
+    from .curvature.registry import BACKENDS
+
+    fits, now = [], _CANONICAL.get(sizes.fisher_type, sizes.fisher_type)
+    for ft in ("mc", "empirical"):  # the cheaper curvature types of the same structure
+        cheaper = replace(sizes, fisher_type=ft)
+        if ft in BACKENDS[structure].fisher_types and ft != now:
+            need = fit_bytes(structure, subset, options, cheaper)
+            if need <= limit and batch_bytes(structure, subset, options, sizes):
+                mc = f", mc_samples={options.get('mc_samples', 1)}" if ft == "mc" else ""
+                fits.append(f"fisher_type={ft!r}{mc} needs {human_bytes(need)}")
+    fits += _smaller_batches(structure, subset, options, sizes, limit)
     known = sizes.n_data is not None and sizes.n_outputs is not None
     others = {  # a kernel's size is known only once N and C are
         s: fit_bytes(s, subset, {}, sizes)
@@ -186,15 +330,43 @@ def check_fit_memory(
         if s != structure and (known or not b.sized_by_data)
     }
     ranked = sorted(others.items(), key=lambda kv: kv[1])
-    fits = [f"{s} needs {_human(b)}" for s, b in ranked if b <= limit]
-    n = f"N = {sizes.n_data}, C = {sizes.n_outputs}, " if known else ""
-    raise MemoryBudgetError(
-        f"{structure} needs {_human(need)} for {n}P = {subset.n_params}, over the limit of "
-        f"{_human(limit)}; " + ("; ".join(fits) if fits else "no structure fits that limit")
-    )
+    return fits + [f"{s} needs {human_bytes(b)}" for s, b in ranked if b <= limit]
 
 
-def _human(n: int) -> str:
+def _smaller_batches(
+    structure: str, subset: ParameterSubset, options: dict[str, Any], sizes: Sizes, limit: int
+) -> list[str]:
+    """The largest batch, and for outputs with positions the most positions per example of
+    a one-example batch, that fit ``limit``."""
+    if sizes.n_batch is None or sizes.n_outputs is None:
+        return []
+
+    def need(b: int, c: int) -> int:
+        return fit_bytes(structure, subset, options, replace(sizes, n_batch=b, n_outputs=c))
+
+    out = []
+    b = largest_fitting(lambda b: need(b, sizes.n_outputs) <= limit, sizes.n_batch - 1)
+    if b:
+        out.append(f"a batch of {b} examples needs {human_bytes(need(b, sizes.n_outputs))}")
+    v = _classes_per_position(subset)
+    t = v and largest_fitting(lambda t: need(1, t * v) <= limit, sizes.n_outputs // v - 1)
+    if t and not b:
+        out.append(f"{t} positions per example (a batch of 1) needs {human_bytes(need(1, t * v))}")
+    return out
+
+
+def largest_fitting(fits: Any, upper: int) -> int:
+    """The largest n in [1, upper] with ``fits(n)`` for a ``fits`` that holds below some n
+    (0 when none)."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes in decimal units (``5.17 TB``)."""
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if n < 1000 or unit == "PB":
             return f"{n:.3g} {unit}" if unit != "B" else f"{n} B"

@@ -16,10 +16,12 @@ from torch import Tensor, nn
 from .checks import check_count
 from .curvature.per_example import _index
 from .links import gaussian_samples
+from .memory import memory_limit
 from .model_call import WithKeywords
 from .params import check_model_mode
 from .persistence import check_weights_at_mean
-from .predictive import dense_jacobians, function_samples, jacobian_sources
+from .predictive import dense_jacobians, function_samples, jacobian_sources, n_out_of
+from .predictive_memory import PredictiveRequest, check_predictive_memory
 from .prior import Prior
 from .sampled_predictive import (
     Uncertainty,
@@ -54,6 +56,7 @@ class Prediction:
     likelihood: Likelihood
     model: nn.Module
     memory_budget: int
+    memory_limit: int | None
     enable_backprop: bool
     batch_size_fn: Callable[[Any], int] | None
 
@@ -66,6 +69,23 @@ class Prediction:
         return self.inputs.prepare(
             x, self.subset.device, self.subset.input_dtype, self.batch_size_fn, shape=shape
         )
+
+    def _check_memory(self, x: Any, n: int, pred_type: str = "glm", **request: Any) -> None:
+        """Refuse a predictive of the prepared inputs ``x`` (``n`` examples) whose peak
+        exceeds ``memory_limit``, before any Jacobian or covariance is formed
+        (:mod:`~laplacetorch.predictive_memory`; C from the fit, or for outputs with
+        positions, or a fit that did not record it, from one example's forward)."""
+        subset, layout = self.subset, self.subset.output_layout
+        if n == 0:
+            return
+        c = None if layout is not None else self._fitted().n_outputs  # None: an empty shard's
+        c = n_out_of(subset, x) if c is None else c
+        dense = self.enable_backprop or not self.structure.layouts()
+        element = torch.finfo(subset.dtype).bits // 8
+        classes = None if layout is None else layout.n_classes
+        r = PredictiveRequest(pred_type, n, c, subset.n_params, element, classes, dense=dense,
+                              memory_budget=self.memory_budget, **request)  # fmt: skip
+        check_predictive_memory(r, memory_limit(self.memory_limit, subset.device))
 
     def glm_moments(
         self,
@@ -85,6 +105,7 @@ class Prediction:
                 f = self.subset.call(x)
             var = f.new_zeros(*f.shape, f.shape[-1])
             return (f.reshape(-1), var.reshape(0, 0)) if joint else (f, var)
+        self._check_memory(x, n, joint=joint)
         if joint:
             parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, True))
             jac = torch.cat([p.jac for p in parts])
@@ -142,7 +163,8 @@ class Prediction:
             if diagonal_output:
                 var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
             return gaussian_samples(mean, var, n_samples, generator)
-        x, _ = self._check_inputs(x, fitting)
+        x, n = self._check_inputs(x, fitting)
+        self._check_memory(x, n, "nn", n_samples=n_samples)
         return self.nn_function_samples(x, self.prior, n_samples, generator)
 
     def predictive_samples(
@@ -206,16 +228,31 @@ class Prediction:
         if joint:
             lik.check_joint()  # before any Jacobian is formed
             return lik.joint_predictive(*self.glm_moments(x, joint=True, fitting=fitting))
+        xp, n = self._check_inputs(x, fitting)
+        if n == 0:
+            mean, var = self.glm_moments(x, fitting=fitting)
+            return lik.glm_predictive(
+                mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
+            )
         if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
-            x, n = self._check_inputs(x, fitting)
-            c, itemsize = self._output_width(x), torch.finfo(self.subset.dtype).bits // 8
-            if n * c * c * itemsize > self.memory_budget:  # [B, C, C] would not fit
-                blocks = self._function_sample_blocks(x, n, "glm", n_samples, generator)
+            c, itemsize = self._output_width(xp), torch.finfo(self.subset.dtype).bits // 8
+            if c * c * itemsize > self.memory_budget:  # not even one example's [C, C] fits
+                blocks = self._function_sample_blocks(xp, n, "glm", n_samples, generator)
                 return streamed_mean(lik, blocks, n_samples)
-        mean, var = self.glm_moments(x, fitting=fitting)
-        return lik.glm_predictive(
-            mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
-        )
+        self._check_memory(xp, n, link_approx=link_approx, n_samples=n_samples)
+        return self._linked_chunks(
+            xp, n, lambda f, var: lik.glm_predictive(
+                f, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
+            )
+        )  # fmt: skip
+
+    def _linked_chunks(self, x: Any, n: int, link: Callable[[Tensor, Tensor], Any]) -> Any:
+        """``link(f, var)`` per chunk of the prepared inputs ``x`` (no ``[B, C, C]`` held),
+        joined along the batch (each part of a tuple)."""
+        parts = [link(f, var) for f, (var,) in self.glm_chunks(x, n, [self.prior_at(None)])]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+        return torch.cat(parts)
 
     def uncertainty(
         self,

@@ -29,6 +29,7 @@ from .curvature.layer_blocks import layer_positions, param_offsets
 from .curvature.layer_capture import backward_columns, capture_layers
 from .curvature.per_example import _index, _unsqueeze, is_vmap_limit, with_vmap_fallback
 from .params import ParameterSubset
+from .predictive_memory import example_bytes
 from .structures import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource, LayerBlock
 
 __all__ = ["LayerJacobian", "dense_jacobians", "function_samples", "jacobian_sources"]
@@ -82,7 +83,8 @@ def dense_jacobians(
     keep_graph: bool = False,
 ) -> Iterator[DenseJacobian]:
     """Dense ``[b, C, P]`` Jacobians (with the outputs ``f``) for chunks of the inputs, from
-    vmap'd ``jacrev``; each chunk holds at most ``memory_budget`` bytes of J. With
+    vmap'd ``jacrev``; each chunk holds at most ``memory_budget`` bytes of J and of the
+    covariances ``[b, C, C]`` made from it (one example at least). With
     ``keep_graph`` J and f stay differentiable in the inputs (``enable_backprop``)."""
     theta = subset.map_vector()
 
@@ -95,7 +97,8 @@ def dense_jacobians(
 
     row_bytes = subset.n_params * theta.element_size()
     n_out = n_out_of(subset, x)
-    chunk = max(1, memory_budget // max(row_bytes * n_out, 1))
+    per_example = row_bytes * n_out + example_bytes(n_out, theta.element_size())
+    chunk = max(1, memory_budget // per_example)
     eye = torch.eye(n_out, dtype=theta.dtype, device=theta.device)
     for s in range(0, n_examples, chunk):
         xs, b = _index(x, slice(s, s + chunk)), min(chunk, n_examples - s)
@@ -133,9 +136,9 @@ def jacobian_sources(
         # a block's products are at most [b, C, P] per chunk (a dense head's J Q)
         row = subset.n_params * _bytes(subset)
         n_out = n_out_of(subset, x)
+        per_example = row * n_out + example_bytes(n_out, _bytes(subset))
         chunk = min(
-            max(1, memory_budget // max(row * n_out, 1)),
-            batch_rows(n_examples, n_out, row * n_out),
+            max(1, memory_budget // per_example), batch_rows(n_examples, n_out, row * n_out)
         )
         for s in range(0, n_examples, chunk):
             phi, f = subset.features(_index(x, slice(s, s + chunk)))
@@ -145,14 +148,12 @@ def jacobian_sources(
         return
     layers, axes, per_example, n_out = _layer_plan(subset, names, x, n_examples)
     rest = _rest_subset(subset, layers)
-    if rest is not None:  # the rest's dense columns [C, R] per example
+    per_example += example_bytes(n_out, _bytes(subset))  # its unit columns and covariance
+    if rest is not None:  # and the rest's dense columns [C, R]
         per_example += n_out * int((rest[1] >= 0).sum()) * _bytes(subset)
-    chunk = min(
-        max(1, memory_budget // max(per_example, 1)),
-        batch_rows(n_examples, n_out, per_example),
-    )
-    for s in range(0, n_examples, chunk):
-        xc = _index(x, slice(s, s + chunk))
+    chunk = min(memory_budget // per_example, batch_rows(n_examples, n_out, per_example))
+    for s in range(0, n_examples, max(1, chunk)):
+        xc = _index(x, slice(s, s + max(1, chunk)))
         with torch.enable_grad(), capture_layers(layers) as record:
             f = subset.call(xc)
         if any(record["calls"].get(la.name) != 1 for la in layers):

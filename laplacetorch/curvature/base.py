@@ -80,7 +80,9 @@ def curvature_pass(
     """Check the model, run ``step(x, y, C)`` over the data and return ``(sums, N, C)``,
     with ``context``'s progress bar and example count.
 
-    Targets are validated against the output shape before ``step`` sees them.
+    Targets are validated against the output shape before ``step`` sees them, and the
+    fit's peak with the batch's size is checked (``context.memory_check``) before ``step``
+    forms any output column: on the first batch, and on any larger one.
     """
     check_model_mode(subset.model)
     subset.check_weights()
@@ -90,6 +92,9 @@ def curvature_pass(
         b = y.shape[0]
         if "C" not in state:
             state["C"] = check_first_batch(subset, likelihood, x, b)
+        if context.memory_check is not None and b > state.get("checked", 0):
+            context.memory_check(b, state["C"])
+            state["checked"] = b
         y = likelihood.check_targets(y, (b, state["C"]))
         out = step(x, y, state["C"])
         # C·b summed: C on every rank, also one whose shard is empty

@@ -23,6 +23,9 @@ class FitContext:
         batch_size_fn: counts the examples of non-tensor inputs.
         memory_limit: bytes the fit may hold at its peak (``None``: 80 % of what is free);
             backends that learn their size in a first pass check it again then.
+        memory_check: ``check(B, C)``, called by the data pass on its first batch (and on a
+            larger one) before any output column is formed: refuses a fit whose peak with
+            that batch exceeds the limit (``MemoryBudgetError``; ``None``: no check).
     """
 
     fisher_type: str = "exact"
@@ -30,6 +33,7 @@ class FitContext:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     batch_size_fn: Callable[[Any], int] | None = None
     memory_limit: int | None = None
+    memory_check: Callable[[int, int], None] | None = None
 
 
 DEFAULT_CONTEXT = FitContext()

@@ -72,6 +72,8 @@ class GGNOperator:
             jvps and vjps, ``True`` loops over them (one primal forward shared with each
             vector's tangent); ``None`` (default) loops on models with convolutions
             (:func:`loops_over_vectors`). The products agree to round-off either way.
+        memory_check: ``check(B, C)`` before a batch's Λₙ or draws are formed (the fit's
+            :attr:`~.context.FitContext.memory_check`), on the first batch and a larger one.
 
     Attributes:
         n_params: P. n_data, n_outputs, loss_sum: recorded by the first product (no extra
@@ -102,6 +104,7 @@ class GGNOperator:
             mc_samples=mc_samples,
             mc_seed=seed + 7919,
             vector_loop=vector_loop,
+            memory_check=context.memory_check,
         )
 
     def __init__(
@@ -116,6 +119,7 @@ class GGNOperator:
         mc_samples: int = 1,
         mc_seed: int = 0,
         vector_loop: bool | None = None,
+        memory_check: Callable[[int, int], None] | None = None,
     ) -> None:
         check_model_mode(subset.model)
         if vector_loop is not None and not isinstance(vector_loop, bool):
@@ -135,6 +139,7 @@ class GGNOperator:
         self.vector_loop = loops_over_vectors(subset.model) if vector_loop is None else vector_loop
         self.n_matvecs = 0
         self._n_out: int | None = None
+        self._memory_check, self._checked = memory_check, 0
 
         self._stats: tuple[int, Tensor] | None = None  # (N, Σ nll), from the first data pass
 
@@ -172,6 +177,9 @@ class GGNOperator:
     def _targets(self, x: Any, y: Tensor) -> Tensor:
         if self._n_out is None:
             self._n_out = check_first_batch(self.subset, self.likelihood, x, y.shape[0])
+        if self._memory_check is not None and y.shape[0] > self._checked:
+            self._memory_check(y.shape[0], self._n_out)  # before Λ or a draw is formed
+            self._checked = y.shape[0]
         return self.likelihood.check_targets(y, (y.shape[0], self._n_out))
 
     def _pass(self, step: Callable, desc: str) -> dict[str, Tensor]:

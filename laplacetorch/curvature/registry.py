@@ -37,6 +37,7 @@ __all__ = [
     "HESSIAN_STRUCTURES",
     "Backend",
     "OptionRule",
+    "batch_memory_check",
     "canonical_structure",
     "check_fisher_type",
     "get_backend",
@@ -67,6 +68,10 @@ class Backend:
         half_precision: it fits a bfloat16 / float16 model (statistics in float32); False
             where its answers need products more accurate than half precision's round-off
             (CG to a tolerance stalls on them), and such a model is refused before any pass.
+        layer_columns: its pass pulls a batch's K output columns back to each Linear / Conv
+            layer (``[K, B, out]`` per layer, counted by :func:`~laplacetorch.memory.batch_bytes`).
+        exact_rest: its diagonal rest (tensors outside the layers) pulls back the C columns of
+            Sₙ per example whatever the curvature type (KFAC's and EKFAC's exact rest).
     """
 
     name: str
@@ -79,6 +84,8 @@ class Backend:
     reducible: bool = True
     sized_by_data: bool = False
     half_precision: bool = True
+    layer_columns: bool = False
+    exact_rest: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.fit) or not callable(self.memory):
@@ -103,7 +110,14 @@ class Backend:
         """Run the fit outside ``Laplace``: the :class:`FitContext` from these keywords, the
         backend's own ``options`` as they are (``fit_kfac(subset, lik, loader,
         fisher_type="mc", mc_samples=4)``)."""
-        context = FitContext(fisher_type, progress, memory_budget, batch_size_fn, memory_limit)
+        context = FitContext(
+            fisher_type,
+            progress,
+            memory_budget,
+            batch_size_fn,
+            memory_limit,
+            batch_memory_check(self.name, subset, options, fisher_type, memory_limit),
+        )
         return self.fit(subset, likelihood, loader, context, **options)
 
 
@@ -123,12 +137,15 @@ BACKENDS: dict[str, Backend] = {
         Backend("full", fit_full, memory.full_bytes, _ALL, _mc("mc_samples", "seed", "generator"),
                 mergeable=True),
         Backend("diag", fit_diag, memory.vector_bytes, _ALL,
-                _mc("mc_samples", "seed", "generator"), mergeable=True),
+                _mc("mc_samples", "seed", "generator"), mergeable=True, layer_columns=True),
         Backend("kfac", fit_kfac, memory.kfac_bytes, _WITH_MC,
-                _mc("mc_samples", "seed", "generator"), mergeable=True),
+                _mc("mc_samples", "seed", "generator"), mergeable=True, layer_columns=True,
+                exact_rest=True),
         Backend("ekfac", fit_ekfac, memory.ekfac_bytes, _WITH_MC,
-                _mc("mc_samples", "seed", "generator"), one_pass=False),
-        Backend("block_full", fit_block_full, memory.block_full_bytes, _GGN_EF, mergeable=True),
+                _mc("mc_samples", "seed", "generator"), one_pass=False, layer_columns=True,
+                exact_rest=True),
+        Backend("block_full", fit_block_full, memory.block_full_bytes, _GGN_EF, mergeable=True,
+                layer_columns=True),
         Backend("hutchinson", fit_hutchinson, memory.vector_bytes, _ALL, _mc("mc_samples"),
                 one_pass=False),
         Backend("lanczos", fit_lanczos, memory.lanczos_bytes, _ALL, _mc("mc_samples"),
@@ -187,6 +204,26 @@ def canonical_structure(name: str | None, subset: str) -> str:
             f"or an alias {sorted(ALIASES)}"
         )
     return canon
+
+
+def batch_memory_check(
+    name: str,
+    subset: ParameterSubset,
+    options: dict[str, Any],
+    fisher_type: str,
+    limit: int | None,
+    n_data: int | None = None,
+) -> Callable[[int | None, int | None], None]:
+    """``check(B, C)``: refuses a fit of backend ``name`` whose peak with a batch of B
+    examples of C outputs exceeds ``limit`` (:func:`~laplacetorch.memory.check_fit_memory`);
+    ``check(None, None)`` checks the structure alone, before any pass; the data pass calls
+    it on its first batch, before any output column is formed."""
+
+    def check(n_batch: int | None, n_outputs: int | None) -> None:
+        sizes = memory.Sizes(n_data, n_outputs, n_batch, fisher_type)
+        memory.check_fit_memory(name, subset, options, limit, sizes)
+
+    return check
 
 
 def get_backend(name: str) -> Backend:
