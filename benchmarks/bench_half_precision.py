@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from laplacetorch import Laplace
 
 STRUCTURES = ("diag", "kfac", "ekfac", "lanczos")
-OPTIONS = {"lanczos": {"rank": 100, "seed": 0}}
+OPTIONS = {"lanczos": {"rank": 30, "seed": 0}}
 
 
 class TinyTransformer(nn.Module):

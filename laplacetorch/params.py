@@ -24,7 +24,7 @@ from .bayesian_weights import (
 )
 from .model_call import call_model
 from .model_checks import check_dtypes_and_devices, check_model_mode
-from .subset_inputs import FeaturesReached, reduce_features
+from .subset_inputs import FeaturesReached, attention_mask_of, reduce_features
 
 __all__ = [
     "ParameterSubset",
@@ -261,7 +261,7 @@ class ParameterSubset:
             handle.remove()
         if "phi" not in seen:
             raise ValueError(f"last layer {self.last_layer_name!r} was not called by the model")
-        phi = reduce_features(seen["phi"], self.feature_reduction)
+        phi = reduce_features(seen["phi"], self.feature_reduction, attention_mask_of(x))
         if params is None:
             return self.last_layer(phi)
         # θ in place, under each head parameter's canonical name

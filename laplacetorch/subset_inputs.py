@@ -3,10 +3,19 @@ reduction of last-layer sequence features (``feature_reduction``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["FEATURE_REDUCTIONS", "FeaturesReached", "indices_to_mask", "reduce_features"]
+__all__ = [
+    "FEATURE_REDUCTIONS",
+    "FeaturesReached",
+    "attention_mask_of",
+    "indices_to_mask",
+    "reduce_features",
+]
 
 FEATURE_REDUCTIONS = ("pick_first", "pick_last", "average")
 
@@ -15,18 +24,47 @@ class FeaturesReached(Exception):
     """Stops a forward pass at the last layer's input (feature reduction)."""
 
 
-def reduce_features(phi: Tensor, how: str) -> Tensor:
+def reduce_features(phi: Tensor, how: str, mask: Tensor | None = None) -> Tensor:
     """``[B, T, D]`` sequence features to ``[B, D]``: the first or last position, or the
-    mean over positions."""
+    mean over positions; with an attention ``mask`` ``[B, T]`` (1: a token, 0: padding) the
+    first or last token and the mean over tokens, under left or right padding alike (the
+    token a model reading its last token reads, not a pad).
+
+    Raises:
+        ValueError: features that are not ``[B, T, D]``; a mask of another shape, or one
+            with an example without any token.
+    """
     if phi.dim() != 3:
         raise ValueError(
             f"feature_reduction={how!r} needs last-layer inputs [B, T, D]; got {list(phi.shape)}"
         )
-    if how == "pick_first":
-        return phi[:, 0]
-    if how == "pick_last":
-        return phi[:, -1]
-    return phi.mean(1)
+    if mask is None:
+        if how == "pick_first":
+            return phi[:, 0]
+        return phi[:, -1] if how == "pick_last" else phi.mean(1)
+    if mask.shape != phi.shape[:2]:
+        raise ValueError(
+            f"the attention mask has shape {list(mask.shape)}, the features {list(phi.shape)}: "
+            "expected one entry per example and position"
+        )
+    keep = mask.to(phi.dtype)
+    if bool((keep.sum(1) == 0).any()):
+        raise ValueError("an example's attention mask has no token: nothing to reduce")
+    if how == "average":
+        return (phi * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+    positions = torch.arange(phi.shape[1], device=phi.device)
+    scored = torch.where(keep > 0, positions if how == "pick_last" else -positions, -phi.shape[1])
+    index = scored.argmax(1)
+    return phi[torch.arange(phi.shape[0], device=phi.device), index]
+
+
+def attention_mask_of(x: Any) -> Tensor | None:
+    """The ``attention_mask`` of mapping inputs (HF batches), ``None`` for other inputs."""
+    inner = getattr(x, "inputs", x)  # WithKeywords: the per-example inputs
+    if isinstance(inner, Mapping):
+        mask = inner.get("attention_mask")
+        return mask if isinstance(mask, Tensor) else None
+    return None
 
 
 def indices_to_mask(indices: Tensor, total: int) -> Tensor:

@@ -91,7 +91,7 @@ def curvature_pass(
     def checked_step(x: Any, y: Tensor) -> dict[str, Tensor]:
         b = y.shape[0]
         if "C" not in state:
-            state["C"] = check_first_batch(subset, likelihood, x, b)
+            state["C"] = check_first_batch(subset, likelihood, x, b, y)
         if context.memory_check is not None and b > state.get("checked", 0):
             context.memory_check(b, state["C"])
             state["checked"] = b

@@ -8,6 +8,7 @@ then shown to the likelihood (probabilities where logits belong, one class).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from ..likelihoods import Likelihood
     from ..params import ParameterSubset
 
-__all__ = ["check_first_batch"]
+__all__ = ["check_causal_targets", "check_first_batch"]
 
 #: examples of the first batch the checks run on
 _N_CHECKED = 8
@@ -37,8 +38,11 @@ def _gap(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def check_first_batch(subset: ParameterSubset, likelihood: Likelihood, x: Any, n: int) -> int:
-    """C, the outputs per example, after checking the model on (up to 8 of) ``n`` examples.
+def check_first_batch(
+    subset: ParameterSubset, likelihood: Likelihood, x: Any, n: int, y: Tensor | None = None
+) -> int:
+    """C, the outputs per example, after checking the model on (up to 8 of) ``n`` examples
+    (and the targets ``y`` against the inputs: :func:`check_causal_targets`).
 
     Raises:
         ValueError: the outputs are not ``[B, C]``; two forward passes of the same inputs
@@ -89,4 +93,33 @@ def check_first_batch(subset: ParameterSubset, likelihood: Likelihood, x: Any, n
             )
         )
     likelihood.check_outputs(first)
+    if y is not None:
+        check_causal_targets(likelihood, x, y)
     return first.shape[1]
+
+
+def check_causal_targets(likelihood: Likelihood, x: Any, y: Tensor) -> None:
+    """Refuse sequence targets that are the input tokens themselves (Hugging Face's
+    ``labels=input_ids``): a causal LM's position t predicts token t + 1, and HF models shift
+    the labels inside their own loss; taken as they are, position t would be scored against
+    the token it reads.
+
+    Raises:
+        ValueError: with the shift to apply.
+    """
+    ignore = getattr(likelihood, "ignore_index", None)
+    layout = getattr(likelihood, "layout", None)
+    if ignore is None or layout is None or layout.kind != "sequence" or y.dim() != 2:
+        return
+    inner = getattr(x, "inputs", x)
+    ids = inner.get("input_ids") if isinstance(inner, Mapping) else inner
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.shape != y.shape:
+        return
+    keep = y != ignore
+    if bool(keep.any()) and bool((y[keep] == ids.to(y.device)[keep]).all()):
+        raise ValueError(
+            "the targets are the input tokens themselves (labels=input_ids): a causal LM's "
+            "position t predicts token t + 1, and Hugging Face models shift the labels inside "
+            "their own loss. Shift them: y = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], "
+            f"{ignore})], 1) (the last position then has no target)"
+        )

@@ -176,7 +176,7 @@ class GGNOperator:
 
     def _targets(self, x: Any, y: Tensor) -> Tensor:
         if self._n_out is None:
-            self._n_out = check_first_batch(self.subset, self.likelihood, x, y.shape[0])
+            self._n_out = check_first_batch(self.subset, self.likelihood, x, y.shape[0], y)
         if self._memory_check is not None and y.shape[0] > self._checked:
             self._memory_check(y.shape[0], self._n_out)  # before Λ or a draw is formed
             self._checked = y.shape[0]
