@@ -317,7 +317,11 @@ def main() -> None:
     if args.part:
         print("RESULT " + json.dumps(PARTS[args.part](args)))
         return
-    argv = [a for a in sys.argv[1:] if not a.startswith("--parts")]
+    argv, skip = [], False  # the children get every flag but --parts (and its value)
+    for a in sys.argv[1:]:
+        if not skip and not a.startswith("--parts"):
+            argv.append(a)
+        skip = a == "--parts"
     size = QUICK if args.quick else FULL
     s = args.samples
     print(
