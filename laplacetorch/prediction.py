@@ -14,9 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_count
-from .curvature.per_example import _index
 from .links import gaussian_samples
-from .memory import memory_limit
+from .memory import MemoryBudgetError, memory_limit
 from .model_call import WithKeywords
 from .params import check_model_mode
 from .persistence import check_weights_at_mean
@@ -27,6 +26,7 @@ from .sampled_predictive import (
     Uncertainty,
     sample_block_size,
     sample_blocks,
+    sample_bytes,
     streamed_mean,
     streamed_uncertainty,
 )
@@ -78,14 +78,22 @@ class Prediction:
         subset, layout = self.subset, self.subset.output_layout
         if n == 0:
             return
-        c = None if layout is not None else self._fitted().n_outputs  # None: an empty shard's
-        c = n_out_of(subset, x) if c is None else c
+        c = self._output_width(x)
         dense = self.enable_backprop or not self.structure.layouts()
-        element = torch.finfo(subset.dtype).bits // 8
         classes = None if layout is None else layout.n_classes
-        r = PredictiveRequest(pred_type, n, c, subset.n_params, element, classes, dense=dense,
-                              memory_budget=self.memory_budget, **request)  # fmt: skip
+        r = PredictiveRequest(pred_type, n, c, subset.n_params, self._itemsize(), classes,
+                              dense=dense, memory_budget=self.memory_budget, **request)  # fmt: skip
         check_predictive_memory(r, memory_limit(self.memory_limit, subset.device))
+
+    def _output_width(self, x: Any) -> int:
+        """C of prepared inputs ``x``: from the fit, or for outputs with positions (T·C
+        depends on the input) or a fit that did not record it, from one example's forward."""
+        c = None if self.subset.output_layout is not None else self._fitted().n_outputs
+        return n_out_of(self.subset, x) if c is None else c  # None: an empty shard's fit
+
+    def _itemsize(self) -> int:
+        """Bytes of one number of the predictive (the statistics dtype)."""
+        return torch.finfo(self.subset.dtype).bits // 8
 
     def glm_moments(
         self,
@@ -235,8 +243,8 @@ class Prediction:
                 mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
             )
         if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
-            c, itemsize = self._output_width(xp), torch.finfo(self.subset.dtype).bits // 8
-            if c * c * itemsize > self.memory_budget:  # not even one example's [C, C] fits
+            c = self._output_width(xp)
+            if c * c * self._itemsize() > self.memory_budget:  # not one example's [C, C] fits
                 blocks = self._function_sample_blocks(xp, n, "glm", n_samples, generator)
                 return streamed_mean(lik, blocks, n_samples)
         self._check_memory(xp, n, link_approx=link_approx, n_samples=n_samples)
@@ -278,9 +286,10 @@ class Prediction:
             if pred_type == "glm":
                 mean, var = self(x, diagonal_output=True, fitting=fitting)
             else:
-                mean, var = self(x, "nn", n_samples=n_samples, generator=generator)
+                mean, var = self(x, "nn", n_samples=n_samples, generator=generator,
+                                 fitting=fitting)  # fmt: skip
             noise = torch.as_tensor(self.sigma_noise, dtype=var.dtype, device=var.device) ** 2
-            aleatoric = noise.expand_as(var) if noise.dim() == 0 else noise * torch.ones_like(var)
+            aleatoric = noise * torch.ones_like(var)
             return Uncertainty(var + aleatoric, aleatoric, var, mean)
         x, n = self._check_inputs(x, fitting)
         blocks = self._function_sample_blocks(x, n, pred_type, n_samples, generator)
@@ -290,18 +299,20 @@ class Prediction:
         self, x: Any, n: int, pred_type: str, n_samples: int, generator: torch.Generator | None
     ) -> Iterator[Tensor]:
         """Function samples of ``n`` prepared inputs ``x`` in blocks sized by
-        ``memory_budget`` (at θ* and the current prior)."""
-        itemsize = torch.finfo(self.subset.dtype).bits // 8
-        block = sample_block_size(n_samples, n * self._output_width(x), itemsize,
-                                  self.memory_budget)  # fmt: skip
+        ``memory_budget`` (at θ* and the current prior); refused before any draw when one
+        sample of the batch's outputs would exceed ``memory_limit``."""
+        n_out, itemsize = n * self._output_width(x), self._itemsize()
+        limit = memory_limit(self.memory_limit, self.subset.device)
+        if sample_bytes(n_out, itemsize) > limit:
+            raise MemoryBudgetError(
+                f"one function sample of {n} inputs ({n_out} outputs) needs "
+                f"{sample_bytes(n_out, itemsize):,} bytes, over the limit of {limit:,}: "
+                "predict a smaller batch"
+            )
+        block = sample_block_size(n_samples, n_out, itemsize, self.memory_budget)
         prior, s = self.prior, self.scale()
 
         def draw(k: int) -> Tensor:
             return self.structure.sample(k, prior, s, generator)
 
         return sample_blocks(pred_type, self.subset, self.mean, x, draw, n_samples, block)
-
-    def _output_width(self, x: Any) -> int:
-        """C of prepared inputs ``x``, from a forward pass of their first example."""
-        with torch.no_grad():
-            return self.subset.call(_index(x, slice(0, 1))).shape[-1]

@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from .likelihoods import Likelihood
     from .params import ParameterSubset
 
-__all__ = ["Uncertainty", "glm_sample_blocks", "sample_block_size", "streamed_uncertainty"]
+__all__ = [
+    "Uncertainty",
+    "glm_sample_blocks",
+    "sample_block_size",
+    "sample_bytes",
+    "streamed_uncertainty",
+]
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,17 @@ class Uncertainty:
     mean: Tensor
 
 
+def sample_bytes(n_outputs: int, itemsize: int) -> int:
+    """Bytes one function sample of ``n_outputs`` numbers (the outputs of all inputs) holds
+    while it is formed and folded in: the sample, its probabilities and the running sums,
+    about three times the sample."""
+    return max(3 * n_outputs * itemsize, 1)
+
+
 def sample_block_size(n_samples: int, n_outputs: int, itemsize: int, memory_budget: int) -> int:
-    """Draws per block: as many ``[n_outputs]`` samples (the outputs of all inputs, and the
-    tangents of the network's activations, about as many again twice) as ``memory_budget``
-    holds, at least one and at most ``n_samples``."""
-    per_sample = max(3 * n_outputs * itemsize, 1)
-    return max(1, min(n_samples, memory_budget // per_sample))
+    """Draws per block: as many samples (:func:`sample_bytes`) as ``memory_budget`` holds,
+    at least one and at most ``n_samples``."""
+    return max(1, min(n_samples, memory_budget // sample_bytes(n_outputs, itemsize)))
 
 
 def glm_sample_blocks(

@@ -109,7 +109,9 @@ def check_causal_targets(likelihood: Likelihood, x: Any, y: Tensor) -> None:
     """
     ignore = getattr(likelihood, "ignore_index", None)
     layout = getattr(likelihood, "layout", None)
-    if ignore is None or layout is None or layout.kind != "sequence" or y.dim() != 2:
+    if likelihood.name != "classification" or layout is None or layout.kind != "sequence":
+        return
+    if ignore is None or y.dim() != 2:
         return
     inner = getattr(x, "inputs", x)
     ids = inner.get("input_ids") if isinstance(inner, Mapping) else inner

@@ -14,6 +14,7 @@ from conftest import DT
 from torch import nn
 
 from laplacetorch import Laplace
+from laplacetorch.memory import MemoryBudgetError
 from laplacetorch.sampled_predictive import glm_sample_blocks
 
 V, T, D = 32, 8, 8
@@ -125,3 +126,16 @@ def test_uncertainty_of_a_gaussian_predictive_is_its_variances():
     torch.testing.assert_close(u.epistemic, var)
     torch.testing.assert_close(u.aleatoric, torch.full_like(var, 0.09))
     torch.testing.assert_close(u.total, var + 0.09)
+
+
+def test_a_sample_over_the_memory_limit_is_refused_before_any_draw():
+    la = _fit("diag")
+    xt = _data(3, seed=8)[0]
+    la.memory_limit = 1000  # bytes: one sample of 3 × T·V float64 outputs is ~18 kB × 3
+
+    def no_draw(*args, **kwargs):
+        raise AssertionError("a weight draw was made")
+
+    la.structure.sample = no_draw
+    with pytest.raises(MemoryBudgetError, match="one function sample of 3 inputs"):
+        la.uncertainty(xt, n_samples=4)
