@@ -24,9 +24,8 @@ from .predictive_memory import PredictiveRequest, check_predictive_memory
 from .prior import Prior
 from .sampled_predictive import (
     Uncertainty,
-    sample_block_size,
-    sample_blocks,
     sample_bytes,
+    sample_tiles,
     streamed_mean,
     streamed_uncertainty,
 )
@@ -245,8 +244,8 @@ class Prediction:
         if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
             c = self._output_width(xp)
             if c * c * self._itemsize() > self.memory_budget:  # not one example's [C, C] fits
-                blocks = self._function_sample_blocks(xp, n, "glm", n_samples, generator)
-                return streamed_mean(lik, blocks, n_samples)
+                tiles = self._function_sample_tiles(xp, n, "glm", n_samples, generator)
+                return streamed_mean(lik, tiles, n_samples, n)
         self._check_memory(xp, n, link_approx=link_approx, n_samples=n_samples)
         return self._linked_chunks(
             xp, n, lambda f, var: lik.glm_predictive(
@@ -292,13 +291,13 @@ class Prediction:
             aleatoric = noise * torch.ones_like(var)
             return Uncertainty(var + aleatoric, aleatoric, var, mean)
         x, n = self._check_inputs(x, fitting)
-        blocks = self._function_sample_blocks(x, n, pred_type, n_samples, generator)
-        return streamed_uncertainty(lik, blocks, n_samples)
+        tiles = self._function_sample_tiles(x, n, pred_type, n_samples, generator)
+        return streamed_uncertainty(lik, tiles, n_samples, n)
 
-    def _function_sample_blocks(
+    def _function_sample_tiles(
         self, x: Any, n: int, pred_type: str, n_samples: int, generator: torch.Generator | None
-    ) -> Iterator[Tensor]:
-        """Function samples of ``n`` prepared inputs ``x`` in blocks sized by
+    ) -> Iterator[tuple[slice, Tensor]]:
+        """Function samples of ``n`` prepared inputs ``x`` in tiles sized by
         ``memory_budget`` (at θ* and the current prior); refused before any draw when one
         sample of the batch's outputs would exceed ``memory_limit``."""
         n_out, itemsize = n * self._output_width(x), self._itemsize()
@@ -309,10 +308,10 @@ class Prediction:
                 f"{sample_bytes(n_out, itemsize):,} bytes, over the limit of {limit:,}: "
                 "predict a smaller batch"
             )
-        block = sample_block_size(n_samples, n_out, itemsize, self.memory_budget)
         prior, s = self.prior, self.scale()
 
         def draw(k: int) -> Tensor:
             return self.structure.sample(k, prior, s, generator)
 
-        return sample_blocks(pred_type, self.subset, self.mean, x, draw, n_samples, block)
+        return sample_tiles(pred_type, self.subset, self.mean, x, draw, n_samples, n,
+                            n_out // n, itemsize, self.memory_budget)  # fmt: skip

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from .curvature.per_example import is_vmap_limit
+from .linear_head import LinearHead, Scratch, split_at_head
 from .predictive import function_samples
 
 if TYPE_CHECKING:
@@ -31,8 +32,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Uncertainty",
     "glm_sample_blocks",
+    "head_sample_tiles",
     "sample_block_size",
     "sample_bytes",
+    "sample_tiles",
+    "streamed_mean",
     "streamed_uncertainty",
 ]
 
@@ -67,30 +71,31 @@ def sample_block_size(n_samples: int, n_outputs: int, itemsize: int, memory_budg
     return max(1, min(n_samples, memory_budget // sample_bytes(n_outputs, itemsize)))
 
 
+def _over_draws(subset: ParameterSubset, one: Callable[[Tensor], Tensor], eps: Tensor) -> Tensor:
+    """``one`` over the draws ε ``[k, P]``, stacked: vmapped (the primal shared), a loop
+    where vmap cannot run the model."""
+    with torch.no_grad():
+        if subset.vmap_ok:
+            try:
+                return vmap(one)(eps)
+            except (RuntimeError, NotImplementedError) as err:
+                if not is_vmap_limit(err):
+                    raise
+        return torch.stack([one(e) for e in eps])
+
+
 def glm_sample_blocks(
     subset: ParameterSubset, theta: Tensor, x: Any, draws: Iterator[Tensor]
 ) -> Iterator[Tensor]:
     """For each block ε ``[k, P]`` of ``draws``, the linearised samples f(x; θ*) + J ε
-    ``[k, B, C]``: one batched forward-mode pass (a loop over the block where vmap cannot
-    run the model)."""
-
-    def f(t: Tensor) -> Tensor:
-        return subset.forward(t, x)
+    ``[k, B, C]``: one batched forward-mode pass through the whole network."""
 
     def one(e: Tensor) -> Tensor:
-        out, tangent = jvp(f, (theta,), (e,))
+        out, tangent = jvp(lambda t: subset.forward(t, x), (theta,), (e,))
         return out + tangent
 
     for eps in draws:
-        with torch.no_grad():
-            if subset.vmap_ok:
-                try:
-                    yield vmap(one)(eps)
-                    continue
-                except (RuntimeError, NotImplementedError) as err:
-                    if not is_vmap_limit(err):
-                        raise
-            yield torch.stack([one(e) for e in eps])
+        yield _over_draws(subset, one, eps)
 
 
 def nn_sample_blocks(
@@ -101,46 +106,113 @@ def nn_sample_blocks(
         yield function_samples(subset, theta + eps, x)
 
 
-def sample_blocks(
+def _blocks(n_samples: int, block: int) -> list[int]:
+    return [block] * (n_samples // block) + ([n_samples % block] if n_samples % block else [])
+
+
+def head_sample_tiles(
+    head: LinearHead,
+    x: Any,
+    theta: Tensor,
+    draw: Callable[[int], Tensor],
+    n_samples: int,
+    width: int,
+    itemsize: int,
+    memory_budget: int,
+) -> Iterator[tuple[slice, Tensor]]:
+    """Linearised samples split at the model's linear head (:mod:`~laplacetorch.linear_head`),
+    as tiles ``(rows, [k, b, C])``: the body's tangents of as many draws as
+    ``memory_budget`` holds in one vmapped forward-mode pass, then, a few inputs at a time,
+    the head's output at θ* once and one head product a block of samples. Each tile is a
+    buffer the next one overwrites: fold it in (or copy it) before asking for the next."""
+    n = head.phi.shape[0]
+    rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))
+    per_tile = sample_block_size(n_samples, rows * width, itemsize, memory_budget)
+    in_head = sum(p[1].numel() for p in (head.weight, head.bias) if p is not None)
+    per_draw = head.phi[0].numel() * n * head.phi.element_size() + in_head * itemsize
+    k_body = max(1, min(n_samples, memory_budget // max(per_draw, 1)))
+
+    def body_tangent(e: Tensor) -> Tensor:
+        return jvp(lambda t: head.body(t, x), (theta,), (e,))[1]
+
+    scratch = Scratch(head.phi.device)
+    for k in _blocks(n_samples, k_body):
+        eps = draw(k)
+        phi_dot = _over_draws(head.subset, body_tangent, eps)  # [k, B, ..., D]
+        for r0 in range(0, n, rows):
+            sl = slice(r0, min(n, r0 + rows))
+            f0 = head.primal(sl)
+            for j in range(0, k, per_tile):
+                tile = slice(j, j + per_tile)
+                yield sl, head.samples(sl, phi_dot[tile, sl], eps[tile], f0, scratch)
+
+
+def sample_tiles(
     pred_type: str,
     subset: ParameterSubset,
     theta: Tensor,
     x: Any,
     draw: Callable[[int], Tensor],
     n_samples: int,
-    block: int,
-) -> Iterator[Tensor]:
-    """``n_samples`` function samples of ``pred_type`` in blocks of at most ``block``;
-    ``draw(k)`` gives k weight perturbations ε ``[k, P]``."""
-    sizes = [block] * (n_samples // block) + ([n_samples % block] if n_samples % block else [])
-    draws = (draw(k) for k in sizes)
-    if pred_type == "glm":
-        return glm_sample_blocks(subset, theta, x, draws)
-    return nn_sample_blocks(subset, theta, x, draws)
+    n_inputs: int,
+    width: int,
+    itemsize: int,
+    memory_budget: int,
+) -> Iterator[tuple[slice, Tensor]]:
+    """``n_samples`` function samples of ``pred_type`` at the ``n_inputs`` inputs ``x`` (``width``
+    outputs each, of ``itemsize`` bytes) as tiles ``(rows, [k, b, C])`` that each fit
+    ``memory_budget`` (at least one sample of one input); ``draw(k)`` gives k weight
+    perturbations ε ``[k, P]``. Linearised samples of a model ending in a linear layer are
+    split at it (:func:`head_sample_tiles`); the others are whole samples of all inputs."""
+    head = split_at_head(subset, theta, x) if pred_type == "glm" else None
+    if head is not None:
+        yield from head_sample_tiles(
+            head, x, theta, draw, n_samples, width, itemsize, memory_budget
+        )
+        return
+    block = sample_block_size(n_samples, n_inputs * width, itemsize, memory_budget)
+    draws = (draw(k) for k in _blocks(n_samples, block))
+    blocks = glm_sample_blocks if pred_type == "glm" else nn_sample_blocks
+    for fs in blocks(subset, theta, x, draws):
+        yield slice(0, fs.shape[1]), fs
 
 
 def streamed_uncertainty(
-    likelihood: Likelihood, blocks: Iterator[Tensor], n_samples: int
+    likelihood: Likelihood, tiles: Iterator[tuple[slice, Tensor]], n_samples: int, n_inputs: int
 ) -> Uncertainty:
     """The entropy split of a classification or binary predictive from function-sample
-    blocks ``[k, B, C]``, holding one block at a time: E[p] and E[H(p)] as running sums,
-    then H(E[p]) and the mutual information H(E[p]) − E[H(p)]."""
-    sum_p = sum_h = None
-    for fs in blocks:
-        p = likelihood.inverse_link(fs)
-        h = likelihood.entropy(p)
-        sum_p = p.sum(0) if sum_p is None else sum_p + p.sum(0)
-        sum_h = h.sum(0) if sum_h is None else sum_h + h.sum(0)
+    tiles ``(rows, [k, b, C])``, holding one tile at a time: E[p] and E[H(p)] as running
+    sums per input, then H(E[p]) and the mutual information H(E[p]) − E[H(p)]."""
+    sum_p, sum_h = _running_sums(likelihood, tiles, n_inputs, entropy=True)
     mean = sum_p / n_samples
     total, aleatoric = likelihood.entropy(mean), sum_h / n_samples
     # ≥ 0 by the concavity of the entropy; clamp the round-off where the samples agree
     return Uncertainty(total, aleatoric, (total - aleatoric).clamp_min(0), mean)
 
 
-def streamed_mean(likelihood: Likelihood, blocks: Iterator[Tensor], n_samples: int) -> Tensor:
-    """E[inverse_link(f)] over function-sample blocks (the ``mc`` link), one block at a time."""
-    total = None
-    for fs in blocks:
-        p = likelihood.inverse_link(fs).sum(0)
-        total = p if total is None else total + p
-    return total / n_samples
+def streamed_mean(
+    likelihood: Likelihood, tiles: Iterator[tuple[slice, Tensor]], n_samples: int, n_inputs: int
+) -> Tensor:
+    """E[inverse_link(f)] over function-sample tiles (the ``mc`` link), one at a time."""
+    return _running_sums(likelihood, tiles, n_inputs, entropy=False)[0] / n_samples
+
+
+def _running_sums(
+    likelihood: Likelihood, tiles: Iterator[tuple[slice, Tensor]], n_inputs: int, entropy: bool
+) -> tuple[Tensor, Tensor]:
+    """Σ_s inverse_link(f_s) per input (and Σ_s H(p_s) with ``entropy``), in the model's
+    layout, filled tile by tile."""
+    sum_p = sum_h = None
+    scratch: Scratch | None = None
+    for rows, fs in tiles:
+        if scratch is None:
+            scratch = Scratch(fs.device)
+        # the tile is consumed: p written into a reused buffer, no tile-sized allocation
+        p, h = likelihood.probs_and_entropy(fs, scratch.take("p", tuple(fs.shape), fs.dtype))
+        if sum_p is None:
+            sum_p = p.new_zeros(n_inputs, *p.shape[2:])
+            sum_h = h.new_zeros(n_inputs, *h.shape[2:])
+        sum_p[rows] += p[0] if len(p) == 1 else p.sum(0)  # no copy of a lone sample
+        if entropy:
+            sum_h[rows] += h.sum(0)
+    return sum_p, sum_h

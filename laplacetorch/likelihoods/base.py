@@ -236,6 +236,14 @@ class Likelihood(ABC):
                 "under any likelihood use glm_moments(x, joint=True)"
             )
 
+    def probs_and_entropy(self, f: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`inverse_link` of f and the :meth:`entropy` of the distribution it gives,
+        in one go (the softmax fuses them; no log of p is formed). With ``scratch`` (f's
+        shape and dtype) f may be overwritten and p written into ``scratch``, so that a
+        stream of samples allocates nothing of their size."""
+        p = self.inverse_link(f)
+        return p, self.entropy(p)
+
     def entropy(self, p: Tensor) -> Tensor:
         """The entropy of the predictive distribution of y with mean ``p`` (what
         :meth:`inverse_link` gives), one value per variable: per input for a softmax, per

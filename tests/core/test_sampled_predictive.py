@@ -14,25 +14,27 @@ from conftest import DT
 from torch import nn
 
 from laplacetorch import Laplace
+from laplacetorch.linear_head import split_at_head
 from laplacetorch.memory import MemoryBudgetError
-from laplacetorch.sampled_predictive import glm_sample_blocks
+from laplacetorch.sampled_predictive import glm_sample_blocks, head_sample_tiles
 
 V, T, D = 32, 8, 8
+BIG = (64, 16)  # the issue's tiny transformer: V = 64, T = 16 (P = 1,904)
 OPTIONS = {"lanczos": {"rank": 60, "seed": 0}}
 
 
 class TinyCausalLM(nn.Module):
     """Token ids [B, T] -> next-token logits [B, T, V]: one causal attention layer."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, v: int = V, t: int = T):
         super().__init__()
         torch.manual_seed(seed)
-        self.embed = nn.Embedding(V, D)
-        self.pos = nn.Parameter(0.1 * torch.randn(T, D))
+        self.embed = nn.Embedding(v, D)
+        self.pos = nn.Parameter(0.1 * torch.randn(t, D))
         self.attn = nn.MultiheadAttention(D, 2, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.Tanh(), nn.Linear(2 * D, D))
-        self.head = nn.Linear(D, V)
-        self.register_buffer("mask", torch.triu(torch.ones(T, T, dtype=torch.bool), 1))
+        self.head = nn.Linear(D, v)
+        self.register_buffer("mask", torch.triu(torch.ones(t, t, dtype=torch.bool), 1))
         self.to(DT)
 
     def forward(self, ids):
@@ -42,15 +44,16 @@ class TinyCausalLM(nn.Module):
         return self.head(h + self.mlp(h))
 
 
-def _data(n: int, seed: int = 1):
+def _data(n: int, seed: int = 1, v: int = V, t: int = T):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, V, (n, T), generator=g)
+    ids = torch.randint(0, v, (n, t), generator=g)
     return ids, torch.roll(ids, -1, 1)  # next token (the last wraps: a fixed target)
 
 
-def _fit(backend: str, n: int = 16) -> Laplace:
-    ids, y = _data(n)
-    la = Laplace(TinyCausalLM().eval(), "classification", "all", backend, outputs="sequence",
+def _fit(backend: str, n: int = 16, size: tuple[int, int] = (V, T), fisher: str = "exact"):
+    ids, y = _data(n, 1, *size)
+    model = TinyCausalLM(0, *size).eval()
+    la = Laplace(model, "classification", "all", backend, outputs="sequence", fisher_type=fisher,
                  prior_precision=2.0, backend_options=OPTIONS.get(backend))  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # attention's tensors: diagonal blocks
@@ -59,13 +62,22 @@ def _fit(backend: str, n: int = 16) -> Laplace:
 
 @pytest.mark.parametrize("backend", ["full", "diag", "kfac", "ekfac", "lanczos"])
 def test_linearised_samples_have_the_dense_glm_mean_and_covariance(backend):
-    la = _fit(backend)
-    xt = _data(2, seed=5)[0]
+    la = _fit(backend, 8, BIG, "mc")  # any posterior will do: a cheaper fit
+    xt = _data(2, 5, *BIG)[0]
     f, var = la.glm_moments(xt)  # [B, T·V], the dense J Π⁻¹ Jᵀ [B, T·V, T·V]
     n = 2000
     gen = torch.Generator().manual_seed(0)
-    draws = (la.structure.sample(500, la.prior, la.scale(), gen) for _ in range(n // 500))
-    fs = torch.cat(list(glm_sample_blocks(la.subset, la.mean, xt, draws)))  # [S, B, T·V]
+    head = split_at_head(la.subset, la.mean, xt)
+    assert head is not None  # the path la(x, link_approx="mc") takes on this model
+
+    def draw(k: int) -> torch.Tensor:
+        return la.structure.sample(k, la.prior, la.scale(), gen)
+
+    # a budget of 1 GB: the body's tangents of all draws in one pass, each tile all inputs
+    c = BIG[0] * BIG[1]
+    fs = torch.cat(
+        [fs.clone() for _, fs in head_sample_tiles(head, xt, la.mean, draw, n, c, 8, 10**9)]
+    )
     assert fs.shape == (n, *f.shape)
     for b in range(2):
         sigma = var[b]
@@ -139,3 +151,70 @@ def test_a_sample_over_the_memory_limit_is_refused_before_any_draw():
     la.structure.sample = no_draw
     with pytest.raises(MemoryBudgetError, match="one function sample of 3 inputs"):
         la.uncertainty(xt, n_samples=4)
+
+
+class TiedLM(TinyCausalLM):
+    """The head's weight is the embedding's (GPT-2's tie), and the logits are the head's."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        self.head.weight = self.embed.weight
+
+
+class ScaledLM(TinyCausalLM):
+    """Logits scaled after the head: the output is not the head's, so no split."""
+
+    def forward(self, ids):
+        return 2 * super().forward(ids)
+
+
+def _split_vs_whole(model, budget: int) -> None:
+    la = Laplace(model.eval(), "classification", "all", "diag", outputs="sequence",
+                 prior_precision=2.0)  # fmt: skip
+    ids, y = _data(8)
+    la.fit([(ids[:2], y[:2])])
+    xt = _data(3, seed=9)[0]
+    eps = la.structure.sample(5, la.prior, la.scale(), torch.Generator().manual_seed(0))
+    whole = next(glm_sample_blocks(la.subset, la.mean, xt, iter([eps])))
+    head = split_at_head(la.subset, la.mean, xt)
+    assert head is not None
+    used = [0]
+
+    def draw(k: int) -> torch.Tensor:
+        used[0] += k
+        return eps[used[0] - k : used[0]]
+
+    split = torch.full_like(whole, float("nan"))
+    done = torch.zeros(whole.shape[1], dtype=torch.long)  # samples seen of each input
+    for rows, fs in head_sample_tiles(head, xt, la.mean, draw, 5, T * V, 8, budget):
+        k = len(fs)  # each input's samples come in the order drawn
+        assert bool((done[rows] == done[rows.start]).all())
+        split[done[rows.start] : done[rows.start] + k, rows] = fs
+        done[rows] += k
+    assert used[0] == 5 and bool((done == 5).all())
+    torch.testing.assert_close(split, whole, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("budget", [10**9, 3 * T * V * 8])  # all at once; one input a tile
+def test_samples_split_at_the_head_equal_the_whole_networks(budget):
+    """J ε = φ̇ Wᵀ + φ Ẇᵀ + ḃ: the same samples as the whole network's jvp, head in θ."""
+    _split_vs_whole(TinyCausalLM(), budget)
+
+
+def test_split_samples_with_a_frozen_or_tied_head():
+    frozen = TinyCausalLM()
+    frozen.head.requires_grad_(False)  # outside θ, as under LoRA: only φ̇ Wᵀ
+    _split_vs_whole(frozen, 3 * T * V * 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _split_vs_whole(TiedLM(), 3 * T * V * 8)  # the weight in the body and the head
+
+
+def test_no_split_where_the_output_is_not_the_heads():
+    la = Laplace(ScaledLM().eval(), "classification", "all", "diag", outputs="sequence")
+    ids, y = _data(8)
+    la.fit([(ids, y)])
+    xt = _data(2, seed=9)[0]
+    assert split_at_head(la.subset, la.mean, xt) is None
+    u = la.uncertainty(xt, n_samples=4)  # the whole network's samples instead
+    assert u.total.shape == (2, T)

@@ -1,0 +1,178 @@
+"""The network as a body and a final linear layer, for linearised samples at full width.
+
+When the model's output *is* the output of its last ``nn.Linear`` (an LM head, a
+classifier's last layer), f(θ) = φ(θ) Wᵀ + b, and a linearised sample splits at the head:
+
+    f(θ*) + J ε = φ* Wᵀ + b + φ̇ Wᵀ + φ* Ẇᵀ + ḃ,
+
+with φ̇ = J_φ ε the body's tangent at the head's input (``[k, B, ..., D]``: D numbers per
+position, small beside C = 50k), and Ẇ, ḃ the head's own entries of ε (zero for a head
+outside θ, as under LoRA). The body's forward-mode pass then runs once for a block of draws
+(the primal shared), and each sample costs one product with the head's weight, formed a
+few inputs at a time: neither ``[S, B, T, V]`` nor one whole ``[B, T, V]`` sample is
+held. The products run in the head's dtype, as the forward and its ``jvp`` do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bayesian_weights import find_last_linear
+from .model_call import call_model
+from .subset_inputs import FeaturesReached
+
+if TYPE_CHECKING:
+    from .params import ParameterSubset
+
+__all__ = ["LinearHead", "Scratch", "split_at_head"]
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """The final linear layer of a model at inputs x, and where its weights sit in θ.
+
+    Attributes:
+        subset: the Bayesian parameters θ of the model.
+        module: the ``nn.Linear`` whose output is the model's output.
+        phi: φ(θ*), the head's input at x, ``[B, ..., D]`` in the model's dtype (detached).
+        weight: the ``(start, shape)`` of the head's weight in θ (``None``: not in θ).
+        bias: likewise for its bias.
+    """
+
+    subset: ParameterSubset
+    module: nn.Linear
+    phi: Tensor
+    weight: tuple[int, torch.Size] | None
+    bias: tuple[int, torch.Size] | None
+
+    def body(self, theta: Tensor, x: Any) -> Tensor:
+        """φ(θ, x): the model run with θ substituted, stopped at the head's input."""
+        seen: dict[str, Tensor] = {}
+
+        def stop(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            seen["phi"] = inputs[0]
+            raise FeaturesReached
+
+        handle = self.module.register_forward_pre_hook(stop)
+        try:
+            call_model(self.subset.model, x, self.subset._weights(theta))
+        except FeaturesReached:
+            pass
+        finally:
+            handle.remove()
+        return seen["phi"]
+
+    @torch.no_grad()
+    def primal(self, rows: slice) -> Tensor:
+        """f(θ*) at the inputs ``rows``, ``[b, C]`` in the subset's output layout and dtype."""
+        out = _linear(self.phi[rows], self.module.weight, self.module.bias)
+        return out.to(self.subset.dtype).reshape(out.shape[0], -1)
+
+    @torch.no_grad()
+    def samples(
+        self, rows: slice, phi_dot: Tensor, eps: Tensor, primal: Tensor, scratch: Scratch
+    ) -> Tensor:
+        """The linearised samples f(θ*) + J ε of the inputs ``rows``, ``[k, b, C]`` in the
+        subset's output layout and dtype, from the body's tangents ``phi_dot``
+        ``[k, b, ..., D]`` of those inputs, the draws ``eps`` ``[k, P]`` and
+        ``primal`` = :meth:`primal` of the rows; written into ``scratch``'s buffers (valid
+        until its next use)."""
+        w = self.module.weight
+        phi = self.phi[rows]
+        k, c = phi_dot.shape[0], w.shape[0]
+        lead = phi_dot.shape[:-1]  # [k, b, ...]
+        tangent = scratch.take("tangent", (lead.numel(), c), w.dtype)
+        torch.mm(phi_dot.reshape(-1, phi_dot.shape[-1]).to(w.dtype), w.t(), out=tangent)
+        tangent = tangent.view(*lead, c)
+        if self.weight is not None:
+            start, shape = self.weight
+            dw = eps[:, start : start + shape.numel()].view(k, *shape).to(w.dtype)
+            tangent += torch.einsum("b...d,kcd->kb...c", phi, dw)
+        if self.bias is not None:
+            start, shape = self.bias
+            db = eps[:, start : start + shape.numel()].to(w.dtype)
+            tangent += db.view(k, *([1] * (phi.dim() - 1)), -1)
+        out = scratch.take("sample", (k, *primal.shape), self.subset.dtype)
+        return out.copy_(tangent.view(out.shape)).add_(primal)  # the cast in place
+
+
+class Scratch:
+    """Buffers reused from one tile to the next, one per name (a fresh CPU tensor of ten
+    megabytes costs its page faults, about four times the arithmetic done on it)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A contiguous ``shape`` view of the buffer ``name`` (grown when too small)."""
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` on ``x`` seen as rows ``[N, D]``: a slice's odd strides on its size-1
+    axes send CPU bf16 matmuls to a path 20x slower."""
+    return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], -1)
+
+
+def _place(subset: ParameterSubset, param: Tensor | None) -> tuple[int, torch.Size] | None:
+    """Where the parameter ``param`` lies in θ (by identity: a tied weight is found under
+    its first owner's name), or ``None`` when it is not among the Bayesian weights."""
+    if param is None:
+        return None
+    start = 0
+    for p in subset._params:
+        if p is param:
+            return start, p.shape
+        start += p.numel()
+    return None
+
+
+def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead | None:
+    """The model at θ as body and linear head, when its output at ``x`` is the last
+    ``nn.Linear``'s output (itself, or a pure cast of it) from one call of that layer, and
+    the head's weights are whole in θ or outside it; ``None`` otherwise (then samples take
+    the whole network's forward-mode pass). Costs one forward pass."""
+    layout = subset.output_layout
+    if subset.feature_reduction is not None or subset.index is not None:
+        return None  # features reduced inside the head; a mask through the head's weights
+    if layout is not None and layout.kind != "sequence":
+        return None  # a linear head's classes are last: channels-first outputs are permuted
+    try:
+        _, module = find_last_linear(subset.model, subset.last_layer_name)
+    except ValueError:
+        return None
+    seen: list[tuple[Tensor, Tensor]] = []
+
+    def record(mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        seen.append((inputs[0], output))
+
+    handle = module.register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            out = call_model(subset.model, x, subset._weights(theta))
+    finally:
+        handle.remove()
+    if len(seen) != 1 or not isinstance(out, Tensor):
+        return None
+    phi, head_out = seen[0]
+    same = out is head_out or (
+        out.dtype != head_out.dtype
+        and out.shape == head_out.shape
+        and torch.equal(out, head_out.to(out.dtype))
+    )
+    if not same or phi.shape[:-1] != out.shape[:-1]:
+        return None
+    return LinearHead(
+        subset, module, phi.detach(), _place(subset, module.weight), _place(subset, module.bias)
+    )
