@@ -218,3 +218,19 @@ def test_no_split_where_the_output_is_not_the_heads():
     assert split_at_head(la.subset, la.mean, xt) is None
     u = la.uncertainty(xt, n_samples=4)  # the whole network's samples instead
     assert u.total.shape == (2, T)
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_fused_softmax_and_entropy_equal_softmax_and_xlogy(scratch):
+    from laplacetorch.likelihoods import get_likelihood
+
+    lik = get_likelihood("classification")
+    f = torch.randn(3, 5, 7, dtype=DT, generator=torch.Generator().manual_seed(0)) * 4
+    f[0, 1, 2] = f[2, 0, :3] = -torch.inf  # masked tokens
+    p_ref = torch.softmax(f, -1)
+    h_ref = -torch.special.xlogy(p_ref, p_ref).sum(-1)
+    work = torch.empty_like(f) if scratch else None
+    p, h = lik.probs_and_entropy(f.clone(), work)
+    torch.testing.assert_close(p, p_ref)
+    torch.testing.assert_close(h, h_ref)
+    assert not scratch or p.data_ptr() == work.data_ptr()  # written into the buffer
