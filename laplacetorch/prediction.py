@@ -29,6 +29,7 @@ from .sampled_predictive import (
     streamed_mean,
     streamed_uncertainty,
 )
+from .top_k_predictive import TopK, top_k_predictive
 
 if TYPE_CHECKING:
     from .likelihoods import Likelihood
@@ -294,12 +295,44 @@ class Prediction:
         tiles = self._function_sample_tiles(x, n, pred_type, n_samples, generator)
         return streamed_uncertainty(lik, tiles, n_samples, n)
 
-    def _function_sample_tiles(
-        self, x: Any, n: int, pred_type: str, n_samples: int, generator: torch.Generator | None
-    ) -> Iterator[tuple[slice, Tensor]]:
-        """Function samples of ``n`` prepared inputs ``x`` in tiles sized by
-        ``memory_budget`` (at θ* and the current prior); refused before any draw when one
-        sample of the batch's outputs would exceed ``memory_limit``."""
+    def top_k(
+        self, x: Any, k: int, n_samples: int = 100, generator: torch.Generator | None = None
+    ) -> TopK:
+        """The predictive over each prediction's ``k`` likeliest outputs at θ* (per position
+        for sequences: the top-k tokens), renormalised over them: E[softmax(f_K)] from
+        ``n_samples`` linearised samples (:mod:`~laplacetorch.top_k_predictive`), the
+        vocabulary never sampled where the model ends in a linear head. Classification
+        only.
+
+        Raises:
+            ValueError: another likelihood; ``k`` not in [1, C]; an empty batch.
+        """
+        if self.likelihood.name != "classification":
+            raise ValueError(
+                f"top_k is the predictive over the likeliest classes of a softmax; the "
+                f"likelihood is {self.likelihood.name!r}"
+            )
+        check_count("k", k)
+        check_count("n_samples", n_samples)
+        x, n = self._check_inputs(x, fitting=False)
+        if n == 0:
+            raise ValueError("top_k needs at least one input; got an empty batch")
+        layout = self.subset.output_layout
+        classes = self._output_width(x) if layout is None else layout.n_classes
+        if k > classes:
+            raise ValueError(f"k must be at most the number of classes {classes}; got {k}")
+        self._sample_fits(x, n)
+        prior, s = self.prior, self.scale()
+
+        def draw(m: int) -> Tensor:
+            return self.structure.sample(m, prior, s, generator)
+
+        return top_k_predictive(self.subset, self.mean, x, draw, n_samples, k, classes,
+                                self.memory_budget)  # fmt: skip
+
+    def _sample_fits(self, x: Any, n: int) -> tuple[int, int]:
+        """``(outputs, itemsize)`` of one function sample of the ``n`` prepared inputs
+        ``x``, refused before any draw when it would exceed ``memory_limit``."""
         n_out, itemsize = n * self._output_width(x), self._itemsize()
         limit = memory_limit(self.memory_limit, self.subset.device)
         if sample_bytes(n_out, itemsize) > limit:
@@ -308,6 +341,15 @@ class Prediction:
                 f"{sample_bytes(n_out, itemsize):,} bytes, over the limit of {limit:,}: "
                 "predict a smaller batch"
             )
+        return n_out, itemsize
+
+    def _function_sample_tiles(
+        self, x: Any, n: int, pred_type: str, n_samples: int, generator: torch.Generator | None
+    ) -> Iterator[tuple[slice, Tensor]]:
+        """Function samples of ``n`` prepared inputs ``x`` in tiles sized by
+        ``memory_budget`` (at θ* and the current prior); refused before any draw when one
+        sample of the batch's outputs would exceed ``memory_limit``."""
+        n_out, itemsize = self._sample_fits(x, n)
         prior, s = self.prior, self.scale()
 
         def draw(k: int) -> Tensor:

@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Uncertainty",
+    "block_sizes",
     "glm_sample_blocks",
     "head_sample_tiles",
+    "over_draws",
     "sample_block_size",
     "sample_bytes",
     "sample_tiles",
@@ -71,7 +73,7 @@ def sample_block_size(n_samples: int, n_outputs: int, itemsize: int, memory_budg
     return max(1, min(n_samples, memory_budget // sample_bytes(n_outputs, itemsize)))
 
 
-def _over_draws(subset: ParameterSubset, one: Callable[[Tensor], Tensor], eps: Tensor) -> Tensor:
+def over_draws(subset: ParameterSubset, one: Callable[[Tensor], Tensor], eps: Tensor) -> Tensor:
     """``one`` over the draws ε ``[k, P]``, stacked: vmapped (the primal shared), a loop
     where vmap cannot run the model."""
     with torch.no_grad():
@@ -95,7 +97,7 @@ def glm_sample_blocks(
         return out + tangent
 
     for eps in draws:
-        yield _over_draws(subset, one, eps)
+        yield over_draws(subset, one, eps)
 
 
 def nn_sample_blocks(
@@ -106,7 +108,8 @@ def nn_sample_blocks(
         yield function_samples(subset, theta + eps, x)
 
 
-def _blocks(n_samples: int, block: int) -> list[int]:
+def block_sizes(n_samples: int, block: int) -> list[int]:
+    """``n_samples`` split into blocks of ``block`` (the last one smaller)."""
     return [block] * (n_samples // block) + ([n_samples % block] if n_samples % block else [])
 
 
@@ -136,9 +139,9 @@ def head_sample_tiles(
         return jvp(lambda t: head.body(t, x), (theta,), (e,))[1]
 
     scratch = Scratch(head.phi.device)
-    for k in _blocks(n_samples, k_body):
+    for k in block_sizes(n_samples, k_body):
         eps = draw(k)
-        phi_dot = _over_draws(head.subset, body_tangent, eps)  # [k, B, ..., D]
+        phi_dot = over_draws(head.subset, body_tangent, eps)  # [k, B, ..., D]
         for r0 in range(0, n, rows):
             sl = slice(r0, min(n, r0 + rows))
             f0 = head.primal(sl)
@@ -171,7 +174,7 @@ def sample_tiles(
         )
         return
     block = sample_block_size(n_samples, n_inputs * width, itemsize, memory_budget)
-    draws = (draw(k) for k in _blocks(n_samples, block))
+    draws = (draw(k) for k in block_sizes(n_samples, block))
     blocks = glm_sample_blocks if pred_type == "glm" else nn_sample_blocks
     for fs in blocks(subset, theta, x, draws):
         yield slice(0, fs.shape[1]), fs

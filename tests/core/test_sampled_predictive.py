@@ -234,3 +234,65 @@ def test_fused_softmax_and_entropy_equal_softmax_and_xlogy(scratch):
     torch.testing.assert_close(p, p_ref)
     torch.testing.assert_close(h, h_ref)
     assert not scratch or p.data_ptr() == work.data_ptr()  # written into the buffer
+
+
+# ---------------------------------------------------------------------- top-k predictive
+def test_top_k_matches_the_dense_restricted_glm_predictive():
+    """E[softmax(f_K)] for f_K ~ N(f_K*, J_K Π⁻¹ J_Kᵀ): against draws from the dense
+    covariance's K × K blocks, per position."""
+    la = _fit("kfac")
+    xt, k = _data(2, seed=11)[0], 4
+    top = la.top_k(xt, k, n_samples=3000, generator=torch.Generator().manual_seed(0))
+    f, var = la.glm_moments(xt)  # [B, T·V], [B, T·V, T·V]
+    f = f.view(2, T, V)
+    torch.testing.assert_close(top.indices, f.topk(k, -1).indices)
+    idx = (torch.arange(T)[:, None] * V + top.indices).view(2, T * k)  # flat output ids
+    sub = torch.stack([var[b][idx[b]][:, idx[b]] for b in range(2)])  # [B, T·k, T·k]
+    f_k = f.gather(-1, top.indices)
+    torch.testing.assert_close(top.map_probs, torch.softmax(f_k, -1))
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(40000, 2, T * k, dtype=DT, generator=g)
+    draws = f_k.reshape(2, T * k) + torch.einsum("bij,sbj->sbi", torch.linalg.cholesky(sub), z)
+    ref = torch.softmax(draws.view(-1, 2, T, k), -1).mean(0)
+    assert float((top.probs - ref).abs().max()) < 0.02  # 3000 samples against 40000
+    assert float((top.probs - top.map_probs).abs().max()) > 0.02  # not the MAP's
+    torch.testing.assert_close(top.probs.sum(-1), torch.ones(2, T, dtype=DT))
+
+
+@pytest.mark.parametrize("model", ["head in theta", "frozen head", "tied head"])
+def test_top_k_split_at_the_head_equals_the_whole_networks(model, monkeypatch):
+    import laplacetorch.top_k_predictive as top_k_module
+
+    net = {"head in theta": TinyCausalLM, "frozen head": TinyCausalLM, "tied head": TiedLM}
+    net = net[model]()
+    if model == "frozen head":
+        net.head.requires_grad_(False)
+    la = Laplace(net.eval(), "classification", "all", "diag", outputs="sequence",
+                 prior_precision=2.0)  # fmt: skip
+    ids, y = _data(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        la.fit([(ids, y)])
+    xt = _data(3, seed=12)[0]
+    split = la.top_k(xt, 5, n_samples=7, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(top_k_module, "split_at_head", lambda *args: None)
+    whole = la.top_k(xt, 5, n_samples=7, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(split.indices, whole.indices)
+    torch.testing.assert_close(split.probs, whole.probs, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(split.map_probs, whole.map_probs, rtol=1e-12, atol=1e-14)
+
+
+def test_top_k_refuses_what_it_cannot_give():
+    la = _fit("diag", n=8)
+    xt = _data(2, seed=13)[0]
+    with pytest.raises(ValueError, match=r"k must be at most the number of classes 32; got 33"):
+        la.top_k(xt, V + 1)
+    with pytest.raises(ValueError, match="k must be"):
+        la.top_k(xt, 0)
+    with pytest.raises(ValueError, match="empty batch"):
+        la.top_k(xt[:0], 3)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT).eval()
+    data = [(torch.randn(6, 3, dtype=DT), torch.randn(6, 2, dtype=DT))]
+    reg = Laplace(net, "regression", "all", "diag").fit(data)
+    with pytest.raises(ValueError, match="top_k is the predictive over the likeliest classes"):
+        reg.top_k(torch.randn(2, 3, dtype=DT), 1)

@@ -1,0 +1,135 @@
+"""The predictive over each prediction's k likeliest outputs: the top-k tokens of a language
+model, position by position.
+
+Where only the likeliest tokens matter, the linearised predictive is restricted to the k
+outputs with the largest logits at θ*, K, and renormalised over them: E[softmax(f_K)] for
+f_K ~ N(f_K(θ*), J_K Π⁻¹ J_Kᵀ), the softmax of those k logits alone (what a head restricted
+to them predicts: laplace-torch's multiple-choice variant, with the answers chosen by the
+model), by Monte Carlo over linearised samples f_K + J_K ε, ε ~ N(0, Π⁻¹). Split at a linear
+head (:mod:`~laplacetorch.linear_head`) a sample costs the body's tangent and, per
+position, a product with the head's k rows: the vocabulary is read once, for the top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.func import jvp
+
+from .linear_head import LinearHead, split_at_head
+from .sampled_predictive import (
+    block_sizes,
+    glm_sample_blocks,
+    over_draws,
+    sample_block_size,
+    sample_bytes,
+)
+
+if TYPE_CHECKING:
+    from .params import ParameterSubset
+
+__all__ = ["TopK", "top_k_predictive"]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The predictive over each prediction's k likeliest outputs at θ*.
+
+    Attributes:
+        indices: ``[B, ..., k]`` the outputs (token ids), by descending logit at θ*;
+            positions before the k (``[B, T, k]`` for sequences).
+        probs: ``[B, ..., k]`` E[softmax(f_K)], the linearised predictive over those k
+            outputs (sums to 1 over them).
+        map_probs: ``[B, ..., k]`` softmax(f_K(θ*)), the same restriction at θ*.
+    """
+
+    indices: Tensor
+    probs: Tensor
+    map_probs: Tensor
+
+
+def top_k_predictive(
+    subset: ParameterSubset,
+    theta: Tensor,
+    x: Any,
+    draw: Callable[[int], Tensor],
+    n_samples: int,
+    k: int,
+    n_classes: int,
+    memory_budget: int,
+) -> TopK:
+    """:class:`TopK` at the prepared inputs ``x`` from ``n_samples`` linearised samples;
+    ``draw(s)`` gives s weight perturbations ε ``[s, P]``; the outputs have ``n_classes``
+    per prediction (the vocabulary), positions first."""
+    head = split_at_head(subset, theta, x)
+    if head is not None:
+        return _split_top_k(head, x, theta, draw, n_samples, k, n_classes, memory_budget)
+    with torch.no_grad():
+        f0 = subset.forward(theta, x)  # [B, T·C], the whole network's output
+    b = f0.shape[0]
+    logits, index = _per_position(f0, n_classes).topk(k, dim=-1)
+    itemsize = f0.element_size()
+    block = sample_block_size(n_samples, f0[0].numel() * b, itemsize, memory_budget)
+    draws = (draw(s) for s in block_sizes(n_samples, block))
+    total = torch.zeros_like(logits)
+    for fs in glm_sample_blocks(subset, theta, x, draws):
+        picked = _per_position(fs, n_classes).gather(-1, index.expand(len(fs), *index.shape))
+        total += torch.softmax(picked, dim=-1).sum(0)
+    return TopK(index, total / n_samples, torch.softmax(logits, dim=-1))
+
+
+def _per_position(f: Tensor, n_classes: int) -> Tensor:
+    """``[..., B, T·C]`` seen as ``[..., B, T, C]`` (``[..., B, C]`` without positions)."""
+    if f.shape[-1] == n_classes:
+        return f
+    return f.view(*f.shape[:-1], -1, n_classes)
+
+
+def _split_top_k(
+    head: LinearHead,
+    x: Any,
+    theta: Tensor,
+    draw: Callable[[int], Tensor],
+    n_samples: int,
+    k: int,
+    n_classes: int,
+    memory_budget: int,
+) -> TopK:
+    """The top-k predictive split at the head: f_K + φ̇ W_Kᵀ + φ Ẇ_Kᵀ + ḃ_K, with W_K the
+    head's rows of each position's k outputs ``[B, ..., k, D]``."""
+    n, phi, w = head.phi.shape[0], head.phi, head.module.weight
+    itemsize = torch.finfo(head.subset.dtype).bits // 8
+    width = n_classes * phi[0, ..., 0].numel()  # outputs of one input: positions × C
+    rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))
+    parts = [head.primal(slice(r, r + rows)) for r in range(0, n, rows)]
+    picked = [_per_position(p, n_classes).topk(k, dim=-1) for p in parts]
+    logits = torch.cat([v for v, _ in picked])  # [B, ..., k], the model's own logits
+    index = torch.cat([i for _, i in picked])
+    w_k = w[index]  # [B, ..., k, D]
+    per_draw = phi.numel() * phi.element_size()
+    if head.weight is not None:
+        per_draw += w_k.numel() * itemsize
+    s_block = max(1, min(n_samples, memory_budget // max(per_draw, 1)))
+
+    def body_tangent(e: Tensor) -> Tensor:
+        return jvp(lambda t: head.body(t, x), (theta,), (e,))[1]
+
+    total = torch.zeros_like(logits)
+    with torch.no_grad():
+        for s in block_sizes(n_samples, s_block):
+            eps = draw(s)
+            phi_dot = over_draws(head.subset, body_tangent, eps)  # [s, B, ..., D]
+            tangent = torch.einsum("sb...d,b...kd->sb...k", phi_dot.to(w.dtype), w_k)
+            if head.weight is not None:
+                start, shape = head.weight
+                dw = eps[:, start : start + shape.numel()].view(s, *shape)[:, index]
+                tangent = tangent + torch.einsum("b...d,sb...kd->sb...k", phi, dw.to(w.dtype))
+            if head.bias is not None:
+                start, shape = head.bias
+                tangent = tangent + eps[:, start : start + shape.numel()][:, index].to(w.dtype)
+            total += torch.softmax(logits + tangent.to(logits.dtype), dim=-1).sum(0)
+    return TopK(index, total / n_samples, torch.softmax(logits, dim=-1))
