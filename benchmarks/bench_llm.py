@@ -15,7 +15,8 @@ measured call. It prints, with the issue's targets:
    (forward, backward, Adam step);
 2. ``predict``: the full-vocabulary predictive ``la(x, link_approx="mc", n_samples=S)``
    (streamed linearised samples) and ``la.uncertainty(x, n_samples=S)`` against one forward
-   pass of the same batch (time and peak memory), the ``nn`` uncertainty beside them, and the
+   pass of the same batch (time and peak memory), the ``nn`` uncertainty and the top-10
+   predictive ``la.top_k(x, 10, n_samples=S)`` beside them, and the
    profile of one streamed sample by operator;
 3. ``refuse``: exact-Fisher KFAC and the default GLM (probit) predictive refused by the
    memory pre-check (``MemoryBudgetError``) before anything is formed;
@@ -188,6 +189,7 @@ def part_predict(args) -> dict[str, Any]:
     probs, mc_s, mc_mem = measured(lambda: la(x, link_approx="mc", n_samples=s))
     unc, unc_s, unc_mem = measured(lambda: la.uncertainty(x, n_samples=s))
     _, nn_s, nn_mem = measured(lambda: la.uncertainty(x, pred_type="nn", n_samples=s))
+    top_k, top_s, top_mem = measured(lambda: la.top_k(x, 10, n_samples=s))
     fwd_times += [timed(forward) for _ in range(3)]
     # one streamed linearised sample, by operator (self time, the top ones)
     from torch.profiler import ProfilerActivity, profile
@@ -210,6 +212,9 @@ def part_predict(args) -> dict[str, Any]:
         "unc_mem": unc_mem,
         "nn_s": nn_s,
         "nn_mem": nn_mem,
+        "top_s": top_s,
+        "top_mem": top_mem,
+        "top_gap": float((top_k.probs - top_k.map_probs).abs().mean()),
         "shape": list(probs.shape),
         "entropy": [float(v.mean()) for v in (unc.total, unc.aleatoric, unc.epistemic)],
         "sample_ops": top,
@@ -372,19 +377,21 @@ def main() -> None:
                 (f"la(x, link_approx='mc', n_samples={s}) {r['shape']}", "mc"),
                 (f"la.uncertainty(x, n_samples={s})", "unc"),
                 (f"la.uncertainty(x, pred_type='nn', n_samples={s})", "nn"),
+                (f"la.top_k(x, 10, n_samples={s}) (the top-10 tokens per position)", "top"),
             ):
                 t, m = r[f"{key}_s"], r[f"{key}_mem"]
                 line = (
                     f"  {name}: {t:.3g} s = {t / fwd:.1f} forward passes, peak {_mb(m)} = "
                     f"{m / mem:.1f} forward passes"
                 )
-                if key != "nn":
+                if key in ("mc", "unc"):
                     line += (
                         f"; targets <= {1 + 1.5 * s:g} passes: {_verdict(t / fwd <= 1 + 1.5 * s)}"
                         f", <= {TARGETS['pred_mem']:g}x memory: "
                         f"{_verdict(m / mem <= TARGETS['pred_mem'])}"
                     )
                 print(line)
+            print(f"    top-10: mean |E[p_K] - p_K(MAP)| = {r['top_gap']:.2g}")
             total, aleatoric, epistemic = r["entropy"]
             print(f"    per-token entropy (mean): {total:.3f} = {aleatoric:.3f} + {epistemic:.4f}")
             print(

@@ -187,16 +187,18 @@ class PositionwiseLikelihood(Likelihood):
         return self.base.entropy(p.movedim(-len(self.layout.example_shape), -1)
                                  if self.layout.kind == "channels_first" else p)  # fmt: skip
 
-    def probs_and_entropy(self, f: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def probs_and_entropy(
+        self, f: Tensor, scratch: Tensor | None = None, entropy: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         if self.name != "classification":
-            return super().probs_and_entropy(f, scratch)
+            return super().probs_and_entropy(f, scratch, entropy)
         work = None if scratch is None else self._per_position(scratch)
-        p, h = self.base.probs_and_entropy(
-            self._per_position(f), work
-        )  # [.., B, T', C], [.., B, T']
+        # [..., B, T', C] and [..., B, T']
+        p, h = self.base.probs_and_entropy(self._per_position(f), work, entropy)
         shape = self.layout.example_shape
         positions = shape[:-1] if self.layout.kind == "sequence" else shape[1:]
-        return self.layout.unflatten(p.flatten(-2)), h.reshape(*h.shape[:-1], *positions)
+        p = self.layout.unflatten(p.flatten(-2))
+        return p, None if h is None else h.reshape(*h.shape[:-1], *positions)
 
     def _blocks(self, var: Tensor) -> Tensor:
         """The per-position blocks ``[B·T, C, C]`` of ``[B, T·C, T·C]``."""

@@ -245,7 +245,7 @@ class Prediction:
         if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
             c = self._output_width(xp)
             if c * c * self._itemsize() > self.memory_budget:  # not one example's [C, C] fits
-                tiles = self._function_sample_tiles(xp, n, "glm", n_samples, generator)
+                tiles = self._function_sample_tiles(xp, n, "glm", n_samples, generator, c)
                 return streamed_mean(lik, tiles, n_samples, n)
         self._check_memory(xp, n, link_approx=link_approx, n_samples=n_samples)
         return self._linked_chunks(
@@ -318,10 +318,11 @@ class Prediction:
         if n == 0:
             raise ValueError("top_k needs at least one input; got an empty batch")
         layout = self.subset.output_layout
-        classes = self._output_width(x) if layout is None else layout.n_classes
+        width = self._output_width(x)
+        classes = width if layout is None else layout.n_classes
         if k > classes:
             raise ValueError(f"k must be at most the number of classes {classes}; got {k}")
-        self._sample_fits(x, n)
+        self._sample_fits(x, n, width)
         prior, s = self.prior, self.scale()
 
         def draw(m: int) -> Tensor:
@@ -330,10 +331,12 @@ class Prediction:
         return top_k_predictive(self.subset, self.mean, x, draw, n_samples, k, classes,
                                 self.memory_budget)  # fmt: skip
 
-    def _sample_fits(self, x: Any, n: int) -> tuple[int, int]:
+    def _sample_fits(self, x: Any, n: int, width: int | None = None) -> tuple[int, int]:
         """``(outputs, itemsize)`` of one function sample of the ``n`` prepared inputs
-        ``x``, refused before any draw when it would exceed ``memory_limit``."""
-        n_out, itemsize = n * self._output_width(x), self._itemsize()
+        ``x`` (``width`` outputs each, when known), refused before any draw when it would
+        exceed ``memory_limit``."""
+        width = self._output_width(x) if width is None else width
+        n_out, itemsize = n * width, self._itemsize()
         limit = memory_limit(self.memory_limit, self.subset.device)
         if sample_bytes(n_out, itemsize) > limit:
             raise MemoryBudgetError(
@@ -344,12 +347,18 @@ class Prediction:
         return n_out, itemsize
 
     def _function_sample_tiles(
-        self, x: Any, n: int, pred_type: str, n_samples: int, generator: torch.Generator | None
+        self,
+        x: Any,
+        n: int,
+        pred_type: str,
+        n_samples: int,
+        generator: torch.Generator | None,
+        width: int | None = None,
     ) -> Iterator[tuple[slice, Tensor]]:
         """Function samples of ``n`` prepared inputs ``x`` in tiles sized by
         ``memory_budget`` (at θ* and the current prior); refused before any draw when one
         sample of the batch's outputs would exceed ``memory_limit``."""
-        n_out, itemsize = self._sample_fits(x, n)
+        n_out, itemsize = self._sample_fits(x, n, width)
         prior, s = self.prior, self.scale()
 
         def draw(k: int) -> Tensor:

@@ -202,7 +202,7 @@ def streamed_mean(
 
 def _running_sums(
     likelihood: Likelihood, tiles: Iterator[tuple[slice, Tensor]], n_inputs: int, entropy: bool
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """Σ_s inverse_link(f_s) per input (and Σ_s H(p_s) with ``entropy``), in the model's
     layout, filled tile by tile."""
     sum_p = sum_h = None
@@ -211,11 +211,12 @@ def _running_sums(
         if scratch is None:
             scratch = Scratch(fs.device)
         # the tile is consumed: p written into a reused buffer, no tile-sized allocation
-        p, h = likelihood.probs_and_entropy(fs, scratch.take("p", tuple(fs.shape), fs.dtype))
+        work = scratch.take("p", tuple(fs.shape), fs.dtype)
+        p, h = likelihood.probs_and_entropy(fs, work, entropy)
         if sum_p is None:
             sum_p = p.new_zeros(n_inputs, *p.shape[2:])
-            sum_h = h.new_zeros(n_inputs, *h.shape[2:])
         sum_p[rows] += p[0] if len(p) == 1 else p.sum(0)  # no copy of a lone sample
-        if entropy:
+        if h is not None:
+            sum_h = h.new_zeros(n_inputs, *h.shape[2:]) if sum_h is None else sum_h
             sum_h[rows] += h.sum(0)
     return sum_p, sum_h

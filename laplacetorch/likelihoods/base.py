@@ -236,13 +236,15 @@ class Likelihood(ABC):
                 "under any likelihood use glm_moments(x, joint=True)"
             )
 
-    def probs_and_entropy(self, f: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """:meth:`inverse_link` of f and the :meth:`entropy` of the distribution it gives,
-        in one go (the softmax fuses them; no log of p is formed). With ``scratch`` (f's
-        shape and dtype) f may be overwritten and p written into ``scratch``, so that a
-        stream of samples allocates nothing of their size."""
+    def probs_and_entropy(
+        self, f: Tensor, scratch: Tensor | None = None, entropy: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`inverse_link` of f and the :meth:`entropy` of the distribution it gives
+        (``None`` without ``entropy``), in one go (the softmax fuses them; no log of p is
+        formed). With ``scratch`` (f's shape and dtype) f may be overwritten and p written
+        into ``scratch``, so that a stream of samples allocates nothing of their size."""
         p = self.inverse_link(f)
-        return p, self.entropy(p)
+        return p, self.entropy(p) if entropy else None
 
     def entropy(self, p: Tensor) -> Tensor:
         """The entropy of the predictive distribution of y with mean ``p`` (what

@@ -65,7 +65,9 @@ class ClassificationLikelihood(Likelihood):
         """−Σ꜀ p꜀ log p꜀ over the classes (the last axis), 0 log 0 = 0."""
         return -torch.special.xlogy(p, p).sum(-1)
 
-    def probs_and_entropy(self, f: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def probs_and_entropy(
+        self, f: Tensor, scratch: Tensor | None = None, entropy: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """softmax(f) and its entropy H = log s − Σ꜀ p꜀ g꜀ with g = f − max f, s = Σ꜀ e^g꜀
         (log p = g − log s): a third of softmax and ``xlogy``'s cost at a vocabulary of 50k;
         −inf logits (masked tokens) have p = 0 and add nothing. With ``scratch``, g
@@ -74,10 +76,12 @@ class ClassificationLikelihood(Likelihood):
         g = f - m if scratch is None else f.sub_(m)
         e = g.exp() if scratch is None else torch.exp(g, out=scratch)
         s = e.sum(-1, keepdim=True)
-        if bool(g.amin() == -torch.inf):  # a read, where clamping every entry is a write
-            g.clamp_(min=torch.finfo(g.dtype).min)  # −inf · 0 would be NaN
-        h = s.squeeze(-1).log() - g.mul_(e).sum(-1) / s.squeeze(-1)
-        return e.div_(s), h.clamp_min_(0)
+        h = None
+        if entropy:
+            if bool(g.amin() == -torch.inf):  # a read, where clamping every entry is a write
+                g.clamp_(min=torch.finfo(g.dtype).min)  # −inf · 0 would be NaN
+            h = (s.squeeze(-1).log() - g.mul_(e).sum(-1) / s.squeeze(-1)).clamp_min_(0)
+        return e.div_(s), h
 
     def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         p = torch.softmax(f, dim=-1)
