@@ -55,9 +55,14 @@ class Kron(Structure):
             if f.dim() != 2 or f.shape[0] != f.shape[1] or not all_finite(f):
                 raise ValueError(f"Kronecker factor {name} must be a finite square matrix")
         super().__init__(b.shape[0] * a.shape[0], group_index, b.dtype, b.device, layout)
-        lb, qb = symmetric_eigh(b, "a Kronecker factor B (output side)")
-        la, qa = symmetric_eigh(a, "a Kronecker factor A (input side)")
-        self._set_tensors({"qb": qb, "lb": lb.clamp_min(0), "qa": qa, "la": la.clamp_min(0)})
+        # in float64 for lower precisions, as Dense: float32 eigh's own error on the small
+        # eigenvalues (~ε·‖F‖) would dominate log det Π of a wide layer (half-precision
+        # models keep their factors in float32); kept in the factors' dtype
+        wide = torch.promote_types(b.dtype, torch.float64)
+        lb, qb = symmetric_eigh(b.to(wide), "a Kronecker factor B (output side)")
+        la, qa = symmetric_eigh(a.to(wide), "a Kronecker factor A (input side)")
+        tensors = {"qb": qb, "lb": lb.clamp_min(0), "qa": qa, "la": la.clamp_min(0)}
+        self._set_tensors({k: t.to(b.dtype) for k, t in tensors.items()})
 
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.qb, self.qa = tensors["qb"], tensors["qa"]
