@@ -14,6 +14,7 @@ and print the fit time and the process's peak memory. Targets (issue 31): log de
 1e-3, median variance within 1e-2, δ within 2 %.
 
     python benchmarks/bench_half_precision.py [--dtype bfloat16] [--n 1000] [--threads 2]
+        [--models lenet,transformer] [--structures diag,kfac,ekfac,lanczos]
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
-def _compare(name: str, model: nn.Module, data, xt: Tensor, dtype, floating: bool) -> None:
+def _compare(
+    name: str, model: nn.Module, data, xt: Tensor, dtype, floating: bool, structures=STRUCTURES
+) -> None:
     half = copy.deepcopy(model).to(dtype)
     ref = copy.deepcopy(half).to(torch.float64)
     x, y = data
@@ -105,7 +108,7 @@ def _compare(name: str, model: nn.Module, data, xt: Tensor, dtype, floating: boo
     print(f"\n{name}: P = {sum(p.numel() for p in model.parameters()):,}, N = {len(x)}, {dtype}")
     print(f"{'structure':10s} {'δ':>9s} {'logdet@δ64':>11s} {'logdet@own':>11s} {'med var':>9s}"
           f" {'fit half':>9s} {'fit f64':>8s}")  # fmt: skip
-    for structure in STRUCTURES:
+    for structure in structures:
         r64 = _answers(ref, structure, ref_data, ref_xt, floating)
         rh = _answers(half, structure, data, xt, floating, at=r64["delta"])
         at, own = _rel(rh["logdet_at"], r64["logdet"]), _rel(rh["logdet"], r64["logdet"])
@@ -120,19 +123,24 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--n", type=int, default=1000, help="training examples of the fit")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="lenet,transformer", help="comma-separated")
+    parser.add_argument("--structures", default=",".join(STRUCTURES), help="comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     print(f"load average {os.getloadavg()[0]:.2f}, threads {args.threads}")
-    x, y, source = load_images(args.n + 200)
-    print(f"images: {source}")
-    lenet = _train(make_lenet(0), x[: args.n], y[: args.n], epochs=8, lr=2e-3)
-    _compare("LeNet", lenet, (x[: args.n], y[: args.n]), x[args.n :], dtype, floating=True)
-    ids, labels = _token_task(args.n + 200)
-    torch.manual_seed(0)
-    tf = _train(TinyTransformer(), ids[: args.n], labels[: args.n], epochs=15, lr=1e-3)
-    _compare("4-layer transformer", tf, (ids[: args.n], labels[: args.n]), ids[args.n :], dtype,
-             floating=False)  # fmt: skip
+    models, structures = args.models.split(","), tuple(args.structures.split(","))
+    if "lenet" in models:
+        x, y, source = load_images(args.n + 200)
+        print(f"images: {source}")
+        lenet = _train(make_lenet(0), x[: args.n], y[: args.n], epochs=8, lr=2e-3)
+        _compare("LeNet", lenet, (x[: args.n], y[: args.n]), x[args.n :], dtype, True, structures)
+    if "transformer" in models:
+        ids, labels = _token_task(args.n + 200)
+        torch.manual_seed(0)
+        tf = _train(TinyTransformer(), ids[: args.n], labels[: args.n], epochs=15, lr=1e-3)
+        _compare("4-layer transformer", tf, (ids[: args.n], labels[: args.n]), ids[args.n :],
+                 dtype, False, structures)  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     print(f"\npeak memory (max RSS of the process): {peak:.0f} MB")
 
