@@ -316,6 +316,15 @@ def run(
             f"{parts[1]:.3f} + mutual information {parts[2]:.4f}"
         )
 
+    # the predictive over each position's 10 likeliest tokens (renormalised over them)
+    t0 = time.perf_counter()
+    top = la.top_k(x, 10, n_samples=n_samples)  # indices, probs, map_probs: [B, T, 10]
+    out["top10 shift"] = float((top.probs - top.map_probs).abs().sum(-1).mean())
+    print(
+        f"top-10 predictive {list(top.probs.shape)} in {time.perf_counter() - t0:.1f} s: "
+        f"mean total-variation shift from the MAP's top 10 {out['top10 shift'] / 2:.3f}"
+    )
+
     # multiple choice: the answer tokens' logits at the last position
     answers = [0, 1, 2, 3]
     mc_model = AnswerLogits(build_lm(size, seed + 3, lora_dtype), answers)
