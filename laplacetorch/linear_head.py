@@ -152,10 +152,10 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
         _, module = find_last_linear(subset.model, subset.last_layer_name)
     except ValueError:
         return None
-    seen: list[tuple[Tensor, Tensor]] = []
+    seen: list[tuple[Tensor | None, Tensor]] = []
 
     def record(mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        seen.append((inputs[0], output))
+        seen.append((inputs[0] if inputs else None, output))  # None: called by keyword
 
     handle = module.register_forward_hook(record)
     try:
@@ -166,6 +166,8 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
     if len(seen) != 1 or not isinstance(out, Tensor):
         return None
     phi, head_out = seen[0]
+    if phi is None:
+        return None
     same = out is head_out or (
         out.dtype != head_out.dtype
         and out.shape == head_out.shape

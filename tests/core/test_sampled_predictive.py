@@ -296,3 +296,27 @@ def test_top_k_refuses_what_it_cannot_give():
     reg = Laplace(net, "regression", "all", "diag").fit(data)
     with pytest.raises(ValueError, match="top_k is the predictive over the likeliest classes"):
         reg.top_k(torch.randn(2, 3, dtype=DT), 1)
+
+
+def test_a_classifier_splits_at_its_last_layer_too(monkeypatch):
+    """[B, C] outputs of an MLP: the entropy split by the head split equals the whole
+    network's, draw for draw."""
+    import laplacetorch.sampled_predictive as sampled
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).to(DT).eval()
+    x, y = torch.randn(30, 3, dtype=DT), torch.randint(0, 4, (30,))
+    la = Laplace(net, "classification", "all", "kfac", prior_precision=0.5).fit([(x, y)])
+    la.memory_budget = 10**9  # one block of all draws on both paths
+
+    def unc():
+        return la.uncertainty(x[:6], n_samples=50, generator=torch.Generator().manual_seed(1))
+
+    assert sampled.split_at_head(la.subset, la.mean, x[:6]) is not None
+    split = unc()
+    monkeypatch.setattr(sampled, "split_at_head", lambda *args: None)
+    whole = unc()
+    for part in ("total", "aleatoric", "mean"):
+        torch.testing.assert_close(getattr(split, part), getattr(whole, part), rtol=1e-10,
+                                   atol=1e-12)  # fmt: skip
+    assert float(split.epistemic.mean()) > 1e-4  # the samples do spread
