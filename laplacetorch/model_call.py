@@ -102,9 +102,16 @@ def model_output(out: Any) -> Tensor:
     )
 
 
-def call_model(model: nn.Module, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
+def call_model(
+    model: nn.Module,
+    x: Any,
+    params: dict[str, Tensor] | None = None,
+    *,
+    tie_weights: bool = True,
+) -> Tensor:
     """f(x): ``model(**x)`` for :class:`KeywordInputs`, else ``model(x)``; with ``params``
-    through ``torch.func.functional_call``."""
+    through ``torch.func.functional_call`` (``tie_weights=False``: each name of a tied weight
+    takes its own value from ``params``)."""
     constants = {}
     if isinstance(x, WithKeywords):
         x, constants = x.inputs, x.constants
@@ -113,4 +120,6 @@ def call_model(model: nn.Module, x: Any, params: dict[str, Tensor] | None = None
     with module_calls():
         if params is None:
             return model_output(model(*args, **kwargs))
-        return model_output(functional_call(model, params, args, kwargs))
+        return model_output(
+            functional_call(model, params, args, kwargs, tie_weights=tie_weights)
+        )
