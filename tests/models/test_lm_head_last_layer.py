@@ -21,7 +21,7 @@ from torch.func import functional_call, jacrev, jvp, vjp
 
 from laplacetorch import Laplace, ParameterSubset
 from laplacetorch.memory import MemoryBudgetError
-from laplacetorch.model_call import KeywordInputs
+from laplacetorch.model_call import KeywordInputs, call_model
 from laplacetorch.persistence import WeightsChangedError
 from laplacetorch.predictive import dense_jacobians
 
@@ -61,7 +61,8 @@ def _targets(model: TiedNet, y: torch.Tensor) -> torch.Tensor:
 
 
 def _laplace(model: nn.Module, structure: str, **kw) -> Laplace:
-    seq = {"outputs": "sequence"} if getattr(model, "sequence", False) else {}
+    sequence = getattr(model, "sequence", False) and "feature_reduction" not in kw
+    seq = {"outputs": "sequence"} if sequence else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tie's notice (tested on its own)
         return Laplace(model, "classification", "last_layer", structure, **seq, **kw)
@@ -143,12 +144,17 @@ def test_all_keeps_the_tie_and_last_layer_unties_it_in_the_functional_call():
         head = ParameterSubset(model, "last_layer")
     theta, f = _head_call(model, x)
     torch.testing.assert_close(head.forward(2 * head.map_vector(), x).reshape(N, -1), f(2 * theta))
+    # any caller of call_model with the subset's weights gets the head untied
+    untied = call_model(model, x, head._weights(2 * head.map_vector()))
+    torch.testing.assert_close(untied.reshape(N, -1), f(2 * theta))
     everything = ParameterSubset(model, "all")
     doubled = copy.deepcopy(model)
     with torch.no_grad():
         for p in doubled.parameters():
             p.mul_(2)
     torch.testing.assert_close(everything.forward(2 * everything.map_vector(), x), doubled(x))
+    tied = call_model(model, x, everything._weights(2 * everything.map_vector()))
+    torch.testing.assert_close(tied, doubled(x))
     assert not torch.allclose(doubled(x).reshape(N, -1), f(2 * theta))
 
 
@@ -220,6 +226,30 @@ def test_the_predictive_covariance_agrees_on_every_path(sequence):
     torch.testing.assert_close(joint.view(N, k, N, k).diagonal(dim1=0, dim2=2).movedim(-1, 0), want)
     dense = torch.cat([s.jac for s in dense_jacobians(la.subset, x, N)])
     torch.testing.assert_close(dense, jac)
+
+
+def test_a_reduced_head_keeps_the_body_at_its_trained_embedding():
+    """``feature_reduction="pick_last"``: the closed form on the last position's φ and the
+    functional call (the body run up to the head, then the head on the reduced φ) agree
+    with the oracle's last position."""
+    model, (x, y) = TiedNet(sequence=True), _data()
+    la = _laplace(model, "full", feature_reduction="pick_last", prior_precision=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        la.fit(batches(x, y[:, 0], 4))
+    theta, f_seq = _head_call(model, x)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return f_seq(t).view(N, T, V)[:, -1]
+
+    jac = jacrev(f)(theta)
+    p = f(theta).softmax(-1)
+    g = torch.einsum("bcp,bcd,bdq->pq", jac, torch.diag_embed(p) - p[:, :, None] * p[:, None], jac)
+    torch.testing.assert_close(la.structure.curvature_dense(), g)
+    want = jac @ torch.linalg.solve(g + 0.5 * torch.eye(len(theta), dtype=DT), jac.mT)
+    torch.testing.assert_close(la.glm_moments(x)[1], want)
+    _, joint = la.glm_moments(x, joint=True)
+    torch.testing.assert_close(joint.view(N, V, N, V).diagonal(dim1=0, dim2=2).movedim(-1, 0), want)
 
 
 def test_jvp_and_vjp_of_the_functional_call_are_the_oracle():
