@@ -184,7 +184,7 @@ def test_the_head_curvature_is_the_oracle_on_every_path(structure, sequence):
 
 
 @pytest.mark.parametrize("sequence", [False, True], ids=["closed_form", "positions"])
-@pytest.mark.parametrize("structure", ["kfac", "diag", "full"])
+@pytest.mark.parametrize("structure", ["kfac", "diag", "full", "lanczos"])
 def test_a_tied_head_fits_as_a_head_that_owns_its_weight(structure, sequence):
     """The head is a layer of its own (a Kron block under kfac), equal to the untied copy."""
     model = TiedNet(sequence=sequence)
