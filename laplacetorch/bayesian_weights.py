@@ -1,6 +1,7 @@
 """Which parameter tensors are Bayesian: the options of each ``subset_of_weights`` checked,
-the last ``nn.Linear``, a subnetwork's names, mask or integer indices, and frozen weights
-(``requires_grad=False``) left out."""
+the last ``nn.Linear`` (its weights named by the head, frozen or tied ones included), a
+subnetwork's names, mask or integer indices, and frozen weights (``requires_grad=False``)
+left out of ``"all"`` and subnetworks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from torch import Tensor, nn
 
 from .subset_inputs import FEATURE_REDUCTIONS, indices_to_mask
 
-__all__ = ["check_subset_arguments", "find_last_linear", "subnetwork_names", "trainable"]
+__all__ = [
+    "check_subset_arguments",
+    "find_last_linear",
+    "head_names",
+    "subnetwork_names",
+    "trainable",
+]
 
 
 def check_subset_arguments(
@@ -59,6 +66,35 @@ def find_last_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn
     if not linears:
         raise ValueError("subset_of_weights='last_layer' needs an nn.Linear layer; none found")
     return linears[-1]
+
+
+def head_names(
+    model: nn.Module, layer_name: str, layer: nn.Linear
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The last layer's parameters under the head's own names (``"lm_head.weight"``), and for
+    each one tied to another module the other names it is reachable by.
+
+    The rule: the user chose the head, so its weights are Bayesian even when frozen
+    (``requires_grad=False``, as a fine-tuned LM's head usually is); and a weight the head
+    shares with another module (a language model's output embedding tied to its input
+    embedding) is Bayesian only in the head's use of it: the rest of the model keeps the
+    tensor's trained value. The tie is announced once, naming both parameters.
+    """
+    prefix = layer_name + "." if layer_name else ""
+    own = {id(p): prefix + local for local, p in layer.named_parameters()}
+    tied: dict[str, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in own and n != own[id(p)]:
+            tied.setdefault(own[id(p)], []).append(n)
+    if tied:
+        pairs = "; ".join(f"{n!r} is {', '.join(map(repr, o))}" for n, o in tied.items())
+        warnings.warn(
+            f"the last layer {layer_name!r} shares weights with other modules ({pairs}): "
+            "last-layer Laplace makes only the head's use of them Bayesian; the rest of the "
+            "model keeps their trained values, in fitting, sampling and every predictive",
+            stacklevel=4,
+        )
+    return list(own.values()), tied
 
 
 def trainable(names: list[str], named: dict[str, nn.Parameter], what: str) -> list[str]:

@@ -14,7 +14,14 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import register_pytree_node
 
-__all__ = ["KeywordInputs", "WithKeywords", "call_model", "model_output", "module_calls"]
+__all__ = [
+    "KeywordInputs",
+    "WithKeywords",
+    "call_model",
+    "model_output",
+    "module_calls",
+    "names_a_tie",
+]
 
 
 class KeywordInputs(dict):
@@ -102,9 +109,30 @@ def model_output(out: Any) -> Tensor:
     )
 
 
-def call_model(model: nn.Module, x: Any, params: dict[str, Tensor] | None = None) -> Tensor:
+def names_a_tie(model: nn.Module, params: dict[str, Tensor]) -> bool:
+    """Whether ``params`` holds one tied parameter under two of its names (a head tied to
+    its embedding, each name then given its own value)."""
+    owners: set[int] = set()
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if n in params:
+            if id(p) in owners:
+                return True
+            owners.add(id(p))
+    return False
+
+
+def call_model(
+    model: nn.Module,
+    x: Any,
+    params: dict[str, Tensor] | None = None,
+    *,
+    tie_weights: bool | None = None,
+) -> Tensor:
     """f(x): ``model(**x)`` for :class:`KeywordInputs`, else ``model(x)``; with ``params``
-    through ``torch.func.functional_call``."""
+    through ``torch.func.functional_call``. ``tie_weights``: whether a value given under one
+    name of a tied weight goes to all its names (``functional_call``'s default); ``False``:
+    each name takes its own value from ``params``; ``None``: ``False`` exactly when
+    ``params`` names a tied weight twice (:func:`names_a_tie`)."""
     constants = {}
     if isinstance(x, WithKeywords):
         x, constants = x.inputs, x.constants
@@ -113,4 +141,6 @@ def call_model(model: nn.Module, x: Any, params: dict[str, Tensor] | None = None
     with module_calls():
         if params is None:
             return model_output(model(*args, **kwargs))
-        return model_output(functional_call(model, params, args, kwargs))
+        if tie_weights is None:
+            tie_weights = not names_a_tie(model, params)
+        return model_output(functional_call(model, params, args, kwargs, tie_weights=tie_weights))

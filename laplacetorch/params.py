@@ -5,10 +5,16 @@ A :class:`ParameterSubset` fixes which weights vary (``"all"``, ``"last_layer"``
 tensors in ``model.named_parameters()`` order, each flattened row-major, restricted to a mask
 for a subnetwork. :meth:`ParameterSubset.forward` evaluates f(θ, x) with
 :func:`torch.func.functional_call`; every weight outside θ keeps its trained value.
+
+The last layer's weights are named by the head (``"lm_head.weight"``) and are Bayesian even
+when frozen. A head weight tied to another module (an LM's output embedding) is Bayesian in
+the head's use only: every functional call passes the tensor under each of its names and
+unties them (``tie_weights=False``), θ under the head's name, the trained value elsewhere.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +25,8 @@ from torch.func import functional_call
 from .bayesian_weights import (
     check_subset_arguments,
     find_last_linear,
+    head_names,
     subnetwork_names,
-    trainable,
 )
 from .model_call import call_model
 from .model_checks import check_dtypes_and_devices, check_model_mode
@@ -55,15 +61,19 @@ class ParameterSubset:
 
     Args:
         model: the trained network; its outputs must be ``[batch, C]``.
-        subset: ``"all"`` (every parameter with ``requires_grad``), ``"last_layer"`` or
-            ``"subnetwork"``.
+        subset: ``"all"`` (every parameter with ``requires_grad``), ``"last_layer"`` (the
+            head's weight and bias, frozen or not; a weight tied to another module is
+            Bayesian in the head's use only) or ``"subnetwork"`` (frozen weights left out).
         last_layer_name: module name of the last layer (default: the last ``nn.Linear``).
         subnetwork: for ``"subnetwork"``: parameter or module names, a boolean mask over the
             flat vector of all parameters (``torch.nn.utils.parameters_to_vector`` order), or
             laplace-torch's integer indices into it (ascending).
 
     Attributes:
-        names: names of the parameter tensors θ touches, in model order.
+        names: names of the parameter tensors θ touches, in model order (the last layer's:
+            the head's own names, also for a weight tied to an embedding).
+        head_tied: for the last layer, each head weight shared with another module and the
+            other names it is reachable by (``{}``: none); those are untied in every call.
         index: positions of θ inside the concatenation of those tensors (``None``: all).
         n_params: P.
         group_names: one group per parameter tensor (for layer-wise priors, as laplace-torch).
@@ -91,6 +101,7 @@ class ParameterSubset:
         named = dict(model.named_parameters())
         if not named:
             raise ValueError("model has no parameters")
+        self.head_tied: dict[str, list[str]] = {}
         index = None
         if subset == "all":
             names = [n for n, p in named.items() if p.requires_grad]
@@ -98,13 +109,12 @@ class ParameterSubset:
                 raise ValueError("model has no parameters with requires_grad=True")
         elif subset == "last_layer":
             self.last_layer_name, self.last_layer = find_last_linear(model, last_layer_name)
-            # by identity: a head tied to an embedding is named after its first owner
-            canonical = {id(p): n for n, p in named.items()}
-            names = [canonical[id(p)] for p in self.last_layer.parameters()]
-            self._head_names = {
-                local: canonical[id(p)] for local, p in self.last_layer.named_parameters()
-            }
-            names = trainable(names, named, f"the last layer {self.last_layer_name!r}")
+            # the head's own names, frozen weights included: the user chose the head
+            names, self.head_tied = head_names(model, self.last_layer_name, self.last_layer)
+            named = self._named()
+            self._head_names = dict(
+                zip((local for local, _ in self.last_layer.named_parameters()), names, strict=True)
+            )
         elif subset == "subnetwork":
             names, index = subnetwork_names(model, named, subnetwork)
         else:
@@ -139,9 +149,13 @@ class ParameterSubset:
     def n_groups(self) -> int:
         return len(self.group_names)
 
+    def _named(self) -> dict[str, nn.Parameter]:
+        """Every parameter under every name it is reachable by (a tied weight under each)."""
+        return dict(self.model.named_parameters(remove_duplicate=not self.head_tied))
+
     @property
     def _params(self) -> list[nn.Parameter]:
-        named = dict(self.model.named_parameters())
+        named = self._named()
         return [named[n] for n in self.names]
 
     @property
@@ -222,10 +236,27 @@ class ParameterSubset:
 
     def _weights(self, theta: Tensor) -> dict[str, Tensor]:
         """Every named parameter for a functional call: θ in place, in the weights' own dtype
-        (a cast inside the graph), the others detached."""
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        (a cast inside the graph), the others detached; a tied head weight under each of its
+        names, θ only under the head's."""
+        params = {n: p.detach() for n, p in self._named().items()}
         for n, t in self.to_named(theta).items():
             params[n] = t.to(params[n].dtype)
+        return params
+
+    def _call(self, x: Any, params: dict[str, Tensor] | None) -> Tensor:
+        """The model on ``x`` (with ``params`` through ``functional_call``; a tied head
+        untied from the module it shares its weight with)."""
+        return call_model(self.model, x, params, tie_weights=not self.head_tied)
+
+    def _leaf_weights(self) -> dict[str, Tensor] | None:
+        """Frozen Bayesian weights as leaves that require grad, for a forward whose layer
+        outputs must be differentiable (the layer-wise paths' backward of output columns);
+        ``None`` when grad is off or some Bayesian weight has ``requires_grad`` already."""
+        if not torch.is_grad_enabled() or any(p.requires_grad for p in self._params):
+            return None
+        params = {n: p.detach() for n, p in self._named().items()}
+        for n in self.names:
+            params[n] = params[n].requires_grad_()
         return params
 
     def forward(self, theta: Tensor, x: Any) -> Tensor:
@@ -234,14 +265,16 @@ class ParameterSubset:
         params = self._weights(theta)
         if self.feature_reduction is not None:
             return self._output(self._reduced_head(x, params))
-        return self._output(call_model(self.model, x, params))
+        return self._output(self._call(x, params))
 
     def call(self, x: Any) -> Tensor:
         """f(x) at the model's own weights (see :func:`~laplacetorch.model_call.call_model`),
-        in :attr:`dtype`."""
+        in :attr:`dtype`; with grad on, differentiable in the layers' outputs even when the
+        Bayesian weights are frozen (a frozen head)."""
+        params = self._leaf_weights()
         if self.feature_reduction is not None:
-            return self._output(self._reduced_head(x, None))
-        return self._output(call_model(self.model, x))
+            return self._output(self._reduced_head(x, params))
+        return self._output(self._call(x, params))
 
     def _reduced_head(self, x: Any, params: dict[str, Tensor] | None) -> Tensor:
         """head(reduce(φ(x))): the model runs up to the last layer's input φ (and stops
@@ -254,7 +287,7 @@ class ParameterSubset:
 
         handle = self.last_layer.register_forward_pre_hook(stop)
         try:
-            call_model(self.model, x, params)
+            self._call(x, params)
         except FeaturesReached:
             pass
         finally:
@@ -264,15 +297,25 @@ class ParameterSubset:
         phi = reduce_features(seen["phi"], self.feature_reduction, attention_mask_of(x))
         if params is None:
             return self.last_layer(phi)
-        # θ in place, under each head parameter's canonical name
+        # θ in place, under each head parameter's own name
         own = dict(self.last_layer.named_parameters())
         head = {local: params.get(name, own[local]) for local, name in self._head_names.items()}
         return functional_call(self.last_layer, head, (phi,))
 
     def restricted(self, names: list[str]) -> ParameterSubset:
-        """The subset of just the parameter tensors ``names``, calling the model alike."""
-        sub = ParameterSubset(self.model, "subnetwork", subnetwork=names)
-        sub.output_layout, sub.vmap_ok = self.output_layout, self.vmap_ok
+        """The subset of just the parameter tensors ``names`` (whole tensors of this subset),
+        calling the model alike: the same reduction of the head's features, the same untied
+        head weights."""
+        if self.index is not None or not set(names) <= set(self.names):
+            raise ValueError(f"restricted: {names} are not whole parameter tensors of the subset")
+        sub = copy.copy(self)
+        sub.kind, sub.layer_plans = "subnetwork", {}
+        sub.names = [n for n in self.names if n in names]
+        shapes = dict(zip(self.names, self.shapes, strict=True))
+        sub.shapes = [shapes[n] for n in sub.names]
+        sub.numels = [s.numel() for s in sub.shapes]
+        sub.n_params = sum(sub.numels)
+        sub._build_groups()
         return sub
 
     @property
@@ -281,7 +324,9 @@ class ParameterSubset:
         return self.kind == "last_layer" and self.output_layout is None
 
     def assign(self, theta: Tensor) -> None:
-        """Write θ into the model's parameters in place (used to draw weight samples)."""
+        """Write θ into the model's parameters in place (``restore_weights`` writes θ*). A head
+        weight tied to an embedding is one tensor: writing it writes the embedding too (right
+        for θ*, the value both had when fitted)."""
         with torch.no_grad():
             for p, t in zip(self._params, self.to_named(theta).values(), strict=True):
                 p.copy_(t)

@@ -81,13 +81,16 @@ def layer_blocks(
         raise ValueError("layer blocks need whole layers; a subnetwork given by a mask is not")
     offs, chosen = param_offsets(subset), set(subset.names)
     owners = _owner_counts(subset.model)
+    # a last layer tied to an embedding is Bayesian in its own use only: its own layer
+    untied = subset.last_layer if subset.head_tied else None
     layers, covered = [], set()
     for name, m in subset.model.named_modules():
         prefix = name + "." if name else ""
         if not isinstance(m, modules) or prefix + "weight" not in chosen:
             continue
         has_bias = m.bias is not None and prefix + "bias" in chosen
-        if owners[id(m.weight)] != 1 or (has_bias and owners[id(m.bias)] != 1):
+        tied = owners[id(m.weight)] != 1 or (has_bias and owners[id(m.bias)] != 1)
+        if tied and m is not untied:
             continue  # tied to another module: left to the rest
         groups = getattr(m, "groups", 1)
         og, in_cols = m.weight.shape[0] // groups, m.weight[0].numel()  # in/groups · kernel

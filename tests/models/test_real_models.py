@@ -198,7 +198,9 @@ def test_exact_structures_equal_the_dense_ggn(name, structure):
         torch.testing.assert_close(got.diagonal(), g.diagonal())
 
 
-def test_frozen_weights_are_never_bayesian_in_any_subset():
+def test_frozen_weights_are_never_bayesian_in_all_or_a_subnetwork():
+    """Frozen weights are left out of "all" and subnetworks; a frozen last layer is Bayesian,
+    chosen by name (tests/models/test_lm_head_last_layer.py)."""
     model = _frozen().to(DT).eval()
     with pytest.warns(UserWarning, match=r"requires_grad=False are not Bayesian.*'0.weight'"):
         sub = ParameterSubset(model, "subnetwork", subnetwork=["0"])
@@ -207,12 +209,11 @@ def test_frozen_weights_are_never_bayesian_in_any_subset():
     with pytest.warns(UserWarning, match="left out of the subnetwork mask"):
         sub = ParameterSubset(model, "subnetwork", subnetwork=mask)
     assert sub.n_params == 5 + 18
-    model[2].weight.requires_grad_(False)
-    with pytest.warns(UserWarning, match="left out of the last layer"):
-        assert ParameterSubset(model, "last_layer").names == ["2.bias"]
-    model[2].bias.requires_grad_(False)
-    with pytest.raises(ValueError, match="every parameter of the last layer"):
-        ParameterSubset(model, "last_layer")
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="every parameter of the subnetwork"):
+        ParameterSubset(model, "subnetwork", subnetwork=["0", "2"])
+    with pytest.raises(ValueError, match="no parameters with requires_grad=True"):
+        ParameterSubset(model, "all")
 
 
 def test_kfac_on_attention_uses_kron_blocks_where_layers_are_called():
