@@ -168,8 +168,8 @@ class ScaledLM(TinyCausalLM):
         return 2 * super().forward(ids)
 
 
-def _split_vs_whole(model, budget: int) -> None:
-    la = Laplace(model.eval(), "classification", "all", "diag", outputs="sequence",
+def _split_vs_whole(model, budget: int, subset: str = "all") -> None:
+    la = Laplace(model.eval(), "classification", subset, "diag", outputs="sequence",
                  prior_precision=2.0)  # fmt: skip
     ids, y = _data(8)
     la.fit([(ids[:2], y[:2])])
@@ -208,6 +208,8 @@ def test_split_samples_with_a_frozen_or_tied_head():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         _split_vs_whole(TiedLM(), 3 * T * V * 8)  # the weight in the body and the head
+        # last layer: the tied weight Bayesian in the head's use only (no body tangent)
+        _split_vs_whole(TiedLM(), 3 * T * V * 8, "last_layer")
 
 
 def test_no_split_where_the_output_is_not_the_heads():
