@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bayesian_weights import find_last_linear
+from .curvature.per_example import _index
 from .model_call import call_model
 from .subset_inputs import FeaturesReached
 
@@ -35,19 +36,19 @@ __all__ = ["LinearHead", "Scratch", "split_at_head"]
 
 @dataclass(frozen=True)
 class LinearHead:
-    """The final linear layer of a model at inputs x, and where its weights sit in θ.
+    """The final linear layer of a model, and where its weights sit in θ.
 
     Attributes:
         subset: the Bayesian parameters θ of the model.
         module: the ``nn.Linear`` whose output is the model's output.
-        phi: φ(θ*), the head's input at x, ``[B, ..., D]`` in the model's dtype (detached).
+        example_phi: the shape of one input's φ, the head's input (``[T, D]``, ``[D]``).
         weight: the ``(start, shape)`` of the head's weight in θ (``None``: not in θ).
         bias: likewise for its bias.
     """
 
     subset: ParameterSubset
     module: nn.Linear
-    phi: Tensor
+    example_phi: torch.Size
     weight: tuple[int, torch.Size] | None
     bias: tuple[int, torch.Size] | None
 
@@ -69,22 +70,22 @@ class LinearHead:
         return seen["phi"]
 
     @torch.no_grad()
-    def primal(self, rows: slice) -> Tensor:
-        """f(θ*) at the inputs ``rows``, ``[b, C]`` in the subset's output layout and dtype."""
-        out = _linear(self.phi[rows], self.module.weight, self.module.bias)
+    def primal(self, phi: Tensor) -> Tensor:
+        """f(θ*) of the inputs whose head inputs are ``phi`` ``[b, ..., D]``, ``[b, C]`` in
+        the subset's output layout and dtype."""
+        out = _linear(phi, self.module.weight, self.module.bias)
         return out.to(self.subset.dtype).reshape(out.shape[0], -1)
 
     @torch.no_grad()
     def samples(
-        self, rows: slice, phi_dot: Tensor, eps: Tensor, primal: Tensor, scratch: Scratch
+        self, phi: Tensor, phi_dot: Tensor, eps: Tensor, primal: Tensor, scratch: Scratch
     ) -> Tensor:
-        """The linearised samples f(θ*) + J ε of the inputs ``rows``, ``[k, b, C]`` in the
-        subset's output layout and dtype, from the body's tangents ``phi_dot``
-        ``[k, b, ..., D]`` of those inputs, the draws ``eps`` ``[k, P]`` and
-        ``primal`` = :meth:`primal` of the rows; written into ``scratch``'s buffers (valid
+        """The linearised samples f(θ*) + J ε of the inputs whose head inputs are ``phi``
+        ``[b, ..., D]``, ``[k, b, C]`` in the subset's output layout and dtype, from the
+        body's tangents ``phi_dot`` ``[k, b, ..., D]``, the draws ``eps`` ``[k, P]`` and
+        ``primal`` = :meth:`primal` of ``phi``; written into ``scratch``'s buffers (valid
         until its next use)."""
         w = self.module.weight
-        phi = self.phi[rows]
         k, c = phi_dot.shape[0], w.shape[0]
         lead = phi_dot.shape[:-1]  # [k, b, ...]
         tangent = scratch.take("tangent", (lead.numel(), c), w.dtype)
@@ -139,10 +140,11 @@ def _place(subset: ParameterSubset, param: Tensor | None) -> tuple[int, torch.Si
 
 
 def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead | None:
-    """The model at θ as body and linear head, when its output at ``x`` is the last
-    ``nn.Linear``'s output (itself, or a pure cast of it) from one call of that layer, and
-    the head's weights are whole in θ or outside it; ``None`` otherwise (then samples take
-    the whole network's forward-mode pass). Costs one forward pass."""
+    """The model at θ as body and linear head, when its output is the last ``nn.Linear``'s
+    output (itself, or a pure cast of it) from one call of that layer, checked on the
+    first input of ``x`` (one example's forward), and the head's weights are whole in θ or
+    outside it; ``None`` otherwise (then samples take the whole network's forward-mode
+    pass)."""
     layout = subset.output_layout
     if subset.feature_reduction is not None or subset.index is not None:
         return None  # features reduced inside the head; a mask through the head's weights
@@ -160,7 +162,7 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
     handle = module.register_forward_hook(record)
     try:
         with torch.no_grad():
-            out = call_model(subset.model, x, subset._weights(theta))
+            out = call_model(subset.model, _index(x, slice(0, 1)), subset._weights(theta))
     finally:
         handle.remove()
     if len(seen) != 1 or not isinstance(out, Tensor):
@@ -176,5 +178,5 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
     if not same or phi.shape[:-1] != out.shape[:-1]:
         return None
     return LinearHead(
-        subset, module, phi.detach(), _place(subset, module.weight), _place(subset, module.bias)
+        subset, module, phi.shape[1:], _place(subset, module.weight), _place(subset, module.bias)
     )

@@ -328,7 +328,7 @@ class Prediction:
         def draw(m: int) -> Tensor:
             return self.structure.sample(m, prior, s, generator)
 
-        return top_k_predictive(self.subset, self.mean, x, draw, n_samples, k, classes,
+        return top_k_predictive(self.subset, self.mean, x, draw, n_samples, k, n, classes,
                                 self.memory_budget)  # fmt: skip
 
     def _sample_fits(self, x: Any, n: int, width: int | None = None) -> tuple[int, int]:

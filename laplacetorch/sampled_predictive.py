@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Uncertainty",
     "block_sizes",
+    "body_tangents",
     "glm_sample_blocks",
     "head_sample_tiles",
     "over_draws",
@@ -86,6 +87,25 @@ def over_draws(subset: ParameterSubset, one: Callable[[Tensor], Tensor], eps: Te
         return torch.stack([one(e) for e in eps])
 
 
+def body_tangents(head: LinearHead, theta: Tensor, x: Any, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """φ(θ*) ``[B, ..., D]`` and the body's tangents J_φ ε ``[k, B, ..., D]`` of the draws
+    ``eps`` ``[k, P]``: one vmapped forward-mode pass, the primal computed once and
+    returned once (a loop where vmap cannot run the model)."""
+
+    def one(e: Tensor) -> tuple[Tensor, Tensor]:
+        return jvp(lambda t: head.body(t, x), (theta,), (e,))
+
+    with torch.no_grad():
+        if head.subset.vmap_ok:
+            try:
+                return vmap(one, out_dims=(None, 0))(eps)
+            except (RuntimeError, NotImplementedError, ValueError) as err:
+                if not is_vmap_limit(err) and "out_dims" not in str(err):
+                    raise
+        pairs = [one(e) for e in eps]
+        return pairs[0][0], torch.stack([t for _, t in pairs])
+
+
 def glm_sample_blocks(
     subset: ParameterSubset, theta: Tensor, x: Any, draws: Iterator[Tensor]
 ) -> Iterator[Tensor]:
@@ -119,35 +139,35 @@ def head_sample_tiles(
     theta: Tensor,
     draw: Callable[[int], Tensor],
     n_samples: int,
+    n_inputs: int,
     width: int,
     itemsize: int,
     memory_budget: int,
 ) -> Iterator[tuple[slice, Tensor]]:
     """Linearised samples split at the model's linear head (:mod:`~laplacetorch.linear_head`),
     as tiles ``(rows, [k, b, C])``: the body's tangents of as many draws as
-    ``memory_budget`` holds in one vmapped forward-mode pass, then, a few inputs at a time,
-    the head's output at θ* once and one head product a block of samples. Each tile is a
-    buffer the next one overwrites: fold it in (or copy it) before asking for the next."""
-    n = head.phi.shape[0]
+    ``memory_budget`` holds in one vmapped forward-mode pass (its primal φ(θ*) kept from the
+    first), then, a few inputs at a time, the head's output at θ* once and one head product
+    a block of samples. Each tile is a buffer the next one overwrites: fold it in (or copy
+    it) before asking for the next."""
+    n = n_inputs
     rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))
     per_tile = sample_block_size(n_samples, rows * width, itemsize, memory_budget)
     in_head = sum(p[1].numel() for p in (head.weight, head.bias) if p is not None)
-    per_draw = head.phi[0].numel() * n * head.phi.element_size() + in_head * itemsize
+    per_draw = (head.example_phi.numel() * n + in_head) * itemsize
     k_body = max(1, min(n_samples, memory_budget // max(per_draw, 1)))
-
-    def body_tangent(e: Tensor) -> Tensor:
-        return jvp(lambda t: head.body(t, x), (theta,), (e,))[1]
-
-    scratch = Scratch(head.phi.device)
+    scratch, phi = None, None
     for k in block_sizes(n_samples, k_body):
         eps = draw(k)
-        phi_dot = over_draws(head.subset, body_tangent, eps)  # [k, B, ..., D]
+        primal_phi, phi_dot = body_tangents(head, theta, x, eps)  # [B, ..., D], [k, B, ..., D]
+        phi = primal_phi if phi is None else phi
+        scratch = Scratch(phi.device) if scratch is None else scratch
         for r0 in range(0, n, rows):
             sl = slice(r0, min(n, r0 + rows))
-            f0 = head.primal(sl)
+            f0 = head.primal(phi[sl])
             for j in range(0, k, per_tile):
                 tile = slice(j, j + per_tile)
-                yield sl, head.samples(sl, phi_dot[tile, sl], eps[tile], f0, scratch)
+                yield sl, head.samples(phi[sl], phi_dot[tile, sl], eps[tile], f0, scratch)
 
 
 def sample_tiles(
@@ -170,7 +190,7 @@ def sample_tiles(
     head = split_at_head(subset, theta, x) if pred_type == "glm" else None
     if head is not None:
         yield from head_sample_tiles(
-            head, x, theta, draw, n_samples, width, itemsize, memory_budget
+            head, x, theta, draw, n_samples, n_inputs, width, itemsize, memory_budget
         )
         return
     block = sample_block_size(n_samples, n_inputs * width, itemsize, memory_budget)

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.func import jvp
 
 from .linear_head import LinearHead, split_at_head
 from .sampled_predictive import (
     block_sizes,
+    body_tangents,
     glm_sample_blocks,
-    over_draws,
     sample_block_size,
     sample_bytes,
 )
@@ -59,15 +58,16 @@ def top_k_predictive(
     draw: Callable[[int], Tensor],
     n_samples: int,
     k: int,
+    n_inputs: int,
     n_classes: int,
     memory_budget: int,
 ) -> TopK:
-    """:class:`TopK` at the prepared inputs ``x`` from ``n_samples`` linearised samples;
-    ``draw(s)`` gives s weight perturbations ε ``[s, P]``; the outputs have ``n_classes``
-    per prediction (the vocabulary), positions first."""
+    """:class:`TopK` at the ``n_inputs`` prepared inputs ``x`` from ``n_samples``
+    linearised samples; ``draw(s)`` gives s weight perturbations ε ``[s, P]``; the outputs
+    have ``n_classes`` per prediction (the vocabulary), positions first."""
     head = split_at_head(subset, theta, x)
     if head is not None:
-        return _split_top_k(head, x, theta, draw, n_samples, k, n_classes, memory_budget)
+        return _split_top_k(head, x, theta, draw, n_samples, k, n_inputs, n_classes, memory_budget)
     with torch.no_grad():
         f0 = subset.forward(theta, x)  # [B, T·C], the whole network's output
     b = f0.shape[0]
@@ -96,33 +96,35 @@ def _split_top_k(
     draw: Callable[[int], Tensor],
     n_samples: int,
     k: int,
+    n_inputs: int,
     n_classes: int,
     memory_budget: int,
 ) -> TopK:
     """The top-k predictive split at the head: f_K + φ̇ W_Kᵀ + φ Ẇ_Kᵀ + ḃ_K, with W_K the
-    head's rows of each position's k outputs ``[B, ..., k, D]``."""
-    n, phi, w = head.phi.shape[0], head.phi, head.module.weight
+    head's rows of each position's k outputs ``[B, ..., k, D]``; the first block of draws'
+    forward-mode pass gives φ(θ*), from which the top k are read."""
+    w, n = head.module.weight, n_inputs
     itemsize = torch.finfo(head.subset.dtype).bits // 8
-    width = n_classes * phi[0, ..., 0].numel()  # outputs of one input: positions × C
+    width = n_classes * head.example_phi[:-1].numel()  # outputs of one input: positions × C
     rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))
-    parts = [head.primal(slice(r, r + rows)) for r in range(0, n, rows)]
-    picked = [_per_position(p, n_classes).topk(k, dim=-1) for p in parts]
-    logits = torch.cat([v for v, _ in picked])  # [B, ..., k], the model's own logits
-    index = torch.cat([i for _, i in picked])
-    w_k = w[index]  # [B, ..., k, D]
-    per_draw = phi.numel() * phi.element_size()
-    if head.weight is not None:
-        per_draw += w_k.numel() * itemsize
+    per_draw = head.example_phi.numel() * n * itemsize
+    if head.weight is not None:  # the gathered head perturbation of each draw
+        per_draw += width // n_classes * k * head.example_phi[-1] * n * itemsize
     s_block = max(1, min(n_samples, memory_budget // max(per_draw, 1)))
-
-    def body_tangent(e: Tensor) -> Tensor:
-        return jvp(lambda t: head.body(t, x), (theta,), (e,))[1]
-
-    total = torch.zeros_like(logits)
+    total = logits = index = w_k = None
     with torch.no_grad():
         for s in block_sizes(n_samples, s_block):
             eps = draw(s)
-            phi_dot = over_draws(head.subset, body_tangent, eps)  # [s, B, ..., D]
+            phi, phi_dot = body_tangents(head, theta, x, eps)  # [B, ..., D], [s, B, ..., D]
+            if index is None:  # the top k of f(θ*), a few inputs at a time
+                picked = [
+                    _per_position(head.primal(phi[r : r + rows]), n_classes).topk(k, dim=-1)
+                    for r in range(0, n, rows)
+                ]
+                logits = torch.cat([v for v, _ in picked])  # [B, ..., k], the model's own
+                index = torch.cat([i for _, i in picked])
+                w_k = w[index]  # [B, ..., k, D]
+                total = torch.zeros_like(logits)
             tangent = torch.einsum("sb...d,b...kd->sb...k", phi_dot.to(w.dtype), w_k)
             if head.weight is not None:
                 start, shape = head.weight

@@ -76,7 +76,7 @@ def test_linearised_samples_have_the_dense_glm_mean_and_covariance(backend):
     # a budget of 1 GB: the body's tangents of all draws in one pass, each tile all inputs
     c = BIG[0] * BIG[1]
     fs = torch.cat(
-        [fs.clone() for _, fs in head_sample_tiles(head, xt, la.mean, draw, n, c, 8, 10**9)]
+        [fs.clone() for _, fs in head_sample_tiles(head, xt, la.mean, draw, n, 2, c, 8, 10**9)]
     )
     assert fs.shape == (n, *f.shape)
     for b in range(2):
@@ -186,7 +186,7 @@ def _split_vs_whole(model, budget: int, subset: str = "all") -> None:
 
     split = torch.full_like(whole, float("nan"))
     done = torch.zeros(whole.shape[1], dtype=torch.long)  # samples seen of each input
-    for rows, fs in head_sample_tiles(head, xt, la.mean, draw, 5, T * V, 8, budget):
+    for rows, fs in head_sample_tiles(head, xt, la.mean, draw, 5, 3, T * V, 8, budget):
         k = len(fs)  # each input's samples come in the order drawn
         assert bool((done[rows] == done[rows.start]).all())
         split[done[rows.start] : done[rows.start] + k, rows] = fs
