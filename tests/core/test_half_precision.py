@@ -172,3 +172,24 @@ def test_kronecker_factors_are_decomposed_in_float64():
     kron = Kron(b, torch.eye(3))
     assert kron.lb.dtype == torch.float32
     assert float(((kron.lb.double() - exact).abs() / exact).max()) < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["diag", "kfac", "full", "lanczos"])
+def test_a_float32_model_under_the_users_autocast(backend):
+    """The user's ``torch.autocast(bfloat16)`` around fit and predict: the forward and
+    backward run in bf16 as the user asked, every statistic stays float32, and the answers
+    are the float32 fit's within bf16 round-off."""
+    x, y = make_data("mlp", "classification", n=32)
+    model = make_mlp().float()
+    ref = _fit(model, x.float(), y, backend)
+    la = Laplace(model, "classification", "all", backend, backend_options=OPTIONS.get(backend))
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        la.fit(batches(x.float(), y, 8))
+        p = la(x[:6].float())
+        ev = float(la.evidence(2.0))
+    assert la.mean.dtype == p.dtype == torch.float32
+    ev_ref = float(ref.evidence(2.0))
+    assert abs(ev - ev_ref) <= 40 * UNIT[torch.bfloat16] * abs(ev_ref), (ev, ev_ref)
+    assert ev != ev_ref  # autocast did run in bf16
+    torch.testing.assert_close(p, ref(x[:6].float()), atol=40 * UNIT[torch.bfloat16], rtol=0)
