@@ -25,8 +25,7 @@ from torch import Tensor, nn
 
 from .bayesian_weights import find_last_linear
 from .curvature.per_example import _index
-from .model_call import call_model
-from .subset_inputs import FeaturesReached
+from .subset_inputs import input_of
 
 if TYPE_CHECKING:
     from .params import ParameterSubset
@@ -54,20 +53,11 @@ class LinearHead:
 
     def body(self, theta: Tensor, x: Any) -> Tensor:
         """φ(θ, x): the model run with θ substituted, stopped at the head's input."""
-        seen: dict[str, Tensor] = {}
-
-        def stop(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            seen["phi"] = inputs[0]
-            raise FeaturesReached
-
-        handle = self.module.register_forward_pre_hook(stop)
-        try:
-            call_model(self.subset.model, x, self.subset._weights(theta))
-        except FeaturesReached:
-            pass
-        finally:
-            handle.remove()
-        return seen["phi"]
+        sub = self.subset
+        phi = input_of(self.module, lambda: sub._call(x, sub._weights(theta)))
+        if phi is None:  # the check's forward saw the head called positionally
+            raise RuntimeError("the head was not reached on this input")
+        return phi
 
     @torch.no_grad()
     def primal(self, phi: Tensor) -> Tensor:
@@ -162,7 +152,7 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
     handle = module.register_forward_hook(record)
     try:
         with torch.no_grad():
-            out = call_model(subset.model, _index(x, slice(0, 1)), subset._weights(theta))
+            out = subset._call(_index(x, slice(0, 1)), subset._weights(theta))
     finally:
         handle.remove()
     if len(seen) != 1 or not isinstance(out, Tensor):

@@ -30,7 +30,7 @@ from .bayesian_weights import (
 )
 from .model_call import call_model
 from .model_checks import check_dtypes_and_devices, check_model_mode
-from .subset_inputs import FeaturesReached, attention_mask_of, reduce_features
+from .subset_inputs import attention_mask_of, input_of, reduce_features
 
 __all__ = [
     "ParameterSubset",
@@ -279,22 +279,10 @@ class ParameterSubset:
     def _reduced_head(self, x: Any, params: dict[str, Tensor] | None) -> Tensor:
         """head(reduce(φ(x))): the model runs up to the last layer's input φ (and stops
         there), then the last layer is called once, as a module, on the reduced φ."""
-        seen: dict[str, Tensor] = {}
-
-        def stop(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            seen["phi"] = inputs[0]
-            raise FeaturesReached
-
-        handle = self.last_layer.register_forward_pre_hook(stop)
-        try:
-            self._call(x, params)
-        except FeaturesReached:
-            pass
-        finally:
-            handle.remove()
-        if "phi" not in seen:
+        phi = input_of(self.last_layer, lambda: self._call(x, params))
+        if phi is None:
             raise ValueError(f"last layer {self.last_layer_name!r} was not called by the model")
-        phi = reduce_features(seen["phi"], self.feature_reduction, attention_mask_of(x))
+        phi = reduce_features(phi, self.feature_reduction, attention_mask_of(x))
         if params is None:
             return self.last_layer(phi)
         # θ in place, under each head parameter's own name

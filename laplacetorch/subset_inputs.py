@@ -3,17 +3,18 @@ reduction of last-layer sequence features (``feature_reduction``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "FEATURE_REDUCTIONS",
     "FeaturesReached",
     "attention_mask_of",
     "indices_to_mask",
+    "input_of",
     "reduce_features",
 ]
 
@@ -22,6 +23,26 @@ FEATURE_REDUCTIONS = ("pick_first", "pick_last", "average")
 
 class FeaturesReached(Exception):
     """Stops a forward pass at the last layer's input (feature reduction)."""
+
+
+def input_of(module: nn.Module, run: Callable[[], object]) -> Tensor | None:
+    """The first positional input ``module`` receives while ``run()`` executes, the run
+    stopped there (the layers after it never computed); ``None`` when it is not called."""
+    seen: list[Tensor] = []
+
+    def stop(mod: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if inputs:
+            seen.append(inputs[0])
+            raise FeaturesReached
+
+    handle = module.register_forward_pre_hook(stop)
+    try:
+        run()
+    except FeaturesReached:
+        pass
+    finally:
+        handle.remove()
+    return seen[0] if seen else None
 
 
 def reduce_features(phi: Tensor, how: str, mask: Tensor | None = None) -> Tensor:
