@@ -283,14 +283,22 @@ class Prediction:
         check_count("n_samples", n_samples)
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
         if lik.gaussian_predictive:
-            if pred_type == "glm":
-                mean, var = self(x, diagonal_output=True, fitting=fitting)
+            sigma = self.sigma_noise
+            if pred_type == "nn":
+                fs = self.functional_samples(x, "nn", n_samples, generator=generator,
+                                             fitting=fitting)  # fmt: skip
+                mean, aleatoric, epistemic = lik.nn_uncertainty_parts(fs, sigma)
             else:
-                mean, var = self(x, "nn", n_samples=n_samples, generator=generator,
-                                 fitting=fitting)  # fmt: skip
-            noise = torch.as_tensor(self.sigma_noise, dtype=var.dtype, device=var.device) ** 2
-            aleatoric = noise * torch.ones_like(var)
-            return Uncertainty(var + aleatoric, aleatoric, var, mean)
+                xp, n = self._check_inputs(x, fitting)
+                if n == 0:
+                    parts = lik.uncertainty_parts(*self.glm_moments(x, fitting=fitting), sigma)
+                else:
+                    self._check_memory(xp, n, link_approx="probit", n_samples=n_samples)
+                    parts = self._linked_chunks(
+                        xp, n, lambda f, var: lik.uncertainty_parts(f, var, sigma)
+                    )
+                mean, aleatoric, epistemic = parts
+            return Uncertainty(aleatoric + epistemic, aleatoric, epistemic, mean)
         x, n = self._check_inputs(x, fitting)
         tiles = self._function_sample_tiles(x, n, pred_type, n_samples, generator)
         return streamed_uncertainty(lik, tiles, n_samples, n)

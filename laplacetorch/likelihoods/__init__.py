@@ -8,6 +8,7 @@ from __future__ import annotations
 from .base import LIKELIHOODS, Likelihood, get_likelihood
 from .binary import BinaryLikelihood
 from .classification import ClassificationLikelihood
+from .heteroscedastic import HeteroscedasticRegressionLikelihood
 from .regression import RegressionLikelihood
 from .reward_modeling import RewardModelingLikelihood
 
@@ -15,6 +16,7 @@ __all__ = [
     "LIKELIHOODS",
     "BinaryLikelihood",
     "ClassificationLikelihood",
+    "HeteroscedasticRegressionLikelihood",
     "Likelihood",
     "RegressionLikelihood",
     "RewardModelingLikelihood",

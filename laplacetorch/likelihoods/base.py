@@ -275,6 +275,26 @@ class Likelihood(ABC):
             )
         return fs.mean(0), fs.var(0)
 
+    def uncertainty_parts(
+        self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A Gaussian predictive's ``(E[y], aleatoric, epistemic)`` variances per output from
+        the linearised f's ``mean`` ``[B, C]`` and covariance ``var`` ``[B, C, C]``: the
+        noise σ² and the variance of f, in the predictive's layout."""
+        mean, epistemic = self.glm_predictive(mean, var, sigma_noise, diagonal_output=True)
+        return mean, self._noise_var_like(sigma_noise, epistemic), epistemic
+
+    def nn_uncertainty_parts(
+        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`uncertainty_parts` from function samples ``fs`` ``[S, B, C]``."""
+        mean, epistemic = self.nn_predictive(fs, sigma_noise)
+        return mean, self._noise_var_like(sigma_noise, epistemic), epistemic
+
+    def _noise_var_like(self, sigma_noise: Tensor | float, like: Tensor) -> Tensor:
+        noise = torch.as_tensor(self._noise_var(sigma_noise), dtype=like.dtype, device=like.device)
+        return noise * torch.ones_like(like)
+
     def predictive_nll(
         self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> Tensor:

@@ -1,0 +1,187 @@
+"""Heteroscedastic Gaussian regression in natural parameters (``"heteroscedastic_regression"``).
+
+The network outputs two numbers per target, ``f = [f₁ | f₂]`` ``[B, 2D]`` (the first D
+outputs, then the last D): the natural parameters of N(μ, σ²) are η₁ = μ/σ² = f₁ and
+η₂ = −1/(2σ²) = −½ e^{f₂}, so f₂ = log(1/σ²) is the log precision and every f is valid
+(Immer, Palumbo, Marx, Vogt, NeurIPS 2023, with an exponential link for η₂). Per target
+
+    −log p(y | f) = −η₁ y − η₂ y² + A(η) + ½ log 2π,   A(η) = −η₁²/(4η₂) − ½ log(−2η₂),
+
+whose Hessian in f depends on y and can be indefinite (|y| < |μ|); its expectation over y,
+the Fisher, is the exact output curvature of the GGN here: with L = ∂η/∂f = diag(1, η₂),
+Λ = Lᵀ ∇²A(η) L = [[σ², −μ], [−μ, μ²/σ² + ½]] (positive definite, det σ²/2), with the
+closed-form square root S = [[σ, 0], [−μ/σ, 1/√2]]. The noise lives in the network: there
+is no σ to tune (``sigma_noise`` stays 1), and the temperature scales the curvature as for
+every likelihood.
+
+The predictive of y under f ~ N(m, Σ) (the GLM's linearised f, or ``nn`` samples) has exact
+moments: μ = f₁ e^{−f₂} and σ² = e^{−f₂} are products of a Gaussian and a log-normal, so
+E[μ], E[σ²] (the aleatoric part) and Cov[μ] (the epistemic part) follow from the Gaussian's
+moment generating function — no linearisation of μ(f).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..metrics import gaussian_nll
+from .base import Likelihood, _check_finite, _check_outputs
+
+__all__ = ["HeteroscedasticRegressionLikelihood"]
+
+
+class HeteroscedasticRegressionLikelihood(Likelihood):
+    """N(y | μ(f), σ²(f)) per target, the network giving ``[B, 2D]`` natural parameters
+    (η₁ = f₁, η₂ = −½ e^{f₂}); targets ``[B, D]`` (``[B]`` when D = 1)."""
+
+    name = "heteroscedastic_regression"
+    gaussian_predictive = True
+
+    def check_outputs(self, f: Tensor) -> None:
+        if f.shape[-1] % 2:
+            raise ValueError(
+                "heteroscedastic regression needs two outputs per target, [η₁ | log "
+                f"precision] ([B, 2D]); the model gives {f.shape[-1]} outputs"
+            )
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        _check_outputs(f_shape)
+        batch, n_out = f_shape
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
+        d = n_out // 2
+        if y.shape == (batch,) and d == 1:
+            y = y.unsqueeze(-1)
+        if n_out % 2 or y.shape != (batch, d):
+            raise ValueError(
+                f"heteroscedastic regression targets y must have shape [{batch}, {n_out // 2}]"
+                f" for {n_out} outputs (two per target: [η₁ | log precision]); got shape "
+                f"{list(y.shape)}"
+            )
+        if not y.is_floating_point():
+            raise ValueError(f"regression targets y must be floating point; got dtype {y.dtype}")
+        _check_finite(y)
+        return y
+
+    # ----------------------------------------------------------------- parameters
+    @staticmethod
+    def moments(f: Tensor) -> tuple[Tensor, Tensor]:
+        """μ = f₁ e^{−f₂} and σ² = e^{−f₂}, ``[..., D]`` each, from ``f`` ``[..., 2D]``."""
+        f1, f2 = f.chunk(2, dim=-1)
+        var = torch.exp(-f2)
+        return f1 * var, var
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        f1, f2 = f.chunk(2, dim=-1)
+        # −η₁y − η₂y² + A(η) + ½ log 2π with η₁ = f₁, η₂ = −½e^{f₂}
+        nll = -f1 * y + 0.5 * torch.exp(f2) * y.square() + 0.5 * f1.square() * torch.exp(-f2)
+        return (nll - 0.5 * f2 + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        s = self.hessian_sqrt(f)
+        return s @ s.mT
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        mu, var = self.moments(f)
+        sd = var.sqrt()
+        d = mu.shape[-1]
+        out = f.new_zeros(*f.shape, f.shape[-1])
+        idx = torch.arange(d, device=f.device)
+        out[..., idx, idx] = sd
+        out[..., idx + d, idx] = -mu / sd
+        out[..., idx + d, idx + d] = math.sqrt(0.5)
+        return out
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
+    ) -> Tensor:
+        mu, var = self.moments(f.detach())
+        noise = torch.randn(
+            (n_samples, *mu.shape), generator=generator, dtype=f.dtype, device=f.device
+        )
+        return mu + var.sqrt() * noise
+
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return self.moments(f)[0]
+
+    # ----------------------------------------------------------------- predictive
+    def split_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For f ~ N(``mean`` ``[B, 2D]``, ``cov`` ``[B, 2D, 2D]``): E[μ] ``[B, D]``, the
+        aleatoric variance E[σ²] ``[B, D]`` and the epistemic covariance Cov[μ]
+        ``[B, D, D]``, exactly: with Z = −f₂ Gaussian, E[f₁ e^{Z}] = e^{m_Z + v_Z/2}(m₁ +
+        c(f₁, Z)) and E[f₁ₐ f₁ᵦ e^{Zₐ + Zᵦ}] likewise (moment generating function)."""
+        d = mean.shape[-1] // 2
+        m1, m2 = mean[..., :d], mean[..., d:]
+        c11, c12, c22 = cov[..., :d, :d], cov[..., :d, d:], cov[..., d:, d:]
+        v2 = c22.diagonal(dim1=-2, dim2=-1)
+        aleatoric = torch.exp(-m2 + 0.5 * v2)
+        # E[μ_a] with Z_a = −f₂ₐ: Cov(f₁ₐ, Z_a) = −c12[a, a]
+        e_mu = aleatoric * (m1 - c12.diagonal(dim1=-2, dim2=-1))
+        # E[μ_a μ_b] = e^{m_Z + v_Z/2} ((m1_a + Cov(f1_a, Z)) (m1_b + Cov(f1_b, Z)) + c11_ab)
+        # with Z = −f₂ₐ − f₂ᵦ
+        m_z = -(m2.unsqueeze(-1) + m2.unsqueeze(-2))
+        diag22 = v2.unsqueeze(-1) + v2.unsqueeze(-2)
+        v_z = diag22 + c22 + c22.mT
+        # Cov(f1_a, Z) = −(c12[a, a] + c12[a, b]);  Cov(f1_b, Z) = −(c12[b, a] + c12[b, b])
+        c12d = c12.diagonal(dim1=-2, dim2=-1)
+        cov_a = -(c12d.unsqueeze(-1) + c12)
+        cov_b = -(c12.mT + c12d.unsqueeze(-2))
+        second = torch.exp(m_z + 0.5 * v_z) * (
+            (m1.unsqueeze(-1) + cov_a) * (m1.unsqueeze(-2) + cov_b) + c11
+        )
+        epistemic = second - e_mu.unsqueeze(-1) * e_mu.unsqueeze(-2)
+        return e_mu, aleatoric, epistemic
+
+    def glm_predictive(
+        self,
+        mean: Tensor,
+        var: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """The predictive of y: ``(E[y] [B, D], Cov[y] [B, D, D])`` with Cov[y] = Cov[μ] +
+        diag E[σ²], the noise *included* (it is the network's: there is no σ to add); its
+        diagonal ``[B, D]`` with ``diagonal_output``. The split: :meth:`split_moments`."""
+        self.check_link(link_approx)
+        e_mu, aleatoric, epistemic = self.split_moments(mean, var)
+        total = epistemic + torch.diag_embed(aleatoric)
+        return e_mu, total.diagonal(dim1=-2, dim2=-1) if diagonal_output else total
+
+    def uncertainty_parts(
+        self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """E[μ], the aleatoric E[σ²] and the epistemic Var[μ], ``[B, D]`` each, exactly
+        (:meth:`split_moments`)."""
+        e_mu, aleatoric, epistemic = self.split_moments(mean, var)
+        return e_mu, aleatoric, epistemic.diagonal(dim1=-2, dim2=-1)
+
+    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+        """From function samples ``[S, B, 2D]``: E[μ] and the variance Var[μ] + E[σ²]
+        ``[B, D]`` (denominator S − 1 for Var[μ])."""
+        mean, aleatoric, epistemic = self.nn_uncertainty_parts(fs)
+        return mean, epistemic + aleatoric
+
+    def nn_uncertainty_parts(
+        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """E[μ], E[σ²] and Var[μ] ``[B, D]`` from function samples ``fs`` ``[S, B, 2D]``."""
+        if fs.shape[0] < 2:
+            raise ValueError(
+                "the nn heteroscedastic_regression predictive estimates a variance: "
+                f"n_samples must be at least 2; got {fs.shape[0]}"
+            )
+        mu, var = self.moments(fs)
+        return mu.mean(0), var.mean(0), mu.var(0)
+
+    def predictive_nll(
+        self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        mean, var = pred
+        cov = var if var.dim() == mean.dim() + 1 else torch.diag_embed(var)
+        return gaussian_nll(mean, cov, y, "sum")
