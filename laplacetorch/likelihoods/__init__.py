@@ -9,8 +9,10 @@ from .base import LIKELIHOODS, Likelihood, get_likelihood
 from .binary import BinaryLikelihood
 from .classification import ClassificationLikelihood
 from .heteroscedastic import HeteroscedasticRegressionLikelihood
+from .poisson import PoissonLikelihood
 from .regression import RegressionLikelihood
 from .reward_modeling import RewardModelingLikelihood
+from .student_t import StudentTLikelihood
 
 __all__ = [
     "LIKELIHOODS",
@@ -18,7 +20,9 @@ __all__ = [
     "ClassificationLikelihood",
     "HeteroscedasticRegressionLikelihood",
     "Likelihood",
+    "PoissonLikelihood",
     "RegressionLikelihood",
     "RewardModelingLikelihood",
+    "StudentTLikelihood",
     "get_likelihood",
 ]

@@ -124,8 +124,8 @@ def test_mc_fisher_from_sampled_targets_converges_to_output_hessian(name):
 
 
 def test_unknown_likelihood():
-    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
-        get_likelihood("poisson")
+    with pytest.raises(ValueError, match="unknown likelihood 'gamma_counts'"):
+        get_likelihood("gamma_counts")
     assert isinstance(get_likelihood(get_likelihood("binary")), Likelihood)
 
 

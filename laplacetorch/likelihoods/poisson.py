@@ -1,0 +1,119 @@
+"""Poisson counts with a log link (``"poisson"``).
+
+Each output is a log rate, λ = e^f; per output −log p(y | f) = e^f − y f + log y!. f is the
+natural parameter, so the Hessian e^f does not depend on y: the GGN's output curvature
+Λ = diag(e^f) is the exact Hessian and the Fisher at once (square root diag(e^{f/2})).
+
+The predictive of y under f ~ N(m, Σ): the rate is log-normal, so E[λ] = e^{m + v/2},
+Cov[λₐ, λᵦ] = E[λₐ] E[λᵦ] (e^{Σₐᵦ} − 1) exactly, and y's moments follow: E[y] = E[λ] and
+Cov[y] = diag E[λ] (the Poisson's own variance: aleatoric) + Cov[λ] (epistemic).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Likelihood, _check_finite, _per_output_targets
+
+__all__ = ["PoissonLikelihood"]
+
+
+class PoissonLikelihood(Likelihood):
+    """Independent Poisson counts, log rates as outputs ``[B, C]``; targets ``[B, C]``
+    (``[B]`` when C = 1), non-negative integers (any dtype)."""
+
+    name = "poisson"
+    gaussian_predictive = True  # the predictive is (mean, covariance) of y
+
+    def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
+        y = _per_output_targets(y, f_shape, "poisson")
+        _check_finite(y)
+        if f_shape[0] and (bool((y < 0).any()) or bool((y != y.round()).any())):
+            raise ValueError("poisson targets y must be counts: non-negative integers")
+        return y
+
+    def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
+        y = y.to(f.dtype)
+        return (torch.exp(f) - y * f + torch.lgamma(y + 1)).sum(-1)
+
+    def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        return torch.diag_embed(torch.exp(f))
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
+        return torch.diag_embed(torch.exp(0.5 * f))
+
+    def sample_targets(
+        self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
+    ) -> Tensor:
+        rate = torch.exp(f.detach()).expand(n_samples, *f.shape)
+        return torch.poisson(rate, generator=generator)
+
+    def inverse_link(self, f: Tensor) -> Tensor:
+        return torch.exp(f)
+
+    # ----------------------------------------------------------------- predictive
+    def rate_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
+        """E[λ] ``[B, C]`` and Cov[λ] ``[B, C, C]`` of λ = e^f, f ~ N(mean, cov), exactly."""
+        v = cov.diagonal(dim1=-2, dim2=-1)
+        e_rate = torch.exp(mean + 0.5 * v)
+        return e_rate, e_rate.unsqueeze(-1) * e_rate.unsqueeze(-2) * torch.expm1(cov)
+
+    def glm_predictive(
+        self,
+        mean: Tensor,
+        var: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """``(E[y] [B, C], Cov[y] [B, C, C])``, the Poisson's own variance included; the
+        diagonal ``[B, C]`` with ``diagonal_output``."""
+        self.check_link(link_approx)
+        e_rate, cov_rate = self.rate_moments(mean, var)
+        total = cov_rate + torch.diag_embed(e_rate)
+        return e_rate, total.diagonal(dim1=-2, dim2=-1) if diagonal_output else total
+
+    def uncertainty_parts(
+        self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """E[y], the aleatoric E[λ] and the epistemic Var[λ], ``[B, C]`` each, exactly."""
+        e_rate, cov_rate = self.rate_moments(mean, var)
+        return e_rate, e_rate, cov_rate.diagonal(dim1=-2, dim2=-1)
+
+    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+        mean, aleatoric, epistemic = self.nn_uncertainty_parts(fs)
+        return mean, aleatoric + epistemic
+
+    def nn_uncertainty_parts(
+        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """E[λ], E[λ] and Var[λ] ``[B, C]`` from function samples ``fs`` ``[S, B, C]``."""
+        if fs.shape[0] < 2:
+            raise ValueError(
+                "the nn poisson predictive estimates a variance: n_samples must be at least "
+                f"2; got {fs.shape[0]}"
+            )
+        rate = torch.exp(fs)
+        return rate.mean(0), rate.mean(0), rate.var(0)
+
+    def predictive_nll(
+        self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        """Σ −log p(y) under the negative binomial with the predictive's mean m and variance
+        v ≥ m (the Poisson–gamma mixture matching the Poisson–log-normal's two moments:
+        r = m² / (v − m)); the Poisson itself where v = m."""
+        mean, var = pred
+        var = var.diagonal(dim1=-2, dim2=-1) if var.dim() == mean.dim() + 1 else var
+        y = self.check_targets(y, tuple(mean.shape)).to(mean.dtype)
+        excess = (var - mean).clamp_min(1e-300)
+        r = mean.square() / excess
+        log_nb = (
+            torch.lgamma(y + r) - torch.lgamma(r) - torch.lgamma(y + 1)
+            + r * torch.log(r / (r + mean)) + y * torch.log(mean / (r + mean))
+        )  # fmt: skip
+        # r → ∞ is the Poisson, where lgamma(y + r) − lgamma(r) cancels catastrophically
+        log_poisson = y * torch.log(mean) - mean - torch.lgamma(y + 1)
+        return -torch.where(r > 1e8, log_poisson, log_nb).sum()
