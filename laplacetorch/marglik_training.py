@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .checks import check_count
 from .datapass import BatchAdapter, batch_size, prepare_inputs, progress_range
 from .laplace import Laplace
+from .likelihoods import get_likelihood
 from .model_call import call_model, model_output
 from .params import ParameterSubset
 
@@ -31,16 +32,17 @@ __all__ = ["marglik_training"]
 
 
 def _criterion(likelihood: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The per-example training loss: laplace-torch's for its four likelihoods, and for any
+    other the likelihood's own negative log-likelihood, its mean over the batch (the
+    weight decay's scale, ``T``, is then classification's)."""
     if likelihood in ("classification", "reward_modeling"):
         return nn.functional.cross_entropy
     if likelihood == "regression":
         return lambda f, y: nn.functional.mse_loss(f, y.reshape(f.shape))
     if likelihood == "binary":
         return lambda f, y: nn.functional.binary_cross_entropy_with_logits(f, y.reshape(f.shape))
-    raise ValueError(
-        "marglik_training trains 'classification', 'regression', 'binary' or "
-        f"'reward_modeling'; got {likelihood!r}"
-    )
+    lik = get_likelihood(likelihood)  # refuses an unknown name, listing the known ones
+    return lambda f, y: lik.nll_unit(f, lik.check_targets(y, tuple(f.shape))).mean()
 
 
 def _initial_log_prior(
@@ -146,7 +148,9 @@ def marglik_training(
     Args:
         model: the network to train (trained in place; left in eval mode).
         train_loader: ``(X, y)`` batches or mappings (labels under ``dict_key_y``).
-        likelihood: ``"classification"``, ``"regression"`` or ``"binary"``.
+        likelihood: ``"classification"``, ``"regression"``, ``"binary"``,
+            ``"reward_modeling"`` or any other registered likelihood's name (trained on its
+            own negative log-likelihood).
         hessian_structure: the structure of every all-weights Laplace fit.
         optimizer_cls, optimizer_kwargs: the network's optimiser (its weight decay is the
             prior's; a ``weight_decay`` given is refused).
