@@ -8,6 +8,7 @@ from __future__ import annotations
 from .base import LIKELIHOODS, Likelihood, get_likelihood
 from .binary import BinaryLikelihood
 from .classification import ClassificationLikelihood
+from .custom import CustomLikelihood
 from .heteroscedastic import HeteroscedasticRegressionLikelihood
 from .poisson import PoissonLikelihood
 from .regression import RegressionLikelihood
@@ -18,6 +19,7 @@ __all__ = [
     "LIKELIHOODS",
     "BinaryLikelihood",
     "ClassificationLikelihood",
+    "CustomLikelihood",
     "HeteroscedasticRegressionLikelihood",
     "Likelihood",
     "PoissonLikelihood",

@@ -138,3 +138,49 @@ def test_bad_targets_and_options_are_refused():
         warnings.simplefilter("error")
         la = Laplace(_net(), "student_t", "all", "kfac").fit([(x, torch.randn(4, 2, dtype=DT))])
     assert la.likelihood.nu == 4.0 and la.likelihood.scale == 1.0
+
+
+# ---------------------------------------------------------------------- any log-likelihood
+def _poisson_nll(f, y):
+    return (torch.exp(f) - y * f + torch.lgamma(y + 1)).sum(-1)
+
+
+def test_a_custom_nll_gives_the_built_in_likelihoods_posterior():
+    """Only −log p(y | f) given: the Hessian by torch.func equals Poisson's own curvature
+    (exact: f is the natural parameter), so the fits agree to round-off; the Student-t
+    with its Fisher given equals the built-in one, with the Hessian it warns and differs."""
+    from laplacetorch.likelihoods import CustomLikelihood
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 2, dtype=DT, generator=g)
+    net = _net().eval()
+    with torch.no_grad():
+        y = torch.poisson(torch.exp(net(x)), generator=g)
+    custom = CustomLikelihood(_poisson_nll, name="my_poisson")
+    for backend in ("full", "kfac", "diag"):
+        a = Laplace(net, custom, "all", backend, prior_precision=0.5).fit([(x, y)])
+        b = Laplace(net, "poisson", "all", backend, prior_precision=0.5).fit([(x, y)])
+        torch.testing.assert_close(a.log_marginal_likelihood(), b.log_marginal_likelihood())
+        mean_f, cov_f = b.glm_moments(x[:3])
+        torch.testing.assert_close(a(x[:3]), (mean_f, cov_f))  # the predictive of f
+    t = StudentTLikelihood(3.0, 0.4)
+    yt = t.sample_targets(net(x).detach(), 1, g)[0]
+    fisher = CustomLikelihood(t.nll_unit, curvature=t.output_hessian, name="my_t")
+    a = Laplace(net, fisher, "all", "full").fit([(x, yt)])
+    b = Laplace(net, t, "all", "full").fit([(x, yt)])
+    torch.testing.assert_close(a.log_marginal_likelihood(), b.log_marginal_likelihood())
+    with pytest.warns(UserWarning, match="Hessian is indefinite at some targets"):
+        c = Laplace(net, CustomLikelihood(t.nll_unit), "all", "kfac").fit([(x, yt)])
+    d = Laplace(net, t, "all", "kfac").fit([(x, yt)])
+    assert abs(float(c.log_marginal_likelihood() - d.log_marginal_likelihood())) > 1e-3
+    # the MC Fisher needs draws of targets; with them it runs
+    with pytest.raises(ValueError, match="has no sample_targets: the MC Fisher needs it"):
+        Laplace(net, custom, "all", "kfac", fisher_type="mc").fit([(x, y)])
+    draws = CustomLikelihood(_poisson_nll, sample_targets=PoissonLikelihood().sample_targets)
+    Laplace(net, draws, "all", "kfac", fisher_type="mc").fit([(x, y)])
+    with pytest.raises(ValueError, match="does not know its noise"):
+        a.uncertainty(x[:2])
+    with pytest.raises(ValueError, match=r"one value per example, shape \[30\]; got \[30, 2\]"):
+        Laplace(net, CustomLikelihood(lambda f, y: f - y), "all", "diag").fit([(x, y)])
+    with pytest.raises(TypeError, match="nll must be callable"):
+        CustomLikelihood("poisson")
