@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["check_scale", "report_indefinite", "require_positive"]
+__all__ = ["check_scale", "log_sum", "report_indefinite", "require_positive"]
 
 
 def check_scale(scale: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -44,3 +44,9 @@ def require_positive(prec: Tensor, s: Tensor, d: Tensor) -> Tensor:
             "(the GGN)"
         )
     return prec
+
+
+def log_sum(x: Tensor) -> Tensor:
+    """Σ log x, the logs taken and summed in float64 and returned in x's dtype: a log
+    determinant of a half-precision model's float32 statistics sums millions of terms."""
+    return x.to(torch.promote_types(x.dtype, torch.float64)).log().sum().to(x.dtype)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..linalg.eigh import all_finite, symmetric_eigh
 from .base import Structure, report_indefinite, require_positive
+from .checks import log_sum
 from .layout import LayerBlock
 
 __all__ = ["Dense"]
@@ -160,8 +161,8 @@ class Dense(Structure):
     # ----------------------------------------------------------------- block methods
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
         if d.dim() == 0:
-            return self._eig_prec(d, s).log().sum()
-        return 2 * self._cholesky(d, s).diagonal().log().sum()
+            return log_sum(self._eig_prec(d, s))
+        return 2 * log_sum(self._cholesky(d, s).diagonal())
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
         if d.dim() == 0:

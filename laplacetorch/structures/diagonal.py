@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Structure, require_positive
+from .checks import log_sum
 from .layer_parts import PartFactors
 from .layer_variance import layer_variance, weighted_gram
 from .layout import LayerBlock
@@ -97,7 +98,7 @@ class Diagonal(Structure):
         return prec if self.psd else require_positive(prec, s, d)
 
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
-        return self._prec(d, s).log().sum()
+        return log_sum(self._prec(d, s))
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
         return v / self._prec(d, s)

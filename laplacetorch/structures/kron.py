@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..linalg.eigh import all_finite, symmetric_eigh
 from .base import Structure
+from .checks import log_sum
 from .layer_variance import layer_variance
 from .layout import LayerBlock
 
@@ -133,8 +134,8 @@ class Kron(Structure):
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor:
         if d.dim() == 2:
             h, _, _, den = self._column(d, s)
-            return h.log().sum() + den.log().sum()
-        return self._eig_prec(d, s).log().sum()
+            return log_sum(h) + log_sum(den)
+        return log_sum(self._eig_prec(d, s))
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
         r = self.qb.T @ self._unvec(v) @ self.qa

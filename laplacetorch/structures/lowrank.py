@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Structure
+from .checks import log_sum
 from .layer_parts import PartFactors
 from .layer_variance import layer_variance, weighted_gram
 from .layout import LayerBlock
@@ -117,7 +118,7 @@ class LowRank(Structure):
             return self.n_params * d.log() + torch.log1p(s * self.lam / d).sum()
         dvec, w = self._parts(d, s)
         _, chol = self._woodbury(dvec, w)
-        return dvec.log().sum() + 2 * chol.diagonal().log().sum()
+        return log_sum(dvec) + 2 * log_sum(chol.diagonal())
 
     def _solve(self, v: Tensor, d: Tensor, s: Tensor) -> Tensor:
         if self._isotropic(d):
