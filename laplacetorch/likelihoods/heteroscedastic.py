@@ -28,17 +28,17 @@ import torch
 from torch import Tensor
 
 from ..metrics import gaussian_nll
-from .base import Likelihood, _check_finite, _check_outputs
+from .base import _check_finite, _check_outputs
+from .own_noise import OwnNoiseLikelihood
 
 __all__ = ["HeteroscedasticRegressionLikelihood"]
 
 
-class HeteroscedasticRegressionLikelihood(Likelihood):
+class HeteroscedasticRegressionLikelihood(OwnNoiseLikelihood):
     """N(y | μ(f), σ²(f)) per target, the network giving ``[B, 2D]`` natural parameters
     (η₁ = f₁, η₂ = −½ e^{f₂}); targets ``[B, D]`` (``[B]`` when D = 1)."""
 
     name = "heteroscedastic_regression"
-    gaussian_predictive = True
 
     def check_outputs(self, f: Tensor) -> None:
         if f.shape[-1] % 2:
@@ -67,8 +67,7 @@ class HeteroscedasticRegressionLikelihood(Likelihood):
         return y
 
     # ----------------------------------------------------------------- parameters
-    @staticmethod
-    def moments(f: Tensor) -> tuple[Tensor, Tensor]:
+    def pointwise(self, f: Tensor) -> tuple[Tensor, Tensor]:
         """μ = f₁ e^{−f₂} and σ² = e^{−f₂}, ``[..., D]`` each, from ``f`` ``[..., 2D]``."""
         f1, f2 = f.chunk(2, dim=-1)
         var = torch.exp(-f2)
@@ -85,7 +84,7 @@ class HeteroscedasticRegressionLikelihood(Likelihood):
         return s @ s.mT
 
     def hessian_sqrt(self, f: Tensor, y: Tensor | None = None) -> Tensor:
-        mu, var = self.moments(f)
+        mu, var = self.pointwise(f)
         sd = var.sqrt()
         d = mu.shape[-1]
         out = f.new_zeros(*f.shape, f.shape[-1])
@@ -98,17 +97,14 @@ class HeteroscedasticRegressionLikelihood(Likelihood):
     def sample_targets(
         self, f: Tensor, n_samples: int, generator: torch.Generator | None, y: Tensor | None = None
     ) -> Tensor:
-        mu, var = self.moments(f.detach())
+        mu, var = self.pointwise(f.detach())
         noise = torch.randn(
             (n_samples, *mu.shape), generator=generator, dtype=f.dtype, device=f.device
         )
         return mu + var.sqrt() * noise
 
-    def inverse_link(self, f: Tensor) -> Tensor:
-        return self.moments(f)[0]
-
     # ----------------------------------------------------------------- predictive
-    def split_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def y_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For f ~ N(``mean`` ``[B, 2D]``, ``cov`` ``[B, 2D, 2D]``): E[μ] ``[B, D]``, the
         aleatoric variance E[σ²] ``[B, D]`` and the epistemic covariance Cov[μ]
         ``[B, D, D]``, exactly: with Z = −f₂ Gaussian, E[f₁ e^{Z}] = e^{m_Z + v_Z/2}(m₁ +
@@ -134,50 +130,6 @@ class HeteroscedasticRegressionLikelihood(Likelihood):
         )
         epistemic = second - e_mu.unsqueeze(-1) * e_mu.unsqueeze(-2)
         return e_mu, aleatoric, epistemic
-
-    def glm_predictive(
-        self,
-        mean: Tensor,
-        var: Tensor,
-        sigma_noise: Tensor | float = 1.0,
-        link_approx: str = "probit",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-        diagonal_output: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """The predictive of y: ``(E[y] [B, D], Cov[y] [B, D, D])`` with Cov[y] = Cov[μ] +
-        diag E[σ²], the noise *included* (it is the network's: there is no σ to add); its
-        diagonal ``[B, D]`` with ``diagonal_output``. The split: :meth:`split_moments`."""
-        self.check_link(link_approx)
-        e_mu, aleatoric, epistemic = self.split_moments(mean, var)
-        total = epistemic + torch.diag_embed(aleatoric)
-        return e_mu, total.diagonal(dim1=-2, dim2=-1) if diagonal_output else total
-
-    def uncertainty_parts(
-        self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """E[μ], the aleatoric E[σ²] and the epistemic Var[μ], ``[B, D]`` each, exactly
-        (:meth:`split_moments`)."""
-        e_mu, aleatoric, epistemic = self.split_moments(mean, var)
-        return e_mu, aleatoric, epistemic.diagonal(dim1=-2, dim2=-1)
-
-    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
-        """From function samples ``[S, B, 2D]``: E[μ] and the variance Var[μ] + E[σ²]
-        ``[B, D]`` (denominator S − 1 for Var[μ])."""
-        mean, aleatoric, epistemic = self.nn_uncertainty_parts(fs)
-        return mean, epistemic + aleatoric
-
-    def nn_uncertainty_parts(
-        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """E[μ], E[σ²] and Var[μ] ``[B, D]`` from function samples ``fs`` ``[S, B, 2D]``."""
-        if fs.shape[0] < 2:
-            raise ValueError(
-                "the nn heteroscedastic_regression predictive estimates a variance: "
-                f"n_samples must be at least 2; got {fs.shape[0]}"
-            )
-        mu, var = self.moments(fs)
-        return mu.mean(0), var.mean(0), mu.var(0)
 
     def predictive_nll(
         self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0

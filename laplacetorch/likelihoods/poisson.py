@@ -14,17 +14,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Likelihood, _check_finite, _per_output_targets
+from .base import _check_finite, _per_output_targets
+from .own_noise import OwnNoiseLikelihood
 
 __all__ = ["PoissonLikelihood"]
 
 
-class PoissonLikelihood(Likelihood):
+class PoissonLikelihood(OwnNoiseLikelihood):
     """Independent Poisson counts, log rates as outputs ``[B, C]``; targets ``[B, C]``
     (``[B]`` when C = 1), non-negative integers (any dtype)."""
 
     name = "poisson"
-    gaussian_predictive = True  # the predictive is (mean, covariance) of y
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         y = _per_output_targets(y, f_shape, "poisson")
@@ -49,55 +49,19 @@ class PoissonLikelihood(Likelihood):
         rate = torch.exp(f.detach()).expand(n_samples, *f.shape)
         return torch.poisson(rate, generator=generator)
 
-    def inverse_link(self, f: Tensor) -> Tensor:
-        return torch.exp(f)
+    def pointwise(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        """The rate λ = e^f, both the mean and the variance of y given f."""
+        rate = torch.exp(f)
+        return rate, rate
 
     # ----------------------------------------------------------------- predictive
-    def rate_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
-        """E[λ] ``[B, C]`` and Cov[λ] ``[B, C, C]`` of λ = e^f, f ~ N(mean, cov), exactly."""
+    def y_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """E[λ] = e^{m + v/2} (also the aleatoric part) and Cov[λₐ, λᵦ] = E[λₐ] E[λᵦ]
+        (e^{Σₐᵦ} − 1) of λ = e^f, f ~ N(mean, cov), exactly."""
         v = cov.diagonal(dim1=-2, dim2=-1)
         e_rate = torch.exp(mean + 0.5 * v)
-        return e_rate, e_rate.unsqueeze(-1) * e_rate.unsqueeze(-2) * torch.expm1(cov)
-
-    def glm_predictive(
-        self,
-        mean: Tensor,
-        var: Tensor,
-        sigma_noise: Tensor | float = 1.0,
-        link_approx: str = "probit",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-        diagonal_output: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """``(E[y] [B, C], Cov[y] [B, C, C])``, the Poisson's own variance included; the
-        diagonal ``[B, C]`` with ``diagonal_output``."""
-        self.check_link(link_approx)
-        e_rate, cov_rate = self.rate_moments(mean, var)
-        total = cov_rate + torch.diag_embed(e_rate)
-        return e_rate, total.diagonal(dim1=-2, dim2=-1) if diagonal_output else total
-
-    def uncertainty_parts(
-        self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """E[y], the aleatoric E[λ] and the epistemic Var[λ], ``[B, C]`` each, exactly."""
-        e_rate, cov_rate = self.rate_moments(mean, var)
-        return e_rate, e_rate, cov_rate.diagonal(dim1=-2, dim2=-1)
-
-    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
-        mean, aleatoric, epistemic = self.nn_uncertainty_parts(fs)
-        return mean, aleatoric + epistemic
-
-    def nn_uncertainty_parts(
-        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """E[λ], E[λ] and Var[λ] ``[B, C]`` from function samples ``fs`` ``[S, B, C]``."""
-        if fs.shape[0] < 2:
-            raise ValueError(
-                "the nn poisson predictive estimates a variance: n_samples must be at least "
-                f"2; got {fs.shape[0]}"
-            )
-        rate = torch.exp(fs)
-        return rate.mean(0), rate.mean(0), rate.var(0)
+        cov_rate = e_rate.unsqueeze(-1) * e_rate.unsqueeze(-2) * torch.expm1(cov)
+        return e_rate, e_rate, cov_rate
 
     def predictive_nll(
         self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0

@@ -20,12 +20,13 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Likelihood, _check_finite, _per_output_targets
+from .base import _check_finite, _per_output_targets
+from .own_noise import OwnNoiseLikelihood
 
 __all__ = ["StudentTLikelihood"]
 
 
-class StudentTLikelihood(Likelihood):
+class StudentTLikelihood(OwnNoiseLikelihood):
     """Student-t noise of ``nu`` degrees of freedom and scale ``scale`` around outputs
     ``[B, C]``; targets ``[B, C]`` (``[B]`` when C = 1).
 
@@ -34,7 +35,6 @@ class StudentTLikelihood(Likelihood):
     """
 
     name = "student_t"
-    gaussian_predictive = True  # the predictive is (mean, covariance) of y
 
     def __init__(self, nu: float = 4.0, scale: float = 1.0) -> None:
         for what, v in (("nu", nu), ("scale", scale)):
@@ -80,51 +80,18 @@ class StudentTLikelihood(Likelihood):
         chi2 = 2 * torch._standard_gamma(conc, generator=generator)
         return f.detach() + self.scale * z / torch.sqrt(chi2 / self.nu)
 
-    def inverse_link(self, f: Tensor) -> Tensor:
-        return f
+    def pointwise(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        """f and σ²ν/(ν − 2): the mean and variance of y given f."""
+        return f, torch.full_like(f, self.noise_variance())
 
     # ----------------------------------------------------------------- predictive
     def noise_variance(self) -> float:
         """σ² ν / (ν − 2), the variance of σ t (infinite for ν ≤ 2)."""
         return self.scale**2 * self.nu / (self.nu - 2) if self.nu > 2 else math.inf
 
-    def glm_predictive(
-        self,
-        mean: Tensor,
-        var: Tensor,
-        sigma_noise: Tensor | float = 1.0,
-        link_approx: str = "probit",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
-        diagonal_output: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """``(E[y] [B, C], Cov[y] [B, C, C])`` = (m, Σ + σ²ν/(ν−2) I): the noise included;
-        the diagonal ``[B, C]`` with ``diagonal_output``."""
-        self.check_link(link_approx)
-        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
-        total = var + self.noise_variance() * eye
-        return mean, total.diagonal(dim1=-2, dim2=-1) if diagonal_output else total
-
-    def uncertainty_parts(
-        self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        epistemic = var.diagonal(dim1=-2, dim2=-1)
-        return mean, torch.full_like(epistemic, self.noise_variance()), epistemic
-
-    def nn_predictive(self, fs: Tensor, sigma_noise: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
-        mean, aleatoric, epistemic = self.nn_uncertainty_parts(fs)
-        return mean, aleatoric + epistemic
-
-    def nn_uncertainty_parts(
-        self, fs: Tensor, sigma_noise: Tensor | float = 1.0
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        if fs.shape[0] < 2:
-            raise ValueError(
-                "the nn student_t predictive estimates a variance: n_samples must be at least "
-                f"2; got {fs.shape[0]}"
-            )
-        var = fs.var(0)
-        return fs.mean(0), torch.full_like(var, self.noise_variance()), var
+    def y_moments(self, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """m, σ²ν/(ν − 2) and Σ: y = f + σt with t independent of f."""
+        return mean, torch.full_like(mean, self.noise_variance()), cov
 
     def predictive_nll(
         self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0

@@ -31,7 +31,7 @@ def test_the_output_fisher_is_the_expected_hessian_of_the_nll():
     expectation, the Fisher Λ; and S Sᵀ = Λ, positive definite."""
     g = torch.Generator().manual_seed(0)
     f = torch.randn(5, 4, dtype=DT, generator=g)  # D = 2 targets
-    mu, var = LIK.moments(f)
+    mu, var = LIK.pointwise(f)
     lam = LIK.output_hessian(f)
     for n in range(5):
         h = [torch.func.hessian(lambda o, y=y: _nll(o, y))(f[n]) for y in
@@ -106,9 +106,9 @@ def test_the_predictive_moments_are_exact():
     m = torch.tensor([[0.8, -0.5, 0.3, 0.6]], dtype=DT)  # D = 2: [f₁ | f₂]
     a = torch.randn(4, 4, dtype=DT, generator=g) * 0.25
     cov = (a @ a.T + 0.02 * torch.eye(4, dtype=DT)).unsqueeze(0)
-    e_mu, ale, epi = LIK.split_moments(m, cov)
+    e_mu, ale, epi = LIK.y_moments(m, cov)
     fs = m + torch.randn(400_000, 4, dtype=DT, generator=g) @ torch.linalg.cholesky(cov[0]).T
-    mu, var = LIK.moments(fs)
+    mu, var = LIK.pointwise(fs)
     torch.testing.assert_close(e_mu[0], mu.mean(0), rtol=0, atol=5e-3)
     torch.testing.assert_close(ale[0], var.mean(0), rtol=0, atol=5e-3)
     torch.testing.assert_close(epi[0], torch.cov(mu.T), rtol=0, atol=5e-3)
