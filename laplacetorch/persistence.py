@@ -64,7 +64,7 @@ def laplace_state(la: Laplace) -> dict[str, Any]:
     h = la.hyperparameters
     return {
         "format": STATE_FORMAT,
-        "likelihood": la.likelihood.name,
+        "likelihood": la.likelihood.identity,
         "hessian_structure": la.hessian_structure,
         "subset": la.subset.signature(),
         **la.fitted_state.state_dict(),
@@ -93,7 +93,7 @@ def _check_identity(la: Laplace, state: Any) -> None:
         raise ValueError(f"state lacks entries {missing}; it is truncated or not a Laplace state")
     for key, mine in zip(
         _IDENTITY,
-        (la.likelihood.name, la.hessian_structure, la.subset.signature()),
+        (la.likelihood.identity, la.hessian_structure, la.subset.signature()),
         strict=True,
     ):
         if state[key] != mine:

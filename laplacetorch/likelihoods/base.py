@@ -53,6 +53,12 @@ class Likelihood(ABC):
     def __hash__(self) -> int:
         return id(self)
 
+    @property
+    def identity(self) -> str:
+        """What identifies this likelihood in a saved state: its name, and the parameters of
+        one that has them (a state of Student-t ν = 3 does not load into ν = 5)."""
+        return self.name
+
     #: whether the predictive is a Gaussian (f_mu, f_var) rather than probabilities
     gaussian_predictive: bool = False
     #: whether the likelihood has a Gaussian noise σ (tunable, part of the predictive)

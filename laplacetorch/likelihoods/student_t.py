@@ -42,6 +42,10 @@ class StudentTLikelihood(OwnNoiseLikelihood):
                 raise ValueError(f"{what} must be a positive finite number; got {v!r}")
         self.nu, self.scale = float(nu), float(scale)
 
+    @property
+    def identity(self) -> str:
+        return f"{self.name}(nu={self.nu!r}, scale={self.scale!r})"
+
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         y = _per_output_targets(y, f_shape, "student_t")
         if not y.is_floating_point():

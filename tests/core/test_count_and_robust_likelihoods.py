@@ -184,3 +184,15 @@ def test_a_custom_nll_gives_the_built_in_likelihoods_posterior():
         Laplace(net, CustomLikelihood(lambda f, y: f - y), "all", "diag").fit([(x, y)])
     with pytest.raises(TypeError, match="nll must be callable"):
         CustomLikelihood("poisson")
+
+
+def test_a_student_t_state_loads_only_into_the_same_nu_and_scale():
+    x = torch.randn(10, 2, dtype=DT)
+    t = StudentTLikelihood(3.0, 0.5)
+    la = Laplace(_net(), t, "all", "diag").fit([(x, t.sample_targets(_net()(x), 1, None)[0])])
+    same = Laplace(_net(), StudentTLikelihood(3.0, 0.5), "all", "diag")
+    same.load_state_dict(la.state_dict())
+    torch.testing.assert_close(same.log_marginal_likelihood(), la.log_marginal_likelihood())
+    other = Laplace(_net(), StudentTLikelihood(5.0, 0.5), "all", "diag")
+    with pytest.raises(ValueError, match=r"likelihood is 'student_t\(nu=3.0, scale=0.5\)'"):
+        other.load_state_dict(la.state_dict())
