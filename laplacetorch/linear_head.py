@@ -16,6 +16,7 @@ held. The products run in the head's dtype, as the forward and its ``jvp`` do.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,28 +145,36 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
         _, module = find_last_linear(subset.model, subset.last_layer_name)
     except ValueError:
         return None
-    seen: list[tuple[Tensor | None, Tensor]] = []
+    seen: list[tuple[Tensor | None, Tensor, int]] = []
+    me = threading.get_ident()
 
     def record(mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        seen.append((inputs[0] if inputs else None, output))  # None: called by keyword
+        if threading.get_ident() == me:  # another thread's forward is not this check's
+            phi = inputs[0] if inputs else None  # None: called by keyword
+            seen.append((phi, output, output._version))
 
+    # with grad, so that the output's graph says what was done to the head's output
+    probe = theta.detach().requires_grad_(True)
     handle = module.register_forward_hook(record)
     try:
-        with torch.no_grad():
-            out = subset._call(_index(x, slice(0, 1)), subset._weights(theta))
+        with torch.enable_grad():
+            out = subset._call(_index(x, slice(0, 1)), subset._weights(probe))
     finally:
         handle.remove()
     if len(seen) != 1 or not isinstance(out, Tensor):
         return None
-    phi, head_out = seen[0]
-    if phi is None:
+    phi, head_out, version = seen[0]
+    if phi is None or head_out._version != version:  # changed in place after the head
         return None
-    same = out is head_out or (
-        out.dtype != head_out.dtype
-        and out.shape == head_out.shape
-        and torch.equal(out, head_out.to(out.dtype))
-    )
-    if not same or phi.shape[:-1] != out.shape[:-1]:
+    if out is not head_out:  # only a cast of it, checked on the graph, not on values
+        step = out.grad_fn
+        if (
+            step is None
+            or type(step).__name__ != "ToCopyBackward0"
+            or step.next_functions[0][0] is not head_out.grad_fn
+        ):
+            return None
+    if phi.shape[:-1] != out.shape[:-1]:
         return None
     return LinearHead(
         subset, module, phi.shape[1:], _place(subset, module.weight), _place(subset, module.bias)

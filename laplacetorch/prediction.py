@@ -366,11 +366,12 @@ class Prediction:
         """Function samples of ``n`` prepared inputs ``x`` in tiles sized by
         ``memory_budget`` (at θ* and the current prior); refused before any draw when one
         sample of the batch's outputs would exceed ``memory_limit``."""
-        n_out, itemsize = self._sample_fits(x, n, width)
+        width = self._output_width(x) if width is None else width
+        _, itemsize = self._sample_fits(x, n, width)
         prior, s = self.prior, self.scale()
 
         def draw(k: int) -> Tensor:
             return self.structure.sample(k, prior, s, generator)
 
         return sample_tiles(pred_type, self.subset, self.mean, x, draw, n_samples, n,
-                            n_out // n, itemsize, self.memory_budget)  # fmt: skip
+                            width, itemsize, self.memory_budget)  # fmt: skip

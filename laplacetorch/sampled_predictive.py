@@ -100,7 +100,9 @@ def body_tangents(head: LinearHead, theta: Tensor, x: Any, eps: Tensor) -> tuple
             try:
                 return vmap(one, out_dims=(None, 0))(eps)
             except (RuntimeError, NotImplementedError, ValueError) as err:
-                if not is_vmap_limit(err) and "out_dims" not in str(err):
+                # "... can not return a BatchedTensor when out_dim is None": a body whose
+                # primal depends on the draw; the loop below computes it per draw
+                if not is_vmap_limit(err) and "out_dim" not in str(err):
                     raise
         pairs = [one(e) for e in eps]
         return pairs[0][0], torch.stack([t for _, t in pairs])
@@ -187,7 +189,7 @@ def sample_tiles(
     ``memory_budget`` (at least one sample of one input); ``draw(k)`` gives k weight
     perturbations ε ``[k, P]``. Linearised samples of a model ending in a linear layer are
     split at it (:func:`head_sample_tiles`); the others are whole samples of all inputs."""
-    head = split_at_head(subset, theta, x) if pred_type == "glm" else None
+    head = split_at_head(subset, theta, x) if pred_type == "glm" and n_inputs else None
     if head is not None:
         yield from head_sample_tiles(
             head, x, theta, draw, n_samples, n_inputs, width, itemsize, memory_budget

@@ -3,6 +3,7 @@ reduction of last-layer sequence features (``feature_reduction``)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,11 +28,14 @@ class FeaturesReached(Exception):
 
 def input_of(module: nn.Module, run: Callable[[], object]) -> Tensor | None:
     """The first positional input ``module`` receives while ``run()`` executes, the run
-    stopped there (the layers after it never computed); ``None`` when it is not called."""
+    stopped there (the layers after it never computed); ``None`` when it is not called.
+    The hook acts in the calling thread only: the same model serving another thread (a
+    plain forward, another prediction) passes through it untouched."""
     seen: list[Tensor] = []
+    me = threading.get_ident()
 
     def stop(mod: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        if inputs:
+        if inputs and threading.get_ident() == me:
             seen.append(inputs[0])
             raise FeaturesReached
 

@@ -78,7 +78,7 @@ class ClassificationLikelihood(Likelihood):
         s = e.sum(-1, keepdim=True)
         h = None
         if entropy:
-            if bool(g.amin() == -torch.inf):  # a read, where clamping every entry is a write
+            if g.numel() and bool(g.amin() == -torch.inf):  # a read; clamping is a write
                 g.clamp_(min=torch.finfo(g.dtype).min)  # −inf · 0 would be NaN
             h = (s.squeeze(-1).log() - g.mul_(e).sum(-1) / s.squeeze(-1)).clamp_min_(0)
         return e.div_(s), h

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .base import Likelihood, _check_finite
+from .base import LIKELIHOODS, Likelihood, _check_finite
 
 __all__ = ["CustomLikelihood"]
 
@@ -57,6 +57,11 @@ class CustomLikelihood(Likelihood):
     ) -> None:
         if not callable(nll):
             raise TypeError(f"nll must be callable (f, y) -> [B]; got {type(nll).__name__}")
+        if not isinstance(name, str) or name in LIKELIHOODS:
+            raise ValueError(
+                f"name must be a string other than the built-in likelihoods' "
+                f"{sorted(LIKELIHOODS)} (a name is compared as the likelihood); got {name!r}"
+            )
         if curvature != "hessian" and not callable(curvature):
             raise ValueError(
                 f"curvature must be 'hessian' or a callable fisher(f) -> [B, C, C]; got "
@@ -79,6 +84,12 @@ class CustomLikelihood(Likelihood):
             )
         _check_finite(y)
         return y
+
+    @property
+    def identity(self) -> str:
+        """The name and the nll's qualified name (a state does not load into another nll)."""
+        fn = getattr(self._nll, "__qualname__", type(self._nll).__name__)
+        return f"{self.name}({getattr(self._nll, '__module__', '?')}.{fn})"
 
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         out = self._nll(f, y)
@@ -150,3 +161,11 @@ class CustomLikelihood(Likelihood):
         self, fs: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:
         return self.uncertainty_parts(fs, fs, sigma_noise)
+
+    def predictive_nll(
+        self, pred: Tensor | tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
+    ) -> Tensor:
+        raise ValueError(
+            f"the {self.name} likelihood has no predictive distribution of y to score: tune the "
+            "prior by the evidence (method='marglik') or give gridsearch a loss"
+        )

@@ -71,13 +71,15 @@ class PoissonLikelihood(OwnNoiseLikelihood):
         r = m² / (v − m)); the Poisson itself where v = m."""
         mean, var = pred
         var = var.diagonal(dim1=-2, dim2=-1) if var.dim() == mean.dim() + 1 else var
-        y = self.check_targets(y, tuple(mean.shape)).to(mean.dtype)
-        excess = (var - mean).clamp_min(1e-300)
-        r = mean.square() / excess
+        y = self.check_targets(y, tuple(mean.shape))
+        # in float64, with r·log(r/(r + m)) as −r·log1p(m/r): the terms cancel for small spread
+        wide = torch.promote_types(mean.dtype, torch.float64)
+        m, v, y = mean.to(wide), var.to(wide), y.to(wide)
+        r = m.square() / (v - m).clamp_min(torch.finfo(wide).tiny)
         log_nb = (
             torch.lgamma(y + r) - torch.lgamma(r) - torch.lgamma(y + 1)
-            + r * torch.log(r / (r + mean)) + y * torch.log(mean / (r + mean))
+            - r * torch.log1p(m / r) + y * torch.log(m / (r + m))
         )  # fmt: skip
-        # r → ∞ is the Poisson, where lgamma(y + r) − lgamma(r) cancels catastrophically
-        log_poisson = y * torch.log(mean) - mean - torch.lgamma(y + 1)
-        return -torch.where(r > 1e8, log_poisson, log_nb).sum()
+        # r → ∞ is the Poisson, where lgamma(y + r) − lgamma(r) loses its digits
+        log_poisson = y * torch.log(m) - m - torch.lgamma(y + 1)
+        return -torch.where(r > 1e8, log_poisson, log_nb).sum().to(mean.dtype)

@@ -101,12 +101,22 @@ class StudentTLikelihood(OwnNoiseLikelihood):
         self, pred: tuple[Tensor, Tensor], y: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> Tensor:
         """Σ −log p(y) under the Student-t of ν degrees of freedom, centred at the predictive
-        mean, whose variance is the predictive's (scale² = σ² + v (ν − 2)/ν; ν > 2): exact as
-        the variance of f vanishes. For ν ≤ 2, the scale σ and f's variance added."""
+        mean, whose variance is the predictive's (scale² = σ² + v (ν − 2)/ν): exact as the
+        variance v of f vanishes.
+
+        Raises:
+            ValueError: for ν ≤ 2, where y's variance is infinite and the predictive carries
+                no finite variance to match (tune δ by ``method="marglik"`` instead).
+        """
+        if self.nu <= 2:
+            raise ValueError(
+                f"the student_t predictive with nu = {self.nu} has an infinite variance: its "
+                "NLL cannot be matched from (mean, variance); tune the prior by the evidence "
+                "(method='marglik') or give gridsearch a loss"
+            )
         mean, var = pred
         var = var.diagonal(dim1=-2, dim2=-1) if var.dim() == mean.dim() + 1 else var
         y = self.check_targets(y, tuple(mean.shape))
-        f_var = var - self.noise_variance() if self.nu > 2 else var
-        factor = (self.nu - 2) / self.nu if self.nu > 2 else 1.0
-        scale = torch.sqrt(self.scale**2 + f_var.clamp_min(0) * factor)
+        f_var = (var - self.noise_variance()).clamp_min(0)
+        scale = torch.sqrt(self.scale**2 + f_var * (self.nu - 2) / self.nu)
         return -torch.distributions.StudentT(self.nu, mean, scale).log_prob(y).sum()

@@ -196,3 +196,22 @@ def test_a_student_t_state_loads_only_into_the_same_nu_and_scale():
     other = Laplace(_net(), StudentTLikelihood(5.0, 0.5), "all", "diag")
     with pytest.raises(ValueError, match=r"likelihood is 'student_t\(nu=3.0, scale=0.5\)'"):
         other.load_state_dict(la.state_dict())
+
+
+def test_predictive_nlls_in_float32_and_their_refusals():
+    from laplacetorch.likelihoods import CustomLikelihood
+
+    lik = PoissonLikelihood()
+    m, y = torch.tensor([[2.0]]), torch.tensor([[3.0]])
+    for excess in (1e-4, 1e-6):  # a tiny spread of f: the terms cancel in float32
+        n32 = lik.predictive_nll((m, m * (1 + excess)), y)
+        n64 = lik.predictive_nll((m.double(), m.double() * (1 + excess)), y.double())
+        assert n32.dtype == torch.float32 and abs(float(n32) - float(n64)) < 1e-5
+    with pytest.raises(ValueError, match="nu = 2.0 has an infinite variance"):
+        StudentTLikelihood(2.0).predictive_nll((m, m), y)
+    custom = CustomLikelihood(_poisson_nll)
+    with pytest.raises(ValueError, match="no predictive distribution of y to score"):
+        custom.predictive_nll((m, m), y)
+    with pytest.raises(ValueError, match="other than the built-in likelihoods"):
+        CustomLikelihood(_poisson_nll, name="regression")
+    assert custom.identity != CustomLikelihood(lambda f, y: _poisson_nll(f, y)).identity

@@ -322,3 +322,72 @@ def test_a_classifier_splits_at_its_last_layer_too(monkeypatch):
         torch.testing.assert_close(getattr(split, part), getattr(whole, part), rtol=1e-10,
                                    atol=1e-12)  # fmt: skip
     assert float(split.epistemic.mean()) > 1e-4  # the samples do spread
+
+
+def test_the_split_hooks_leave_other_threads_alone():
+    """The head split's hooks act in their own thread: the same model serving plain
+    forwards in another thread meanwhile is never stopped at its head."""
+    import threading
+
+    la = _fit("kfac")
+    xt = _data(3, seed=5)[0]
+    ref = la.uncertainty(xt, n_samples=10, generator=torch.Generator().manual_seed(0))
+    errors, done = [], threading.Event()
+
+    def plain():
+        while not done.is_set():
+            try:
+                with torch.no_grad():
+                    assert la.model(xt).shape == (3, T, V)
+            except Exception as err:  # the test reports any failure
+                errors.append(err)
+                return
+
+    thread = threading.Thread(target=plain)
+    thread.start()
+    try:
+        for _ in range(5):
+            u = la.uncertainty(xt, n_samples=10, generator=torch.Generator().manual_seed(0))
+            torch.testing.assert_close(u.total, ref.total)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors
+
+
+class _InPlaceAfterHead(nn.Module):
+    def __init__(self, masked: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head, self.masked = nn.Linear(3, 6), nn.Linear(6, 4), masked
+        self.to(DT)
+
+    def forward(self, x):
+        out = self.head(torch.tanh(self.body(x)))
+        if self.masked:  # a cast, then a change: not the head's output
+            return out.float().masked_fill(x[:, :1] > 0.5, -30.0).to(DT)
+        return out.mul_(3.0)  # changed in place after the head
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_no_split_where_the_heads_output_is_changed_after_it(masked):
+    from laplacetorch.linear_head import split_at_head
+
+    x = torch.rand(12, 3, dtype=DT)
+    x[0, 0] = 0.1  # the first example (the check's) unmasked
+    y = torch.randint(0, 4, (12,))
+    la = Laplace(_InPlaceAfterHead(masked).eval(), "classification", "all", "diag").fit([(x, y)])
+    assert split_at_head(la.subset, la.mean, x) is None
+    la.prior_precision = 1e8  # no spread: E[p] is the MAP's softmax
+    u = la.uncertainty(x, n_samples=4)
+    with torch.no_grad():
+        torch.testing.assert_close(u.mean, torch.softmax(la.model(x), -1), atol=1e-3, rtol=0)
+
+
+def test_an_empty_batch_has_an_empty_uncertainty():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4)).to(DT).eval()
+    x, y = torch.randn(10, 3, dtype=DT), torch.randint(0, 4, (10,))
+    la = Laplace(net, "classification", "all", "diag").fit([(x, y)])
+    u = la.uncertainty(x[:0], n_samples=3)
+    assert u.total.shape == (0,) and u.mean.shape == (0, 4)
