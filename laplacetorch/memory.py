@@ -184,12 +184,14 @@ def block_full_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Si
 
 def kfac_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:
     """Both factors and their eigenbases per block, 3·Σ_b (out_b² + in_b²), and the rest;
-    plus the largest factor's float64 eigendecomposition while it runs (the factor widened,
-    its symmetrised copy, the eigenvectors and LAPACK's workspace: about 5n² doubles)."""
+    plus the widest factor's eigendecomposition while it runs (its copy, the symmetrised
+    one, the eigenvectors and LAPACK's workspace: about 5n², in float64 for a
+    half-precision model, whose factors are decomposed so)."""
     shapes, rest = _layer_sizes(subset)
     widest = max((max(o, i) for o, i in shapes), default=0)
     held = (3 * sum(o * o + i * i for o, i in shapes) + 4 * rest) * _e(subset)
-    return held + 5 * widest * widest * 8
+    decomposition = 8 if subset.dtype != subset.weight_dtype else _e(subset)
+    return held + 5 * widest * widest * decomposition
 
 
 def ekfac_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -> int:

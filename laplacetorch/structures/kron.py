@@ -41,6 +41,7 @@ class Kron(Structure):
     Args:
         b: ``[out, out]`` and a: ``[in', in']`` PSD factors (negative eigenvalues clamped).
         group_index: ``[out·in']`` group of each parameter. layout: the layer block.
+        wide: decompose the factors in float64 (a half-precision model's).
     """
 
     _tensor_keys = ("qb", "lb", "qa", "la")
@@ -51,17 +52,21 @@ class Kron(Structure):
         a: Tensor,
         group_index: Tensor | None = None,
         layout: LayerBlock | None = None,
+        *,
+        wide: bool = False,
     ) -> None:
         for name, f in (("b", b), ("a", a)):
             if f.dim() != 2 or f.shape[0] != f.shape[1] or not all_finite(f):
                 raise ValueError(f"Kronecker factor {name} must be a finite square matrix")
         super().__init__(b.shape[0] * a.shape[0], group_index, b.dtype, b.device, layout)
-        # in float64 for lower precisions, as Dense: float32 eigh's own error on the small
-        # eigenvalues (~ε·‖F‖) would dominate log det Π of a wide layer (half-precision
-        # models keep their factors in float32); kept in the factors' dtype
-        wide = torch.promote_types(b.dtype, torch.float64)
-        lb, qb = symmetric_eigh(b.to(wide), "a Kronecker factor B (output side)")
-        la, qa = symmetric_eigh(a.to(wide), "a Kronecker factor A (input side)")
+        # wide: in float64 (a half-precision model's float32 factors: float32 eigh's own error
+        # on the small eigenvalues, ~ε·‖F‖, would dominate log det Π), kept in the factors'
+        # dtype; a float32 model's in float32 (a float64 eigh costs 1.5x, a fifth of a small
+        # MLP's KFAC fit), retried in float64 where it fails
+        self.wide = wide
+        dtype = torch.promote_types(b.dtype, torch.float64) if wide else b.dtype
+        lb, qb = symmetric_eigh(b.to(dtype), "a Kronecker factor B (output side)")
+        la, qa = symmetric_eigh(a.to(dtype), "a Kronecker factor A (input side)")
         tensors = {"qb": qb, "lb": lb.clamp_min(0), "qa": qa, "la": la.clamp_min(0)}
         self._set_tensors({k: t.to(b.dtype) for k, t in tensors.items()})
 
@@ -194,7 +199,7 @@ class Kron(Structure):
         b1, a1 = self.factors()
         b2, a2 = other.factors()
         a = (n_self * a1 + n_other * a2) / (n_self + n_other)
-        return Kron(b1 + b2, a, self.group_index, self.layout)
+        return Kron(b1 + b2, a, self.group_index, self.layout, wide=getattr(self, "wide", False))
 
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         r = (self.qb.T @ self._unvec(v) @ self.qa) * self.eig

@@ -125,7 +125,7 @@ def test_a_refused_fit_changes_nothing():
     la = _quiet(Laplace(model, "classification", "all", "kfac", outputs="sequence").fit,
                 batches(x, y, 8))  # fmt: skip
     state, structure = la.fitted_state, la.structure
-    la.memory_limit = 250_000  # the structure fits (214 KB), a batch does not
+    la.memory_limit = 250_000  # the structure fits, a batch does not
     with pytest.raises(MemoryBudgetError, match="kfac needs .* B = 8"):
         _quiet(la.fit, batches(x, y, 8))
     assert la.fitted_state is state and la.structure is structure
