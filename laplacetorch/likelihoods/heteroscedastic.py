@@ -114,21 +114,17 @@ class HeteroscedasticRegressionLikelihood(OwnNoiseLikelihood):
         c11, c12, c22 = cov[..., :d, :d], cov[..., :d, d:], cov[..., d:, d:]
         v2 = c22.diagonal(dim1=-2, dim2=-1)
         aleatoric = torch.exp(-m2 + 0.5 * v2)
-        # E[μ_a] with Z_a = −f₂ₐ: Cov(f₁ₐ, Z_a) = −c12[a, a]
-        e_mu = aleatoric * (m1 - c12.diagonal(dim1=-2, dim2=-1))
-        # E[μ_a μ_b] = e^{m_Z + v_Z/2} ((m1_a + Cov(f1_a, Z)) (m1_b + Cov(f1_b, Z)) + c11_ab)
-        # with Z = −f₂ₐ − f₂ᵦ
-        m_z = -(m2.unsqueeze(-1) + m2.unsqueeze(-2))
-        diag22 = v2.unsqueeze(-1) + v2.unsqueeze(-2)
-        v_z = diag22 + c22 + c22.mT
-        # Cov(f1_a, Z) = −(c12[a, a] + c12[a, b]);  Cov(f1_b, Z) = −(c12[b, a] + c12[b, b])
-        c12d = c12.diagonal(dim1=-2, dim2=-1)
-        cov_a = -(c12d.unsqueeze(-1) + c12)
-        cov_b = -(c12.mT + c12d.unsqueeze(-2))
-        second = torch.exp(m_z + 0.5 * v_z) * (
-            (m1.unsqueeze(-1) + cov_a) * (m1.unsqueeze(-2) + cov_b) + c11
-        )
-        epistemic = second - e_mu.unsqueeze(-1) * e_mu.unsqueeze(-2)
+        # E[μ_a] = A_a u_a, A_a = E[σ²_a] and u_a = m1_a − c12[a, a] (Cov(f₁ₐ, −f₂ₐ))
+        u = m1 - c12.diagonal(dim1=-2, dim2=-1)
+        e_mu = aleatoric * u
+        # E[μ_a μ_b] = A_a A_b e^{c22[a, b]} ((u_a − c12[a, b]) (u_b − c12[b, a]) + c11[a, b]);
+        # Cov[μ] subtracts A_a A_b u_a u_b. Written with expm1 and the differences only, so that
+        # nothing of the size of E[μ]² cancels (float32 at small spreads)
+        ua, ub = u.unsqueeze(-1), u.unsqueeze(-2)
+        c12t = c12.mT
+        tilted = (ua - c12) * (ub - c12t) + c11
+        small = torch.expm1(c22) * tilted + c11 - ua * c12t - ub * c12 + c12 * c12t
+        epistemic = aleatoric.unsqueeze(-1) * aleatoric.unsqueeze(-2) * small
         return e_mu, aleatoric, epistemic
 
     def predictive_nll(

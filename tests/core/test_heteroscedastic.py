@@ -169,3 +169,15 @@ def test_marglik_training_trains_on_the_likelihoods_own_nll():
     assert margliks[-1] < margliks[0] and losses[-1] < losses[0]
     with pytest.raises(ValueError, match="unknown likelihood 'gamma'"):
         marglik_training(Net(), loader, likelihood="gamma", n_epochs=1)
+
+
+def test_the_predictive_moments_keep_their_digits_in_float32():
+    """μ ≈ 100 with a tiny spread of f: Cov[μ] is formed from small terms, not as the
+    difference of two numbers of size E[μ]²."""
+    m = torch.tensor([[100.0, -0.4, 0.0, 0.0]], dtype=DT)  # μ₁ = 100, μ₂ = −0.4
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(4, 4, dtype=DT, generator=g) * 1e-3
+    cov = (a @ a.T).unsqueeze(0)
+    _, _, epi64 = LIK.y_moments(m, cov)
+    _, _, epi32 = LIK.y_moments(m.float(), cov.float())
+    torch.testing.assert_close(epi32.double(), epi64, rtol=1e-3, atol=1e-9)
