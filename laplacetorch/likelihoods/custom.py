@@ -149,6 +149,12 @@ class CustomLikelihood(Likelihood):
     def inverse_link(self, f: Tensor) -> Tensor:
         return f if self._link is None else self._link(f)
 
+    def entropy(self, p: Tensor) -> Tensor:
+        raise ValueError(
+            f"the {self.name} likelihood does not know the distribution of y given its mean: "
+            "its uncertainty has no entropy to split; la(x, link_approx='mc') gives E[y]"
+        )
+
     def uncertainty_parts(
         self, mean: Tensor, var: Tensor, sigma_noise: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:

@@ -212,6 +212,11 @@ def test_predictive_nlls_in_float32_and_their_refusals():
     custom = CustomLikelihood(_poisson_nll)
     with pytest.raises(ValueError, match="no predictive distribution of y to score"):
         custom.predictive_nll((m, m), y)
+    linked = Laplace(_net(), CustomLikelihood(_poisson_nll, inverse_link=torch.exp), "all", "diag")
+    linked.fit([(torch.randn(6, 2, dtype=DT), torch.ones(6, 2, dtype=DT))])
+    assert linked(torch.randn(3, 2, dtype=DT), link_approx="mc").shape == (3, 2)
+    with pytest.raises(ValueError, match="no entropy to split"):
+        linked.uncertainty(torch.randn(3, 2, dtype=DT))
     with pytest.raises(ValueError, match="other than the built-in likelihoods"):
         CustomLikelihood(_poisson_nll, name="regression")
     assert custom.identity != CustomLikelihood(lambda f, y: _poisson_nll(f, y)).identity
