@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .bayesian_weights import find_last_linear
 from .curvature.per_example import _index
+from .model_call import model_lock
 from .subset_inputs import input_of
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class LinearHead:
         example_phi: the shape of one input's φ, the head's input (``[T, D]``, ``[D]``).
         weight: the ``(start, shape)`` of the head's weight in θ (``None``: not in θ).
         bias: likewise for its bias.
+        head_weight, head_bias: the head's weight and bias tensors themselves, read under the
+            model's lock (another thread's functional call swaps the module's attributes).
     """
 
     subset: ParameterSubset
@@ -51,6 +54,8 @@ class LinearHead:
     example_phi: torch.Size
     weight: tuple[int, torch.Size] | None
     bias: tuple[int, torch.Size] | None
+    head_weight: Tensor | None = None
+    head_bias: Tensor | None = None
 
     def body(self, theta: Tensor, x: Any) -> Tensor:
         """φ(θ, x): the model run with θ substituted, stopped at the head's input."""
@@ -64,7 +69,7 @@ class LinearHead:
     def primal(self, phi: Tensor) -> Tensor:
         """f(θ*) of the inputs whose head inputs are ``phi`` ``[b, ..., D]``, ``[b, C]`` in
         the subset's output layout and dtype."""
-        out = _linear(phi, self.module.weight, self.module.bias)
+        out = _linear(phi, self.head_weight, self.head_bias)
         return out.to(self.subset.dtype).reshape(out.shape[0], -1)
 
     @torch.no_grad()
@@ -76,7 +81,7 @@ class LinearHead:
         body's tangents ``phi_dot`` ``[k, b, ..., D]``, the draws ``eps`` ``[k, P]`` and
         ``primal`` = :meth:`primal` of ``phi``; written into ``scratch``'s buffers (valid
         until its next use)."""
-        w = self.module.weight
+        w = self.head_weight
         k, c = phi_dot.shape[0], w.shape[0]
         lead = phi_dot.shape[:-1]  # [k, b, ...]
         tangent = scratch.take("tangent", (lead.numel(), c), w.dtype)
@@ -176,6 +181,7 @@ def split_at_head(subset: ParameterSubset, theta: Tensor, x: Any) -> LinearHead 
             return None
     if phi.shape[:-1] != out.shape[:-1]:
         return None
-    return LinearHead(
-        subset, module, phi.shape[1:], _place(subset, module.weight), _place(subset, module.bias)
-    )
+    with model_lock(subset.model):  # the real weights, not another call's substitutes
+        weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+        places = _place(subset, module.weight), _place(subset, module.bias)
+    return LinearHead(subset, module, phi.shape[1:], *places, head_weight=weight, head_bias=bias)

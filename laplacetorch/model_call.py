@@ -4,6 +4,7 @@ settings under which every submodule runs as a module with both AD modes."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -11,7 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import register_pytree_node
 
 __all__ = [
@@ -62,8 +62,22 @@ register_pytree_node(
 )
 
 
-_fastpath = {"depth": 0, "saved": True}
+_fastpath: dict[str, Any] = {"depth": 0, "saved": None}
 _fastpath_lock = threading.Lock()
+_SDP = ("flash", "mem_efficient", "math", "cudnn")
+
+
+def _switches() -> tuple[bool, ...]:
+    """The user's settings: attention's fast path, then the four SDPA kernels' flags."""
+    cuda = torch.backends.cuda
+    return (torch.backends.mha.get_fastpath_enabled(),
+            *(getattr(cuda, f"{k}_sdp_enabled")() for k in _SDP))  # fmt: skip
+
+
+def _set_switches(values: tuple[bool, ...]) -> None:
+    torch.backends.mha.set_fastpath_enabled(values[0])
+    for k, v in zip(_SDP, values[1:], strict=True):
+        getattr(torch.backends.cuda, f"enable_{k}_sdp")(v)
 
 
 @contextmanager
@@ -72,25 +86,47 @@ def module_calls() -> Iterator[None]:
     modes: attention's fused fast path (eval mode, no grad) skips ``out_proj``, and the fused
     scaled-dot-product kernels have no forward-mode AD (the math kernel has).
 
-    The fast-path switch is process-wide: nested and concurrent uses share one count, and the
-    user's setting comes back when the last one ends (also on an exception)."""
+    Both switches are process-wide flags of torch (``sdpa_kernel`` sets them too, not per
+    thread): nested and concurrent uses share one count, the first sets them and the last
+    puts the user's settings back (also on an exception), so one thread's prediction never
+    turns the fused kernels back on under another's forward-mode pass."""
     with _fastpath_lock:
-        outer = _fastpath["depth"] == 0
-        if outer:
-            _fastpath["saved"] = torch.backends.mha.get_fastpath_enabled()
-            torch.backends.mha.set_fastpath_enabled(False)
+        if _fastpath["depth"] == 0:
+            _fastpath["saved"] = _switches()
+            _set_switches((False, False, False, True, False))  # the math kernel only
         _fastpath["depth"] += 1
     try:
-        if outer or threading.active_count() > 1:  # nested in this thread: already set
-            with sdpa_kernel([SDPBackend.MATH]):
-                yield
-        else:
-            yield
+        yield
     finally:
         with _fastpath_lock:
             _fastpath["depth"] -= 1
             if _fastpath["depth"] == 0:
-                torch.backends.mha.set_fastpath_enabled(_fastpath["saved"])
+                _set_switches(_fastpath["saved"])
+
+
+_forward_ad = threading.RLock()
+_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock every library call of ``model`` holds: ``functional_call`` swaps the
+    module's parameters for the given tensors during a call (θ, dual or batched tensors
+    under jvp / vmap), so two threads calling one model, or reading its weights meanwhile,
+    would see each other's (predictions silently wrong). One re-entrant lock per model."""
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
+
+
+def jvp(func: Any, primals: tuple, tangents: tuple, **kwargs: Any) -> Any:
+    """``torch.func.jvp``, one thread at a time: torch's forward-AD levels are process-wide,
+    and two threads inside a jvp at once corrupt each other's tangents (a served model's
+    predictions silently wrong, or "no level exists" errors)."""
+    with _forward_ad:
+        return torch.func.jvp(func, primals, tangents, **kwargs)
 
 
 def model_output(out: Any) -> Tensor:
@@ -138,7 +174,7 @@ def call_model(
         x, constants = x.inputs, x.constants
     args, kwargs = ((), dict(x)) if isinstance(x, KeywordInputs) else ((x,), {})
     kwargs.update(constants)
-    with module_calls():
+    with model_lock(model), module_calls():
         if params is None:
             return model_output(model(*args, **kwargs))
         if tie_weights is None:

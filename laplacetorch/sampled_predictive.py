@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vmap
+from torch.func import vmap
 
 from .curvature.per_example import is_vmap_limit
 from .linear_head import LinearHead, Scratch, split_at_head
+from .model_call import _forward_ad, jvp
 from .predictive import function_samples
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def body_tangents(head: LinearHead, theta: Tensor, x: Any, eps: Tensor) -> tuple
     def one(e: Tensor) -> tuple[Tensor, Tensor]:
         return jvp(lambda t: head.body(t, x), (theta,), (e,))
 
-    with torch.no_grad():
+    with torch.no_grad(), _forward_ad:
         if head.subset.vmap_ok:
             try:
                 return vmap(one, out_dims=(None, 0))(eps)

@@ -103,7 +103,7 @@ def _split_top_k(
     """The top-k predictive split at the head: f_K + φ̇ W_Kᵀ + φ Ẇ_Kᵀ + ḃ_K, with W_K the
     head's rows of each position's k outputs ``[B, ..., k, D]``; the first block of draws'
     forward-mode pass gives φ(θ*), from which the top k are read."""
-    w, n = head.module.weight, n_inputs
+    w, n = head.head_weight, n_inputs
     itemsize = torch.finfo(head.subset.dtype).bits // 8
     width = n_classes * head.example_phi[:-1].numel()  # outputs of one input: positions × C
     rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))

@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp, vmap
 
 from ..checks import check_count
 from ..datapass import accumulate, require_reiterable
 from ..distributed import rank_seed
 from ..likelihoods import Likelihood
+from ..model_call import jvp
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
 from .context import FitContext

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch.func import grad, vmap
 
 from ..likelihoods import Likelihood
+from ..model_call import jvp
 from ..params import ParameterSubset
 
 __all__ = ["batch_hessian_matvec", "hessian_rows"]

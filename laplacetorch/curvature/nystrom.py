@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vmap
+from torch.func import vmap
 
 from ..checks import check_count
 from ..datapass import require_reiterable
 from ..likelihoods import Likelihood
 from ..memory import Sizes, check_fit_memory
+from ..model_call import jvp
 from ..params import ParameterSubset
 from ..structures import LowRank
 from .base import CurvatureResult, curvature_pass, resolve_fisher_type

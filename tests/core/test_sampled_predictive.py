@@ -391,3 +391,32 @@ def test_an_empty_batch_has_an_empty_uncertainty():
     la = Laplace(net, "classification", "all", "diag").fit([(x, y)])
     u = la.uncertainty(x[:0], n_samples=3)
     assert u.total.shape == (0,) and u.mean.shape == (0, 4)
+
+
+def test_threads_predicting_at_once_get_the_sequential_answers():
+    """Three threads streaming linearised samples from one fitted object: functional calls
+    swap the model's parameters and torch's forward-AD levels are process-wide, so the
+    library's calls of one model are serialised; every answer equals the sequential one."""
+    import threading
+
+    la = _fit("kfac")
+    xt = _data(3, seed=5)[0]
+
+    def total():
+        return la.uncertainty(xt, n_samples=10, generator=torch.Generator().manual_seed(0)).total
+
+    ref, diffs, errors = total(), [], []
+
+    def worker():
+        try:
+            for _ in range(4):
+                diffs.append(float((total() - ref).abs().max()))
+        except Exception as err:  # the test reports any failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and len(diffs) == 12 and max(diffs) == 0.0, (errors, diffs)
