@@ -54,15 +54,18 @@ class LinearHead:
     example_phi: torch.Size
     weight: tuple[int, torch.Size] | None
     bias: tuple[int, torch.Size] | None
-    head_weight: Tensor | None = None
-    head_bias: Tensor | None = None
+    head_weight: Tensor
+    head_bias: Tensor | None
 
     def body(self, theta: Tensor, x: Any) -> Tensor:
         """φ(θ, x): the model run with θ substituted, stopped at the head's input."""
         sub = self.subset
         phi = input_of(self.module, lambda: sub._call(x, sub._weights(theta)))
-        if phi is None:  # the check's forward saw the head called positionally
-            raise RuntimeError("the head was not reached on this input")
+        if phi is None:  # the check's example reached it: the model branches on its inputs
+            raise RuntimeError(
+                "the model's last linear layer was called on the first input but not on "
+                "these inputs: its output is not the head's for every input"
+            )
         return phi
 
     @torch.no_grad()
