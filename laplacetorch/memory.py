@@ -190,7 +190,7 @@ def kfac_bytes(subset: ParameterSubset, options: dict[str, Any], sizes: Sizes) -
     shapes, rest = _layer_sizes(subset)
     widest = max((max(o, i) for o, i in shapes), default=0)
     held = (3 * sum(o * o + i * i for o, i in shapes) + 4 * rest) * _e(subset)
-    decomposition = 8 if subset.dtype != subset.weight_dtype else _e(subset)
+    decomposition = 8 if subset.half_precision else _e(subset)
     return held + 5 * widest * widest * decomposition
 
 

@@ -174,6 +174,12 @@ class ParameterSubset:
         return statistics_dtype(self.weight_dtype)
 
     @property
+    def half_precision(self) -> bool:
+        """Whether the statistics are kept wider than the weights (bf16 / fp16 weights):
+        then decompositions are done in float64 too."""
+        return self.dtype != self.weight_dtype
+
+    @property
     def input_dtype(self) -> torch.dtype:
         """The dtype floating inputs must have: that of the model's first floating weight
         (the input layer's, also when the Bayesian weights are float32 adapters on a

@@ -23,6 +23,7 @@ from .predictive import dense_jacobians, function_samples, jacobian_sources, n_o
 from .predictive_memory import PredictiveRequest, check_predictive_memory
 from .prior import Prior
 from .sampled_predictive import (
+    SampleStream,
     Uncertainty,
     sample_bytes,
     sample_tiles,
@@ -330,14 +331,15 @@ class Prediction:
         classes = width if layout is None else layout.n_classes
         if k > classes:
             raise ValueError(f"k must be at most the number of classes {classes}; got {k}")
-        self._sample_fits(x, n, width)
+        _, itemsize = self._sample_fits(x, n, width)
         prior, s = self.prior, self.scale()
 
         def draw(m: int) -> Tensor:
             return self.structure.sample(m, prior, s, generator)
 
-        return top_k_predictive(self.subset, self.mean, x, draw, n_samples, k, n, classes,
-                                self.memory_budget)  # fmt: skip
+        stream = SampleStream(self.mean, x, draw, n_samples, n, width, itemsize,
+                              self.memory_budget)  # fmt: skip
+        return top_k_predictive(self.subset, stream, k, classes)
 
     def _sample_fits(self, x: Any, n: int, width: int | None = None) -> tuple[int, int]:
         """``(outputs, itemsize)`` of one function sample of the ``n`` prepared inputs
@@ -373,5 +375,6 @@ class Prediction:
         def draw(k: int) -> Tensor:
             return self.structure.sample(k, prior, s, generator)
 
-        return sample_tiles(pred_type, self.subset, self.mean, x, draw, n_samples, n,
-                            width, itemsize, self.memory_budget)  # fmt: skip
+        stream = SampleStream(self.mean, x, draw, n_samples, n, width, itemsize,
+                              self.memory_budget)  # fmt: skip
+        return sample_tiles(pred_type, self.subset, stream)

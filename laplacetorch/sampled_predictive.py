@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .params import ParameterSubset
 
 __all__ = [
+    "SampleStream",
     "Uncertainty",
     "block_sizes",
     "body_tangents",
@@ -42,6 +43,7 @@ __all__ = [
     "sample_tiles",
     "streamed_mean",
     "streamed_uncertainty",
+    "whole_sample_tiles",
 ]
 
 
@@ -60,6 +62,26 @@ class Uncertainty:
     aleatoric: Tensor
     epistemic: Tensor
     mean: Tensor
+
+
+@dataclass(frozen=True)
+class SampleStream:
+    """What a stream of function samples is drawn from and sized by.
+
+    Attributes:
+        theta: θ* ``[P]``. x: the prepared inputs, ``n_inputs`` of them, ``width`` outputs
+        each of ``itemsize`` bytes. draw: ``draw(k)`` gives k weight perturbations ε
+        ``[k, P]``. n_samples: S. memory_budget: the bytes a tile may hold.
+    """
+
+    theta: Tensor
+    x: Any
+    draw: Callable[[int], Tensor]
+    n_samples: int
+    n_inputs: int
+    width: int
+    itemsize: int
+    memory_budget: int
 
 
 def sample_bytes(n_outputs: int, itemsize: int) -> int:
@@ -136,34 +158,24 @@ def block_sizes(n_samples: int, block: int) -> list[int]:
     return [block] * (n_samples // block) + ([n_samples % block] if n_samples % block else [])
 
 
-def head_sample_tiles(
-    head: LinearHead,
-    x: Any,
-    theta: Tensor,
-    draw: Callable[[int], Tensor],
-    n_samples: int,
-    n_inputs: int,
-    width: int,
-    itemsize: int,
-    memory_budget: int,
-) -> Iterator[tuple[slice, Tensor]]:
+def head_sample_tiles(head: LinearHead, stream: SampleStream) -> Iterator[tuple[slice, Tensor]]:
     """Linearised samples split at the model's linear head (:mod:`~laplacetorch.linear_head`),
-    as tiles ``(rows, [k, b, C])``: the body's tangents of as many draws as
-    ``memory_budget`` holds in one vmapped forward-mode pass (its primal φ(θ*) kept from the
-    first), then, a few inputs at a time, the head's output at θ* once and one head product
-    a block of samples. Each tile is a buffer the next one overwrites: fold it in (or copy
-    it) before asking for the next."""
-    n = n_inputs
-    rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))
-    per_tile = sample_block_size(n_samples, rows * width, itemsize, memory_budget)
+    as tiles ``(rows, [k, b, C])``: the body's tangents of as many draws as the memory budget
+    holds in one vmapped forward-mode pass (its primal φ(θ*) kept from the first), then, a
+    few inputs at a time, the head's output at θ* once and one head product a block of
+    samples. Each tile is a buffer the next one overwrites: fold it in (or copy it) before
+    asking for the next."""
+    n, budget, size = stream.n_inputs, stream.memory_budget, stream.itemsize
+    rows = max(1, min(n, budget // sample_bytes(stream.width, size)))
+    per_tile = sample_block_size(stream.n_samples, rows * stream.width, size, budget)
     in_head = sum(p[1].numel() for p in (head.weight, head.bias) if p is not None)
-    per_draw = (head.example_phi.numel() * n + in_head) * itemsize
-    k_body = max(1, min(n_samples, memory_budget // max(per_draw, 1)))
+    per_draw = (head.example_phi.numel() * n + in_head) * size
+    k_body = max(1, min(stream.n_samples, budget // max(per_draw, 1)))
     scratch, phi = None, None
-    for k in block_sizes(n_samples, k_body):
-        eps = draw(k)
-        primal_phi, phi_dot = body_tangents(head, theta, x, eps)  # [B, ..., D], [k, B, ..., D]
-        phi = primal_phi if phi is None else phi
+    for k in block_sizes(stream.n_samples, k_body):
+        eps = stream.draw(k)
+        primal_phi, phi_dot = body_tangents(head, stream.theta, stream.x, eps)
+        phi = primal_phi if phi is None else phi  # [B, ..., D]; phi_dot [k, B, ..., D]
         scratch = Scratch(phi.device) if scratch is None else scratch
         for r0 in range(0, n, rows):
             sl = slice(r0, min(n, r0 + rows))
@@ -174,32 +186,30 @@ def head_sample_tiles(
 
 
 def sample_tiles(
-    pred_type: str,
-    subset: ParameterSubset,
-    theta: Tensor,
-    x: Any,
-    draw: Callable[[int], Tensor],
-    n_samples: int,
-    n_inputs: int,
-    width: int,
-    itemsize: int,
-    memory_budget: int,
+    pred_type: str, subset: ParameterSubset, stream: SampleStream
 ) -> Iterator[tuple[slice, Tensor]]:
-    """``n_samples`` function samples of ``pred_type`` at the ``n_inputs`` inputs ``x`` (``width``
-    outputs each, of ``itemsize`` bytes) as tiles ``(rows, [k, b, C])`` that each fit
-    ``memory_budget`` (at least one sample of one input); ``draw(k)`` gives k weight
-    perturbations ε ``[k, P]``. Linearised samples of a model ending in a linear layer are
-    split at it (:func:`head_sample_tiles`); the others are whole samples of all inputs."""
-    head = split_at_head(subset, theta, x) if pred_type == "glm" and n_inputs else None
+    """``stream.n_samples`` function samples of ``pred_type`` as tiles ``(rows, [k, b, C])``
+    that each fit the memory budget (at least one sample of one input). Linearised samples
+    of a model ending in a linear layer are split at it (:func:`head_sample_tiles`); the
+    others are whole samples of all inputs."""
+    glm, theta, x = pred_type == "glm", stream.theta, stream.x
+    head = split_at_head(subset, theta, x) if glm and stream.n_inputs else None
     if head is not None:
-        yield from head_sample_tiles(
-            head, x, theta, draw, n_samples, n_inputs, width, itemsize, memory_budget
-        )
-        return
-    block = sample_block_size(n_samples, n_inputs * width, itemsize, memory_budget)
-    draws = (draw(k) for k in block_sizes(n_samples, block))
+        return head_sample_tiles(head, stream)
+    return whole_sample_tiles(pred_type, subset, stream)
+
+
+def whole_sample_tiles(
+    pred_type: str, subset: ParameterSubset, stream: SampleStream
+) -> Iterator[tuple[slice, Tensor]]:
+    """Function samples of all inputs at once, ``(rows, [k, B, C])``, in blocks of as many
+    draws as the memory budget holds: the whole network's forward(-mode) pass each."""
+    block = sample_block_size(
+        stream.n_samples, stream.n_inputs * stream.width, stream.itemsize, stream.memory_budget
+    )
+    draws = (stream.draw(k) for k in block_sizes(stream.n_samples, block))
     blocks = glm_sample_blocks if pred_type == "glm" else nn_sample_blocks
-    for fs in blocks(subset, theta, x, draws):
+    for fs in blocks(subset, stream.theta, stream.x, draws):
         yield slice(0, fs.shape[1]), fs
 
 

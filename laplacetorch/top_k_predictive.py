@@ -12,20 +12,19 @@ position, a product with the head's k rows: the vocabulary is read once, for the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .linear_head import LinearHead, split_at_head
 from .sampled_predictive import (
+    SampleStream,
     block_sizes,
     body_tangents,
-    glm_sample_blocks,
-    sample_block_size,
     sample_bytes,
+    whole_sample_tiles,
 )
 
 if TYPE_CHECKING:
@@ -51,35 +50,20 @@ class TopK:
     map_probs: Tensor
 
 
-def top_k_predictive(
-    subset: ParameterSubset,
-    theta: Tensor,
-    x: Any,
-    draw: Callable[[int], Tensor],
-    n_samples: int,
-    k: int,
-    n_inputs: int,
-    n_classes: int,
-    memory_budget: int,
-) -> TopK:
-    """:class:`TopK` at the ``n_inputs`` prepared inputs ``x`` from ``n_samples``
-    linearised samples; ``draw(s)`` gives s weight perturbations ε ``[s, P]``; the outputs
-    have ``n_classes`` per prediction (the vocabulary), positions first."""
-    head = split_at_head(subset, theta, x)
+def top_k_predictive(subset: ParameterSubset, stream: SampleStream, k: int, n_classes: int) -> TopK:
+    """:class:`TopK` at the stream's inputs from its linearised samples; the outputs have
+    ``n_classes`` per prediction (the vocabulary), positions first."""
+    head = split_at_head(subset, stream.theta, stream.x)
     if head is not None:
-        return _split_top_k(head, x, theta, draw, n_samples, k, n_inputs, n_classes, memory_budget)
+        return _split_top_k(head, stream, k, n_classes)
     with torch.no_grad():
-        f0 = subset.forward(theta, x)  # [B, T·C], the whole network's output
-    b = f0.shape[0]
+        f0 = subset.forward(stream.theta, stream.x)  # [B, T·C], the whole network's output
     logits, index = _per_position(f0, n_classes).topk(k, dim=-1)
-    itemsize = f0.element_size()
-    block = sample_block_size(n_samples, f0[0].numel() * b, itemsize, memory_budget)
-    draws = (draw(s) for s in block_sizes(n_samples, block))
     total = torch.zeros_like(logits)
-    for fs in glm_sample_blocks(subset, theta, x, draws):
+    for _, fs in whole_sample_tiles("glm", subset, stream):
         picked = _per_position(fs, n_classes).gather(-1, index.expand(len(fs), *index.shape))
         total += torch.softmax(picked, dim=-1).sum(0)
-    return TopK(index, total / n_samples, torch.softmax(logits, dim=-1))
+    return TopK(index, total / stream.n_samples, torch.softmax(logits, dim=-1))
 
 
 def _per_position(f: Tensor, n_classes: int) -> Tensor:
@@ -89,33 +73,21 @@ def _per_position(f: Tensor, n_classes: int) -> Tensor:
     return f.view(*f.shape[:-1], -1, n_classes)
 
 
-def _split_top_k(
-    head: LinearHead,
-    x: Any,
-    theta: Tensor,
-    draw: Callable[[int], Tensor],
-    n_samples: int,
-    k: int,
-    n_inputs: int,
-    n_classes: int,
-    memory_budget: int,
-) -> TopK:
+def _split_top_k(head: LinearHead, stream: SampleStream, k: int, n_classes: int) -> TopK:
     """The top-k predictive split at the head: f_K + φ̇ W_Kᵀ + φ Ẇ_Kᵀ + ḃ_K, with W_K the
     head's rows of each position's k outputs ``[B, ..., k, D]``; the first block of draws'
     forward-mode pass gives φ(θ*), from which the top k are read."""
-    w, n = head.head_weight, n_inputs
-    itemsize = torch.finfo(head.subset.dtype).bits // 8
-    width = n_classes * head.example_phi[:-1].numel()  # outputs of one input: positions × C
-    rows = max(1, min(n, memory_budget // sample_bytes(width, itemsize)))
-    per_draw = head.example_phi.numel() * n * itemsize
+    w, n, size, budget = head.head_weight, stream.n_inputs, stream.itemsize, stream.memory_budget
+    rows = max(1, min(n, budget // sample_bytes(stream.width, size)))
+    per_draw = head.example_phi.numel() * n * size
     if head.weight is not None:  # the gathered head perturbation of each draw
-        per_draw += width // n_classes * k * head.example_phi[-1] * n * itemsize
-    s_block = max(1, min(n_samples, memory_budget // max(per_draw, 1)))
+        per_draw += stream.width // n_classes * k * head.example_phi[-1] * n * size
+    s_block = max(1, min(stream.n_samples, budget // max(per_draw, 1)))
     total = logits = index = w_k = None
     with torch.no_grad():
-        for s in block_sizes(n_samples, s_block):
-            eps = draw(s)
-            phi, phi_dot = body_tangents(head, theta, x, eps)  # [B, ..., D], [s, B, ..., D]
+        for s in block_sizes(stream.n_samples, s_block):
+            eps = stream.draw(s)
+            phi, phi_dot = body_tangents(head, stream.theta, stream.x, eps)  # [B, .., D], [s, ..]
             if index is None:  # the top k of f(θ*), a few inputs at a time
                 picked = [
                     _per_position(head.primal(phi[r : r + rows]), n_classes).topk(k, dim=-1)
@@ -134,4 +106,4 @@ def _split_top_k(
                 start, shape = head.bias
                 tangent = tangent + eps[:, start : start + shape.numel()][:, index].to(w.dtype)
             total += torch.softmax(logits + tangent.to(logits.dtype), dim=-1).sum(0)
-    return TopK(index, total / n_samples, torch.softmax(logits, dim=-1))
+    return TopK(index, total / stream.n_samples, torch.softmax(logits, dim=-1))

@@ -133,8 +133,7 @@ def kfac_pass(
     def kron(name: str, sums: dict[str, Tensor], group_index: Tensor, layout: LayerBlock) -> Kron:
         a_fac = sums[f"{name}.A"] / sums[f"{name}.R"]
         # a half-precision model's float32 factors are decomposed in float64
-        wide = subset.dtype != subset.weight_dtype
-        return Kron(sums[f"{name}.B"], a_fac, group_index, layout, wide=wide)
+        return Kron(sums[f"{name}.B"], a_fac, group_index, layout, wide=subset.half_precision)
 
     return fit_layer_blocks(
         "kfac",

@@ -328,6 +328,16 @@ def _per_output_targets(y: Tensor, f_shape: tuple[int, ...], kind: str) -> Tenso
     return y
 
 
+def _real_targets(y: Tensor, f_shape: tuple[int, ...], kind: str) -> Tensor:
+    """Real-valued targets ``[B, C]`` (``[B]`` when C = 1) of a per-output likelihood:
+    floating point and finite."""
+    y = _per_output_targets(y, f_shape, kind)
+    if not y.is_floating_point():
+        raise ValueError(f"{kind} targets y must be floating point; got dtype {y.dtype}")
+    _check_finite(y)
+    return y
+
+
 def _check_finite(y: Tensor, name: str = "targets y") -> None:
     if y.is_floating_point() and not torch.isfinite(y).all():
         raise ValueError(f"{name} contain NaN or Inf values")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import gaussian_nll
-from .base import _check_finite, _check_outputs
+from .base import _check_outputs, _real_targets
 from .own_noise import OwnNoiseLikelihood
 
 __all__ = ["HeteroscedasticRegressionLikelihood"]
@@ -41,30 +41,12 @@ class HeteroscedasticRegressionLikelihood(OwnNoiseLikelihood):
     name = "heteroscedastic_regression"
 
     def check_outputs(self, f: Tensor) -> None:
-        if f.shape[-1] % 2:
-            raise ValueError(
-                "heteroscedastic regression needs two outputs per target, [η₁ | log "
-                f"precision] ([B, 2D]); the model gives {f.shape[-1]} outputs"
-            )
+        _check_pairs(f.shape[-1])
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
         _check_outputs(f_shape)
-        batch, n_out = f_shape
-        if not isinstance(y, Tensor):
-            raise TypeError(f"targets y must be a torch.Tensor; got {type(y).__name__}")
-        d = n_out // 2
-        if y.shape == (batch,) and d == 1:
-            y = y.unsqueeze(-1)
-        if n_out % 2 or y.shape != (batch, d):
-            raise ValueError(
-                f"heteroscedastic regression targets y must have shape [{batch}, {n_out // 2}]"
-                f" for {n_out} outputs (two per target: [η₁ | log precision]); got shape "
-                f"{list(y.shape)}"
-            )
-        if not y.is_floating_point():
-            raise ValueError(f"regression targets y must be floating point; got dtype {y.dtype}")
-        _check_finite(y)
-        return y
+        _check_pairs(f_shape[1])
+        return _real_targets(y, (f_shape[0], f_shape[1] // 2), "heteroscedastic regression")
 
     # ----------------------------------------------------------------- parameters
     def pointwise(self, f: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,3 +115,11 @@ class HeteroscedasticRegressionLikelihood(OwnNoiseLikelihood):
         mean, var = pred
         cov = var if var.dim() == mean.dim() + 1 else torch.diag_embed(var)
         return gaussian_nll(mean, cov, y, "sum")
+
+
+def _check_pairs(n_outputs: int) -> None:
+    if n_outputs % 2:
+        raise ValueError(
+            "heteroscedastic regression needs two outputs per target, [η₁ | log precision] "
+            f"([B, 2D]); the model gives {n_outputs} outputs"
+        )

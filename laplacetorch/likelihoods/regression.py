@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import gaussian_nll
-from .base import Likelihood, _check_finite, _per_output_targets
+from .base import Likelihood, _real_targets
 
 __all__ = ["RegressionLikelihood"]
 
@@ -21,11 +21,7 @@ class RegressionLikelihood(Likelihood):
     gaussian_predictive = True
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
-        y = _per_output_targets(y, f_shape, "regression")
-        if not y.is_floating_point():
-            raise ValueError(f"regression targets y must be floating point; got dtype {y.dtype}")
-        _check_finite(y)
-        return y
+        return _real_targets(y, f_shape, "regression")
 
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         return 0.5 * (y - f).square().sum(-1)

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import _check_finite, _per_output_targets
+from .base import _real_targets
 from .own_noise import OwnNoiseLikelihood
 
 __all__ = ["StudentTLikelihood"]
@@ -47,11 +47,7 @@ class StudentTLikelihood(OwnNoiseLikelihood):
         return f"{self.name}(nu={self.nu!r}, scale={self.scale!r})"
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
-        y = _per_output_targets(y, f_shape, "student_t")
-        if not y.is_floating_point():
-            raise ValueError(f"student_t targets y must be floating point; got dtype {y.dtype}")
-        _check_finite(y)
-        return y
+        return _real_targets(y, f_shape, "student_t")
 
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         nu, s = self.nu, self.scale

@@ -16,7 +16,7 @@ from torch import nn
 from laplacetorch import Laplace
 from laplacetorch.linear_head import split_at_head
 from laplacetorch.memory import MemoryBudgetError
-from laplacetorch.sampled_predictive import glm_sample_blocks, head_sample_tiles
+from laplacetorch.sampled_predictive import SampleStream, glm_sample_blocks, head_sample_tiles
 
 V, T, D = 32, 8, 8
 BIG = (64, 16)  # the tiny transformer: V = 64, T = 16 (P = 1,904)
@@ -76,7 +76,10 @@ def test_linearised_samples_have_the_dense_glm_mean_and_covariance(backend):
     # a budget of 1 GB: the body's tangents of all draws in one pass, each tile all inputs
     c = BIG[0] * BIG[1]
     fs = torch.cat(
-        [fs.clone() for _, fs in head_sample_tiles(head, xt, la.mean, draw, n, 2, c, 8, 10**9)]
+        [
+            fs.clone()
+            for _, fs in head_sample_tiles(head, SampleStream(la.mean, xt, draw, n, 2, c, 8, 10**9))
+        ]
     )
     assert fs.shape == (n, *f.shape)
     for b in range(2):
@@ -186,7 +189,9 @@ def _split_vs_whole(model, budget: int, subset: str = "all") -> None:
 
     split = torch.full_like(whole, float("nan"))
     done = torch.zeros(whole.shape[1], dtype=torch.long)  # samples seen of each input
-    for rows, fs in head_sample_tiles(head, xt, la.mean, draw, 5, 3, T * V, 8, budget):
+    for rows, fs in head_sample_tiles(
+        head, SampleStream(la.mean, xt, draw, 5, 3, T * V, 8, budget)
+    ):
         k = len(fs)  # each input's samples come in the order drawn
         assert bool((done[rows] == done[rows.start]).all())
         split[done[rows.start] : done[rows.start] + k, rows] = fs
