@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from .hyperparameters import check_sigma
 from .prior import Prior
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ class Evidence:
     """``log_likelihood``, ``log_marginal_likelihood``, ``evidence``, ``prior_at``. The host
     gives the attributes declared here and ``_fitted()``, ``sigma_noise``, ``prior_precision``,
     ``prior_mean``, ``temperature``, ``mean``, ``scale``, ``_checked_prior_precision``,
-    ``_checked_sigma_noise`` and ``_set`` (from
+    ``_checked_sigma_noise``, ``_sigma_for_fit`` and ``_set`` (from
     :class:`~laplacetorch.hyperparameters.Hyperparameters`)."""
 
     subset: ParameterSubset
@@ -41,7 +40,7 @@ class Evidence:
         """log p(D | θ*) of the tempered likelihood, differentiable in σ."""
         c = self._fitted()
         if sigma_noise is not None:
-            check_sigma(sigma_noise)
+            self._sigma_for_fit(sigma_noise)
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         return self.likelihood.log_likelihood_from_loss(
             c.loss_sum, c.n_data, c.n_outputs, sigma, self.temperature
@@ -81,6 +80,8 @@ class Evidence:
         c = self._fitted()
         if sigma_noise is not None and not self.likelihood.has_noise:
             raise ValueError("sigma_noise is a regression-only option")
+        if sigma_noise is not None:
+            self._sigma_for_fit(sigma_noise)
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         delta = self.prior_precision if prior_precision is None else prior_precision
         prior = self.prior_at(delta)

@@ -71,12 +71,33 @@ class Hyperparameters:
             raise ValueError("prior_mean must be finite")
         return t
 
-    def _checked_sigma_noise(self, value: Tensor | float) -> Tensor:
+    def _checked_sigma_noise(self, value: Tensor | float, fitted: Any = None) -> Tensor:
+        """σ as stored: one positive finite number, or one per output ``[C]`` for a
+        likelihood with a noise per output (see :meth:`_sigma_for_fit`)."""
+        self._sigma_for_fit(value, fitted)
         t = self._tensor(value)
-        if t.numel() != 1 or not torch.isfinite(t).all() or (t <= 0).any():
-            raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
         self.likelihood.check_sigma_noise(t)
         return t
+
+    def _sigma_for_fit(self, value: Tensor | float, fitted: Any = None) -> None:
+        """Refuse a σ (a method argument, possibly with a graph) that is not positive and
+        finite, or one per output where the fit (``fitted``: a state being installed; default
+        the object's own) does not keep one curvature per output of that many outputs."""
+        check_sigma(value)
+        n = torch.as_tensor(value).numel()
+        fitted = getattr(self, "_state", None) if fitted is None else fitted
+        if n > 1 and fitted is not None:
+            held = fitted.curvature.structure.output_scales
+            if held != n:
+                raise ValueError(
+                    f"sigma_noise has {n} values (one noise per output), but this fit "
+                    + (
+                        f"keeps one curvature per output for {held} outputs"
+                        if held > 1
+                        else "holds the curvature summed over outputs; set sigma_noise of shape "
+                        "[C] before fit() to keep one curvature per output"
+                    )
+                )
 
     def _checked_hyperparameters(
         self,
@@ -84,12 +105,14 @@ class Hyperparameters:
         prior_mean: Tensor | float,
         sigma_noise: Tensor | float,
         temperature: Any,
+        fitted: Any = None,
     ) -> HyperValues:
-        """All four checked together; nothing is set."""
+        """All four checked together (σ against ``fitted``, default the object's fit);
+        nothing is set."""
         return HyperValues(
             self._checked_prior_precision(prior_precision),
             self._checked_prior_mean(prior_mean),
-            self._checked_sigma_noise(sigma_noise),
+            self._checked_sigma_noise(sigma_noise, fitted),
             check_temperature(temperature),
         )
 
@@ -149,9 +172,16 @@ def check_temperature(value: Any) -> float:
 
 
 def check_sigma(value: Tensor | float) -> None:
-    """Refuse a σ (a method argument, possibly with a graph) that is not positive and finite."""
+    """Refuse a σ (a method argument, possibly with a graph) that is not positive and finite:
+    one number, or a vector of one per output (whose length the fit checks)."""
     if isinstance(value, bool) or not isinstance(value, Tensor | int | float):
         raise TypeError(f"sigma_noise must be a number or a tensor; got {type(value).__name__}")
     t = torch.as_tensor(value).detach()
-    if t.numel() != 1 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise ValueError(f"sigma_noise must be one positive finite number; got {t.tolist()}")
+    if not t.is_floating_point() and t.numel():
+        t = t.double()
+    one = t.numel() == 1 or t.dim() == 1
+    if not one or t.numel() == 0 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise ValueError(
+            "sigma_noise must be one positive finite number, or one per output (a vector "
+            f"[C]); got {t.tolist()}"
+        )

@@ -24,9 +24,10 @@ from .curvature import (
     get_backend,
 )
 from .curvature.options import check_backend_options
+from .curvature.per_output import check_per_output, fit_per_output
 from .datapass import BatchAdapter, InputSpec, loader_size, require_reiterable
 from .evidence import Evidence
-from .hyperparameters import Hyperparameters, HyperValues, check_sigma
+from .hyperparameters import Hyperparameters, HyperValues
 from .likelihoods import Likelihood, get_likelihood
 from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
@@ -152,7 +153,7 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
     def scale(self, sigma_noise: Tensor | float | None = None) -> Tensor | float:
         """The likelihood scale s multiplying the unit-scale curvature."""
         if sigma_noise is not None:
-            check_sigma(sigma_noise)
+            self._sigma_for_fit(sigma_noise)
         sigma = self.sigma_noise if sigma_noise is None else sigma_noise
         return self.likelihood.curvature_scale(sigma, self.temperature, self._fitted().kind)
 
@@ -209,8 +210,12 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
             backend.name, self.subset, self.backend_options, self.fisher_type, limit, n
         )
         check(None, None)  # the structure now; a batch's output columns on the first batch
-        if not backend.one_pass:
-            require_reiterable(train_loader, f"hessian_structure={backend.name!r}")
+        per_output = self.sigma_noise.numel() > 1
+        if per_output:
+            check_per_output(backend, self.fisher_type)
+        if not backend.one_pass or per_output:
+            what = f"hessian_structure={backend.name!r}"
+            require_reiterable(train_loader, "a noise per output" if backend.one_pass else what)
         context = FitContext(
             self.fisher_type, progress, self.memory_budget, self.batch_size_fn, limit, check
         )
@@ -221,9 +226,19 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
                     f"hessian_structure={backend.name!r} does not reduce over a process group; "
                     "fit it on one process (process_group=False), or take a structure that does"
                 )
-            new = backend.fit(
-                self.subset, self.likelihood, recorder, context, **self.backend_options
-            )
+            if per_output:  # one pass per output: G_c of each output's term
+                new = fit_per_output(
+                    backend,
+                    self.subset,
+                    recorder,
+                    context,
+                    self.sigma_noise.numel(),
+                    self.backend_options,
+                )
+            else:
+                new = backend.fit(
+                    self.subset, self.likelihood, recorder, context, **self.backend_options
+                )
         if old is None:
             self._state = FittedState(new, self.subset.map_vector(), recorder.spec)
         else:

@@ -124,7 +124,7 @@ def load_laplace_state(la: Laplace, state: dict[str, Any], restore_weights: bool
     _check_identity(la, state)
     sub = la.subset
     fitted = FittedState.from_state_dict(state, sub.n_params, sub.device, sub.dtype, la.dict_key_y)
-    hyper = la._checked_hyperparameters(*(state[k] for k in _HYPERPARAMETERS))
+    hyper = la._checked_hyperparameters(*(state[k] for k in _HYPERPARAMETERS), fitted)
     la._install(fitted, hyper)
     if restore_weights:
         la.restore_weights()

@@ -87,6 +87,15 @@ class PositionwiseLikelihood(Likelihood):
         self.name, self.has_noise, self.links = base.name, base.has_noise, base.links
         self.gaussian_predictive = base.gaussian_predictive
 
+    def check_sigma_noise(self, sigma_noise: Tensor) -> None:
+        if sigma_noise.numel() > 1:
+            raise ValueError(
+                f"outputs={self.layout.kind!r} take one sigma_noise for every position and "
+                f"output; got {sigma_noise.numel()} values (a noise per output is for outputs "
+                "[B, C])"
+            )
+        self.base.check_sigma_noise(sigma_noise)
+
     # ----------------------------------------------------------------- shapes
     def _per_position(self, f: Tensor) -> Tensor:
         return f.reshape(*f.shape[:-1], -1, self.layout.n_classes)  # [..., B, T, C]

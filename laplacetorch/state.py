@@ -114,8 +114,13 @@ class FittedState:
                 )
         mean = _checked_mean(state, n_params)
         loss_sum = state["loss_sum"]
-        if loss_sum.numel() != 1 or not torch.isfinite(loss_sum).all():
-            raise ValueError(f"state entry 'loss_sum' must be one finite number; got {loss_sum}")
+        n_out = state["n_outputs"]
+        per_output = loss_sum.dim() == 1 and loss_sum.numel() == n_out and n_out > 1
+        if (loss_sum.numel() != 1 and not per_output) or not torch.isfinite(loss_sum).all():
+            raise ValueError(
+                "state entry 'loss_sum' must be one finite number (or one per output, for a "
+                f"fit with a noise per output); got {loss_sum}"
+            )
         if state["kind"] not in KINDS:
             raise ValueError(f"state entry 'kind' must be one of {KINDS}; got {state['kind']!r}")
         structure = structure_from_state_dict(state["structure"], device=device, dtype=dtype)
@@ -123,11 +128,16 @@ class FittedState:
             raise ValueError(
                 f"state's structure has {structure.n_params} parameters; expected {n_params}"
             )
+        if structure.output_scales > 1 and structure.output_scales != loss_sum.numel():
+            raise ValueError(
+                f"state's structure keeps {structure.output_scales} per-output curvatures but "
+                f"its loss_sum has {loss_sum.numel()} entries"
+            )
         curvature = CurvatureResult(
             structure,
             check_count("state entry 'n_data'", state["n_data"]),
             check_count("state entry 'n_outputs'", state["n_outputs"]),
-            loss_sum.reshape(()).to(device, dtype, copy=True),
+            loss_sum.reshape(() if loss_sum.numel() == 1 else (-1,)).to(device, dtype, copy=True),
             state["kind"],
             _positive_float(state, "prior_factor"),
         )

@@ -122,6 +122,15 @@ class BaseLaplace(NativeLaplace):
     def prior_precision(self, value: Tensor | float) -> None:
         NativeLaplace.prior_precision.fset(self, value)
 
+    def _checked_sigma_noise(self, value: Tensor | float, fitted: Any = None) -> Tensor:
+        # laplace-torch's σ is one number (a [1] tensor too); one per output is native only
+        if isinstance(value, Tensor) and value.numel() > 1:
+            raise ValueError(
+                f"sigma_noise must be one number here, as in laplace-torch (homoscedastic); got "
+                f"{value.numel()} values. A noise per output is laplacetorch.Laplace's"
+            )
+        return super()._checked_sigma_noise(value, fitted)
+
     @property
     def n_layers(self) -> int:
         """The number of Bayesian parameter tensors."""

@@ -72,6 +72,8 @@ class Backend:
             layer (``[K, B, out]`` per layer, counted by :func:`~laplacetorch.memory.batch_bytes`).
         exact_rest: its diagonal rest (tensors outside the layers) pulls back the C columns of
             Sₙ per example whatever the curvature type (KFAC's and EKFAC's exact rest).
+        per_output: its structure can keep one curvature per output and re-weight them (a
+            noise per output, :mod:`.per_output`).
     """
 
     name: str
@@ -86,6 +88,7 @@ class Backend:
     half_precision: bool = True
     layer_columns: bool = False
     exact_rest: bool = False
+    per_output: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.fit) or not callable(self.memory):
@@ -135,17 +138,18 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("full", fit_full, memory.full_bytes, _ALL, _mc("mc_samples", "seed", "generator"),
-                mergeable=True),
+                mergeable=True, per_output=True),
         Backend("diag", fit_diag, memory.vector_bytes, _ALL,
-                _mc("mc_samples", "seed", "generator"), mergeable=True, layer_columns=True),
+                _mc("mc_samples", "seed", "generator"), mergeable=True, layer_columns=True,
+                per_output=True),
         Backend("kfac", fit_kfac, memory.kfac_bytes, _WITH_MC,
                 _mc("mc_samples", "seed", "generator"), mergeable=True, layer_columns=True,
-                exact_rest=True),
+                exact_rest=True, per_output=True),
         Backend("ekfac", fit_ekfac, memory.ekfac_bytes, _WITH_MC,
                 _mc("mc_samples", "seed", "generator"), one_pass=False, layer_columns=True,
                 exact_rest=True),
         Backend("block_full", fit_block_full, memory.block_full_bytes, _GGN_EF, mergeable=True,
-                layer_columns=True),
+                layer_columns=True, per_output=True),
         Backend("hutchinson", fit_hutchinson, memory.vector_bytes, _ALL, _mc("mc_samples"),
                 one_pass=False),
         Backend("lanczos", fit_lanczos, memory.lanczos_bytes, _ALL, _mc("mc_samples"),

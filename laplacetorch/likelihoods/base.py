@@ -63,6 +63,8 @@ class Likelihood(ABC):
     gaussian_predictive: bool = False
     #: whether the likelihood has a Gaussian noise σ (tunable, part of the predictive)
     has_noise: bool = False
+    #: whether that σ may be one value per output, ``[C]`` (one curvature per output is fit)
+    per_output_noise: bool = False
     #: the link approximations of the GLM predictive this likelihood accepts
     links: tuple[str, ...] = ("probit", "bridge", "bridge_norm", "mc")
 
@@ -138,10 +140,12 @@ class Likelihood(ABC):
     ) -> Tensor:
         """log p(D | θ) of the tempered likelihood from the summed unit-scale loss Σₙ nll_unit:
         (−Σₙ nll_unit / σ² − log Z) / T, with σ² = 1 and log Z = 0 unless the likelihood has a
-        noise (:meth:`_log_normaliser`)."""
+        noise (:meth:`_log_normaliser`). With a noise per output, ``loss_sum`` is ``[C]`` (the
+        loss of each output) and σ ``[C]`` or one number."""
         noise_var = self._noise_var(sigma_noise)
         log_z = self._log_normaliser(n_data, n_outputs, noise_var)
-        return torch.as_tensor((-loss_sum / noise_var - log_z) / temperature)
+        fit = torch.as_tensor(loss_sum / noise_var).sum()
+        return torch.as_tensor((-fit - log_z) / temperature)
 
     def _log_normaliser(
         self, n_data: int, n_outputs: int, noise_var: Tensor | float
@@ -172,7 +176,13 @@ class Likelihood(ABC):
         return train_shape
 
     def check_sigma_noise(self, sigma_noise: Tensor) -> None:
-        """Refuse a noise σ ≠ 1 for a likelihood without noise."""
+        """Refuse a noise σ ≠ 1 for a likelihood without noise, and one per output for a
+        likelihood without a noise per output."""
+        if sigma_noise.numel() > 1 and not self.per_output_noise:
+            raise ValueError(
+                f"sigma_noise of shape [C] (a noise per output) is for likelihood "
+                f"'regression'; got {sigma_noise.numel()} values for likelihood {self.name!r}"
+            )
         if not self.has_noise and float(sigma_noise) != 1.0:
             raise ValueError(
                 f"sigma_noise is a regression-only option; got {float(sigma_noise)} for "

@@ -18,6 +18,7 @@ class RegressionLikelihood(Likelihood):
 
     name = "regression"
     has_noise = True  # every link is accepted and unused: y is Gaussian
+    per_output_noise = True  # σ may be one value per output, [C]
     gaussian_predictive = True
 
     def check_targets(self, y: Tensor, f_shape: tuple[int, ...]) -> Tensor:
@@ -37,8 +38,8 @@ class RegressionLikelihood(Likelihood):
         return gaussian_nll(mean, cov + self._noise_cov(sigma_noise, mean), y, "sum")
 
     def _noise_cov(self, sigma_noise: Tensor | float, mean: Tensor) -> Tensor:
-        eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
-        return torch.as_tensor(sigma_noise, dtype=mean.dtype, device=mean.device).square() * eye
+        var = torch.as_tensor(sigma_noise, dtype=mean.dtype, device=mean.device).square()
+        return torch.diag_embed(var.expand(mean.shape[-1]))  # one σ, or one per output
 
     def output_hessian(self, f: Tensor, y: Tensor | None = None) -> Tensor:
         eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
@@ -61,4 +62,18 @@ class RegressionLikelihood(Likelihood):
     def _log_normaliser(
         self, n_data: int, n_outputs: int, noise_var: Tensor | float
     ) -> Tensor | float:
-        return 0.5 * n_data * n_outputs * torch.log(2 * math.pi * torch.as_tensor(noise_var))
+        log_2pi_var = torch.log(2 * math.pi * torch.as_tensor(noise_var))
+        if log_2pi_var.numel() > 1:  # one σ per output
+            return 0.5 * n_data * log_2pi_var.sum()
+        return 0.5 * n_data * n_outputs * log_2pi_var
+
+    def log_likelihood(
+        self,
+        f: Tensor,
+        y: Tensor,
+        sigma_noise: Tensor | float = 1.0,
+        temperature: Tensor | float = 1.0,
+    ) -> Tensor:
+        y = self.check_targets(y, tuple(f.shape))
+        loss = 0.5 * (y - f).square().sum(0)  # per output: σ may be one per output
+        return self.log_likelihood_from_loss(loss, f.shape[0], f.shape[1], sigma_noise, temperature)

@@ -15,6 +15,7 @@ from .kron import EKron, Kron
 from .layout import LayerBlock
 from .lowrank import LowRank
 from .operator import Operator
+from .per_output import PerOutput
 from .sources import DEFAULT_MEMORY_BUDGET, DenseJacobian, JacobianSource
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "LayerBlock",
     "LowRank",
     "Operator",
+    "PerOutput",
     "Prior",
     "Structure",
     "expand_prior",

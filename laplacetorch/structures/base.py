@@ -131,8 +131,27 @@ class Structure(StructureState):
         parameter, unless the block has an exact form for it (Kronecker [W | b] blocks)."""
         return delta[groups]
 
+    #: how many likelihood scales the structure takes: 1 (the curvature summed over outputs);
+    #: C for one curvature per output (:class:`~laplacetorch.structures.PerOutput`)
+    output_scales: int = 1
+
     def _scale(self, scale: Tensor | float) -> Tensor:
         return check_scale(scale, self.dtype, self.device)
+
+    @classmethod
+    def _weighted(cls, parts: list[Structure], weights: Tensor) -> Structure:
+        """The structure of Σ_c w_c G_c for curvatures ``parts`` of this kind (one per output)
+        and weights ``[C]`` (:class:`~laplacetorch.structures.PerOutput`).
+
+        Raises:
+            TypeError: for a kind whose curvature cannot be re-weighted by output.
+        """
+        raise TypeError(f"{cls.__name__} has no form for one curvature per output")
+
+    def _trace_solve(self, other: Structure, d: Any, s: Tensor) -> Tensor:
+        """tr(Π(d, s)⁻¹ G_other) for ``other`` one of the curvatures this one is a weighted
+        sum of (:meth:`_weighted`): the evidence's gradient in that output's scale."""
+        raise TypeError(f"{type(self).__name__} has no form for one curvature per output")
 
     def _check_v(self, v: Tensor, name: str = "v") -> None:
         if not isinstance(v, Tensor) or v.dim() == 0 or v.shape[-1] != self.n_params:

@@ -120,6 +120,21 @@ class BlockDiagonal(Structure):
         ]
         return BlockDiagonal(blocks, self.n_params, self.group_index)
 
+    @classmethod
+    def _weighted(cls, parts: list[Structure], weights: Tensor) -> Structure:
+        ref = parts[0]
+        blocks = []
+        for k, (name, index, block) in enumerate(ref.blocks):
+            same = [p.blocks[k][2] for p in parts]
+            blocks.append((name, index, type(block)._weighted(same, weights)))
+        return BlockDiagonal(blocks, ref.n_params, ref.group_index)
+
+    def _trace_solve(self, other: Structure, d: list[Tensor], s: Tensor) -> Tensor:
+        return sum(
+            blk._trace_solve(ob, db, s)
+            for (_, _, blk), (_, _, ob), db in zip(self.blocks, other.blocks, d, strict=True)
+        )
+
     def _matvec(self, v: Tensor, d: list[Tensor], s: Tensor) -> Tensor:
         return self._scatter(v, lambda b, vb, db: b._matvec(vb, db, s), d, v.shape)
 

@@ -14,6 +14,12 @@ __all__ = ["check_scale", "log_sum", "report_indefinite", "require_positive"]
 def check_scale(scale: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """The likelihood scale s as a positive finite 0-d tensor."""
     s = torch.as_tensor(scale, dtype=dtype, device=device)
+    if s.numel() > 1:
+        raise ValueError(
+            f"this fit holds the curvature summed over outputs: it takes one likelihood scale, "
+            f"not {s.numel()} (a noise per output needs sigma_noise of shape [C] set before "
+            "fit(), which keeps one curvature per output)"
+        )
     if s.numel() != 1 or not torch.isfinite(s).all() or (s <= 0).any():
         raise ValueError(f"likelihood scale must be one positive finite number; got {s.tolist()}")
     return s.reshape(())

@@ -128,6 +128,16 @@ class Dense(Structure):
         g = self.curvature_dense() + other.curvature_dense()
         return Dense(g, self.group_index, self.layout, psd=self.psd and other.psd)
 
+    @classmethod
+    def _weighted(cls, parts: list[Structure], weights: Tensor) -> Structure:
+        ref = parts[0]
+        g = sum(w * p.curvature_dense() for w, p in zip(weights, parts, strict=True))
+        return Dense(g, ref.group_index, ref.layout, psd=all(p.psd for p in parts))
+
+    def _trace_solve(self, other: Structure, d: Tensor, s: Tensor) -> Tensor:
+        # tr(Π⁻¹ G) = Σᵢⱼ (Π⁻¹)ᵢⱼ Gᵢⱼ, Π⁻¹ applied to G's (symmetric) rows
+        return self._solve(other.curvature_dense(), d, s).diagonal().sum()
+
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         q = self.eigenvectors
         return ((v @ q) * self.eigenvalues) @ q.T

@@ -87,6 +87,18 @@ class Diagonal(Structure):
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         return v * self.g
 
+    @classmethod
+    def _weighted(cls, parts: list[Structure], weights: Tensor) -> Structure:
+        ref = parts[0]
+        if any(p.variance is not None for p in parts):  # an estimate: its variance would not
+            raise TypeError("a stochastic diagonal has no form for one curvature per output")
+        g = sum(w * p.g for w, p in zip(weights, parts, strict=True))
+        layer = None if ref.layer_parts is None else ref.layer_parts.parts
+        return Diagonal(g, ref.group_index, layout=ref.layout, psd=ref.psd, layer_parts=layer)
+
+    def _trace_solve(self, other: Structure, d: Tensor, s: Tensor) -> Tensor:
+        return (other.g / self._prec(d, s)).sum()
+
     def precision_diagonal(
         self, prior_precision: Tensor | float, scale: Tensor | float = 1.0
     ) -> Tensor:

@@ -201,6 +201,28 @@ class Kron(Structure):
         a = (n_self * a1 + n_other * a2) / (n_self + n_other)
         return Kron(b1 + b2, a, self.group_index, self.layout, wide=getattr(self, "wide", False))
 
+    @classmethod
+    def _weighted(cls, parts: list[Structure], weights: Tensor) -> Structure:
+        # B_c ⊗ A: the input factor A is each output's (the same forward), B sums
+        if cls is not Kron:
+            raise TypeError(f"{cls.__name__} has no form for one curvature per output")
+        ref = parts[0]
+        b = sum(w * p.factors()[0] for w, p in zip(weights, parts, strict=True))
+        wide = getattr(ref, "wide", False)
+        return Kron(b, ref.factors()[1], ref.group_index, ref.layout, wide=wide)
+
+    def _trace_solve(self, other: Structure, d: Tensor, s: Tensor) -> Tensor:
+        # G_c = B_c ⊗ A in this block's eigenbasis: (Q_Bᵀ B_c Q_B) ⊗ diag(α); Π⁻¹ is block
+        # diagonal over the rows i there, so only the diagonal of Q_Bᵀ B_c Q_B enters
+        bc = other.factors()[0]
+        m = ((self.qb.T @ bc) * self.qb.T).sum(-1)  # [out]
+        if d.dim() == 2:
+            h, u, k, _ = self._column(d, s)
+            row = (self.la / h).sum(-1) - k * (self.la * u.square()).sum(-1)
+        else:
+            row = (self.la / self._eig_prec(d, s)).sum(-1)
+        return (m * row).sum()
+
     def _curvature_matvec(self, v: Tensor) -> Tensor:
         r = (self.qb.T @ self._unvec(v) @ self.qa) * self.eig
         return (self.qb @ r @ self.qa.T).flatten(-2)

@@ -36,7 +36,8 @@ def _mackay(
     prior's factor, :class:`~laplacetorch.prior.Prior`), and for
     regression σ² ← (2·loss + k·T·γ_total·σ²) / (N·C), k = 1 for a curvature that scales as
     (σ²T)⁻¹ (GGN, Hessian) and k = 2 for the empirical Fisher, which scales as (σ²T)⁻²
-    (docs/math.md §10). Its fixed point is a stationary point of the Laplace evidence.
+    (docs/math.md §10); with a noise per output, σ_c² ← (2·loss_c + T·γ_c·σ_c²) / N with
+    γ_c = s_c tr(Π⁻¹ G_c). Its fixed point is a stationary point of the Laplace evidence.
 
     ``tol`` (relative change) defaults to what the dtype can meet (1e-10 in float64; 1.2e-4
     in float32, where the traces' round-off keeps the change near 2e-5; 1e-3 where traces
@@ -71,16 +72,25 @@ def _mackay(
         new_delta = gamma_parts.clamp_min(0) / (prior.factor * scatter)
         new_delta = new_delta.clamp(1 / bound, bound)
         new_sigma = sigma
-        if tune_sigma:
+        if tune_sigma and sigma.numel() > 1:
+            # one σ_c per output: γ_c = s_c ∂ log det Π/∂s_c = s_c tr(Π⁻¹ G_c) (Σ_c γ_c = γ),
+            # and each output's stationarity as below with its own loss, N and γ_c
+            s = la.scale(sigma).detach().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(c.structure.logdet(prior, s), s)
+            ktg = k * la.temperature * s.detach() * grad
+            new_sigma = (2 * c.loss_sum + ktg * sigma.square()) / c.n_data
+            new_sigma = new_sigma.sqrt().clamp(1 / bound, bound)
+        elif tune_sigma:
             # the stationarity 2·loss − N·C·σ² + k·T·γ·σ² = 0 as σ² = (2·loss + kTγσ²)/(N·C):
             # the same fixed point as σ² = 2·loss/(N·C − kTγ), but positive and contracting
             # where N·C − kTγ is small (that form oscillates or has no residual dof there)
             ktg = k * la.temperature * gamma_parts.sum()
-            new_sigma = (2 * c.loss_sum + ktg * sigma.square()) / (c.n_data * c.n_outputs)
+            new_sigma = (2 * c.loss_sum.sum() + ktg * sigma.square()) / (c.n_data * c.n_outputs)
             new_sigma = new_sigma.sqrt().reshape(()).clamp(1 / bound, bound)
         change = max(
             float(((new_delta - delta).abs() / delta).max()),
-            float((new_sigma - sigma).abs() / sigma),
+            float(((new_sigma - sigma).abs() / sigma).max()),
         )
         delta, sigma = new_delta, new_sigma
         history.append(change)

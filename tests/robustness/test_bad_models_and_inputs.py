@@ -152,7 +152,9 @@ def test_sigma_and_temperature_are_checked_everywhere(bad):
         lambda: la.scale(bad),
         lambda: setattr(la, "sigma_noise", bad),
     ):
-        with pytest.raises(ValueError, match="sigma_noise must be one positive finite number"):
+        # a vector is one σ per output, which this fit (summed over outputs) cannot take
+        match = "summed over outputs" if isinstance(bad, torch.Tensor) else "one positive finite"
+        with pytest.raises(ValueError, match=match):
             call()
     if isinstance(bad, float):
         with pytest.raises(ValueError, match="temperature must be a positive finite number"):
