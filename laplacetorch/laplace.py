@@ -29,6 +29,7 @@ from .datapass import BatchAdapter, InputSpec, loader_size, require_reiterable
 from .evidence import Evidence
 from .hyperparameters import Hyperparameters, HyperValues
 from .likelihoods import Likelihood, get_likelihood
+from .model_call import serialised
 from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
 from .posterior import PosteriorViews
@@ -158,6 +159,7 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         return self.likelihood.curvature_scale(sigma, self.temperature, self._fitted().kind)
 
     # ----------------------------------------------------------------- fit
+    @serialised
     def fit(
         self,
         train_loader: Iterable,
@@ -280,6 +282,7 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         """The fitted posterior-precision structure."""
         return self._fitted().structure
 
+    @serialised
     def optimize_prior_precision(
         self,
         *,

@@ -3,11 +3,12 @@ settings under which every submodule runs as a module with both AD modes."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,10 @@ __all__ = [
     "model_output",
     "module_calls",
     "names_a_tie",
+    "serialised",
 ]
+
+R = TypeVar("R")
 
 
 class KeywordInputs(dict):
@@ -105,6 +109,24 @@ def module_calls() -> Iterator[None]:
 
 
 _forward_ad = threading.RLock()
+_transforms = threading.RLock()
+
+
+def serialised(method: Callable[..., R]) -> Callable[..., R]:
+    """``method`` run under the library's one process-wide lock. torch.func's transforms
+    (vmap, jacrev, jvp) keep their levels in process-wide state, and a lock taken inside a
+    transform comes too late: two threads inside them at once corrupt each other's (wrong
+    numbers, or functorch's internal asserts). The public entry points that run transforms
+    (fit, the predictives, tuning) take turns; torch's own threads still parallelise each."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        with _transforms:
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 _model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .checks import check_count
 from .links import gaussian_samples
 from .memory import MemoryBudgetError, memory_limit
-from .model_call import WithKeywords
+from .model_call import WithKeywords, serialised
 from .params import check_model_mode
 from .persistence import check_weights_at_mean
 from .predictive import dense_jacobians, function_samples, jacobian_sources, n_out_of
@@ -96,6 +96,7 @@ class Prediction:
         """Bytes of one number of the predictive (the statistics dtype)."""
         return torch.finfo(self.subset.dtype).bits // 8
 
+    @serialised
     def glm_moments(
         self,
         x: Any,
@@ -153,6 +154,7 @@ class Prediction:
         thetas = self.sample(n_samples, generator, prior_precision=prior)
         return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
 
+    @serialised
     def functional_samples(
         self,
         x: Any,
@@ -176,6 +178,7 @@ class Prediction:
         self._check_memory(x, n, "nn", n_samples=n_samples)
         return self.nn_function_samples(x, self.prior, n_samples, generator)
 
+    @serialised
     def predictive_samples(
         self,
         x: Any,
@@ -191,6 +194,7 @@ class Prediction:
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
         return lik.inverse_link(fs)
 
+    @serialised
     def __call__(
         self,
         x: Any,
@@ -263,6 +267,7 @@ class Prediction:
             return tuple(torch.cat(p) for p in zip(*parts, strict=True))
         return torch.cat(parts)
 
+    @serialised
     def uncertainty(
         self,
         x: Any,
@@ -304,6 +309,7 @@ class Prediction:
         tiles = self._function_sample_tiles(x, n, pred_type, n_samples, generator)
         return streamed_uncertainty(lik, tiles, n_samples, n)
 
+    @serialised
     def top_k(
         self, x: Any, k: int, n_samples: int = 100, generator: torch.Generator | None = None
     ) -> TopK:

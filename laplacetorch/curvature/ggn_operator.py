@@ -29,7 +29,7 @@ from ..checks import check_count
 from ..datapass import accumulate, require_reiterable
 from ..distributed import rank_seed
 from ..likelihoods import Likelihood
-from ..model_call import jvp
+from ..model_call import jvp, serialised
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
 from .context import FitContext
@@ -261,6 +261,7 @@ class GGNOperator:
         gv = pullback(cot[0])[0].unsqueeze(0) if cot.shape[0] == 1 else vmap(pullback)(cot)[0]
         return gv.detach(), lik.nll_unit(out, y).sum()
 
+    @serialised  # the operator structure calls it after the fit (evidence, samples, views)
     def matvec(self, v: Tensor) -> Tensor:
         """G V over the whole data set for ``v`` of shape ``[m, P]`` (or ``[P]``)."""
         single = v.dim() == 1
