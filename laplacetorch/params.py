@@ -15,6 +15,7 @@ unties them (``tie_weights=False``), θ under the head's name, the trained value
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -372,6 +373,18 @@ class ParameterSubset:
             "kind": self.kind,
             "names": list(self.names),
             "shapes": [list(s) for s in self.shapes],
+            # the layer behind each tensor: a state of a Linear does not load into a Conv1d
+            "modules": [
+                type(self.model.get_submodule(n.rpartition(".")[0])).__name__ for n in self.names
+            ],
             "n_params": self.n_params,
+            # which weights of those tensors: another mask of the same size is another subset
+            "mask": None if self.index is None else _index_hash(self.index),
             "feature_reduction": self.feature_reduction,
         }
+
+
+def _index_hash(index: Tensor) -> str:
+    """A short hash of a subnetwork's positions (its signature: equal exactly for one mask)."""
+    data = index.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]

@@ -29,8 +29,9 @@ __all__ = [
 
 #: the layout of a saved state; 2: structures as blocks (BlockDiagonal, layer layouts);
 #: 3: prior groups are parameter tensors (laplace-torch's "layerwise"), not modules;
-#: 4: θ*'s fingerprint; 5: the fit's prior factor c (P₀ = c·diag(δ)) beside the structure
-STATE_FORMAT = 5
+#: 4: θ*'s fingerprint; 5: the fit's prior factor c (P₀ = c·diag(δ)) beside the structure;
+#: 6: the subset's signature names its subnetwork mask (a hash) and the modules' types
+STATE_FORMAT = 6
 
 
 class WeightsChangedError(ValueError):
@@ -86,7 +87,7 @@ def _check_identity(la: Laplace, state: Any) -> None:
         raise ValueError(
             f"state has format {got}; this laplacetorch reads format {STATE_FORMAT} (structures "
             "as blocks, one prior group per parameter tensor, θ*'s fingerprint, the fit's prior "
-            "factor): fit again and save a new state"
+            "factor, the subnetwork mask's hash): fit again and save a new state"
         )
     missing = [k for k in (*_IDENTITY, *_HYPERPARAMETERS) if k not in state]
     if missing:
@@ -97,9 +98,16 @@ def _check_identity(la: Laplace, state: Any) -> None:
         strict=True,
     ):
         if state[key] != mine:
+            theirs = state[key]
+            if isinstance(theirs, dict) and isinstance(mine, dict):  # say which entry differs
+                diff = [k for k in {**mine, **theirs} if theirs.get(k) != mine.get(k)]
+                raise ValueError(
+                    f"state does not match this Laplace object: its {key} differs in {diff}: "
+                    + "; ".join(f"{k} {theirs.get(k)!r}, expected {mine.get(k)!r}" for k in diff)
+                    + (" (another subnetwork of the same size)" if diff == ["mask"] else "")
+                )
             raise ValueError(
-                f"state does not match this Laplace object: {key} is {state[key]!r}, "
-                f"expected {mine!r}"
+                f"state does not match this Laplace object: {key} is {theirs!r}, expected {mine!r}"
             )
     for key in _HYPERPARAMETERS[:3]:
         if not isinstance(state[key], Tensor):

@@ -47,6 +47,8 @@ class Dense(Structure):
     """
 
     _tensor_keys = ("eigenvalues", "eigenvectors", "psd")
+    _nonnegative = ("eigenvalues",)
+    _orthonormal = ("eigenvectors",)
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ class Diagonal(Structure):
     """
 
     _tensor_keys = ("diagonal", "psd")
+    _nonnegative = ("diagonal",)
 
     def __init__(
         self,

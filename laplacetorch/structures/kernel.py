@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .base import Structure
 from .lowrank import LowRank
+from .saved import check_tensor_values
 
 __all__ = ["Kernel"]
 
@@ -55,6 +56,8 @@ class Kernel(Structure):
         self._set_tensors({"eigenvalues": eigenvalues, "eigenvectors": eigenvectors})
 
     _tensor_keys = ("eigenvalues", "eigenvectors")
+    _nonnegative = ("eigenvalues",)
+    _orthonormal = ("eigenvectors",)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {"eigenvalues": self.lam, "eigenvectors": self.v}
@@ -73,6 +76,7 @@ class Kernel(Structure):
         """Restore the kernel's eigendecomposition (log det works; the rest needs a refit)."""
         dtype = dtype or state["eigenvalues"].dtype
         tensors = {k: state[k].to(device, dtype, copy=True) for k in cls._tensor_keys}
+        check_tensor_values(cls, tensors)
         return cls(
             None,
             tensors["eigenvalues"],

@@ -45,6 +45,8 @@ class Kron(Structure):
     """
 
     _tensor_keys = ("qb", "lb", "qa", "la")
+    _nonnegative = ("lb", "la")
+    _orthonormal = ("qb", "qa")
 
     def __init__(
         self,
@@ -257,6 +259,7 @@ class EKron(Kron):
     """
 
     _tensor_keys = ("qb", "qa", "eig")
+    _nonnegative = ("eig",)
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class LowRank(Structure):
     """
 
     _tensor_keys = ("eigenvectors", "eigenvalues", "diag_correction")
+    _orthonormal = ("eigenvectors",)
 
     def __init__(
         self,

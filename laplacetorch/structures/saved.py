@@ -26,6 +26,11 @@ class StructureState(ABC):
 
     #: names of the tensors returned by ``_tensors`` (persistence)
     _tensor_keys: ClassVar[tuple[str, ...]] = ()
+    #: entries that must be ≥ 0 up to round-off (a PSD curvature's eigenvalues or diagonal;
+    #: not checked where the state's ``psd`` entry says the curvature is indefinite)
+    _nonnegative: ClassVar[tuple[str, ...]] = ()
+    #: entries whose columns must be orthonormal (eigenvectors), probed at O(size) cost
+    _orthonormal: ClassVar[tuple[str, ...]] = ()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the structure without the data."""
@@ -76,6 +81,7 @@ class StructureState(ABC):
         # copies: the loaded structure owns its tensors (editing the dict changes nothing)
         tensors = {k: state[k].to(obj.device, dtype, copy=True) for k in cls._tensor_keys}
         obj._check_tensor_shapes(tensors)
+        check_tensor_values(cls, tensors)
         obj._set_tensors(tensors)
         obj.layer_parts = LayerParts.from_state(state.get("layer_parts"), obj.n_params, obj.device)
         return obj
@@ -91,3 +97,39 @@ class StructureState(ABC):
     @abstractmethod
     def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Install tensors produced by :meth:`_tensors`."""
+
+
+def check_tensor_values(cls: type[StructureState], tensors: dict[str, Tensor]) -> None:
+    """Refuse a state whose tensors break what the structure's algebra assumes: NaN or Inf
+    anywhere, negative eigenvalues of a PSD curvature (beyond round-off: 1e-3 of the largest),
+    eigenvectors that are not orthonormal (one probe vector z: ‖QᵀQz − z‖ ≤ 1e-3‖z‖).
+
+    Raises:
+        ValueError: naming the structure, the entry and what was seen.
+    """
+    name = cls.__name__
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"state entry {key!r} of {name} contains NaN or Inf")
+    psd = bool(tensors["psd"]) if "psd" in tensors else True
+    for key in cls._nonnegative if psd else ():
+        t = tensors.get(key)
+        if t is None or not t.numel():
+            continue
+        low, high = float(t.min()), float(t.abs().max())
+        if low < -1e-3 * high:
+            raise ValueError(
+                f"state entry {key!r} of {name} must be ≥ 0 (a positive semi-definite "
+                f"curvature's); its smallest is {low:.3g} (largest magnitude {high:.3g})"
+            )
+    for key in cls._orthonormal:
+        q = tensors.get(key)
+        if q is None or q.dim() != 2 or not q.numel():
+            continue
+        z = torch.linspace(-1.0, 1.0, q.shape[1], dtype=q.dtype, device=q.device) + 0.5
+        back = q.T @ (q @ z)
+        if float((back - z).norm()) > 1e-3 * float(z.norm()):
+            raise ValueError(
+                f"state entry {key!r} of {name} must have orthonormal columns (eigenvectors); "
+                f"‖QᵀQz − z‖ / ‖z‖ = {float((back - z).norm() / z.norm()):.3g}"
+            )

@@ -16,6 +16,10 @@ from laplacetorch.persistence import WeightsChangedError
 STRUCTURES = list(HESSIAN_STRUCTURES)  # every backend
 
 
+def _block(state: dict) -> dict:
+    return state["structure"]["blocks"][0]["block"]
+
+
 def _fitted(structure="diag", likelihood="classification", dtype=torch.float64, **options):
     model = make_mlp().to(dtype)
     x, y = make_data("mlp", likelihood)
@@ -64,6 +68,8 @@ def _snapshot(la):
             "has shape \\[29\\]",
         ),
         (lambda s: s["structure"].update(structure="Mystery"), "unknown structure"),
+        (lambda s: _block(s)["diagonal"].__setitem__(0, float("nan")), "contains NaN or Inf"),
+        (lambda s: _block(s)["diagonal"].__setitem__(0, -5.0), "'diagonal' of Diagonal must"),
     ],
 )
 @pytest.mark.parametrize("target", ["fresh", "fitted"])
@@ -88,8 +94,58 @@ def test_a_refused_state_changes_nothing(edit, match, target):
 def test_state_of_another_model_is_refused():
     la, _, _, _ = _fitted()
     other = Laplace(make_mlp(n_out=2), "classification", "all", "diag")
-    with pytest.raises(ValueError, match="subset is"):
+    with pytest.raises(ValueError, match="its subset differs in"):
         other.load_state_dict(la.state_dict())
+    assert other.curvature is None
+
+
+def test_a_subnetwork_state_loads_only_into_the_same_mask():
+    """Two masks of the same size: the state names its mask (a hash), so it is refused before
+    ``restore_weights=True`` could write θ* into the wrong weights."""
+    model = make_mlp()
+    x, y = make_data("mlp", "classification")
+    first, second = torch.zeros(83, dtype=torch.bool), torch.zeros(83, dtype=torch.bool)
+    first[:10], second[10:20] = True, True
+    la = Laplace(model, "classification", "subnetwork", "full", subnetwork=first)
+    state = la.fit(batches(x, y)).state_dict()
+    other_model = make_mlp(seed=4)
+    before = [p.clone() for p in other_model.parameters()]
+    other = Laplace(other_model, "classification", "subnetwork", "full", subnetwork=second)
+    with pytest.raises(ValueError, match=r"differs in \['mask'\].*another subnetwork"):
+        other.load_state_dict(state, restore_weights=True)
+    assert other.curvature is None
+    assert all(torch.equal(a, b) for a, b in zip(before, other_model.parameters(), strict=True))
+    fresh = make_mlp()  # the same backbone, its subnetwork's weights not yet θ*
+    with torch.no_grad():
+        next(fresh.parameters()).view(-1)[:10] += 1.0
+    same = Laplace(fresh, "classification", "subnetwork", "full", subnetwork=first)
+    same.load_state_dict(state, restore_weights=True)
+    torch.testing.assert_close(same(x), la(x))
+
+
+@pytest.mark.parametrize(
+    "structure, key, edit, match",
+    [
+        ("full", "eigenvalues", lambda t: t.__setitem__(0, -1e3), "'eigenvalues' of Dense must"),
+        ("full", "eigenvectors", lambda t: t.mul_(1.5), "orthonormal columns"),
+        ("kfac", "lb", lambda t: t.__setitem__(0, -1e3), "'lb' of Kron must be ≥ 0"),
+        ("kfac", "qa", lambda t: t.__setitem__((0, 0), 3.0), "'qa' of Kron must have orthonormal"),
+        ("kfac", "la", lambda t: t.__setitem__(0, float("inf")), "'la' of Kron contains NaN"),
+        ("ekfac", "eig", lambda t: t.__setitem__((0, 0), -1e3), "'eig' of EKron must"),
+        ("lanczos", "eigenvectors", lambda t: t.mul_(2.0), "'eigenvectors' of LowRank must"),
+    ],
+)
+def test_a_state_breaking_the_algebra_is_refused(structure, key, edit, match):
+    """Negative eigenvalues of a PSD curvature, eigenvectors that are not orthonormal, NaN:
+    refused at load (they would predict NaN or nonsense), naming the entry."""
+    la, model, _, _ = _fitted(structure, **({"rank": 4} if structure == "lanczos" else {}))
+    state = copy.deepcopy(la.state_dict())
+    blocks = state["structure"].get("blocks")
+    edit(next(b["block"][key] for b in blocks if key in b["block"]) if blocks
+         else state["structure"][key])  # fmt: skip
+    other = Laplace(model, "classification", "all", structure)
+    with pytest.raises(ValueError, match=match):
+        other.load_state_dict(state)
     assert other.curvature is None
 
 
