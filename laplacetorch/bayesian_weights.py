@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -127,6 +128,13 @@ def subnetwork_names(
             "subset_of_weights='subnetwork' needs `subnetwork`: parameter/module names or a "
             "boolean mask over the flat parameter vector"
         )
+    if isinstance(subnetwork, np.ndarray):  # a numpy mask or index array, as a tensor
+        if subnetwork.dtype.kind not in "biu":
+            raise ValueError(
+                f"subnetwork array must be boolean (a mask) or integer (indices); got numpy "
+                f"dtype {subnetwork.dtype}"
+            )
+        subnetwork = torch.from_numpy(subnetwork.copy())
     if (
         isinstance(subnetwork, Tensor)
         and not subnetwork.dtype.is_floating_point

@@ -90,7 +90,15 @@ def batch_size(x: Any, batch_size_fn: Callable[[Any], int] | None = None) -> int
     """Number of examples in inputs ``x``: a tensor's first dimension, or for a dict the
     first dimension of its first tensor unless ``batch_size_fn`` says otherwise."""
     if batch_size_fn is not None:
-        return int(batch_size_fn(x))
+        n = batch_size_fn(x)
+        if isinstance(n, Tensor) and n.numel() == 1 and not n.is_floating_point():
+            n = int(n)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(
+                f"batch_size_fn must return the batch's number of examples, an int >= 0; it "
+                f"returned {n!r} ({type(n).__name__})"
+            )
+        return n
     if isinstance(x, WithKeywords):
         return batch_size(x.inputs)
     if isinstance(x, Tensor):
@@ -179,6 +187,16 @@ class InputSpec:
             return WithKeywords(inner, x.constants), n
         if self.keyword and isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
             x = KeywordInputs((k, v) for k, v in x.items() if k != self.dict_key_y)
+        if self.shape is not None and isinstance(x, Mapping):  # tensors at fit, not mappings
+            raise TypeError(
+                f"x is a mapping (keys {sorted(map(str, x.keys()))}) but the fit's inputs were "
+                f"tensors of shape [B, {', '.join(map(str, self.shape))}]; pass such a tensor"
+            )
+        if self.keyword and isinstance(x, Tensor):
+            raise TypeError(
+                "x is a tensor but the fit's inputs were mappings (the model takes them as "
+                "model(**inputs)); pass a mapping with the same keys"
+            )
         x = prepare_inputs(x, device, dtype, "x")
         if isinstance(x, Tensor) and self.floating and not x.is_floating_point():
             raise TypeError(

@@ -76,6 +76,12 @@ class Hyperparameters:
         likelihood with a noise per output (see :meth:`_sigma_for_fit`)."""
         self._sigma_for_fit(value, fitted)
         t = self._tensor(value)
+        if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):  # under- or overflow
+            seen = value.tolist() if isinstance(value, Tensor) else value
+            raise ValueError(
+                f"sigma_noise {seen} is not representable in the model's {t.dtype}: it "
+                f"becomes {t.tolist()}"
+            )
         self.likelihood.check_sigma_noise(t)
         return t
 
@@ -176,7 +182,7 @@ def check_sigma(value: Tensor | float) -> None:
     one number, or a vector of one per output (whose length the fit checks)."""
     if isinstance(value, bool) or not isinstance(value, Tensor | int | float):
         raise TypeError(f"sigma_noise must be a number or a tensor; got {type(value).__name__}")
-    t = torch.as_tensor(value).detach()
+    t = value.detach() if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float64)
     if not t.is_floating_point() and t.numel():
         t = t.double()
     one = t.numel() == 1 or t.dim() == 1

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed, persistence, tuning
+from .checks import check_bytes, check_generator
 from .curvature import (
     HESSIAN_STRUCTURES,
     CurvatureResult,
@@ -129,6 +130,11 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         )
         if outputs is not None and feature_reduction is not None:
             raise ValueError("feature_reduction gives one output per example; drop outputs=")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(
+                f"ignore_index must be an int (the target value of positions that are not "
+                f"likelihood terms); got {type(ignore_index).__name__} {ignore_index!r}"
+            )
         if outputs is not None:  # each position a likelihood term
             self.subset.output_layout = OutputLayout(outputs)
             self.likelihood = PositionwiseLikelihood(
@@ -143,9 +149,17 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
             backend, {} if backend_options is None else backend_options, fisher_type
         )
         self.backend_options = dict(backend_options or {})
-        self.memory_budget = memory_budget
+        self.memory_budget = check_bytes("memory_budget", memory_budget)
+        if batch_size_fn is not None and not callable(batch_size_fn):
+            raise TypeError(
+                f"batch_size_fn must be a callable (batch inputs -> int) or None; got "
+                f"{type(batch_size_fn).__name__}"
+            )
         self.batch_size_fn = batch_size_fn
-        self.dict_key_y, self.memory_limit = dict_key_y, memory_limit
+        if not isinstance(dict_key_y, str):
+            raise TypeError(f"dict_key_y must be a str; got {type(dict_key_y).__name__}")
+        self.dict_key_y = dict_key_y
+        self.memory_limit = check_bytes("memory_limit", memory_limit, optional=True)
         self._hyper = self._checked_hyperparameters(
             prior_precision, prior_mean, sigma_noise, temperature
         )
@@ -222,7 +236,7 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
             self.fisher_type, progress, self.memory_budget, self.batch_size_fn, limit, check
         )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
-        with distributed.over(self.process_group):
+        with distributed.over(self.process_group), self.subset.fitting():
             if not backend.reducible and distributed.active_group() is not None:
                 raise ValueError(
                     f"hessian_structure={backend.name!r} does not reduce over a process group; "
@@ -374,6 +388,7 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         prior_precision: Tensor | float | Prior | None = None,
     ) -> Tensor:
         """``[n_samples, P]`` weight draws θ* + ε, ε ~ N(0, Π⁻¹) (at another δ when given)."""
+        check_generator(generator)
         prior = self.prior_at(prior_precision)
         return self.mean + self.structure.sample(n_samples, prior, self.scale(), generator)
 

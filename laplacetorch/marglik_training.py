@@ -35,13 +35,18 @@ def _criterion(likelihood: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The per-example training loss: laplace-torch's for its four likelihoods, and for any
     other the likelihood's own negative log-likelihood, its mean over the batch (the
     weight decay's scale, ``T``, is then classification's)."""
-    if likelihood in ("classification", "reward_modeling"):
-        return nn.functional.cross_entropy
-    if likelihood == "regression":
-        return lambda f, y: nn.functional.mse_loss(f, y.reshape(f.shape))
-    if likelihood == "binary":
-        return lambda f, y: nn.functional.binary_cross_entropy_with_logits(f, y.reshape(f.shape))
     lik = get_likelihood(likelihood)  # refuses an unknown name, listing the known ones
+    if likelihood == "reward_modeling":
+        return nn.functional.cross_entropy
+    # the targets checked as a fit checks them (labels in range, shapes, finite values)
+    if likelihood == "classification":
+        return lambda f, y: nn.functional.cross_entropy(f, lik.check_targets(y, tuple(f.shape)))
+    if likelihood == "regression":
+        return lambda f, y: nn.functional.mse_loss(f, lik.check_targets(y, tuple(f.shape)))
+    if likelihood == "binary":
+        return lambda f, y: nn.functional.binary_cross_entropy_with_logits(
+            f, lik.check_targets(y, tuple(f.shape)).to(f.dtype)
+        )
     return lambda f, y: lik.nll_unit(f, lik.check_targets(y, tuple(f.shape))).mean()
 
 
@@ -273,6 +278,13 @@ def _train_epoch(
         theta = nn.utils.parameters_to_vector(params)
         f = model_output(call_model(model, x))
         loss = criterion(f, y) + decay(theta)
+        if not bool(torch.isfinite(loss)):  # before the step: the weights stay finite
+            lr = optimizer.param_groups[0].get("lr")
+            raise FloatingPointError(
+                f"the training objective became {float(loss)} (the network's outputs: "
+                f"{'finite' if bool(torch.isfinite(f).all()) else 'not finite'}): the "
+                f"optimiser diverged; lower its learning rate (lr={lr}) or check the data"
+            )
         loss.backward()
         optimizer.step()
         if scheduler is not None:

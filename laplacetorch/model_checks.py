@@ -54,3 +54,17 @@ def check_dtypes_and_devices(params: dict[str, nn.Parameter]) -> None:
         )
     if device.type == "meta":
         raise ValueError("the model's weights are on the meta device: load its weights first")
+
+
+def check_not_meta(model: nn.Module) -> None:
+    """Refuse a model with any parameter or buffer on the meta device (built without its
+    weights): the Bayesian weights may be real while the body is not, and every forward
+    would then fail deep inside torch."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.device.type == "meta":
+                raise ValueError(
+                    f"the model's {kind} {name!r} is on the meta device (shape "
+                    f"{list(t.shape)}, no values): load the model's weights first "
+                    "(model.to_empty(device=...) then load_state_dict)"
+                )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from .bayesian_weights import (
     subnetwork_names,
 )
 from .model_call import call_model
-from .model_checks import check_dtypes_and_devices, check_model_mode
+from .model_checks import check_dtypes_and_devices, check_model_mode, check_not_meta
 from .subset_inputs import attention_mask_of, input_of, reduce_features
 
 __all__ = [
@@ -128,12 +129,15 @@ class ParameterSubset:
         self.vmap_ok = True
         #: outputs with positions, seen flattened (see :mod:`laplacetorch.positions`)
         self.output_layout: Any = None
+        #: within :meth:`fitting`: the fit's output width (0 before the first output)
+        self._fit_width: int | None = None
         #: the layer-factor predictive's probe of each input signature (predictive._layer_plan)
         self.layer_plans: dict[tuple, Any] = {}
         self.shapes = [named[n].shape for n in names]
         self.numels = [named[n].numel() for n in names]
         self.index = index
         check_dtypes_and_devices({n: named[n] for n in names})
+        check_not_meta(model)
         self.n_params = int(index.numel()) if index is not None else sum(self.numels)
         self._build_groups()
         self.check_weights()
@@ -192,10 +196,40 @@ class ParameterSubset:
 
     def _output(self, out: Tensor) -> Tensor:
         """The model's output in :attr:`dtype` (a cast inside the graph: gradients flow back
-        into the half-precision network), flattened over positions where it has them."""
+        into the half-precision network), flattened over positions where it has them; within
+        a fit (:meth:`fitting`), of the width of the fit's first output."""
         if isinstance(out, Tensor) and out.is_floating_point() and out.dtype != self.dtype:
             out = out.to(self.dtype)
-        return out if self.output_layout is None else self.output_layout.flatten(out)
+        out = out if self.output_layout is None else self.output_layout.flatten(out)
+        if self._fit_width is not None and isinstance(out, Tensor) and out.dim():
+            self._check_width(out.shape[-1])
+        return out
+
+    @contextmanager
+    def fitting(self) -> Iterator[None]:
+        """A fit's passes: every output must have the width of the fit's first (one C, and
+        one number of positions T, per fit), or its sums would mix outputs of two widths."""
+        self._fit_width = 0  # 0: not seen yet
+        try:
+            yield
+        finally:
+            self._fit_width = None
+
+    def _check_width(self, width: int) -> None:
+        if self._fit_width == 0:
+            self._fit_width = width
+        elif width != self._fit_width:
+            layout = self.output_layout
+            unit = "outputs" if layout is None else f"outputs (positions × {layout.n_classes})"
+            fix = (
+                "the model's output width must not depend on the batch"
+                if layout is None
+                else "pad the sequences to one length, the padding's targets ignore_index"
+            )
+            raise ValueError(
+                f"the model gives {width} {unit} per example on this batch but gave "
+                f"{self._fit_width} on the fit's first: a fit has one output width; {fix}"
+            )
 
     def check_weights(self) -> None:
         """Raise ``ValueError`` if a Bayesian weight is NaN or infinite."""

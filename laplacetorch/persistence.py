@@ -9,6 +9,7 @@ it; the object refuses to predict while the model's Bayesian weights differ from
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -45,6 +46,13 @@ def check_weights_at_mean(la: Laplace) -> None:
         WeightsChangedError: the model was trained on after ``fit``, or a state was loaded
             into a model with other weights; ``la.restore_weights()`` writes θ* back.
     """
+    sub, mean = la.subset, la.mean
+    if mean.dtype != sub.dtype or mean.device != sub.device:  # model.double(), model.to(...)
+        raise TypeError(
+            f"the model's Bayesian weights are now {sub.weight_dtype} on {sub.device}, but the "
+            f"fit was of weights in {mean.dtype} on {mean.device}: move the model back "
+            f"(model.to({mean.dtype})) or fit again"
+        )
     if la.subset.weights_equal(la.mean):
         return
     live = la.subset.map_vector()
@@ -82,6 +90,11 @@ _HYPERPARAMETERS = ("prior_precision", "prior_mean", "sigma_noise", "temperature
 
 def _check_identity(la: Laplace, state: Any) -> None:
     """Refuse a state of another format, likelihood, structure or model/subset."""
+    if not isinstance(state, dict):
+        hint = " (a path: pass torch.load(path))" if isinstance(state, str | Path) else ""
+        raise TypeError(
+            f"state must be the dict of la.state_dict(); got {type(state).__name__}{hint}"
+        )
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         got = state.get("format", "1 (no format entry)") if isinstance(state, dict) else None
         raise ValueError(

@@ -15,6 +15,7 @@ of J Π⁻¹ Jᵀ. ``"sequence"``: outputs ``[B, *positions, C]``; ``"channels_f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,7 @@ class OutputLayout:
             self.example_shape = tuple(out.shape[1:])
         if self.kind == "channels_first":
             out = out.movedim(1, -1)
-        return out.reshape(out.shape[0], -1)
+        return out.flatten(1)  # a view; [0, T·C] for an empty batch too
 
     def unflatten(self, f: Tensor) -> Tensor:
         """The model's layout ``[..., B, T, C]`` / ``[..., B, C, H, W]`` from ``[..., B, T·C]``."""
@@ -98,7 +99,15 @@ class PositionwiseLikelihood(Likelihood):
 
     # ----------------------------------------------------------------- shapes
     def _per_position(self, f: Tensor) -> Tensor:
-        return f.reshape(*f.shape[:-1], -1, self.layout.n_classes)  # [..., B, T, C]
+        c = self.layout.n_classes
+        return f.reshape(*f.shape[:-1], f.shape[-1] // c, c)  # [..., B, T, C]
+
+    def _n_positions(self, b: int, numel: int) -> int:
+        """T of a prediction of ``numel`` elements per output column over ``b`` examples (an
+        empty batch: the fit's T)."""
+        if b:
+            return numel // b
+        return math.prod(self.layout.example_shape) // self.layout.n_classes
 
     def _mask(self, y: Tensor | None, f: Tensor) -> Tensor:
         """``[B, T]``: 1 for a likelihood term, 0 for an ignored position."""
@@ -119,12 +128,20 @@ class PositionwiseLikelihood(Likelihood):
         flat = y.reshape(y.shape[0], -1) if y.dim() >= 2 else y
         if flat.shape != (batch, n_pos):
             raise ValueError(
-                f"targets y must have one class index per position, {n_pos} per example "
-                f"(shape [{batch}, ...] like the outputs' positions); got shape {list(y.shape)}"
+                f"targets y must have one class index per position: the outputs have {n_pos} "
+                f"positions per example, so y of shape [{batch}, {n_pos}]; got shape "
+                f"{list(y.shape)}. A fit has one number of positions T, its first batch's: "
+                f"pad the sequences to one length, the padding's targets "
+                f"ignore_index={self.ignore_index}"
             )
         keep = flat != self.ignore_index
         checked = self.base.check_targets(flat[keep], (int(keep.sum()), c))
         return flat.long().masked_scatter(keep, checked)
+
+    def n_terms(self, y: Tensor) -> int:
+        if self.name != "classification":
+            return y.numel()
+        return int((y != self.ignore_index).sum())
 
     def check_outputs(self, f: Tensor) -> None:
         self.base.check_outputs(self._per_position(f).reshape(-1, self.layout.n_classes))
@@ -219,10 +236,12 @@ class PositionwiseLikelihood(Likelihood):
     def _layout(self, pred, b: int):
         c = self.layout.n_classes
         if isinstance(pred, tuple):  # regression: (mean [B, T, C], var [B, T, C(, C)])
-            mean = self.layout.unflatten(pred[0].reshape(b, -1))
+            t = self._n_positions(b, pred[0].numel() // c)
+            mean = self.layout.unflatten(pred[0].reshape(b, t * c))
             var = pred[1]
-            return mean, var.reshape(b, -1, c, c) if var.dim() == 3 else var.reshape(b, -1, c)
-        return self.layout.unflatten(pred.reshape(b, -1))
+            return mean, var.reshape(b, t, c, c) if var.dim() == 3 else var.reshape(b, t, c)
+        t = self._n_positions(b, pred.numel() // c)
+        return self.layout.unflatten(pred.reshape(b, t * c))
 
     def glm_predictive(
         self,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .checks import check_count
+from .checks import check_count, check_generator
 from .links import gaussian_samples
 from .memory import MemoryBudgetError, memory_limit
 from .model_call import WithKeywords, serialised
@@ -167,6 +167,7 @@ class Prediction:
         """``[S, B, C]`` samples of f: of the linearised model (``glm``; with only the
         per-output variances when ``diagonal_output``), or of the network at weight draws
         (``nn``)."""
+        check_generator(generator)
         _check_pred_type(pred_type)
         check_count("n_samples", n_samples)
         if pred_type == "glm":
@@ -190,6 +191,7 @@ class Prediction:
     ) -> Tensor:
         """``[S, B, C]`` samples of the predictive mean: probabilities (classification /
         binary; reward modelling with ``fitting``) or f (regression, rewards)."""
+        check_generator(generator)
         fs = self.functional_samples(x, pred_type, n_samples, diagonal_output, generator, fitting)
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
         return lik.inverse_link(fs)
@@ -227,6 +229,7 @@ class Prediction:
                 ``output_hidden_states=False``; per-example tensors go in a mapping x), for
                 both predictives.
         """
+        check_generator(generator)
         if model_kwargs:
             x = WithKeywords(x, model_kwargs)
         _check_pred_type(pred_type)
@@ -285,6 +288,7 @@ class Prediction:
         and no ``[S, B, T, V]`` tensor is formed, so full vocabularies fit. Gaussian
         likelihoods: σ², the variance of f and their sum.
         """
+        check_generator(generator)
         _check_pred_type(pred_type)
         check_count("n_samples", n_samples)
         lik = self.likelihood.for_fitting() if fitting else self.likelihood
@@ -322,6 +326,7 @@ class Prediction:
         Raises:
             ValueError: another likelihood; ``k`` not in [1, C]; an empty batch.
         """
+        check_generator(generator)
         if self.likelihood.name != "classification":
             raise ValueError(
                 f"top_k is the predictive over the likeliest classes of a softmax; the "

@@ -15,9 +15,15 @@ class UsageError(ValueError):
 # --------------------------------------------------------------------------- argument checks
 
 
-def _integer(name: str, value, low: int) -> int:
+#: the largest seed torch's generators take (a signed 64-bit integer)
+SEED_MAX = 2**63 - 1
+
+
+def _integer(name: str, value, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UsageError(f"{name} must be an integer >= {low}; got {value!r}")
+    if high is not None and value > high:
+        raise UsageError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
     return value
 
 

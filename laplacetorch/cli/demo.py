@@ -12,7 +12,7 @@ import torch
 
 from ..laplace import Laplace
 from ..metrics import accuracy, ece, max_probability, nll, ood_metrics
-from .arguments import _integer
+from .arguments import SEED_MAX, _integer
 from .digits import _DIGITS_TRAIN, _DIGITS_VAL_END, _digits_shuffled
 from .training import _mlp, _train
 
@@ -150,7 +150,7 @@ def run_demo(
         ``_DEMO_VARIANTS``, the Laplace rows also hold ``prior_precision``, ``fit_s`` and
         ``tune_s``.
     """
-    _integer("--seed", seed, 0)
+    _integer("--seed", seed, 0, SEED_MAX)
     _integer("--epochs", epochs, 1)
     train, val, test, ood, info = _demo_data(seed)
     t0 = time.perf_counter()

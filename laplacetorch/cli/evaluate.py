@@ -12,7 +12,7 @@ from typing import TextIO
 
 import torch
 
-from .arguments import UsageError, _integer, _names, _progress, _real
+from .arguments import SEED_MAX, UsageError, _integer, _names, _progress, _real
 from .digits import _DIGITS_TRAIN, _DIGITS_VAL_END, _digits_shuffled
 from .output import _OutputDir
 from .training import _lenet, _mlp, _train
@@ -95,7 +95,7 @@ def _check_evaluate_args(args: argparse.Namespace) -> dict:
         "weight_decay": _real(
             "--weight-decay", getattr(args, "weight_decay", 1e-4), positive=False
         ),
-        "seed": _integer("--seed", args.seed, 0),
+        "seed": _integer("--seed", args.seed, 0, SEED_MAX),
         "progress": _progress(getattr(args, "progress", None)),
     }
     n_train = getattr(args, "n_train", None)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..metrics import nll
-from .arguments import UsageError, _integer, _progress
+from .arguments import SEED_MAX, UsageError, _integer, _progress
 
 
 def _widths(text) -> list[int]:
@@ -44,7 +44,7 @@ def run_select(args: argparse.Namespace, out: TextIO = sys.stdout) -> list:
         raise UsageError(f"unknown task {args.task!r}; expected 'regression' or 'classification'")
     widths = _widths(args.widths)
     steps = _integer("--steps", args.steps, 1)
-    seed = _integer("--seed", args.seed, 0)
+    seed = _integer("--seed", args.seed, 0, SEED_MAX)
     progress = _progress(getattr(args, "progress", False))
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

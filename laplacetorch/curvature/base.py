@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,7 @@ def curvature_pass(
         out = step(x, y, state["C"])
         # C·b summed: C on every rank, also one whose shard is empty
         out["_outputs_times_n"] = torch.tensor(float(state["C"] * b), device=subset.device)
+        out["_terms"] = torch.tensor(float(likelihood.n_terms(y)), device=subset.device)
         return out
 
     sums = accumulate(
@@ -112,6 +114,13 @@ def curvature_pass(
     )
     n_data = int(sums.pop("n_data"))
     n_out = round(float(sums.pop("_outputs_times_n")) / n_data)
+    if float(sums.pop("_terms")) == 0:
+        warnings.warn(
+            f"{desc}: no likelihood term in the data: every target is ignore_index, so the "
+            "curvature is zero and the posterior is the prior; check the targets' padding",
+            UserWarning,
+            stacklevel=3,
+        )
     return sums, n_data, state.get("C", n_out)
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_leaves
 
+from ..likelihoods.base import outputs_hint
+from ..model_call import KeywordInputs
 from .per_example import _index
 
 if TYPE_CHECKING:
@@ -55,11 +57,11 @@ def check_first_batch(
     with torch.no_grad():
         try:
             first = subset.call(xs)
-        except RuntimeError as err:  # the usual first failure: integer inputs into a layer
+        except (RuntimeError, TypeError) as err:  # e.g. integer inputs into a layer
             ints = [t.dtype for t in tree_leaves(xs) if isinstance(t, Tensor)]
             ints = [d for d in ints if not d.is_floating_point]
             if not ints or "type" not in str(err).lower():
-                raise
+                raise _failed_on(err, xs) from err
             raise TypeError(
                 f"the model failed on the inputs of dtype {ints[0]} ({err}); inputs that go "
                 f"into a layer (not an embedding) must be floating point of the model's dtype "
@@ -74,7 +76,8 @@ def check_first_batch(
             raise ValueError(_BATCH_DEPENDENT.format(what=what)) from err
     if not isinstance(first, Tensor) or first.dim() != 2:
         shape = list(first.shape) if isinstance(first, Tensor) else type(first).__name__
-        raise ValueError(f"model outputs must have shape [batch, C]; got {shape}")
+        hint = outputs_hint(tuple(first.shape)) if isinstance(first, Tensor) else ""
+        raise ValueError(f"model outputs must have shape [batch, C]; got {shape}{hint}")
     scale = float(first.abs().max()) if first.numel() else 0.0
     tol = torch.finfo(first.dtype).eps ** 0.5 * max(scale, 1.0)
     if _gap(first, second) > tol:  # a tolerance: GPU kernels may differ in the last bit
@@ -125,3 +128,26 @@ def check_causal_targets(likelihood: Likelihood, x: Any, y: Tensor) -> None:
             "their own loss. Shift them: y = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], "
             f"{ignore})], 1) (the last position then has no target)"
         )
+
+
+def _failed_on(err: Exception, x: Any) -> Exception:
+    """The model's own error on the fit's first batch, saying what it was given (the usual
+    causes: inputs of another feature size than the model's, a mapping inside an (X, y)
+    batch for a model that takes a tensor)."""
+    if isinstance(x, Tensor):
+        seen = f"a tensor of shape {list(x.shape)}"
+    elif isinstance(x, Mapping):
+        seen = f"a mapping with keys {sorted(map(str, x.keys()))}"
+    else:
+        seen = type(x).__name__
+    hint = ""
+    if isinstance(x, Mapping) and not isinstance(x, KeywordInputs):
+        hint = (
+            "; a model that takes keyword inputs gets them from mapping batches (the label "
+            "under dict_key_y), not from a mapping inside an (X, y) pair"
+        )
+    message = f"the model failed on the fit's first batch, given {seen}: {err}{hint}"
+    try:
+        return type(err)(message)
+    except TypeError:  # an exception type with another signature
+        return RuntimeError(message)

@@ -84,6 +84,11 @@ class Likelihood(ABC):
         """
         return None
 
+    def n_terms(self, y: Tensor) -> int:
+        """How many likelihood terms checked targets ``y`` hold: one per example (positions
+        whose target is ignored are none)."""
+        return y.shape[0]
+
     @abstractmethod
     def nll_unit(self, f: Tensor, y: Tensor) -> Tensor:
         """Per-example negative log-likelihood at unit scale (σ = 1, T = 1), shape ``[B]``.
@@ -125,7 +130,16 @@ class Likelihood(ABC):
         GGN: s = 1/(σ²T); empirical Fisher (outer products of gradients): s = 1/(σ²T)².
         """
         s = 1.0 / (self._noise_var(sigma_noise) * temperature)
-        return s * s if kind == "ef" else s
+        s = s * s if kind == "ef" else s
+        t = torch.as_tensor(s).detach()
+        if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+            sigma = torch.as_tensor(sigma_noise).detach().tolist()
+            raise ValueError(
+                f"sigma_noise {sigma} and temperature {float(temperature):.3g} give a likelihood "
+                f"scale 1/(σ²T){'²' if kind == 'ef' else ''} = {t.tolist()} in "
+                f"{t.dtype}: not a positive finite number; take a larger σ or T"
+            )
+        return s
 
     def _noise_var(self, sigma_noise: Tensor | float) -> Tensor | float:
         return 1.0
@@ -321,7 +335,19 @@ class Likelihood(ABC):
 
 def _check_outputs(f_shape: tuple[int, ...]) -> None:
     if len(f_shape) != 2:
-        raise ValueError(f"model outputs must have shape [batch, C]; got shape {list(f_shape)}")
+        hint = outputs_hint(f_shape)
+        raise ValueError(
+            f"model outputs must have shape [batch, C]; got shape {list(f_shape)}{hint}"
+        )
+
+
+def outputs_hint(f_shape: tuple[int, ...]) -> str:
+    """How to fit outputs with positions (the usual cause of outputs that are not 2-D)."""
+    if len(f_shape) == 3:
+        return ". For one output per position ([B, T, C]) pass outputs='sequence'"
+    if len(f_shape) == 4:
+        return ". For one output per pixel ([B, C, H, W]) pass outputs='channels_first'"
+    return ""
 
 
 def _per_output_targets(y: Tensor, f_shape: tuple[int, ...], kind: str) -> Tensor:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..checks import check_count
+from ..checks import check_count, check_generator, check_tolerance
 from .common import PRIOR_STRUCTURES, TuningResult, _structure_of, initial_prior
 from .gridsearch import _gridsearch
 from .mackay import _mackay
@@ -62,6 +62,8 @@ def optimize(
         raise ValueError(f"unknown pred_type {pred_type!r}; expected 'glm' or 'nn'")
     if tune_sigma and not la.likelihood.has_noise:
         raise ValueError("tune_sigma is a regression-only option")
+    tol = check_tolerance("tol", tol)
+    check_generator(generator)
     delta0 = initial_prior(la, init_prior_prec, prior_structure)
     ps = _structure_of(la, delta0) if delta0.numel() > 1 else "scalar"
     if method == "gridsearch":

@@ -27,8 +27,9 @@ def test_reduction_hook_sees_every_sum_once():
         res = fit_diag(sub, lik, batches(x, y))
     finally:
         set_reduction(None)
-    # one diagonal block per layer, plus C·N (C on a rank with an empty shard)
-    assert seen == [["0", "2", "4", "_outputs_times_n", "loss", "n_data"]]
+    # one diagonal block per layer, plus C·N (C on a rank with an empty shard) and the count
+    # of likelihood terms (none: every target ignored, a warning)
+    assert seen == [["0", "2", "4", "_outputs_times_n", "_terms", "loss", "n_data"]]
     assert res.n_data == 2 * ref.n_data
     torch.testing.assert_close(res.structure.diagonal(), 2 * ref.structure.diagonal())
 
