@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .distributed import gather_rows, reduce_sums
+from .distributed import PeerWatch, gather_rows, reduce_sums
 from .linalg.gram import add_gram_, gram
 from .model_call import KeywordInputs, WithKeywords
 
@@ -336,12 +336,13 @@ def collect(
         ValueError: for an empty loader, NaN/Inf inputs or malformed batches.
     """
     parts: dict[str, list[Tensor]] = {}
-    error = None
+    error, peers = None, PeerWatch()
     try:
         for x, y, _ in _batches(loader, device, dtype, progress, desc, batch_size_fn):
+            peers.check()
             for k, v in step(x, y).items():
                 parts.setdefault(k, []).append(v)
-    except Exception as err:  # reported to every rank before any collective
+    except BaseException as err:  # interrupts too: told to every rank, then raised here
         error = err
     rows = gather_rows({k: torch.cat(v) for k, v in parts.items()}, error, device)
     if not rows:
@@ -379,9 +380,10 @@ def accumulate(
     """
     sums: dict[str, Tensor] = {}
     n_data = 0
-    error = None
+    error, peers = None, PeerWatch()
     try:
         for x, y, b in _batches(loader, device, dtype, progress, desc, batch_size_fn):
+            peers.check()
             for k, v in step(x, y).items():
                 if isinstance(v, Gram):
                     if k in sums:
@@ -393,7 +395,7 @@ def accumulate(
                 else:
                     sums[k] = v
             n_data += b
-    except Exception as err:  # reported to every rank before any collective
+    except BaseException as err:  # interrupts too: told to every rank, then raised here
         error = err
     sums, n_data = reduce_sums(sums, n_data, error, device)
     if n_data == 0:

@@ -232,11 +232,13 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         if not backend.one_pass or per_output:
             what = f"hessian_structure={backend.name!r}"
             require_reiterable(train_loader, "a noise per output" if backend.one_pass else what)
+        identity = distributed.FitIdentity(self.subset, self.likelihood, backend.name)
+        check = identity.noting_outputs(check)  # C, compared over the ranks
         context = FitContext(
             self.fisher_type, progress, self.memory_budget, self.batch_size_fn, limit, check
         )
         recorder = BatchAdapter(train_loader, self.dict_key_y)
-        with distributed.over(self.process_group), self.subset.fitting():
+        with distributed.over(self.process_group, identity), self.subset.fitting():
             if not backend.reducible and distributed.active_group() is not None:
                 raise ValueError(
                     f"hessian_structure={backend.name!r} does not reduce over a process group; "
