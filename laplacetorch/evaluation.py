@@ -168,7 +168,18 @@ def evaluate(
     table = EvaluationTable()
     t0 = time.perf_counter()
 
-    def map_probs(x):
+    shapes: dict[str, tuple] = {}
+
+    def map_probs(x, role="test"):
+        if isinstance(x, torch.Tensor):  # OOD inputs must look like the test inputs
+            seen = shapes.setdefault(role, tuple(x.shape[1:]))
+            want = shapes.get("test")
+            if role == "ood" and want is not None and seen != want:
+                raise ValueError(
+                    f"ood_loader's inputs have shape [B, {', '.join(map(str, seen))}] but the "
+                    f"test inputs [B, {', '.join(map(str, want))}]: out-of-distribution inputs "
+                    "must have the test inputs' shape (resize or pad them)"
+                )
         with torch.no_grad():
             return torch.softmax(call_model(model, x), -1)
 
@@ -176,7 +187,7 @@ def evaluate(
     t_map = time.perf_counter() - t0
     probs_ood = None
     if ood_loader is not None:
-        probs_ood, _ = _predict_all(map_probs, ood_loader, model, progress)
+        probs_ood, _ = _predict_all(lambda x: map_probs(x, "ood"), ood_loader, model, progress)
     table.rows["MAP"] = _row(probs, y, probs_ood, (0.0, 0.0, t_map), _peak_rss_mb())
     table.labels = y
     _keep(table, "MAP", probs, probs_ood)

@@ -199,3 +199,14 @@ def test_the_command_lines_seed_is_bounded():
     )
     assert out.returncode != 0
     assert "--seed must be an integer in [0, 9223372036854775807]" in out.stderr
+
+
+def test_ood_inputs_of_another_shape_are_named_in_evaluate():
+    from laplacetorch.evaluation import Variant, evaluate
+
+    x, y = make_data("mlp", "classification")
+    ood = [(torch.randn(6, 5, dtype=DT), torch.zeros(6, dtype=torch.long))]
+    msg = "ood_loader's inputs have shape \\[B, 5\\] but the test inputs \\[B, 4\\]"
+    with pytest.raises(ValueError, match=msg):
+        evaluate(make_mlp(), batches(x, y), batches(x, y), ood_loader=ood,
+                 variants=[Variant("last_layer", "full")])  # fmt: skip
