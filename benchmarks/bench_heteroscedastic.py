@@ -25,7 +25,7 @@ scored against the *best* homoscedastic Laplace (``"regression"``, δ and σ tun
 Printed beside each target: the held-out NLL per point (heteroscedastic at least 0.1 nats
 better), the 90 % interval's coverage in each third of the test inputs ordered by the true
 noise (0.85–0.95), and on the constant-noise copies the heteroscedastic model no worse than
-0.01 nats. About 3 minutes on one thread.
+0.01 nats. About 5 minutes on one thread.
 
 Usage::
 
