@@ -155,6 +155,42 @@ def fit_homoscedastic(model: nn.Module, loader, structure: str = "kfac") -> Lapl
     return la
 
 
+def train_at_evidence(
+    make_net: Callable[[], nn.Module],
+    x: Tensor,
+    y: Tensor,
+    heteroscedastic: bool,
+    delta: float,
+    rounds: int,
+    loader,
+    structure: str = "kfac",
+    **train_kwargs,
+) -> tuple[list[tuple[float, nn.Module]], Laplace]:
+    """Train the MAP at the prior the evidence picks: train at ``delta``, fit the Laplace
+    (δ, and σ for the homoscedastic net, tuned by marglik, scalar prior), retrain from the
+    same initialisation at the tuned prior, ``rounds`` times; returns every round's
+    ``(training δ, net)`` (δ in the loss's own units) and the last net's Laplace.
+
+    The MAP objective is per point mean(NLL) + δ/(2N)·‖θ‖². The heteroscedastic loss is the
+    NLL itself, so its training δ is the evidence's δ; the homoscedastic net is trained on
+    ½(y − f)² = σ²·NLL + const, so its training δ is δ̂·σ̂². Training at a δ the evidence
+    then moves by a factor of 3–300 (the 8-D and image problems) leaves a MAP that is not
+    the mode the Laplace approximation expands around: an over- or under-fitted mean whose
+    error the linearised posterior then inflates the epistemic variance to cover.
+    """
+    loss = heteroscedastic_nll if heteroscedastic else squared_error
+    fit = fit_heteroscedastic if heteroscedastic else fit_homoscedastic
+    nets = []
+    for _ in range(rounds + 1):
+        net = train(make_net(), x, y, loss, delta, **train_kwargs)
+        nets.append((delta, net))
+        la = fit(net, loader, structure)
+        delta = float(la.prior_precision)
+        if not heteroscedastic:
+            delta *= float(la.sigma_noise) ** 2
+    return nets, la
+
+
 @dataclass
 class Predictive:
     """A Gaussian predictive of y per point, ``[N]`` each: the mean, the total variance and its

@@ -46,3 +46,29 @@ def test_the_heteroscedastic_nll_is_the_gaussian_one():
     var = torch.exp(-f[:, 1])
     ref = -torch.distributions.Normal(f[:, 0] * var, var.sqrt()).log_prob(y)
     torch.testing.assert_close(ex.heteroscedastic_nll(f, y), ref)
+
+
+def test_train_at_evidence_retrains_at_the_tuned_prior():
+    """Each round trains at the previous round's marglik δ (times σ̂² for the squared error)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, y, _ = ex.make_data(80, g)
+        loader = ex.batches(x, y)
+        kw = dict(steps=60, lr=1e-2, batch_size=None, seed=0)
+        for het in (True, False):
+            nets, _ = ex.train_at_evidence(
+                lambda h=het: ex.mlp(1, 2 if h else 1, width=8), x, y, het, 0.5, 1, loader,
+                "full", **kw,
+            )  # fmt: skip
+            assert len(nets) == 2 and nets[0][0] == 0.5
+            # the second round's δ is the first fit's marglik δ: refit the first net to check
+            fit = ex.fit_heteroscedastic if het else ex.fit_homoscedastic
+            first = fit(nets[0][1], loader, "full")
+            expected = float(first.prior_precision)
+            if not het:
+                expected *= float(first.sigma_noise) ** 2
+            assert math.isclose(nets[1][0], expected, rel_tol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
