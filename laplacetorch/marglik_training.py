@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -197,9 +198,12 @@ def marglik_training(
     best = (math.inf, None, None, None)
     margliks: list[float] = []
     losses: list[float] = []
+    start: float | None = None
     for epoch in progress_range(n_epochs, progress_bar, "marglik training"):
         decay = hyper.weight_decay(n_data)
-        losses.append(_train_epoch(model, batches, criterion, decay, optimizer, scheduler, hyper))
+        mean, first = _train_epoch(model, batches, criterion, decay, optimizer, scheduler, hyper)
+        losses.append(mean)
+        start = first if start is None else start  # the objective before any step
         if (epoch + 1) % marglik_frequency != 0 or epoch + 1 < n_epochs_burnin:
             continue
         la = build(*hyper.current())
@@ -208,6 +212,15 @@ def marglik_training(
         margliks += steps
         if margliks[-1] < best[0]:
             best = (margliks[-1], copy.deepcopy(model.state_dict()), delta, sigma)
+    if start is not None and losses[-1] > 10 * max(start, 1e-12):
+        lr = optimizer.param_groups[0].get("lr")
+        warnings.warn(
+            f"the training objective rose from {start:.3g} (before the first step) to "
+            f"{losses[-1]:.3g} (the last epoch's mean): the network's optimiser diverged "
+            f"(lr={lr}), whatever the prior; lower its learning rate",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     delta, sigma = _restore_best(model, best, hyper)
     la = build(delta, sigma, enable_backprop=enable_backprop)
     la.fit(train_loader)
@@ -266,11 +279,12 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     hyper: _Hyperparameters,
-) -> float:
-    """One epoch of optimiser steps on ``criterion + decay(θ)``; the objective's mean."""
+) -> tuple[float, float]:
+    """One epoch of optimiser steps on ``criterion + decay(θ)``; the objective's mean, and
+    its value on the first batch before its step."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    total, seen = 0.0, 0
+    total, seen, first = 0.0, 0, None
     for x, y in batches:
         x = prepare_inputs(x, hyper.device, hyper.dtype)
         y = y.to(hyper.device)
@@ -291,7 +305,8 @@ def _train_epoch(
             scheduler.step()
         total += float(loss.detach()) * y.shape[0]
         seen += y.shape[0]
-    return total / seen
+        first = float(loss.detach()) if first is None else first
+    return total / seen, first
 
 
 def _restore_best(model: nn.Module, best: tuple, hyper: _Hyperparameters) -> tuple[Tensor, Tensor]:

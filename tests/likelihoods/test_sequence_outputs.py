@@ -206,7 +206,7 @@ def test_bad_sequence_inputs_are_refused():
         ValueError, match=r"expects model outputs with positions.*got shape \[\d+, 3\]"
     ):
         _fit(flat, torch.randn(8, 4, dtype=DT), y[:, 0], "full", outputs="sequence")
-    with pytest.raises(ValueError, match="one class index per position: the outputs have 4 positions per example"):
+    with pytest.raises(ValueError, match="one class index per position: the outputs have 4 pos"):
         _fit(model, x, y[:, :3], "full", outputs="sequence")
     bad = y.clone()
     bad[1, 1] = 5

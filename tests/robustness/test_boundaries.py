@@ -182,12 +182,22 @@ def test_marglik_training_checks_its_targets_and_stops_when_it_diverges():
     yb[0] = 9
     with pytest.raises(ValueError, match="classification targets y must lie in \\[0, 2\\]"):
         marglik_training(make_mlp(), batches(x, yb), "classification", n_epochs=1)
+    with pytest.warns(RuntimeWarning, match="objective rose from .* optimiser diverged"):
+        marglik_training(make_mlp(), batches(x, y), "classification", n_epochs=4,
+                         optimizer_kwargs={"lr": 1e4})  # fmt: skip
     xr, yr = make_data("mlp", "regression")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(FloatingPointError, match="the optimiser diverged; lower its learning"):
             marglik_training(make_mlp(), batches(xr, yr * 1e300), "regression", n_epochs=2,
                              optimizer_kwargs={"lr": 1e300})  # fmt: skip
+
+
+def test_compat_refuses_a_string_sigma_by_name():
+    from laplacetorch.compat import Laplace as CompatLaplace
+
+    with pytest.raises(TypeError, match="sigma_noise must be a number or a tensor; got str"):
+        CompatLaplace(make_mlp(), "regression", sigma_noise="0.5")
 
 
 def test_the_command_lines_seed_is_bounded():
