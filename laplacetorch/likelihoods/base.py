@@ -176,8 +176,13 @@ class Likelihood(ABC):
         """log p(y | f) summed over the batch (tempered), differentiable in f, σ and T."""
         y = self.check_targets(y, tuple(f.shape))
         return self.log_likelihood_from_loss(
-            self.nll_unit(f, y).sum(), f.shape[0], f.shape[1], sigma_noise, temperature
+            self._loss_sum(f, y), f.shape[0], f.shape[1], sigma_noise, temperature
         )
+
+    def _loss_sum(self, f: Tensor, y: Tensor) -> Tensor:
+        """Σₙ nll_unit: what :meth:`log_likelihood_from_loss` takes (per output where a
+        likelihood's σ may be one per output)."""
+        return self.nll_unit(f, y).sum()
 
     # ----------------------------------------------------------------- predictive
     def for_fitting(self) -> Likelihood:

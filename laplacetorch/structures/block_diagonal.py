@@ -8,14 +8,15 @@ import torch
 from torch import Tensor
 
 from ..prior import parse_prior, prior_on_block, single_group
-from .base import STRUCTURES, Structure, check_state, structure_key
+from .base import Structure, check_state, structure_key
 from .layout import LayerBlock
+from .saved import Composite, child_from_state
 from .sources import JacobianSource
 
 __all__ = ["BlockDiagonal"]
 
 
-class BlockDiagonal(Structure):
+class BlockDiagonal(Composite, Structure):
     """Π(δ, s) = blockdiag(Π₁, …, Π_K) over disjoint slices of θ that together cover it.
 
     Block k is any structure on the positions ``index_k`` of θ (in the block's own order), so
@@ -175,16 +176,6 @@ class BlockDiagonal(Structure):
         return out
 
     # ----------------------------------------------------------------- persistence
-    # The blocks persist themselves; the composition has no tensors of its own.
-    def _tensors(self) -> dict[str, Tensor]:
-        return {}
-
-    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
-        return None
-
-    def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
-        return None
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; refuses another block layout and changes nothing
         then."""
@@ -218,11 +209,7 @@ class BlockDiagonal(Structure):
             raise ValueError(f"state of {cls.__name__} has no blocks")
         blocks = []
         for entry in state["blocks"]:
-            child = entry["block"]
-            kind = STRUCTURES.get(child.get("structure")) if isinstance(child, dict) else None
-            if kind is None or kind is cls:
-                raise ValueError(f"block {entry.get('name')!r} has an unknown structure")
-            blocks.append(
-                (entry["name"], entry["index"], kind.from_state_dict(child, device, dtype))
-            )
+            what = f"block {entry.get('name')!r}"
+            child = child_from_state(cls, entry["block"], device, dtype, what)
+            blocks.append((entry["name"], entry["index"], child))
         return cls(blocks, state["n_params"], state["group_index"])

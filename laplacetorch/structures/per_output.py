@@ -25,14 +25,15 @@ import torch
 from torch import Tensor
 
 from ..prior import expand_prior
-from .base import STRUCTURES, Structure, check_state, structure_key
+from .base import Structure, check_state, structure_key
 from .layout import LayerBlock
+from .saved import Composite, child_from_state
 from .sources import JacobianSource
 
 __all__ = ["PerOutput"]
 
 
-class PerOutput(Structure):
+class PerOutput(Composite, Structure):
     """Π(δ, s) = Σ_c s_c G_c + diag(δ) over C unit-scale curvatures G_c of one kind.
 
     Args:
@@ -152,16 +153,6 @@ class PerOutput(Structure):
         )
 
     # ----------------------------------------------------------------- persistence
-    # The parts persist themselves; the composition has no tensors of its own.
-    def _tensors(self) -> dict[str, Tensor]:
-        return {}
-
-    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
-        return None
-
-    def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
-        return None
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "structure": structure_key(type(self)),
@@ -192,13 +183,8 @@ class PerOutput(Structure):
         parts = state["parts"]
         if not isinstance(parts, list) or not parts:
             raise ValueError(f"state of {cls.__name__} has no per-output curvatures")
-        built = []
-        for part in parts:
-            kind = STRUCTURES.get(part.get("structure")) if isinstance(part, dict) else None
-            if kind is None or kind is cls:
-                raise ValueError("a per-output curvature in the state has an unknown structure")
-            built.append(kind.from_state_dict(part, device, dtype))
-        out = cls(built)
+        what = "a per-output curvature in the state"
+        out = cls([child_from_state(cls, part, device, dtype, what) for part in parts])
         if out.n_params != state["n_params"]:
             raise ValueError(
                 f"state's per-output curvatures have {out.n_params} parameters; its entry "

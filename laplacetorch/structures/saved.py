@@ -16,7 +16,7 @@ from .registry import check_state, structure_key
 if TYPE_CHECKING:
     from .base import Structure
 
-__all__ = ["StructureState"]
+__all__ = ["Composite", "StructureState", "child_from_state"]
 
 
 class StructureState(ABC):
@@ -133,3 +133,35 @@ def check_tensor_values(cls: type[StructureState], tensors: dict[str, Tensor]) -
                 f"state entry {key!r} of {name} must have orthonormal columns (eigenvectors); "
                 f"‖QᵀQz − z‖ / ‖z‖ = {float((back - z).norm() / z.norm()):.3g}"
             )
+
+
+class Composite:
+    """The persistence of a structure made of structures (blocks, per-output parts): the
+    children persist themselves; the composition has no tensors of its own. Listed before
+    :class:`~laplacetorch.structures.base.Structure` among the bases."""
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def _check_tensor_shapes(self, tensors: dict[str, Tensor]) -> None:
+        return None
+
+    def _set_tensors(self, tensors: dict[str, Tensor]) -> None:
+        return None
+
+
+def child_from_state(
+    parent: type, state: Any, device: torch.device | str, dtype: torch.dtype | None, what: str
+) -> Structure:
+    """A composite's child structure rebuilt from its state; refuses an unknown class, and the
+    composite's own (a state nested in itself).
+
+    Raises:
+        ValueError: naming the child (``what``).
+    """
+    from .registry import STRUCTURES
+
+    kind = STRUCTURES.get(state.get("structure")) if isinstance(state, dict) else None
+    if kind is None or kind is parent:
+        raise ValueError(f"{what} has an unknown structure")
+    return kind.from_state_dict(state, device, dtype)
