@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .distributed import PeerWatch, gather_rows, reduce_sums
 from .linalg.gram import add_gram_, gram
-from .model_call import KeywordInputs, WithKeywords
+from .model_call import KeywordInputs, WithKeywords, taking_turns
 
 __all__ = [
     "BatchAdapter",
@@ -192,11 +192,6 @@ class InputSpec:
                 f"x is a mapping (keys {sorted(map(str, x.keys()))}) but the fit's inputs were "
                 f"tensors of shape [B, {', '.join(map(str, self.shape))}]; pass such a tensor"
             )
-        if self.keyword and isinstance(x, Tensor):
-            raise TypeError(
-                "x is a tensor but the fit's inputs were mappings (the model takes them as "
-                "model(**inputs)); pass a mapping with the same keys"
-            )
         x = prepare_inputs(x, device, dtype, "x")
         if isinstance(x, Tensor) and self.floating and not x.is_floating_point():
             raise TypeError(
@@ -340,8 +335,9 @@ def collect(
     try:
         for x, y, _ in _batches(loader, device, dtype, progress, desc, batch_size_fn):
             peers.check()
-            for k, v in step(x, y).items():
-                parts.setdefault(k, []).append(v)
+            with taking_turns():  # the step's transforms; not the loader's next batch
+                for k, v in step(x, y).items():
+                    parts.setdefault(k, []).append(v)
     except BaseException as err:  # interrupts too: told to every rank, then raised here
         error = err
     rows = gather_rows({k: torch.cat(v) for k, v in parts.items()}, error, device)
@@ -384,16 +380,17 @@ def accumulate(
     try:
         for x, y, b in _batches(loader, device, dtype, progress, desc, batch_size_fn):
             peers.check()
-            for k, v in step(x, y).items():
-                if isinstance(v, Gram):
-                    if k in sums:
-                        v.add_to(sums[k])
+            with taking_turns():  # the step's transforms (a Gram's rows run here too)
+                for k, v in step(x, y).items():
+                    if isinstance(v, Gram):
+                        if k in sums:
+                            v.add_to(sums[k])
+                        else:
+                            sums[k] = v.value()
+                    elif k in sums:
+                        sums[k] += v  # in place: steps return fresh tensors
                     else:
-                        sums[k] = v.value()
-                elif k in sums:
-                    sums[k] += v  # in place: steps return fresh tensors
-                else:
-                    sums[k] = v
+                        sums[k] = v
             n_data += b
     except BaseException as err:  # interrupts too: told to every rank, then raised here
         error = err

@@ -133,17 +133,36 @@ def weights_fingerprint(theta: Tensor) -> tuple[str, int, int, int, float]:
 
 class FitIdentity:
     """What every rank of one data-parallel fit must share: θ*, the parameter subset (its
-    signature), the likelihood (its ``identity``), the structure, and the output width C
+    signature), the likelihood (its ``identity``), the structure and how its passes sum (the
+    curvature type, one curvature per output or one, the backend's options), and the output
+    width C
     (noted on the first batch by the fit's memory check, :meth:`noting_outputs`).
 
     Args:
         subset: the :class:`~laplacetorch.params.ParameterSubset` fitted.
         likelihood: the :class:`~laplacetorch.likelihoods.Likelihood` fitted.
         structure: the backend's name.
+        curvature: ``"ggn"``, ``"ef"`` or ``"hessian"``. output_scales: C for one curvature
+            per output, else 1. options: the backend's options.
     """
 
-    def __init__(self, subset: Any, likelihood: Any, structure: str) -> None:
+    def __init__(
+        self,
+        subset: Any,
+        likelihood: Any,
+        structure: str,
+        curvature: str = "ggn",
+        output_scales: int = 1,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.subset, self.likelihood, self.structure = subset, likelihood, structure
+        # what each pass adds up: the curvature type, one curvature per output or one for
+        # all, and the backend's options (e.g. mc_samples)
+        self.how = {
+            "curvature": curvature,
+            "output_scales": output_scales,
+            "options": sorted((k, _plain(v)) for k, v in (options or {}).items()),
+        }
         #: C on this rank's first batch (``None``: not seen yet, or positions in the outputs)
         self.outputs: int | None = None
 
@@ -165,14 +184,24 @@ class FitIdentity:
         """What the ranks compare when the fit's scope opens (θ* by its fingerprint)."""
         return {
             "structure": self.structure,
+            "how": self.how,
             "likelihood": self.likelihood.identity,
             "subset": self.subset.signature(),
             "weights": weights_fingerprint(self.subset.map_vector()),
         }
 
 
+def _plain(value: Any) -> str:
+    """An option as the ranks compare it: plain values by value, others (a generator, a
+    callable) by type only (their repr names an address)."""
+    if isinstance(value, bool | int | float | str | tuple | list | type(None)):
+        return repr(value)
+    return type(value).__name__
+
+
 _ADVICE = {
     "structure": "pass the same hessian_structure on every rank",
+    "how": "pass the same fisher_type, sigma_noise shape and backend_options on every rank",
     "likelihood": "pass the same likelihood on every rank",
     "subset": "build the same model and subset_of_weights on every rank",
     "weights": "load the same weights on every rank",
@@ -193,6 +222,7 @@ def _check_facts(per_rank: list[dict[str, Any]]) -> None:
     """Refuse, on every rank alike, ranks whose facts differ (the first fact that does)."""
     for name, what in (
         ("structure", "fit different structures"),
+        ("how", "sum different curvatures (curvature type, one per output, or options)"),
         ("likelihood", "fit different likelihoods"),
         ("subset", "fit different parameter subsets"),
         ("weights", "fit different weights θ*"),

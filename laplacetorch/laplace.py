@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from . import distributed, persistence, tuning
 from .checks import check_bytes, check_generator
 from .curvature import (
+    FISHER_TYPES,
     HESSIAN_STRUCTURES,
     CurvatureResult,
     FitContext,
@@ -30,7 +31,6 @@ from .datapass import BatchAdapter, InputSpec, loader_size, require_reiterable
 from .evidence import Evidence
 from .hyperparameters import Hyperparameters, HyperValues
 from .likelihoods import Likelihood, get_likelihood
-from .model_call import serialised
 from .params import ParameterSubset
 from .positions import OutputLayout, PositionwiseLikelihood
 from .posterior import PosteriorViews
@@ -173,7 +173,6 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         return self.likelihood.curvature_scale(sigma, self.temperature, self._fitted().kind)
 
     # ----------------------------------------------------------------- fit
-    @serialised
     def fit(
         self,
         train_loader: Iterable,
@@ -232,7 +231,14 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         if not backend.one_pass or per_output:
             what = f"hessian_structure={backend.name!r}"
             require_reiterable(train_loader, "a noise per output" if backend.one_pass else what)
-        identity = distributed.FitIdentity(self.subset, self.likelihood, backend.name)
+        identity = distributed.FitIdentity(
+            self.subset,
+            self.likelihood,
+            backend.name,
+            FISHER_TYPES[self.fisher_type],
+            self.sigma_noise.numel(),
+            self.backend_options,
+        )
         check = identity.noting_outputs(check)  # C, compared over the ranks
         context = FitContext(
             self.fisher_type, progress, self.memory_budget, self.batch_size_fn, limit, check
@@ -298,7 +304,6 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
         """The fitted posterior-precision structure."""
         return self._fitted().structure
 
-    @serialised
     def optimize_prior_precision(
         self,
         *,

@@ -212,7 +212,7 @@ def marglik_training(
         margliks += steps
         if margliks[-1] < best[0]:
             best = (margliks[-1], copy.deepcopy(model.state_dict()), delta, sigma)
-    if start is not None and losses[-1] > 10 * max(start, 1e-12):
+    if start is not None and start > 0 and losses[-1] > 10 * start:  # (a custom NLL may be < 0)
         lr = optimizer.param_groups[0].get("lr")
         warnings.warn(
             f"the training objective rose from {start:.3g} (before the first step) to "

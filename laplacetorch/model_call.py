@@ -3,10 +3,9 @@ settings under which every submodule runs as a module with both AD modes."""
 
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -22,7 +21,7 @@ __all__ = [
     "model_output",
     "module_calls",
     "names_a_tie",
-    "serialised",
+    "taking_turns",
 ]
 
 R = TypeVar("R")
@@ -112,19 +111,14 @@ _forward_ad = threading.RLock()
 _transforms = threading.RLock()
 
 
-def serialised(method: Callable[..., R]) -> Callable[..., R]:
-    """``method`` run under the library's one process-wide lock. torch.func's transforms
-    (vmap, jacrev, jvp) keep their levels in process-wide state, and a lock taken inside a
-    transform comes too late: two threads inside them at once corrupt each other's (wrong
-    numbers, or functorch's internal asserts). The public entry points that run transforms
-    (fit, the predictives, tuning) take turns; torch's own threads still parallelise each."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> R:
-        with _transforms:
-            return method(*args, **kwargs)
-
-    return wrapper
+def taking_turns() -> threading.RLock:
+    """The library's one process-wide re-entrant lock (``with taking_turns():``), around the
+    code that runs torch.func transforms (vmap, jacrev, jvp): their levels are process state,
+    and a lock taken inside a transform comes too late, so two threads inside them at once
+    corrupt each other's (wrong numbers, or functorch's internal asserts). The predictives and
+    the GGN operator's products take it whole; a fit takes it per batch step, so the user's
+    loader and a distributed fit's waits run outside it."""
+    return _transforms
 
 
 _model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()

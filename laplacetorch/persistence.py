@@ -31,7 +31,8 @@ __all__ = [
 #: the layout of a saved state; 2: structures as blocks (BlockDiagonal, layer layouts);
 #: 3: prior groups are parameter tensors (laplace-torch's "layerwise"), not modules;
 #: 4: θ*'s fingerprint; 5: the fit's prior factor c (P₀ = c·diag(δ)) beside the structure;
-#: 6: the subset's signature names its subnetwork mask (a hash) and the modules' types
+#: 6: the subset's signature names its subnetwork mask (a hash) and the modules' types (a
+#: format-5 state loads, but a subnetwork's: its mask cannot be checked)
 STATE_FORMAT = 6
 
 
@@ -88,6 +89,20 @@ _IDENTITY = ("likelihood", "hessian_structure", "subset")
 _HYPERPARAMETERS = ("prior_precision", "prior_mean", "sigma_noise", "temperature")
 
 
+def _upgraded(la: Laplace, state: Any) -> Any:
+    """A format-5 state as format 6 (a shallow copy): its subset signature lacks only the
+    module types and the subnetwork mask, taken from this object where no mask is involved;
+    a subnetwork state of format 5 has no mask to check and is left to be refused."""
+    if not isinstance(state, dict) or state.get("format") != 5:
+        return state
+    sig = state.get("subset")
+    if not isinstance(sig, dict) or sig.get("kind") == "subnetwork":
+        return state
+    mine = la.subset.signature()
+    return {**state, "format": STATE_FORMAT, "subset": {**sig, "modules": mine["modules"],
+                                                         "mask": None}}  # fmt: skip
+
+
 def _check_identity(la: Laplace, state: Any) -> None:
     """Refuse a state of another format, likelihood, structure or model/subset."""
     if not isinstance(state, dict):
@@ -142,6 +157,7 @@ def load_laplace_state(la: Laplace, state: dict[str, Any], restore_weights: bool
         ValueError, TypeError: a state of another likelihood, structure or model/subset, of
             another format, truncated, or with an entry out of its domain. Nothing is changed.
     """
+    state = _upgraded(la, state)
     _check_identity(la, state)
     sub = la.subset
     fitted = FittedState.from_state_dict(state, sub.n_params, sub.device, sub.dtype, la.dict_key_y)

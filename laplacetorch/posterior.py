@@ -81,7 +81,7 @@ class PosteriorMatrix:
             delta, _ = expand_prior(
                 d, st.n_params, st.group_index, dtype=st.dtype, device=st.device
             )
-            return s * st.diagonal() + delta
+            return st.scaled_diagonal(s) + delta
         if self.kind == "covariance":
             return st.inverse_diagonal(d, s)
         return self.to_dense().diagonal()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .checks import check_count, check_generator
 from .links import gaussian_samples
 from .memory import MemoryBudgetError, memory_limit
-from .model_call import WithKeywords, serialised
+from .model_call import WithKeywords, taking_turns
 from .params import check_model_mode
 from .persistence import check_weights_at_mean
 from .predictive import dense_jacobians, function_samples, jacobian_sources, n_out_of
@@ -96,7 +96,6 @@ class Prediction:
         """Bytes of one number of the predictive (the statistics dtype)."""
         return torch.finfo(self.subset.dtype).bits // 8
 
-    @serialised
     def glm_moments(
         self,
         x: Any,
@@ -108,27 +107,28 @@ class Prediction:
         another δ when given); ``joint=True``: mean ``[B·C]`` and the covariance of all
         outputs of all inputs ``[B·C, B·C]`` (from dense Jacobian rows, B·C·P memory).
         ``fitting``: inputs like the training inputs (reward modelling: pairs)."""
-        x, n = self._check_inputs(x, fitting)
-        prior = self.prior_at(prior_precision)  # with the fit's prior factor
-        if n == 0:  # no Jacobian rows to compute: the shapes of the outputs, empty
-            with torch.set_grad_enabled(self.enable_backprop):
-                f = self.subset.call(x)
-            var = f.new_zeros(*f.shape, f.shape[-1])
-            return (f.reshape(-1), var.reshape(0, 0)) if joint else (f, var)
-        self._check_memory(x, n, joint=joint)
-        if joint:
-            parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, True))
-            jac = torch.cat([p.jac for p in parts])
-            f = torch.cat([p.f for p in parts])
-            var = self.structure.functional_variance(
-                jac.reshape(1, -1, jac.shape[-1]), prior, self.scale()
-            )
-            return f.reshape(-1), var[0]
-        means, variances = [], []
-        for f, (var,) in self.glm_chunks(x, n, [prior]):
-            means.append(f)
-            variances.append(var)
-        return torch.cat(means), torch.cat(variances)
+        with taking_turns():  # torch.func's levels are process state
+            x, n = self._check_inputs(x, fitting)
+            prior = self.prior_at(prior_precision)  # with the fit's prior factor
+            if n == 0:  # no Jacobian rows to compute: the shapes of the outputs, empty
+                with torch.set_grad_enabled(self.enable_backprop):
+                    f = self.subset.call(x)
+                var = f.new_zeros(*f.shape, f.shape[-1])
+                return (f.reshape(-1), var.reshape(0, 0)) if joint else (f, var)
+            self._check_memory(x, n, joint=joint)
+            if joint:
+                parts = list(dense_jacobians(self.subset, x, n, self.memory_budget, True))
+                jac = torch.cat([p.jac for p in parts])
+                f = torch.cat([p.f for p in parts])
+                var = self.structure.functional_variance(
+                    jac.reshape(1, -1, jac.shape[-1]), prior, self.scale()
+                )
+                return f.reshape(-1), var[0]
+            means, variances = [], []
+            for f, (var,) in self.glm_chunks(x, n, [prior]):
+                means.append(f)
+                variances.append(var)
+            return torch.cat(means), torch.cat(variances)
 
     def glm_chunks(
         self, x: Any, n: int, priors: list[Prior]
@@ -143,18 +143,24 @@ class Prediction:
             if self.enable_backprop  # the layer-factor sources are built without that graph
             else jacobian_sources(self.subset, x, n, structure.layouts(), self.memory_budget)
         )
-        for source in sources:  # one chunk alive at a time
-            yield source.f, [var(source) for var in variances]
+        chunks = iter(sources)
+        while True:  # one chunk alive at a time, each computed under the transforms' lock
+            with taking_turns():  # (not held while the caller works on a chunk)
+                source = next(chunks, None)
+                if source is None:
+                    return
+                out = source.f, [var(source) for var in variances]
+            yield out
 
     def nn_function_samples(
         self, x: Any, prior: Prior, n_samples: int, generator: torch.Generator | None
     ) -> Tensor:
         """``[S, B, C]`` network outputs at S weight draws θ* + ε, ε ~ N(0, Π⁻¹) under
         ``prior``, for prepared inputs ``x`` (the ``nn`` predictive and its grid search)."""
-        thetas = self.sample(n_samples, generator, prior_precision=prior)
-        return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
+        with taking_turns():  # torch.func's levels are process state
+            thetas = self.sample(n_samples, generator, prior_precision=prior)
+            return function_samples(self.subset, thetas, x, keep_graph=self.enable_backprop)
 
-    @serialised
     def functional_samples(
         self,
         x: Any,
@@ -167,19 +173,19 @@ class Prediction:
         """``[S, B, C]`` samples of f: of the linearised model (``glm``; with only the
         per-output variances when ``diagonal_output``), or of the network at weight draws
         (``nn``)."""
-        check_generator(generator)
-        _check_pred_type(pred_type)
-        check_count("n_samples", n_samples)
-        if pred_type == "glm":
-            mean, var = self.glm_moments(x, fitting=fitting)
-            if diagonal_output:
-                var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
-            return gaussian_samples(mean, var, n_samples, generator)
-        x, n = self._check_inputs(x, fitting)
-        self._check_memory(x, n, "nn", n_samples=n_samples)
-        return self.nn_function_samples(x, self.prior, n_samples, generator)
+        with taking_turns():  # torch.func's levels are process state
+            check_generator(generator)
+            _check_pred_type(pred_type)
+            check_count("n_samples", n_samples)
+            if pred_type == "glm":
+                mean, var = self.glm_moments(x, fitting=fitting)
+                if diagonal_output:
+                    var = torch.diag_embed(var.diagonal(dim1=-2, dim2=-1))
+                return gaussian_samples(mean, var, n_samples, generator)
+            x, n = self._check_inputs(x, fitting)
+            self._check_memory(x, n, "nn", n_samples=n_samples)
+            return self.nn_function_samples(x, self.prior, n_samples, generator)
 
-    @serialised
     def predictive_samples(
         self,
         x: Any,
@@ -191,12 +197,14 @@ class Prediction:
     ) -> Tensor:
         """``[S, B, C]`` samples of the predictive mean: probabilities (classification /
         binary; reward modelling with ``fitting``) or f (regression, rewards)."""
-        check_generator(generator)
-        fs = self.functional_samples(x, pred_type, n_samples, diagonal_output, generator, fitting)
-        lik = self.likelihood.for_fitting() if fitting else self.likelihood
-        return lik.inverse_link(fs)
+        with taking_turns():  # torch.func's levels are process state
+            check_generator(generator)
+            fs = self.functional_samples(
+                x, pred_type, n_samples, diagonal_output, generator, fitting
+            )
+            lik = self.likelihood.for_fitting() if fitting else self.likelihood
+            return lik.inverse_link(fs)
 
-    @serialised
     def __call__(
         self,
         x: Any,
@@ -229,38 +237,41 @@ class Prediction:
                 ``output_hidden_states=False``; per-example tensors go in a mapping x), for
                 both predictives.
         """
-        check_generator(generator)
-        if model_kwargs:
-            x = WithKeywords(x, model_kwargs)
-        _check_pred_type(pred_type)
-        lik = self.likelihood.for_fitting() if fitting else self.likelihood
-        lik.check_link(link_approx)
-        check_count("n_samples", n_samples)
-        if joint and pred_type == "nn":
-            raise ValueError("joint=True is the regression glm predictive, not pred_type='nn'")
-        if pred_type == "nn":
-            fs = self.functional_samples(x, "nn", n_samples, generator=generator, fitting=fitting)
-            return lik.nn_predictive(fs, self.sigma_noise)
-        if joint:
-            lik.check_joint()  # before any Jacobian is formed
-            return lik.joint_predictive(*self.glm_moments(x, joint=True, fitting=fitting))
-        xp, n = self._check_inputs(x, fitting)
-        if n == 0:
-            mean, var = self.glm_moments(x, fitting=fitting)
-            return lik.glm_predictive(
-                mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
-            )
-        if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
-            c = self._output_width(xp)
-            if c * c * self._itemsize() > self.memory_budget:  # not one example's [C, C] fits
-                tiles = self._function_sample_tiles(xp, n, "glm", n_samples, generator, c)
-                return streamed_mean(lik, tiles, n_samples, n)
-        self._check_memory(xp, n, link_approx=link_approx, n_samples=n_samples)
-        return self._linked_chunks(
-            xp, n, lambda f, var: lik.glm_predictive(
-                f, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
-            )
-        )  # fmt: skip
+        with taking_turns():  # torch.func's levels are process state
+            check_generator(generator)
+            if model_kwargs:
+                x = WithKeywords(x, model_kwargs)
+            _check_pred_type(pred_type)
+            lik = self.likelihood.for_fitting() if fitting else self.likelihood
+            lik.check_link(link_approx)
+            check_count("n_samples", n_samples)
+            if joint and pred_type == "nn":
+                raise ValueError("joint=True is the regression glm predictive, not pred_type='nn'")
+            if pred_type == "nn":
+                fs = self.functional_samples(
+                    x, "nn", n_samples, generator=generator, fitting=fitting
+                )
+                return lik.nn_predictive(fs, self.sigma_noise)
+            if joint:
+                lik.check_joint()  # before any Jacobian is formed
+                return lik.joint_predictive(*self.glm_moments(x, joint=True, fitting=fitting))
+            xp, n = self._check_inputs(x, fitting)
+            if n == 0:
+                mean, var = self.glm_moments(x, fitting=fitting)
+                return lik.glm_predictive(
+                    mean, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
+                )
+            if link_approx == "mc" and not diagonal_output and not lik.gaussian_predictive:
+                c = self._output_width(xp)
+                if c * c * self._itemsize() > self.memory_budget:  # not one example's [C, C] fits
+                    tiles = self._function_sample_tiles(xp, n, "glm", n_samples, generator, c)
+                    return streamed_mean(lik, tiles, n_samples, n)
+            self._check_memory(xp, n, link_approx=link_approx, n_samples=n_samples)
+            return self._linked_chunks(
+                xp, n, lambda f, var: lik.glm_predictive(
+                    f, var, self.sigma_noise, link_approx, n_samples, generator, diagonal_output
+                )
+            )  # fmt: skip
 
     def _linked_chunks(self, x: Any, n: int, link: Callable[[Tensor, Tensor], Any]) -> Any:
         """``link(f, var)`` per chunk of the prepared inputs ``x`` (no ``[B, C, C]`` held),
@@ -270,7 +281,6 @@ class Prediction:
             return tuple(torch.cat(p) for p in zip(*parts, strict=True))
         return torch.cat(parts)
 
-    @serialised
     def uncertainty(
         self,
         x: Any,
@@ -288,32 +298,32 @@ class Prediction:
         and no ``[S, B, T, V]`` tensor is formed, so full vocabularies fit. Gaussian
         likelihoods: σ², the variance of f and their sum.
         """
-        check_generator(generator)
-        _check_pred_type(pred_type)
-        check_count("n_samples", n_samples)
-        lik = self.likelihood.for_fitting() if fitting else self.likelihood
-        if lik.gaussian_predictive:
-            sigma = self.sigma_noise
-            if pred_type == "nn":
-                fs = self.functional_samples(x, "nn", n_samples, generator=generator,
-                                             fitting=fitting)  # fmt: skip
-                mean, aleatoric, epistemic = lik.nn_uncertainty_parts(fs, sigma)
-            else:
-                xp, n = self._check_inputs(x, fitting)
-                if n == 0:
-                    parts = lik.uncertainty_parts(*self.glm_moments(x, fitting=fitting), sigma)
+        with taking_turns():  # torch.func's levels are process state
+            check_generator(generator)
+            _check_pred_type(pred_type)
+            check_count("n_samples", n_samples)
+            lik = self.likelihood.for_fitting() if fitting else self.likelihood
+            if lik.gaussian_predictive:
+                sigma = self.sigma_noise
+                if pred_type == "nn":
+                    fs = self.functional_samples(x, "nn", n_samples, generator=generator,
+                                                 fitting=fitting)  # fmt: skip
+                    mean, aleatoric, epistemic = lik.nn_uncertainty_parts(fs, sigma)
                 else:
-                    self._check_memory(xp, n, link_approx="probit", n_samples=n_samples)
-                    parts = self._linked_chunks(
-                        xp, n, lambda f, var: lik.uncertainty_parts(f, var, sigma)
-                    )
-                mean, aleatoric, epistemic = parts
-            return Uncertainty(aleatoric + epistemic, aleatoric, epistemic, mean)
-        x, n = self._check_inputs(x, fitting)
-        tiles = self._function_sample_tiles(x, n, pred_type, n_samples, generator)
-        return streamed_uncertainty(lik, tiles, n_samples, n)
+                    xp, n = self._check_inputs(x, fitting)
+                    if n == 0:
+                        parts = lik.uncertainty_parts(*self.glm_moments(x, fitting=fitting), sigma)
+                    else:
+                        self._check_memory(xp, n, link_approx="probit", n_samples=n_samples)
+                        parts = self._linked_chunks(
+                            xp, n, lambda f, var: lik.uncertainty_parts(f, var, sigma)
+                        )
+                    mean, aleatoric, epistemic = parts
+                return Uncertainty(aleatoric + epistemic, aleatoric, epistemic, mean)
+            x, n = self._check_inputs(x, fitting)
+            tiles = self._function_sample_tiles(x, n, pred_type, n_samples, generator)
+            return streamed_uncertainty(lik, tiles, n_samples, n)
 
-    @serialised
     def top_k(
         self, x: Any, k: int, n_samples: int = 100, generator: torch.Generator | None = None
     ) -> TopK:
@@ -326,31 +336,32 @@ class Prediction:
         Raises:
             ValueError: another likelihood; ``k`` not in [1, C]; an empty batch.
         """
-        check_generator(generator)
-        if self.likelihood.name != "classification":
-            raise ValueError(
-                f"top_k is the predictive over the likeliest classes of a softmax; the "
-                f"likelihood is {self.likelihood.name!r}"
-            )
-        check_count("k", k)
-        check_count("n_samples", n_samples)
-        x, n = self._check_inputs(x, fitting=False)
-        if n == 0:
-            raise ValueError("top_k needs at least one input; got an empty batch")
-        layout = self.subset.output_layout
-        width = self._output_width(x)
-        classes = width if layout is None else layout.n_classes
-        if k > classes:
-            raise ValueError(f"k must be at most the number of classes {classes}; got {k}")
-        _, itemsize = self._sample_fits(x, n, width)
-        prior, s = self.prior, self.scale()
+        with taking_turns():  # torch.func's levels are process state
+            check_generator(generator)
+            if self.likelihood.name != "classification":
+                raise ValueError(
+                    f"top_k is the predictive over the likeliest classes of a softmax; the "
+                    f"likelihood is {self.likelihood.name!r}"
+                )
+            check_count("k", k)
+            check_count("n_samples", n_samples)
+            x, n = self._check_inputs(x, fitting=False)
+            if n == 0:
+                raise ValueError("top_k needs at least one input; got an empty batch")
+            layout = self.subset.output_layout
+            width = self._output_width(x)
+            classes = width if layout is None else layout.n_classes
+            if k > classes:
+                raise ValueError(f"k must be at most the number of classes {classes}; got {k}")
+            _, itemsize = self._sample_fits(x, n, width)
+            prior, s = self.prior, self.scale()
 
-        def draw(m: int) -> Tensor:
-            return self.structure.sample(m, prior, s, generator)
+            def draw(m: int) -> Tensor:
+                return self.structure.sample(m, prior, s, generator)
 
-        stream = SampleStream(self.mean, x, draw, n_samples, n, width, itemsize,
-                              self.memory_budget)  # fmt: skip
-        return top_k_predictive(self.subset, stream, k, classes)
+            stream = SampleStream(self.mean, x, draw, n_samples, n, width, itemsize,
+                                  self.memory_budget)  # fmt: skip
+            return top_k_predictive(self.subset, stream, k, classes)
 
     def _sample_fits(self, x: Any, n: int, width: int | None = None) -> tuple[int, int]:
         """``(outputs, itemsize)`` of one function sample of the ``n`` prepared inputs

@@ -27,7 +27,8 @@ class Candidate:
     log_marginal_likelihood: float
     log_likelihood: float
     prior_precision: list[float]
-    sigma_noise: float
+    #: σ (a list of one per output where the fit kept a noise per output)
+    sigma_noise: float | list[float]
     n_params: int
     seconds: float
     #: the fitted and tuned approximation (for predictions)
@@ -53,9 +54,10 @@ class SelectionResult:
         ]
         for i, c in enumerate(self.ranking, 1):
             delta = c.prior_precision[0] if len(c.prior_precision) == 1 else float("nan")
+            sigma = c.sigma_noise if isinstance(c.sigma_noise, float) else float("nan")
             rows.append(
                 f"{i:<6}{c.name:<24}{c.log_marginal_likelihood:>14.3f}{c.log_likelihood:>14.3f}"
-                f"{c.n_params:>9d}{delta:>10.3g}{c.sigma_noise:>8.3g}{c.seconds:>8.2f}"
+                f"{c.n_params:>9d}{delta:>10.3g}{sigma:>8.3g}{c.seconds:>8.2f}"
             )
         return "\n".join(rows)
 
@@ -106,7 +108,7 @@ def select_model(
                 log_marginal_likelihood=res.log_marginal_likelihood,
                 log_likelihood=float(la.log_likelihood),
                 prior_precision=la.prior_precision.reshape(-1).tolist(),
-                sigma_noise=float(la.sigma_noise),
+                sigma_noise=la.sigma_noise.tolist(),  # a float, or one per output
                 n_params=la.n_params,
                 seconds=time.perf_counter() - t0,
                 laplace=la,

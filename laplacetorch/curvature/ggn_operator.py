@@ -29,7 +29,7 @@ from ..checks import check_count
 from ..datapass import accumulate, require_reiterable
 from ..distributed import rank_seed
 from ..likelihoods import Likelihood
-from ..model_call import jvp, serialised
+from ..model_call import jvp, taking_turns
 from ..params import ParameterSubset, check_model_mode
 from .base import resolve_fisher_type
 from .context import FitContext
@@ -261,29 +261,31 @@ class GGNOperator:
         gv = pullback(cot[0])[0].unsqueeze(0) if cot.shape[0] == 1 else vmap(pullback)(cot)[0]
         return gv.detach(), lik.nll_unit(out, y).sum()
 
-    @serialised  # the operator structure calls it after the fit (evidence, samples, views)
     def matvec(self, v: Tensor) -> Tensor:
         """G V over the whole data set for ``v`` of shape ``[m, P]`` (or ``[P]``)."""
-        single = v.dim() == 1
-        vv = v.unsqueeze(0) if single else v
-        if vv.dim() != 2 or vv.shape[1] != self.n_params:
-            raise ValueError(
-                f"v must have shape [P] or [m, P] with P = {self.n_params}; got {list(v.shape)}"
-            )
-        vv = vv.to(self.device, self.dtype)
+        with taking_turns():  # torch.func's levels are process state
+            single = v.dim() == 1
+            vv = v.unsqueeze(0) if single else v
+            if vv.dim() != 2 or vv.shape[1] != self.n_params:
+                raise ValueError(
+                    f"v must have shape [P] or [m, P] with P = {self.n_params}; got {list(v.shape)}"
+                )
+            vv = vv.to(self.device, self.dtype)
 
-        def step(x: Any, y: Tensor) -> dict[str, Tensor]:
-            gv, loss = self._batch_matvec(x, self._targets(x, y), vv)
-            return {"gv": gv, "loss": loss}
+            def step(x: Any, y: Tensor) -> dict[str, Tensor]:
+                gv, loss = self._batch_matvec(x, self._targets(x, y), vv)
+                return {"gv": gv, "loss": loss}
 
-        self.n_matvecs += 1
-        if self.mc:  # the same samples at every product: a fixed operator
-            self._mc_gen = torch.Generator(device=self.device).manual_seed(rank_seed(self.mc_seed))
-        sums = self._pass(step, "ggn-vector product")
-        if self._stats is None:
-            self._stats = (int(sums["n_data"]), sums["loss"])
-        gv = sums["gv"]
-        return gv.squeeze(0) if single else gv
+            self.n_matvecs += 1
+            if self.mc:  # the same samples at every product: a fixed operator
+                self._mc_gen = torch.Generator(device=self.device).manual_seed(
+                    rank_seed(self.mc_seed)
+                )
+            sums = self._pass(step, "ggn-vector product")
+            if self._stats is None:
+                self._stats = (int(sums["n_data"]), sums["loss"])
+            gv = sums["gv"]
+            return gv.squeeze(0) if single else gv
 
     __call__ = matvec
 

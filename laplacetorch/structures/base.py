@@ -275,6 +275,10 @@ class Structure(StructureState):
     def diagonal(self) -> Tensor:
         """diag G, ``[P]``."""
 
+    def scaled_diagonal(self, scale: Tensor | float = 1.0) -> Tensor:
+        """diag(s·G), ``[P]`` (the likelihood's part of diag Π)."""
+        return self._scale(scale) * self.diagonal()
+
     # ----------------------------------------------------------------- block methods
     @abstractmethod
     def _logdet(self, d: Tensor, s: Tensor) -> Tensor: ...

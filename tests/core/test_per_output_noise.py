@@ -265,3 +265,17 @@ def test_compat_keeps_laplace_torch_one_noise(problem):
         CompatLaplace(model, "regression", "all", "diag", sigma_noise=S0)
     la = CompatLaplace(model, "regression", "all", "diag", sigma_noise=torch.tensor([0.3]))
     assert float(la.sigma_noise) == pytest.approx(0.3)
+
+
+def test_posterior_views_and_model_selection_take_a_noise_per_output(problem):
+    from laplacetorch.selection import select_model
+
+    model, x, y = problem
+    la = Laplace(model, "regression", "all", "diag", sigma_noise=S0, prior_precision=1.5)
+    la.fit(_loader(x, y))
+    dense = la.structure.precision_dense(la.prior, la.scale())
+    torch.testing.assert_close(la.posterior_precision.diagonal(), dense.diagonal())
+    res = select_model({"mlp": model}, "regression", _loader(x, y), hessian_structure="diag",
+                       laplace_kwargs={"sigma_noise": S0})  # fmt: skip
+    assert res.best.sigma_noise == pytest.approx(res.best.laplace.sigma_noise.tolist())
+    assert "nan" in res.table()  # one σ column: a per-output σ has no one value

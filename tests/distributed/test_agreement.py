@@ -75,11 +75,12 @@ def _faults_worker(rank, world, port, out, bad, dying):
     odd = rank == bad
     res = {}
 
-    def fit(model, loader, likelihood="classification"):
-        return lambda: Laplace(model, likelihood, "all", "diag").fit(loader)
+    def fit(model, loader, likelihood="classification", **kw):
+        return lambda: Laplace(model, likelihood, "all", "diag", **kw).fit(loader)
 
     res["weights"] = _attempt(fit(make_mlp(seed=int(odd)), shard))
     res["likelihood"] = _attempt(fit(make_mlp(), shard, "regression" if odd else "classification"))
+    res["how"] = _attempt(fit(make_mlp(), shard, fisher_type="empirical" if odd else "exact"))
     two_classes = batches(x, y % 2, 4)  # labels every width takes: only C differs
     res["outputs"] = _attempt(fit(_Tripwire(make_mlp(), 2 if odd else 3), two_classes))
     # inside the second batch (the first batch's model check makes three calls)
@@ -142,6 +143,11 @@ def test_every_rank_stops_alike_on_a_fault_of_one_rank(world):
         f"ranks 0 and {bad} fit different likelihoods (rank 0: 'classification'; "
         f"rank {bad}: 'regression')"
     )
+
+    kind, message = _same_on(per_rank, "how", every)  # a GGN shard and an EF shard
+    assert kind == "ValueError", message
+    assert message.startswith(f"ranks 0 and {bad} sum different curvatures"), message
+    assert "'curvature': 'ef'" in message and "pass the same fisher_type" in message
 
     kind, message = _same_on(per_rank, "outputs", every)
     assert kind == "ValueError", message

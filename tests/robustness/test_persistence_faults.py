@@ -309,3 +309,26 @@ def test_a_state_with_a_malformed_shape_or_another_size_is_refused():
     with pytest.raises(ValueError, match="structure has 30 parameters; expected 83"):
         other.load_state_dict(state)
     assert other.curvature is None and small.curvature is not None
+
+
+def test_a_format_5_state_still_loads_unless_it_is_a_subnetworks():
+    """Format 6 only added the module types and the mask to the subset's signature: an
+    older state of the whole network or its last layer loads; a subnetwork's, whose mask
+    cannot be checked, is refused."""
+    la, model, x, _ = _fitted()
+    old = copy.deepcopy(la.state_dict())
+    old["format"] = 5
+    for key in ("modules", "mask"):
+        del old["subset"][key]
+    other = Laplace(model, "classification", "all", "diag")
+    other.load_state_dict(old)
+    torch.testing.assert_close(other(x), la(x))
+    mask = torch.zeros(83, dtype=torch.bool)
+    mask[:10] = True
+    sub = Laplace(model, "classification", "subnetwork", "full", subnetwork=mask)
+    state = sub.fit(batches(*make_data("mlp", "classification"))).state_dict()
+    state["format"] = 5
+    with pytest.raises(ValueError, match="state has format 5"):
+        Laplace(model, "classification", "subnetwork", "full", subnetwork=mask).load_state_dict(
+            state
+        )

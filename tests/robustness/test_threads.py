@@ -114,3 +114,42 @@ def test_sequence_outputs_predict_the_same_from_many_threads():
     la = Laplace(net, "classification", "all", "kfac", outputs="sequence")
     la.fit(batches(x, y, 3))
     _hammer(_calls(la, x[:3], False))
+
+
+def test_a_fit_does_not_hold_the_lock_while_its_loader_waits():
+    """A fit takes the transforms' lock per batch step: while its loader waits (for data, or
+    for another lock of the user's), another thread predicts with an unrelated object."""
+    x, y = make_data("mlp", "classification", n=16)
+    fitted = Laplace(make_mlp(), "classification", "all", "kfac").fit(batches(x, y, 8))
+    state = {"waiting": False}
+    started, release = threading.Event(), threading.Event()
+
+    class SlowLoader:
+        def __iter__(self):
+            yield x[:8], y[:8]
+            state["waiting"] = True
+            started.set()
+            release.wait(timeout=20)
+            state["waiting"] = False
+            yield x[8:], y[8:]
+
+    other = Laplace(make_mlp(seed=3), "classification", "all", "diag")
+    fit = threading.Thread(target=lambda: other.fit(SlowLoader()))
+    fit.start()
+    assert started.wait(timeout=20)
+    fitted(x[:4])  # would wait for the fit's whole pass if the fit held the lock throughout
+    assert state["waiting"], "the prediction waited for the other object's fit"
+    release.set()
+    fit.join()
+    assert other.curvature is not None
+
+
+def test_warnings_point_at_the_callers_line():
+    """The lock is taken inside the entry points (no wrapper frame): a warning's location is
+    the user's call, as its stacklevel says."""
+    x, y = make_data("mlp", "classification", n=16)
+    la = Laplace(make_mlp(), "classification", "all", "diag").fit(batches(x, y, 8))
+    with pytest.warns(RuntimeWarning, match="grid search picked") as record:
+        la.optimize_prior_precision(method="gridsearch", val_loader=batches(x, y, 8),
+                                    grid=torch.tensor([1e-6, 2e-6]))  # fmt: skip
+    assert any(r.filename == __file__ for r in record), [(r.filename, r.lineno) for r in record]
