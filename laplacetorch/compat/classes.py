@@ -285,6 +285,27 @@ class KronPosterior(PosteriorMatrix):
         """The diagonal ``[P]``."""
         return self.diagonal()
 
+    @property
+    def eigenvalues(self) -> list[list[Tensor]]:
+        """Per Kronecker block, the eigenvalues of its factors ``[λ_B, λ_A]`` (laplace-torch's
+        layout; a diagonal block, ``[diag]``)."""
+        return [p[1] for p in self._eigen()]
+
+    @property
+    def eigenvectors(self) -> list[list[Tensor]]:
+        """Per Kronecker block, the factors' eigenvectors ``[Q_B, Q_A]``."""
+        return [p[0] for p in self._eigen()]
+
+    def _eigen(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        blocks = getattr(self.structure, "blocks", None) or [(None, None, self.structure)]
+        out = []
+        for _, _, blk in blocks:
+            if hasattr(blk, "qb"):
+                out.append(([blk.qb, blk.qa], [blk.lb, blk.la]))
+            else:
+                out.append(([], [blk.diagonal()]))
+        return out
+
 
 class KronLaplace(ParametricLaplace):
     """All weights, KFAC, with laplace-torch's layout (separate weight and bias blocks).

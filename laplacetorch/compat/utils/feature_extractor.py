@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from ...model_call import call_model, model_output
 from ...params import find_last_linear
 from ...subset_inputs import FEATURE_REDUCTIONS, reduce_features
-from ..enums import plain
+from ..enums import FeatureReduction, plain
 
-__all__ = ["FeatureExtractor"]
+__all__ = ["FeatureExtractor", "FeatureReduction"]
 
 
 class FeatureExtractor(nn.Module):
