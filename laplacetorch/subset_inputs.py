@@ -55,13 +55,19 @@ def reduce_features(phi: Tensor, how: str, mask: Tensor | None = None) -> Tensor
     first or last token and the mean over tokens, under left or right padding alike (the
     token a model reading its last token reads, not a pad).
 
+    Features ``[B, D]`` (no positions) are returned as they are: the reduction is for
+    sequence features (laplace-torch's meaning, so one setting serves both kinds of model).
+
     Raises:
-        ValueError: features that are not ``[B, T, D]``; a mask of another shape, or one
-            with an example without any token.
+        ValueError: features of another rank; a mask of another shape, or one with an
+            example without any token.
     """
+    if phi.dim() == 2:
+        return phi
     if phi.dim() != 3:
         raise ValueError(
-            f"feature_reduction={how!r} needs last-layer inputs [B, T, D]; got {list(phi.shape)}"
+            f"feature_reduction={how!r} needs last-layer inputs [B, T, D] (or [B, D], left as "
+            f"they are); got {list(phi.shape)}"
         )
     if mask is None:
         if how == "pick_first":

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..laplace import Laplace as NativeLaplace
+from ..likelihoods import Likelihood, get_likelihood
 from ..posterior import PosteriorMatrix, PosteriorViews
 from .curvature import fisher_type_of
 from .enums import plain
@@ -124,12 +126,30 @@ class BaseLaplace(NativeLaplace):
 
     def _checked_sigma_noise(self, value: Tensor | float, fitted: Any = None) -> Tensor:
         # laplace-torch's σ is one number (a [1] tensor too); one per output is native only
+        _real_or_tensor("sigma_noise", value)
         if isinstance(value, Tensor) and value.numel() > 1:
             raise ValueError(
                 f"sigma_noise must be one number here, as in laplace-torch (homoscedastic); got "
                 f"{value.numel()} values. A noise per output is laplacetorch.Laplace's"
             )
         return super()._checked_sigma_noise(value, fitted)
+
+    def _checked_prior_precision(self, value: Tensor | float) -> Tensor:
+        _real_or_tensor("prior_precision", value)
+        return super()._checked_prior_precision(value)
+
+    def _checked_prior_mean(self, value: Tensor | float) -> Tensor:
+        _real_or_tensor("prior_mean", value)
+        return super()._checked_prior_mean(value)
+
+    @property
+    def prior_mean(self) -> Tensor:
+        """μ₀, always 1-D as in laplace-torch (``[1]`` for a scalar)."""
+        return self.hyperparameters.prior_mean.reshape(-1)
+
+    @prior_mean.setter
+    def prior_mean(self, value: Tensor | float) -> None:
+        NativeLaplace.prior_mean.fset(self, value)
 
     @property
     def n_layers(self) -> int:
@@ -142,9 +162,19 @@ class BaseLaplace(NativeLaplace):
         return self._fitted().n_outputs
 
     @property
-    def loss(self) -> float:
-        """The summed unit-scale loss over the training data."""
-        return float(self._fitted().loss_sum)
+    def loss(self) -> Tensor:
+        """The summed unit-scale loss over the training data (a 0-d tensor, as laplace-torch)."""
+        return self._fitted().loss_sum.detach().clone()
+
+    @property
+    def likelihood(self) -> Likelihood:
+        """The likelihood; laplace-torch lets it be reassigned by name (``la.likelihood =
+        "regression"``), which takes effect from the next fit."""
+        return self._likelihood
+
+    @likelihood.setter
+    def likelihood(self, value: Any) -> None:
+        self._likelihood = get_likelihood(plain(value))
 
     def fit(self, train_loader: Iterable, override: bool = True, progress_bar: bool = False):
         """laplace-torch's ``fit``; mapping batches are passed to the model whole."""
@@ -207,6 +237,18 @@ class BaseLaplace(NativeLaplace):
         if "link_approx" in kwargs:
             kwargs["link_approx"] = plain(kwargs["link_approx"])
         return super().__call__(x, plain(pred_type), *args, **kwargs)
+
+
+def _real_or_tensor(name: str, value: Any) -> None:
+    """laplace-torch's rule for a hyperparameter: a real number or a tensor of at most one
+    dimension, anything else a ``ValueError`` (its error type, not a TypeError)."""
+    if isinstance(value, Tensor):
+        if value.dim() > 1:
+            raise ValueError(
+                f"{name} must be a scalar or 1-D tensor; got shape {list(value.shape)}"
+            )
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a real number or a tensor; got {type(value).__name__}")
 
 
 def kron_options(damping: bool, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -277,9 +319,14 @@ class DiagLaplace(ParametricLaplace):
 class KronPosterior(PosteriorMatrix):
     """A Kronecker-factored matrix with laplace-torch's ``KronDecomposed`` method names."""
 
-    def to_matrix(self) -> Tensor:
-        """The dense ``[P, P]`` matrix."""
-        return self.to_dense()
+    def to_matrix(self, exponent: float = 1) -> Tensor:
+        """The dense ``[P, P]`` matrix, raised to ``exponent`` (laplace-torch's: −1 the
+        inverse; through the dense matrix's eigendecomposition, small P only)."""
+        dense = self.to_dense()
+        if exponent == 1:
+            return dense
+        lam, q = torch.linalg.eigh(dense)
+        return (q * lam.pow(exponent)) @ q.T
 
     def diag(self) -> Tensor:
         """The diagonal ``[P]``."""
@@ -349,6 +396,17 @@ class KronLaplace(ParametricLaplace):
             backend_options=kron_options(damping, native.pop("backend_options", None)),
             **native,
         )
+
+    def _checked_prior_precision(self, value: Tensor | float) -> Tensor:
+        t = super()._checked_prior_precision(value)
+        if t.numel() == self.n_params and t.numel() != self.subset.n_groups:
+            # laplace-torch's KFAC takes a scalar or one δ per layer (here: exact for either)
+            raise ValueError(
+                f"KronLaplace takes a scalar or one prior precision per parameter tensor "
+                f"({self.subset.n_groups}), as laplace-torch; got one per weight ({t.numel()}). "
+                "laplacetorch.Laplace(..., 'kfac') takes it, with the eigenbasis approximation"
+            )
+        return t
 
     @property
     def posterior_precision(self) -> KronPosterior:

@@ -132,12 +132,13 @@ def test_feature_reduction_equals_the_reduction_in_the_model(how, structure):
     torch.testing.assert_close(nn_la, ref(x[:5], pred_type="nn", n_samples=6, generator=gen))
 
 
-def test_feature_reduction_is_refused_where_it_has_no_meaning():
+def test_feature_reduction_is_refused_where_it_has_no_meaning_and_leaves_flat_features():
     with pytest.raises(ValueError, match="feature_reduction must be one of"):
         Laplace(make_mlp(), "classification", "all", "full", feature_reduction="average")
     with pytest.raises(ValueError, match="feature_reduction must be one of"):
         Laplace(make_mlp(), "classification", "last_layer", "full", feature_reduction="max")
+    # on features without positions it does nothing (laplace-torch's meaning)
     la = Laplace(make_mlp(), "classification", "last_layer", "full", feature_reduction="average")
     x, y = make_data("mlp", "classification", n=8)
-    with pytest.raises(ValueError, match=r"needs last-layer inputs \[B, T, D\]"):
-        la.fit(batches(x, y))
+    plain = Laplace(make_mlp(), "classification", "last_layer", "full").fit(batches(x, y))
+    torch.testing.assert_close(la.fit(batches(x, y))(x), plain(x))
