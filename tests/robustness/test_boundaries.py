@@ -196,8 +196,11 @@ def test_marglik_training_checks_its_targets_and_stops_when_it_diverges():
 def test_compat_refuses_a_string_sigma_by_name():
     from laplacetorch.compat import Laplace as CompatLaplace
 
-    with pytest.raises(TypeError, match="sigma_noise must be a number or a tensor; got str"):
+    # laplace-torch's error type for it (a ValueError); the native API's is a TypeError
+    with pytest.raises(ValueError, match="sigma_noise must be a real number or a tensor; got str"):
         CompatLaplace(make_mlp(), "regression", sigma_noise="0.5")
+    with pytest.raises(TypeError, match="sigma_noise must be a number or a tensor; got str"):
+        Laplace(make_mlp(), "regression", sigma_noise="0.5")
 
 
 def test_the_command_lines_seed_is_bounded():
