@@ -231,3 +231,35 @@ def test_functional_laplace_is_the_gp_structure_with_laplace_torchs_conventions(
     assert ll.n_params == 18
     with pytest.raises(ValueError, match=r"n_subset must be in \[1, N = 16\]"):
         compat.FunctionalLaplace(make_mlp(), "classification", 17).fit(loader)
+
+
+def test_backend_classes_give_laplace_torch_jacobians():
+    """An instance of a compat backend class gives laplace-torch's Jacobian methods: all
+    parameters in parameters_to_vector order, and the last layer's from its features."""
+    from torch.func import functional_call, jacrev
+
+    from laplacetorch.compat.curvature import AsdlInterface, CurvlinopsGGN
+    from laplacetorch.compat.utils import FeatureExtractor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    model = model.double()
+    x = torch.randn(7, 3, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    flat = torch.cat([v.reshape(-1) for v in params.values()])
+
+    def f(theta):
+        out, i = {}, 0
+        for k, v in params.items():
+            out[k] = theta[i : i + v.numel()].view_as(v)
+            i += v.numel()
+        return functional_call(model, out, (x,))
+
+    for cls in (AsdlInterface, CurvlinopsGGN):
+        jac, out = cls(model, "classification").jacobians(x)
+        torch.testing.assert_close(jac, jacrev(f)(flat))
+        torch.testing.assert_close(out, model(x))
+    fe = FeatureExtractor(model)
+    jac, out = AsdlInterface(fe, "regression").last_layer_jacobians(x)
+    torch.testing.assert_close(jac, jacrev(f)(flat)[:, :, -12:])  # the head's 5·2 + 2 weights
+    torch.testing.assert_close(out, model(x))

@@ -1,5 +1,5 @@
 """laplace-torch's `laplace.curvature.asdl` names (curvature-type selectors)."""
 
-from . import AsdlEF, AsdlGGN, AsdlHessian
+from . import AsdlEF, AsdlGGN, AsdlHessian, AsdlInterface
 
-__all__ = ["AsdlEF", "AsdlGGN", "AsdlHessian"]
+__all__ = ["AsdlEF", "AsdlGGN", "AsdlHessian", "AsdlInterface"]

@@ -1,5 +1,5 @@
 """laplace-torch's `laplace.curvature.backpack` names (curvature-type selectors)."""
 
-from . import BackPackEF, BackPackGGN
+from . import BackPackEF, BackPackGGN, BackPackInterface
 
-__all__ = ["BackPackEF", "BackPackGGN"]
+__all__ = ["BackPackEF", "BackPackGGN", "BackPackInterface"]
