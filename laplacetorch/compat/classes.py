@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..laplace import Laplace as NativeLaplace
 from ..likelihoods import Likelihood, get_likelihood
 from ..posterior import PosteriorMatrix, PosteriorViews
-from .curvature import fisher_type_of
+from .curvature import CurvatureInterface, CurvlinopsGGN, fisher_type_of
 from .enums import plain
 
 __all__ = [
@@ -150,6 +150,25 @@ class BaseLaplace(NativeLaplace):
     @prior_mean.setter
     def prior_mean(self, value: Tensor | float) -> None:
         NativeLaplace.prior_mean.fset(self, value)
+
+    @property
+    def backend(self) -> CurvatureInterface:
+        """laplace-torch's ``la.backend``: an instance of the backend class (its Jacobian
+        methods), on the model wrapped for its last layer's features where the subset is the
+        last layer, with the subnetwork's indices where it is a subnetwork."""
+        from .utils.feature_extractor import FeatureExtractor  # compat.utils imports this
+
+        cls = self.backend_class or CurvlinopsGGN
+        last = self.subset.kind == "last_layer"
+        model = FeatureExtractor(self.model, self.subset.last_layer_name) if last else self.model
+        return cls(
+            model,
+            self.likelihood.name,
+            last_layer=last,
+            subnetwork_indices=getattr(self, "subnetwork_indices", None),
+            dict_key_x=self.dict_key_x,
+            dict_key_y=self.dict_key_y,
+        )
 
     @property
     def n_layers(self) -> int:

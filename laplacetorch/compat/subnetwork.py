@@ -37,6 +37,7 @@ class SubnetLaplace(ParametricLaplace):
             raise ValueError("Subnetwork Laplace does not support asdl_fisher_kwargs.")
         if not isinstance(subnetwork_indices, Tensor) or subnetwork_indices.dtype != torch.long:
             raise ValueError("Subnetwork indices must be non-empty 1-dimensional torch.LongTensor.")
+        self.subnetwork_indices = subnetwork_indices  # over all parameters, as given
         super().__init__(
             model,
             likelihood,

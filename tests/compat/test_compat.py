@@ -263,3 +263,20 @@ def test_backend_classes_give_laplace_torch_jacobians():
     jac, out = AsdlInterface(fe, "regression").last_layer_jacobians(x)
     torch.testing.assert_close(jac, jacrev(f)(flat)[:, :, -12:])  # the head's 5·2 + 2 weights
     torch.testing.assert_close(out, model(x))
+
+
+def test_la_backend_is_an_instance_of_the_backend_class():
+    from laplacetorch.compat import FullLLLaplace, FullSubnetLaplace
+    from laplacetorch.compat.curvature import AsdlGGN, CurvlinopsGGN
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    x = torch.randn(6, 3)
+    la = FullLLLaplace(model, "classification", backend=AsdlGGN)
+    assert isinstance(la.backend, AsdlGGN) and la.backend.last_layer
+    jac, f = la.backend.last_layer_jacobians(x)
+    assert jac.shape == (6, 2, 12) and torch.allclose(f, model(x))
+    idx = torch.tensor([0, 4, 30, 40])
+    sub = FullSubnetLaplace(model, "classification", idx)
+    assert isinstance(sub.backend, CurvlinopsGGN)
+    assert sub.backend.subnetwork_indices.equal(idx)
