@@ -280,3 +280,24 @@ def test_la_backend_is_an_instance_of_the_backend_class():
     sub = FullSubnetLaplace(model, "classification", idx)
     assert isinstance(sub.backend, CurvlinopsGGN)
     assert sub.backend.subnetwork_indices.equal(idx)
+
+
+def test_backend_instances_give_a_batchs_curvature_through_the_native_backends():
+    from laplacetorch import Laplace
+    from laplacetorch.compat.curvature import AsdlEF, BackPackGGN, CurvlinopsGGN
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    x, y = torch.randn(9, 3), torch.randint(0, 2, (9,))
+    loss, h = CurvlinopsGGN(model, "classification").full(x, y)
+    la = Laplace(model, "classification", "all", "full").fit([(x, y)])
+    torch.testing.assert_close(h, la.structure.curvature_dense())
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
+    )
+    _, d = AsdlEF(model, "classification").diag(x, y)
+    ef = Laplace(model, "classification", "all", "diag", fisher_type="empirical").fit([(x, y)])
+    torch.testing.assert_close(d, ef.structure.diagonal())
+    _, kron = BackPackGGN(model, "classification").kron(x, y, N=9)
+    torch.testing.assert_close(kron.to_matrix(), kron.structure.curvature_dense())
+    assert kron.to_matrix().shape == (32, 32)

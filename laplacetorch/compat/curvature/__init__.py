@@ -61,10 +61,59 @@ class CurvatureInterface:
         subnetwork_indices: Tensor | None = None,
         dict_key_x: str = "input_ids",
         dict_key_y: str = "labels",
+        stochastic: bool = False,
+        **kwargs: Any,
     ) -> None:
         self.model, self.likelihood = model, plain(likelihood)
         self.last_layer, self.subnetwork_indices = last_layer, subnetwork_indices
         self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
+        self.stochastic = stochastic
+
+    # ----------------------------------------------------------------- curvature of a batch
+    def _fit(self, x: Any, y: Tensor, structure: str, **kwargs: Any) -> tuple[Tensor, Any]:
+        """``(loss, structure)`` of the native backend ``structure`` on the one batch
+        ``(x, y)``: laplace-torch's curvature type of this class (the Monte-Carlo GGN with
+        ``stochastic``, ``mc_samples`` draws), its loss Σₙ nll (½‖y − f‖² for regression)."""
+        from ...curvature import get_backend  # the registry imports every backend
+        from ...likelihoods import get_likelihood
+
+        if self.last_layer:
+            subset = ParameterSubset(self.model, "last_layer")
+        elif self.subnetwork_indices is not None:
+            subset = ParameterSubset(self.model, "subnetwork", subnetwork=self.subnetwork_indices)
+        else:
+            subset = ParameterSubset(self.model, "all")
+        options: dict[str, Any] = {}
+        fisher = {"ggn": "exact", "ef": "empirical", "hessian": "hessian"}[self.curvature]
+        if self.curvature == "ggn" and self.stochastic:
+            fisher, options["mc_samples"] = "mc", int(kwargs.get("mc_samples", 1))
+        if structure == "kfac":
+            options["joint_bias"] = bool(kwargs.get("joint_bias", False))
+            if "kfac_approx" in kwargs:
+                options["approximation"] = kwargs["kfac_approx"]
+        result = get_backend(structure)(
+            subset, get_likelihood(self.likelihood), [(x, y)], fisher_type=fisher, **options
+        )
+        return result.loss_sum, result.structure
+
+    def full(self, x: Any, y: Tensor, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """``(loss, H [P, P])`` of the batch."""
+        loss, structure = self._fit(x, y, "full", **kwargs)
+        return loss, structure.curvature_dense()
+
+    def diag(self, x: Any, y: Tensor, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """``(loss, diag H [P])`` of the batch."""
+        loss, structure = self._fit(x, y, "diag", **kwargs)
+        return loss, structure.diagonal()
+
+    def kron(self, x: Any, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Any]:
+        """``(loss, KFAC)`` of the batch, laplace-torch's layout (separate W and b blocks),
+        as the matrix view with ``to_matrix()`` (``N`` is laplace-torch's data size for
+        its factors' scaling; the factors here are the batch's)."""
+        from ..classes import KronPosterior  # classes imports this module
+
+        loss, structure = self._fit(x, y, "kfac", **kwargs)
+        return loss, KronPosterior(structure, "curvature", 0.0, 1.0)
 
     def jacobians(self, x: Tensor, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
         """``(J [B, C, P], f [B, C])`` for all of the model's parameters, in
