@@ -221,13 +221,19 @@ class Laplace(Hyperparameters, Evidence, PosteriorViews, Prediction):
                 "have changed since the first fit; use override=True"
             )
         n, limit = loader_size(train_loader, self.dict_key_y), self.memory_limit
-        check = batch_memory_check(
-            backend.name, self.subset, self.backend_options, self.fisher_type, limit, n
-        )
-        check(None, None)  # the structure now; a batch's output columns on the first batch
         per_output = self.sigma_noise.numel() > 1
+        check = batch_memory_check(
+            backend.name,
+            self.subset,
+            self.backend_options,
+            self.fisher_type,
+            limit,
+            n,
+            self.sigma_noise.numel(),
+        )
         if per_output:
             check_per_output(backend, self.fisher_type)
+        check(None, None)  # the structure now; a batch's output columns on the first batch
         if not backend.one_pass or per_output:
             what = f"hessian_structure={backend.name!r}"
             require_reiterable(train_loader, "a noise per output" if backend.one_pass else what)

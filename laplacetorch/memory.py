@@ -107,6 +107,9 @@ class Sizes:
     n_outputs: int | None = None
     n_batch: int | None = None
     fisher_type: str = "exact"
+    #: the curvatures the fit keeps: C for a noise per output (each output's, and the
+    #: structure of their weighted sum the evidence builds), else 1
+    curvatures: int = 1
 
 
 def n_columns(fisher_type: str, n_outputs: int, mc_samples: int = 1) -> int:
@@ -249,6 +252,8 @@ def fit_bytes(
 
     sizes = sizes or Sizes()
     held = get_backend(structure).memory(subset, options, sizes)
+    if sizes.curvatures > 1:  # the C per-output structures and their weighted sum
+        held *= sizes.curvatures + 1
     return held + batch_bytes(structure, subset, options, sizes)
 
 
@@ -296,6 +301,8 @@ def _sizes_text(subset: ParameterSubset, sizes: Sizes) -> str:
         parts.append(f"C = {c}{_positions_text(subset, sizes)}")
     if sizes.n_batch is not None and c is not None:
         parts.append(f"B = {sizes.n_batch}")
+    if sizes.curvatures > 1:
+        parts.append(f"one curvature per output ({sizes.curvatures})")
     return ", ".join([*parts, f"P = {subset.n_params}"])
 
 

@@ -217,14 +217,16 @@ def batch_memory_check(
     fisher_type: str,
     limit: int | None,
     n_data: int | None = None,
+    curvatures: int = 1,
 ) -> Callable[[int | None, int | None], None]:
     """``check(B, C)``: refuses a fit of backend ``name`` whose peak with a batch of B
     examples of C outputs exceeds ``limit`` (:func:`~laplacetorch.memory.check_fit_memory`);
     ``check(None, None)`` checks the structure alone, before any pass; the data pass calls
-    it on its first batch, before any output column is formed."""
+    it on its first batch, before any output column is formed. ``curvatures``: C for a fit
+    that keeps one curvature per output."""
 
     def check(n_batch: int | None, n_outputs: int | None) -> None:
-        sizes = memory.Sizes(n_data, n_outputs, n_batch, fisher_type)
+        sizes = memory.Sizes(n_data, n_outputs, n_batch, fisher_type, curvatures)
         memory.check_fit_memory(name, subset, options, limit, sizes)
 
     return check

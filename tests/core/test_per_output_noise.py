@@ -279,3 +279,19 @@ def test_posterior_views_and_model_selection_take_a_noise_per_output(problem):
                        laplace_kwargs={"sigma_noise": S0})  # fmt: skip
     assert res.best.sigma_noise == pytest.approx(res.best.laplace.sigma_noise.tolist())
     assert "nan" in res.table()  # one σ column: a per-output σ has no one value
+
+
+def test_the_memory_check_counts_one_curvature_per_output(problem):
+    """C dense curvatures and their weighted sum: a limit that one [P, P] fits but C + 1 do
+    not is refused before any pass, naming the per-output fit; the one-σ fit runs."""
+    from laplacetorch import memory
+
+    model, x, y = problem
+    subset = Laplace(model, "regression", "all", "full").subset
+    one = memory.fit_bytes("full", subset, {}, memory.Sizes())
+    limit = 2 * one  # one curvature fits, C + 1 = 4 do not
+    la = Laplace(model, "regression", "all", "full", sigma_noise=S0, memory_limit=limit)
+    with pytest.raises(memory.MemoryBudgetError, match="one curvature per output \\(3\\)"):
+        la.fit(_loader(x, y))
+    assert la.curvature is None
+    Laplace(model, "regression", "all", "full", memory_limit=limit).fit(_loader(x, y))
